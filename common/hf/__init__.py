@@ -1,0 +1,91 @@
+"""Loading local Hugging Face checkpoints into this library's Flax modules.
+
+`load(path)` reads `config.json`, picks the architecture by `model_type`, builds the module from the
+config (never typed by hand) and streams the weights tensor by tensor into its parameter tree.
+Each architecture registers an `Architecture` in `ARCHITECTURES` from its own file in this package.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from common.hf.checkpoint import CheckpointError, Rule, fill_params, iter_tensors, read_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """How to build one model_type: module from the HF config dict, the tensor-name rule for that module,
+    and a dummy input for `init` shape inference."""
+
+    build: Callable[[dict, Any], nn.Module]  # (hf_config, dtype or None) -> module
+    rule: Callable[[nn.Module], Rule]
+    example_inputs: Callable[[nn.Module], tuple]  # args for module.init (shapes only matter)
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register(*model_types: str):
+    def wrap(arch: Architecture) -> Architecture:
+        for model_type in model_types:
+            ARCHITECTURES[model_type] = arch
+        return arch
+    return wrap
+
+
+def _ensure_registered() -> None:
+    # Importing the architecture modules fills ARCHITECTURES.
+    from common.hf import lm  # noqa: F401
+    try:
+        from common.hf import vision  # noqa: F401
+    except ImportError:  # pragma: no cover - vision converters are optional at import time
+        pass
+
+
+def model_type_of(config: dict) -> str:
+    model_type = config.get("model_type")
+    if model_type is None:
+        raise CheckpointError("config.json has no model_type")
+    return model_type
+
+
+def abstract_params(module: nn.Module, example_inputs: tuple) -> Any:
+    """Parameter shapes (boxed with logical axis names) without allocating memory."""
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs))
+    return variables["params"]
+
+
+def load_from_config(path: str, config: dict, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
+                     architecture: Architecture | None = None) -> tuple[nn.Module, dict]:
+    _ensure_registered()
+    if architecture is None:
+        model_type = model_type_of(config)
+        if model_type not in ARCHITECTURES:
+            raise CheckpointError(f"unknown model_type {model_type!r} in {path}/config.json; "
+                                  f"supported: {sorted(ARCHITECTURES)}")
+        architecture = ARCHITECTURES[model_type]
+    module = architecture.build(config, dtype)
+    boxed = abstract_params(module, architecture.example_inputs(module))
+    shardings = None
+    if mesh is not None:
+        from common.sharding import params_sharding
+        shardings = params_sharding(boxed, mesh)
+    params = fill_params(iter_tensors(path), architecture.rule(module), nn.unbox(boxed),
+                         dtype=dtype, shardings=shardings, source=path)
+    return module, params
+
+
+def load(path: str, dtype: Any = None, mesh: jax.sharding.Mesh | None = None) -> tuple[nn.Module, dict]:
+    """Loads a local HF checkpoint directory -> (module, params).
+
+    dtype: parameter dtype (e.g. jnp.bfloat16); None keeps float32. With `mesh`, each parameter is
+    placed straight onto its shards as soon as it is assembled.
+    """
+    return load_from_config(path, read_config(path), dtype=dtype, mesh=mesh)
+
+
+__all__ = ["Architecture", "ARCHITECTURES", "CheckpointError", "load", "load_from_config", "register", "jnp"]

@@ -1,0 +1,281 @@
+"""Transformer building blocks shared by every family: linear maps, norms, MLPs, rotary / ALiBi
+positions and multi-head (grouped-query) attention, all carrying logical axis names for sharding.
+
+Shapes: B batch, T query length, S key length, E embed width, H query heads, K key/value heads,
+D head dim, F MLP width.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.sharding import constrain, with_partitioning
+
+Dtype = Any
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU (torch default)
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # CLIP
+    "relu": jax.nn.relu,
+    "squared_relu": lambda x: jnp.square(jax.nn.relu(x)),  # Flamingo's resampler / xattn FFW
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def dtype_of(name: str | Dtype) -> Dtype:
+    """'float32' / 'bfloat16' / 'float16' (or a dtype) -> jnp dtype."""
+    if isinstance(name, str):
+        try:
+            return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+        except KeyError:
+            raise ValueError(f"unsupported dtype {name!r}; use float32, bfloat16 or float16") from None
+    return name
+
+
+class Linear(nn.Module):
+    """y = x W (+ b) over the last `len(in_axes)` input axes; W carries logical names in_axes + out_axes."""
+
+    features: Sequence[int] | int
+    in_axes: Sequence[str]
+    out_axes: Sequence[str]
+    n_in: int = 1  # how many trailing input axes are contracted
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = default_kernel_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        contract = tuple(range(x.ndim - self.n_in, x.ndim))
+        in_shape = x.shape[x.ndim - self.n_in:]
+        kernel = self.param(
+            "kernel",
+            with_partitioning(self.kernel_init, tuple(self.in_axes) + tuple(self.out_axes)),
+            in_shape + features,
+            self.param_dtype,
+        )
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        y = jax.lax.dot_general(x, kernel, ((contract, tuple(range(self.n_in))), ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", with_partitioning(nn.initializers.zeros, tuple(self.out_axes)), features,
+                              self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm as in Llama / Qwen2: normalise in float32, cast back, then scale."""
+
+    eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", with_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],),
+                           self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (x32.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in float32 (optionally without bias, as in MPT)."""
+
+    eps: float = 1e-5
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        scale = self.param("scale", with_partitioning(nn.initializers.ones, ("norm",)), (width,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
+        if self.use_bias:
+            bias = self.param("bias", with_partitioning(nn.initializers.zeros, ("norm",)), (width,), self.param_dtype)
+            y = y + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+def make_norm(kind: str, eps: float, use_bias: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Module:
+    if kind == "rms":
+        return RMSNorm(eps=eps, dtype=dtype, param_dtype=param_dtype, name=name)
+    if kind == "layer":
+        return LayerNorm(eps=eps, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name)
+    raise ValueError(f"unknown norm {kind!r}; use 'rms' or 'layer'")
+
+
+class MLP(nn.Module):
+    """Feed-forward block: gated (SwiGLU: down(act(gate(x)) * up(x))) or plain (down(act(up(x))))."""
+
+    hidden_size: int
+    intermediate_size: int
+    act: str = "silu"
+    gated: bool = True
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dense = lambda f, i, o, name: Linear(f, i, o, use_bias=self.use_bias, dtype=self.dtype,  # noqa: E731
+                                             param_dtype=self.param_dtype, name=name)
+        act = activation(self.act)
+        up = dense(self.intermediate_size, ("embed",), ("mlp",), "up")(x)  # [B, T, E] -> [B, T, F]
+        if self.gated:
+            gate = dense(self.intermediate_size, ("embed",), ("mlp",), "gate")(x)
+            h = act(gate) * up
+        else:
+            h = act(up)
+        h = constrain(h, ("act_batch", "act_length", "act_mlp"))
+        return dense(self.hidden_size, ("mlp",), ("embed",), "down")(h)  # [B, T, F] -> [B, T, E]
+
+
+# ----------------------------------------------------------------------------------------------
+# Positions: rotary (RoPE, with linear / llama3 scaling, partial rotary) and ALiBi.
+
+def rope_inverse_frequencies(rotary_dim: int, theta: float, scaling: dict | None = None) -> np.ndarray:
+    """Inverse frequencies [rotary_dim // 2] for RoPE, as transformers' `ROPE_INIT_FUNCTIONS` compute them."""
+    inv_freq = 1.0 / (theta ** (np.arange(0, rotary_dim, 2, dtype=np.int64).astype(np.float32) / rotary_dim))
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if rope_type == "default":
+        return inv_freq
+    if rope_type == "linear":
+        return inv_freq / float(scaling["factor"])
+    if rope_type == "llama3":
+        factor = float(scaling["factor"])
+        low_freq_factor = float(scaling["low_freq_factor"])
+        high_freq_factor = float(scaling["high_freq_factor"])
+        old_context_len = float(scaling["original_max_position_embeddings"])
+        low_freq_wavelen = old_context_len / low_freq_factor
+        high_freq_wavelen = old_context_len / high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        inv_freq_llama = np.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+        smoothed = (1 - smooth) * inv_freq_llama / factor + smooth * inv_freq_llama
+        is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+        return np.where(is_medium, smoothed, inv_freq_llama).astype(np.float32)
+    raise NotImplementedError(f"rope scaling type {rope_type!r} is not supported (default, linear, llama3 are)")
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates the first 2*len(inv_freq) dims of x [B, T, H, D] by angle positions[b, t] * inv_freq
+    (rotate-half convention of Llama / GPT-NeoX); the rest of the head passes through (partial rotary)."""
+    rotary_dim = 2 * inv_freq.shape[0]
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)[None, None, :]  # [B, T, D_r/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, D_r]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    half = rotary_dim // 2
+    rotated_half = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
+    x_rot = x_rot * cos + rotated_half * sin
+    return jnp.concatenate([x_rot, x_pass], axis=-1) if x_pass.shape[-1] else x_rot
+
+
+def alibi_slopes(num_heads: int, alibi_bias_max: float = 8.0) -> np.ndarray:
+    """Per-head ALiBi slopes [H] in MPT's ordering (also for non-power-of-two head counts)."""
+    n_pow2 = 2 ** math.ceil(math.log2(num_heads))
+    base = np.arange(1, n_pow2 + 1, dtype=np.float32) * (alibi_bias_max / n_pow2)
+    slopes = 1.0 / np.power(2.0, base)
+    if n_pow2 != num_heads:
+        slopes = np.concatenate([slopes[1::2], slopes[::2]])[:num_heads]
+    return slopes.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention.
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
+                          bias: jax.Array | None = None, scale: float | None = None) -> jax.Array:
+    """Softmax attention with grouped-query heads.
+
+    query [B, T, H, D], key / value [B, S, K, D] with H % K == 0, mask bool broadcastable to [B, H, T, S]
+    (True = may attend), bias float broadcastable to [B, H, T, S]. Logits and softmax in float32.
+    Returns [B, T, H, D].
+    """
+    b, t, h, d = query.shape
+    k_heads = key.shape[2]
+    if h % k_heads:
+        raise ValueError(f"query heads {h} must be a multiple of key/value heads {k_heads}")
+    groups = h // k_heads
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    q = query.reshape(b, t, k_heads, groups, d)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, key, preferred_element_type=jnp.float32) * scale  # [B,K,G,T,S]
+    logits = logits.reshape(b, h, t, key.shape[1])
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)  # [B, H, T, S]
+    weights = weights.reshape(b, k_heads, groups, t, key.shape[1])
+    out = jnp.einsum("bkgts,bskd->btkgd", weights, value)
+    return out.reshape(b, t, h, d)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate q / k / v / o projections, optional GQA, qkv clipping, and
+    optional key/value inputs different from the queries (cross-attention).
+
+    Projection kernels: q [E, H, D], k / v [E_kv, K, D], o [H, D, E].
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    out_features: int
+    qkv_bias: bool = False
+    out_bias: bool = False
+    clip_qkv: float | None = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        proj = lambda heads, axes: Linear((heads, self.head_dim), ("embed",), axes, use_bias=self.qkv_bias,  # noqa: E731
+                                          dtype=self.dtype, param_dtype=self.param_dtype)
+        self.q = proj(self.num_heads, ("heads", "head_dim"))
+        self.k = proj(self.num_kv_heads, ("kv_heads", "head_dim"))
+        self.v = proj(self.num_kv_heads, ("kv_heads", "head_dim"))
+        self.o = Linear(self.out_features, ("heads", "head_dim"), ("embed",), n_in=2, use_bias=self.out_bias,
+                        dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def project_qkv(self, x_q: jax.Array, x_kv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        q = self.q(x_q)  # [B, T, E] -> [B, T, H, D]
+        k = self.k(x_kv)  # [B, S, E_kv] -> [B, S, K, D]
+        v = self.v(x_kv)  # [B, S, E_kv] -> [B, S, K, D]
+        if self.clip_qkv is not None:
+            q, k, v = (jnp.clip(a, -self.clip_qkv, self.clip_qkv) for a in (q, k, v))
+        q = constrain(q, ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        k = constrain(k, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+        v = constrain(v, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+        return q, k, v
+
+    def project_out(self, attended: jax.Array) -> jax.Array:
+        return self.o(attended)  # [B, T, H, D] -> [B, T, E]
+
+    def __call__(self, x_q: jax.Array, x_kv: jax.Array | None = None, *, mask: jax.Array | None = None,
+                 bias: jax.Array | None = None) -> jax.Array:
+        """Plain (non-cached) attention: self-attention when x_kv is None, else cross-attention."""
+        q, k, v = self.project_qkv(x_q, x_q if x_kv is None else x_kv)
+        return self.project_out(dot_product_attention(q, k, v, mask=mask, bias=bias))
