@@ -1,0 +1,152 @@
+"""LM core behaviour: KV-cache decoding equals the full forward pass, scan equals unrolled, remat keeps
+gradients, the inserted-block extension point, and clear errors on bad input."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from common.lm import DecoderLM, KVCache, LMConfig, layer_param_location
+
+CFG = LMConfig(vocab_size=61, hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=48,
+               max_position_embeddings=32)
+
+
+def _init(module, length=8):
+    return nn.unbox(module.init(jax.random.key(0), jnp.zeros((2, length), jnp.int32))["params"])
+
+
+@pytest.mark.parametrize("cfg", [CFG, CFG.replace(position="alibi", norm="layer", mlp_gated=False, mlp_act="gelu"),
+                                 CFG.replace(parallel_residual=True, rotary_pct=0.5, qkv_bias=True)])
+def test_prefill_then_decode_equals_full_forward(cfg):
+    model = DecoderLM(cfg)
+    params = _init(model)
+    rng = np.random.RandomState(1)
+    ids = jnp.asarray(rng.randint(0, cfg.vocab_size, (2, 10)))
+    mask = np.ones((2, 10), np.int32)
+    mask[0, :3] = 0  # left-padded prompt
+    mask = jnp.asarray(mask)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    full = model.apply({"params": params}, ids, mask, position_ids=positions)
+
+    prompt = 6
+    cache = KVCache.create(cfg, batch_size=2, max_length=16)
+    logits, cache = model.apply({"params": params}, ids[:, :prompt], mask[:, :prompt],
+                                position_ids=positions[:, :prompt], cache=cache)
+    steps = [logits]
+    for t in range(prompt, 10):  # one token at a time
+        logits, cache = model.apply({"params": params}, ids[:, t:t + 1], mask[:, t:t + 1],
+                                    position_ids=positions[:, t:t + 1], cache=cache)
+        steps.append(logits)
+    cached = jnp.concatenate(steps, axis=1)
+    valid = np.asarray(mask).astype(bool)
+    np.testing.assert_allclose(np.asarray(cached)[valid], np.asarray(full)[valid], atol=1e-5, rtol=1e-5)
+    assert int(cache.index) == 10
+
+
+def test_scan_equals_unrolled_and_remat_keeps_gradients():
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, CFG.vocab_size, (2, 8)))
+    scanned = DecoderLM(CFG)
+    params = _init(scanned)
+    unrolled = DecoderLM(CFG.replace(scan_layers=False))
+    unrolled_params = dict(params)
+    unrolled_params["decoder"] = {f"layers_{i}": jax.tree.map(lambda a: a[i], params["decoder"]["layers"])
+                                  for i in range(CFG.num_layers)}
+    np.testing.assert_allclose(unrolled.apply({"params": unrolled_params}, ids),
+                               scanned.apply({"params": params}, ids), atol=1e-5)
+
+    def loss(model, p):
+        return jnp.mean(model.apply({"params": p}, ids) ** 2)
+
+    grads = jax.grad(lambda p: loss(scanned, p))(params)
+    for policy in ("full", "dots", "dots_no_batch"):
+        remat = DecoderLM(CFG.replace(remat_policy=policy))
+        remat_grads = jax.grad(lambda p: loss(remat, p))(params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), remat_grads, grads)
+
+
+class AddBias(nn.Module):
+    """A test block: adds a learned vector times a scale read from block_inputs."""
+
+    @nn.compact
+    def __call__(self, x, block_inputs):
+        bias = self.param("bias", nn.initializers.normal(1.0), (x.shape[-1],))
+        return x + block_inputs["scale"] * bias
+
+
+@pytest.mark.parametrize("scan,every,position", [(True, 1, 0), (True, 2, 1), (False, 4, 4)])
+def test_inserted_block_extension_point(scan, every, position):
+    cfg = CFG.replace(scan_layers=scan)
+    bare = DecoderLM(cfg)
+    bare_params = _init(bare)
+    model = DecoderLM(cfg, block=AddBias, block_every=every, block_position=position)
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, CFG.vocab_size, (2, 8)))
+    params = nn.unbox(model.init(jax.random.key(1), ids, block_inputs={"scale": 1.0})["params"])
+    # Copy the bare LM's layers into the grouped layout.
+    for i in range(cfg.num_layers):
+        src_path, src_idx = layer_param_location(cfg, i)
+        dst_path, dst_idx = layer_param_location(cfg, i, every)
+        src = bare_params
+        for key in src_path:
+            src = src[key]
+        layer = jax.tree.map(lambda a: a[src_idx] if src_idx else a, src)
+        parent = params
+        for key in dst_path[:-1]:
+            parent = parent[key]
+        parent[dst_path[-1]] = (jax.tree.map(lambda dst, a: dst.at[dst_idx].set(a), parent[dst_path[-1]], layer)
+                                if dst_idx else layer)
+    for key in ("embed", "final_norm", "lm_head"):
+        params[key] = bare_params[key]
+    # scale 0: the blocks are the identity and the model equals the bare LM (up to XLA's op ordering).
+    np.testing.assert_allclose(model.apply({"params": params}, ids, block_inputs={"scale": 0.0}),
+                               bare.apply({"params": bare_params}, ids), atol=1e-6, rtol=0)
+    # scale 1: blocks change the output, and cached decoding still equals the full pass.
+    full = model.apply({"params": params}, ids, block_inputs={"scale": 1.0})
+    assert np.abs(np.asarray(full) - np.asarray(bare.apply({"params": bare_params}, ids))).max() > 1e-3
+    cache = KVCache.create(cfg, 2, 8)
+    first, cache = model.apply({"params": params}, ids[:, :5], cache=cache, block_inputs={"scale": 1.0})
+    rest, cache = model.apply({"params": params}, ids[:, 5:], cache=cache, block_inputs={"scale": 1.0})
+    np.testing.assert_allclose(jnp.concatenate([first, rest], 1), full, atol=1e-5)
+    n_params = lambda p: sum(a.size for a in jax.tree.leaves(p))  # noqa: E731
+    assert n_params(params) - n_params(bare_params) == (cfg.num_layers // every) * cfg.hidden_size
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = DecoderLM(CFG)
+    params = _init(model)
+    with pytest.raises(ValueError, match="input_ids must be \\[B, T\\]"):
+        model.apply({"params": params}, jnp.zeros((8,), jnp.int32))
+    with pytest.raises(ValueError, match="must be integers"):
+        model.apply({"params": params}, jnp.zeros((1, 8), jnp.float32))
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
+        model.apply({"params": params}, jnp.zeros((1, 33), jnp.int32))
+    with pytest.raises(ValueError, match="attention_mask must be"):
+        model.apply({"params": params}, jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 7)))
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model.apply({"params": params})
+    with pytest.raises(ValueError, match="inputs_embeds must be"):
+        model.apply({"params": params}, inputs_embeds=jnp.zeros((1, 8, 5)))
+    with pytest.raises(ValueError, match="cache length 64 exceeds"):
+        KVCache.create(CFG, 1, 64)
+    with pytest.raises(ValueError, match="not a multiple of num_kv_heads"):
+        CFG.replace(num_kv_heads=3)
+    with pytest.raises(ValueError, match="not a multiple of block_every"):
+        DecoderLM(CFG, block=AddBias, block_every=3).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
+                                                          block_inputs={"scale": 0.0})
+
+
+def test_inputs_embeds_equals_token_ids():
+    model = DecoderLM(CFG)
+    params = _init(model)
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, CFG.vocab_size, (2, 8)))
+    embeds = model.apply({"params": params}, ids, method=DecoderLM.embed_tokens)
+    np.testing.assert_array_equal(model.apply({"params": params}, inputs_embeds=embeds),
+                                  model.apply({"params": params}, ids))
+
+
+def test_bfloat16_compute():
+    model = DecoderLM(CFG.replace(dtype="bfloat16", param_dtype="bfloat16"))
+    params = _init(model)
+    assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(params))
+    logits = model.apply({"params": params}, jnp.zeros((1, 8), jnp.int32))
+    assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
