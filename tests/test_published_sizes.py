@@ -1,0 +1,18 @@
+"""Parameter counts of the published LM sizes from `jax.eval_shape` (no memory used) match the model cards."""
+import pytest
+
+from common.lm import DecoderLM, param_count
+from configs import models
+
+PUBLISHED = {
+    # model card / safetensors index totals
+    "vicuna_7b": 6_738_415_616,  # lmsys/vicuna-7b-v1.5 (Llama-2-7B)
+    "qwen2_7b": 7_615_616_512,  # Qwen/Qwen2-7B: 7.62B
+    "mpt_7b": 6_649_286_656,  # mosaicml/mpt-7b: 6.7B
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_param_count_matches_published(name):
+    count = param_count(DecoderLM(getattr(models, name)()))
+    assert abs(count - PUBLISHED[name]) / PUBLISHED[name] <= 0.005, (name, count)
