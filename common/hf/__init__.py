@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from common.hf.checkpoint import CheckpointError, Rule, fill_params, iter_tensors, read_config
+from common.hf.checkpoint import CheckpointError, Rule, fill_params, iter_tensors, read_config, weight_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,7 @@ def load_from_config(path: str, config: dict, dtype: Any = None, mesh: jax.shard
             raise CheckpointError(f"unknown model_type {model_type!r} in {path}/config.json; "
                                   f"supported: {sorted(ARCHITECTURES)}")
         architecture = ARCHITECTURES[model_type]
+    weight_files(path)  # fail early, before building anything, when the weights are absent
     module = architecture.build(config, dtype)
     boxed = abstract_params(module, architecture.example_inputs(module))
     shardings = None

@@ -32,7 +32,7 @@ def read_config(path: str) -> dict:
         return json.load(f)
 
 
-def _weight_files(path: str) -> list[tuple[str, str]]:
+def weight_files(path: str) -> list[tuple[str, str]]:
     """[(format, file)] in the order they should be read."""
     for index_name, fmt in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "torch")):
         index_path = os.path.join(path, index_name)
@@ -51,7 +51,7 @@ def _weight_files(path: str) -> list[tuple[str, str]]:
 def iter_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (name, array) one tensor at a time; safetensors files are memory-mapped, so only the
     tensor being converted is resident."""
-    for fmt, file in _weight_files(path):
+    for fmt, file in weight_files(path):
         if fmt == "safetensors":
             from safetensors import safe_open
 

@@ -39,6 +39,14 @@ def _rope_settings(hf: dict) -> tuple[float, tuple, float]:
 
 def config_from_hf(hf: dict, dtype: Any = None, **overrides) -> LMConfig:
     """Translate an HF config.json dict of a supported decoder LM into LMConfig."""
+    try:
+        cfg = _config_from_hf(hf, dtype)
+    except KeyError as e:
+        raise CheckpointError(f"config.json of model_type {hf.get('model_type')!r} lacks the field {e}") from None
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def _config_from_hf(hf: dict, dtype: Any) -> LMConfig:
     model_type = hf.get("model_type")
     common = dict(dtype=_dtype_name(dtype), param_dtype=_dtype_name(dtype))
     if model_type in ("llama", "mistral", "qwen2"):
@@ -94,7 +102,7 @@ def config_from_hf(hf: dict, dtype: Any = None, **overrides) -> LMConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)), **common)
     else:
         raise CheckpointError(f"model_type {model_type!r} is not a supported decoder LM")
-    return cfg.replace(**overrides) if overrides else cfg
+    return cfg
 
 
 def lm_rule(config: LMConfig, model_type: str, prefix: tuple[str, ...] = (), block_every: int | None = None,
