@@ -42,7 +42,7 @@ def randomize(model, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            scale = 0.5 if ("embedding" in name or "cls_token" in name) else 0.05
+            scale = 0.5 if any(k in name for k in ("class_embedding", "cls_token", "position_embedding")) else 0.05
             p.add_(torch.randn(p.shape, generator=gen) * scale)
 
 
@@ -117,6 +117,8 @@ def test_clip_matches_hf(name, save_hf):
     diffs = {i: max_diff(out.hidden_states[i], ref.hidden_states[i]) for i in range(n_layers + 1)}
     diffs["last"] = max_diff(out.last_hidden_state, ref.last_hidden_state)
     diffs["pooled"] = max_diff(out.pooled, ref.pooler_output)
+    with torch.no_grad():  # open_clip-style tokens: post_layernorm on every token
+        diffs["post_norm_tokens"] = max_diff(out.post_norm_tokens, tower.post_layernorm(ref.last_hidden_state))
     if projection is not None:
         with torch.no_grad():
             diffs["image_embeds"] = max_diff(out.image_embeds, projection(ref.pooler_output))
@@ -251,8 +253,8 @@ def test_internvit_matches_hf(name, save_hf):
         ref_feats = ref_feats[:, 1:]
         side = int(ref_feats.shape[1] ** 0.5)
         ref_grid = ref_feats.reshape(3, side, side, -1)
-        ref_ps = transformers.InternVLModel.pixel_shuffle(None, ref_grid, scale_factor=0.5).reshape(3, -1,
-                                                                                                   4 * kwargs["hidden_size"])
+        ref_ps = transformers.InternVLModel.pixel_shuffle(None, ref_grid, scale_factor=0.5)
+        ref_ps = ref_ps.reshape(3, -1, 4 * kwargs["hidden_size"])
         feats = image_features(out, module.config, feature_layer=layer)
         assert feats.shape == (3, module.config.num_patches // 4, 4 * kwargs["hidden_size"])
         assert max_diff(feats, ref_ps) <= TOL
