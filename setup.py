@@ -23,6 +23,8 @@ setup(
         "tensorflow-datasets>=4.9.9",
         "grain>=0.2.12",
         "array_record>=0.8",
+        "importlib_resources>=6.0",  # tensorflow-datasets needs it to prepare a builder defined outside tfds
+        "protobuf>=4",  # sentencepiece_model_pb2 (SentencePiece tokenizer without the dummy prefix)
         "pillow>=10",
         "tqdm>=4.66",
         "tensorboardX>=2.6",

@@ -1,0 +1,290 @@
+"""grain input pipelines: shuffle, per-host shard, bad-record skipping, batching, and a checkpointable iterator.
+
+    source (random access) -> [shard host i of n] -> shuffle(seed) -> repeat(epochs) -> map(transform, skip bad)
+      -> filter(None) -> batch(collate) -> DataIterator (get_state / set_state, skip counts included)
+
+A transform maps one record to a dict of numpy arrays or raises BadRecord; `Collate` pads a list of them into a
+batch: input_ids/loss_mask/attention_mask/positions [B, max_len], images float32 [B, max_images, H, W, 3] +
+image_mask [B, max_images], audio features [B, max_frames, 80] + audio_mask.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import numpy as np
+
+from common.data import image_ops, prompts
+from common.data.batching import fit_length, pad_batch
+from common.data.records import BadRecord, SkipCounter, collect_notes
+
+
+class Skipped:
+    """What SafeTransform returns for a bad record; CountingFilter counts and drops it."""
+
+    __slots__ = ("reason", "detail")
+
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+
+
+class SafeTransform:
+    """Runs `fn`; a BadRecord becomes a `Skipped` marker instead of an exception (transforms run in prefetch
+    threads, so counting happens later, in CountingFilter, in consumption order)."""
+
+    def __init__(self, fn: Callable[[dict], dict]):
+        self.fn = fn
+
+    def __call__(self, record):
+        if isinstance(record, dict) and "_bad" in record:  # a loader already found the record unreadable
+            return Skipped(*record["_bad"])
+        try:
+            with collect_notes() as c:
+                out = self.fn(record)
+        except BadRecord as e:
+            return Skipped(e.reason, e.detail)
+        if c.notes and isinstance(out, dict):
+            out["_notes"] = c.notes
+        return out
+
+
+class CountingFilter:
+    """Counts every record as it is consumed (ok or skipped, per reason) and drops the skipped ones. Counting at
+    consumption keeps the counts consistent with the iterator state saved in a checkpoint."""
+
+    def __init__(self, counter: SkipCounter):
+        self.counter = counter
+
+    def __call__(self, x) -> bool:
+        if isinstance(x, Skipped):
+            self.counter.skip(x.reason, x.detail)
+            return False
+        if isinstance(x, dict):
+            for n in x.pop("_notes", ()):
+                self.counter.note(n)
+        self.counter.ok()
+        return True
+
+
+def shard_for_host(shard) -> tuple[int, int]:
+    """None -> (0, 1); 'jax' -> (jax.process_index(), jax.process_count()); (i, n) as given."""
+    if shard is None:
+        return 0, 1
+    if shard == "jax":
+        import grain
+
+        opts = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+        return opts.shard_index, opts.shard_count
+    i, n = shard
+    if not 0 <= i < n:
+        raise ValueError(f"bad shard {shard}")
+    return int(i), int(n)
+
+
+def build_dataset(
+    source,
+    transform: Callable[[dict], dict],
+    *,
+    batch_size: int,
+    collate: Callable | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = 1,
+    shard=None,
+    counter: SkipCounter | None = None,
+    max_skip_fraction: float = 0.05,
+    drop_remainder: bool = True,
+    num_threads: int = 0,
+):
+    """-> (grain IterDataset of batches, SkipCounter). num_epochs=None repeats forever.
+
+    Host i of n reads records i, i+n, ... (all hosts get the same count). num_threads: transform threads
+    (0 = in the consuming thread; 2 suits a 2-core machine). Bad records are skipped and counted; past
+    `max_skip_fraction` of the records seen (after 100) iteration stops with TooManyBadRecords.
+    """
+    import grain
+
+    counter = counter or SkipCounter(max_skip_fraction)
+    if len(source) == 0:
+        raise ValueError("the data source is empty")
+    ds = grain.MapDataset.source(source)
+    i, n = shard_for_host(shard)
+    if n > 1:
+        per_host = len(source) // n
+        ds = ds[i : per_host * n : n]
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    if num_epochs != 1:
+        ds = ds.repeat(num_epochs)
+    ds = ds.map(SafeTransform(transform))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * batch_size, 8)))
+    ds = ds.filter(CountingFilter(counter))
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
+    return ds, counter
+
+
+class DataIterator:
+    """Iterator over a `build_dataset` pipeline whose position and skip counts can be saved and restored."""
+
+    def __init__(self, dataset, counter: SkipCounter):
+        self._it = iter(dataset)
+        self.counter = counter
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.counter.check(final=True)
+            raise
+
+    def get_state(self) -> dict:
+        s = self._it.get_state()
+        return {"grain": s.decode() if isinstance(s, bytes) else s, "skips": self.counter.state()}
+
+    def set_state(self, state: dict) -> None:
+        self._it.set_state(state["grain"])
+        self.counter.restore(state["skips"])
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(self.get_state(), f)
+
+    def restore(self, path: str) -> None:
+        with open(path) as f:
+            self.set_state(json.load(f))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Collation
+# ----------------------------------------------------------------------------------------------------------------
+class Collate:
+    """Pads token fields to max_len, media to max_images / max_audio_frames (with masks)."""
+
+    def __init__(self, max_len: int, pad_id: int, max_images: int | None = None, max_audio_frames: int | None = None, side: str = "right"):
+        self.max_len, self.pad_id, self.max_images, self.max_audio_frames, self.side = max_len, pad_id, max_images, max_audio_frames, side
+
+    def __call__(self, examples: list[dict]) -> dict:
+        media = {}
+        if "images" in examples[0]:
+            n = self.max_images or max(len(e["images"]) for e in examples)
+            shape = next(e["images"].shape[1:] for e in examples)
+            imgs = np.zeros((len(examples), n, *shape), np.float32)
+            mask = np.zeros((len(examples), n), bool)
+            for b, e in enumerate(examples):
+                k = min(len(e["images"]), n)
+                imgs[b, :k], mask[b, :k] = e["images"][:k], True
+            media.update(images=imgs, image_mask=mask)
+        if "audio_features" in examples[0]:
+            T = self.max_audio_frames or max(len(e["audio_features"]) for e in examples)
+            feats = np.zeros((len(examples), T, examples[0]["audio_features"].shape[-1]), np.float32)
+            amask = np.zeros((len(examples), T), bool)
+            for b, e in enumerate(examples):
+                k = min(len(e["audio_features"]), T)
+                feats[b, :k], amask[b, :k] = e["audio_features"][:k], True
+            media.update(audio_features=feats, audio_mask=amask)
+        tok = [{k: v for k, v in e.items() if k in ("input_ids", "loss_mask")} for e in examples]
+        out = pad_batch(tok, self.max_len, self.pad_id, self.side)
+        out.update(media)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ready-made transforms for the shapes dataset (and the user formats, which yield the same record fields)
+# ----------------------------------------------------------------------------------------------------------------
+def _clip_image(img, size: int) -> np.ndarray:
+    img = image_ops.decode_image(img)
+    return image_ops.clip_preprocess(img, size) if img.shape[:2] != (size, size) else image_ops.normalize(img)
+
+
+class FlamingoCaptionTransform:
+    """{image, caption} -> images [1, S, S, 3] + tokens of `<image>{caption}<|endofchunk|>{eos}`."""
+
+    def __init__(self, tokenizer, max_len: int = 32, image_size: int = 224, over_length: str = "truncate"):
+        self.tok, self.max_len, self.image_size, self.over_length = tokenizer, max_len, image_size, over_length
+
+    def __call__(self, r: dict) -> dict:
+        ex = prompts.flamingo_caption(self.tok, r["caption"])
+        ex = fit_length(ex, self.max_len, self.over_length)
+        ex["images"] = _clip_image(r["image"], self.image_size)[None]
+        return ex
+
+
+class FlamingoInterleavedTransform:
+    """{images, texts} -> images [N, S, S, 3] + `<image>{text}<|endofchunk|>` chunks (at most max_images pairs)."""
+
+    def __init__(self, tokenizer, max_len: int = 256, image_size: int = 224, max_images: int = 6, over_length: str = "skip"):
+        self.tok, self.max_len, self.image_size, self.max_images, self.over_length = tokenizer, max_len, image_size, max_images, over_length
+
+    def __call__(self, r: dict) -> dict:
+        images, texts = list(r["images"])[: self.max_images], list(r["texts"])[: self.max_images]
+        ex = prompts.flamingo_interleaved(self.tok, texts, num_images=len(images))
+        ex = fit_length(ex, self.max_len, self.over_length)
+        ex["images"] = np.stack([_clip_image(i, self.image_size) for i in images])
+        return ex
+
+
+class LlavaTransform:
+    """{image, conversations} -> images [1, S, S, 3] (pad-to-square + CLIP) + vicuna_v1 (or plain) tokens."""
+
+    def __init__(self, tokenizer, max_len: int = 512, image_size: int = 336, template: str = "vicuna_v1", pad_to_square: bool = True, over_length: str = "skip"):
+        self.tok, self.max_len, self.image_size, self.template, self.pad, self.over_length = tokenizer, max_len, image_size, template, pad_to_square, over_length
+
+    def __call__(self, r: dict) -> dict:
+        has_image = r.get("image") is not None
+        ex = prompts.llava_conversation(self.tok, r["conversations"], num_images=int(has_image), template=self.template)
+        ex = fit_length(ex, self.max_len, self.over_length)
+        if not has_image:  # text-only conversation (part of mix665k)
+            ex["images"] = np.zeros((0, self.image_size, self.image_size, 3), np.float32)
+            return ex
+        img = image_ops.decode_image(r["image"])
+        if self.pad:
+            img = image_ops.expand_to_square(img, "mean")
+        ex["images"] = image_ops.clip_preprocess(img, self.image_size)[None]
+        return ex
+
+
+class VitaSpokenQATransform:
+    """{image, audio, answer, kind} -> images [1, S, S, 3] (ImageNet norm.) + audio_features [T, 80] + ChatML tokens."""
+
+    def __init__(self, tokenizer, max_len: int = 128, image_size: int = 448, sample_rate: int = 16000, over_length: str = "skip"):
+        self.tok, self.max_len, self.image_size, self.sample_rate, self.over_length = tokenizer, max_len, image_size, sample_rate, over_length
+
+    def __call__(self, r: dict) -> dict:
+        from common.data.audio import load_audio, speech_fbank
+
+        ex = fit_length(prompts.vita_spoken_qa(self.tok, r), self.max_len, self.over_length)
+        audio = r["audio"]
+        if not isinstance(audio, np.ndarray):
+            audio, _ = load_audio(audio, self.sample_rate)
+        ex["audio_features"] = speech_fbank(audio, self.sample_rate)
+        ex["images"] = image_ops.square_resize_preprocess(image_ops.decode_image(r["image"]), self.image_size)[None]
+        return ex
+
+
+class AsrTransform:
+    """{audio (path / bytes / array), text} -> audio_features [T, 80] + ChatML tokens with the transcript as the answer
+    (VITA stage 2.1, audio-text alignment)."""
+
+    def __init__(self, tokenizer, max_len: int = 128, sample_rate: int = 16000, max_seconds: float = 30.0, prompt: str = "Transcribe the audio.", over_length: str = "skip"):
+        self.tok, self.max_len, self.sample_rate, self.max_seconds, self.prompt, self.over_length = tokenizer, max_len, sample_rate, max_seconds, prompt, over_length
+
+    def __call__(self, r: dict) -> dict:
+        from common.data.audio import load_audio, speech_fbank
+        from common.data.records import TOO_LONG
+        from common.tokenizers import AUDIO_TOKEN, VITA_STATE_AUDIO_QUERY
+
+        text = r["text"].lower() if r["text"].isupper() else r["text"]
+        turns = [(f"{AUDIO_TOKEN}\n{self.prompt}", text)]
+        ex = fit_length(prompts.vita_chatml(self.tok, turns, state=VITA_STATE_AUDIO_QUERY), self.max_len, self.over_length)
+        audio = r["audio"]
+        if not isinstance(audio, np.ndarray):
+            audio, _ = load_audio(audio, self.sample_rate)
+        if len(audio) > self.max_seconds * self.sample_rate:
+            raise BadRecord(TOO_LONG, f"{len(audio) / self.sample_rate:.1f} s of audio > {self.max_seconds} s")
+        ex["audio_features"] = speech_fbank(audio, self.sample_rate)
+        return ex

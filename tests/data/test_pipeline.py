@@ -1,0 +1,125 @@
+"""grain pipelines: per-host sharding, checkpointable iterator, padding / packing with loss masks, family transforms."""
+import numpy as np
+import pytest
+
+from common.data import batching as B, pipeline as P, shapes as S
+from common.data.records import SkipCounter
+
+
+class _Ids:
+    """A source whose records are their own index (to check shuffling / sharding exactly)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"i": i}
+
+
+def _ids_pipeline(n=103, shard=None, seed=0, epochs=1, batch=4):
+    ds, c = P.build_dataset(_Ids(n), lambda r: r, batch_size=batch, collate=lambda xs: np.array([x["i"] for x in xs]), seed=seed, num_epochs=epochs, shard=shard)
+    return P.DataIterator(ds, c)
+
+
+def test_per_host_sharding_is_disjoint_and_complete():
+    hosts = [np.concatenate(list(_ids_pipeline(shard=(i, 4)))) for i in range(4)]
+    assert all(len(h) == 24 for h in hosts)  # 103 // 4 = 25 per host, batches of 4 drop the remainder
+    full = [np.concatenate(list(P.DataIterator(*P.build_dataset(_Ids(103), lambda r: r, batch_size=1, collate=lambda xs: np.array([x["i"] for x in xs]), shard=(i, 4))))) for i in range(4)]
+    allidx = np.concatenate(full)
+    assert len(allidx) == 100 and len(set(allidx.tolist())) == 100
+    assert set(full[1].tolist()) == set(range(1, 100, 4))
+    assert P.shard_for_host("jax") == (0, 1)
+
+
+def test_shuffle_differs_per_epoch_and_seed():
+    a = np.concatenate(list(_ids_pipeline(n=40, epochs=2, batch=40)))
+    assert sorted(a[:40]) == list(range(40)) and sorted(a[40:]) == list(range(40))
+    assert not np.array_equal(a[:40], a[40:])
+    b = np.concatenate(list(_ids_pipeline(n=40, seed=1, batch=40)))
+    assert not np.array_equal(a[:40], b)
+
+
+def test_checkpoint_resume_gives_identical_stream(tmp_path, flamingo_tok):
+    def make():
+        src = S.ShapesSource("captions", "train", size=64, image_size=32)
+        ds, c = P.build_dataset(src, P.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=4, collate=P.Collate(32, flamingo_tok.pad_id), seed=5, num_epochs=None, num_threads=2)
+        return P.DataIterator(ds, c)
+
+    it = make()
+    for _ in range(3):
+        next(it)
+    it.save(str(tmp_path / "data_state.json"))
+    expected = [next(it)["input_ids"] for _ in range(20)]  # crosses the epoch boundary (64 / 4 = 16 batches)
+    fresh = make()
+    fresh.restore(str(tmp_path / "data_state.json"))
+    assert fresh.counter.seen == 12
+    got = [next(fresh)["input_ids"] for _ in range(20)]
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got))
+
+
+def test_padding_and_truncation(flamingo_tok):
+    a = B.tokenize_segments(flamingo_tok, [("Question: what?", False), (" Answer.", True)], add_bos=True, add_eos=True)
+    assert not a["loss_mask"][0] and a["loss_mask"][-1] and a["input_ids"][-1] == flamingo_tok.eos_id
+    n = len(a["input_ids"])
+    batch = B.pad_batch([a, a], n + 3, flamingo_tok.pad_id, side="left")
+    assert (batch["input_ids"][:, :3] == flamingo_tok.pad_id).all() and not batch["attention_mask"][:, :3].any()
+    assert np.array_equal(batch["positions"][0, 3:], np.arange(n))
+    with pytest.raises(Exception, match="too_long"):
+        B.fit_length(a, n - 1, "skip")
+    assert len(B.fit_length(a, 4, "truncate")["input_ids"]) == 4
+
+
+def test_packing_keeps_examples_apart():
+    ex = [{"input_ids": np.arange(1, n + 1, dtype=np.int32), "loss_mask": np.ones(n, bool)} for n in (5, 3, 7, 2, 6)]
+    p = B.pack_sequences(ex, 10, pad_id=0)
+    assert p["input_ids"].shape[1] == 10 and p["input_ids"].shape[0] == 3
+    total = sum(len(e["input_ids"]) for e in ex)
+    assert (p["segment_ids"] > 0).sum() == total
+    for r in range(p["input_ids"].shape[0]):
+        for s in set(p["segment_ids"][r].tolist()) - {0}:
+            m = p["segment_ids"][r] == s
+            assert np.array_equal(p["positions"][r][m], np.arange(m.sum()))
+            assert not p["loss_mask"][r][m][0]  # never predict across the boundary
+    mask = B.packed_attention_mask(p["segment_ids"])
+    r, i, j = np.nonzero(mask)
+    assert (p["segment_ids"][r, i] == p["segment_ids"][r, j]).all() and (j <= i).all()
+
+
+def test_family_pipelines_on_shapes(llama_dir, flamingo_tok, tmp_path):
+    from common.tokenizers import load_tokenizer
+
+    src = S.ShapesSource("interleaved", "train", size=16, image_size=32)
+    ds, c = P.build_dataset(src, P.FlamingoInterleavedTransform(flamingo_tok, 128, 32, max_images=6), batch_size=4, collate=P.Collate(128, flamingo_tok.pad_id, max_images=6))
+    b = next(iter(ds))
+    assert b["images"].shape == (4, 6, 32, 32, 3)
+    img_id = flamingo_tok.token_to_id("<image>")
+    assert np.array_equal((b["input_ids"] == img_id).sum(1), b["image_mask"].sum(1))
+    assert not b["loss_mask"][b["input_ids"] == img_id].any()
+
+    ds, c = P.build_dataset(S.ShapesSource("conversations", "train", size=8, image_size=32), P.LlavaTransform(flamingo_tok, 256, 28), batch_size=4, collate=P.Collate(256, flamingo_tok.pad_id))
+    b = next(iter(ds))
+    assert b["images"].shape == (4, 1, 28, 28, 3) and c.num_skipped == 0
+    assert 0 < b["loss_mask"].sum() < b["attention_mask"].sum()
+
+    vtok = load_tokenizer(llama_dir)
+    vtok.add_family_tokens("vita")
+    vtok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    ds, c = P.build_dataset(S.ShapesSource("spoken_qa", "train", size=8, image_size=32), P.VitaSpokenQATransform(vtok, 96, 28), batch_size=4, collate=P.Collate(96, 0))
+    b = next(iter(ds))
+    assert b["audio_features"].shape[0] == 4 and b["audio_features"].shape[2] == 80 and b["images"].shape == (4, 1, 28, 28, 3)
+    states = {vtok.token_to_id(t) for t in ("☞", "☜")}
+    assert all(bool(set(row[m].tolist()) & states) for row, m in zip(b["input_ids"], b["loss_mask"]))
+
+
+def test_prepared_source_through_grain(tmp_path, flamingo_tok):
+    pytest.importorskip("tensorflow_datasets")
+    from common.data import tfds_shapes as T
+
+    T.prepare_shapes(str(tmp_path), kinds=["captions"], image_size=32, split_sizes={"train": 16, "validation": 4, "test": 4})
+    src = T.PreparedShapesSource("captions", "train", str(tmp_path), image_size=32)
+    ds, c = P.build_dataset(src, P.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=8, collate=P.Collate(32, flamingo_tok.pad_id), shard=(1, 2))
+    batches = list(P.DataIterator(ds, c))
+    assert len(batches) == 1 and batches[0]["images"].shape == (8, 1, 32, 32, 3)
