@@ -9,25 +9,25 @@ from common.lm import LMConfig
 def vicuna_7b(**overrides) -> LMConfig:
     """Vicuna-7B v1.5 = Llama-2-7B architecture (lmsys/vicuna-7b-v1.5): 6.74B parameters."""
     return LMConfig(vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
-                    intermediate_size=11008, max_position_embeddings=4096, norm_eps=1e-5, rope_theta=10000.0,
-                    **overrides)
+                    intermediate_size=11008, max_position_embeddings=4096, norm_eps=1e-5, rope_theta=10000.0
+                    ).replace(**overrides)
 
 
 def qwen2_7b(**overrides) -> LMConfig:
     """Qwen2-7B (Qwen/Qwen2-7B): GQA 28 / 4 heads, qkv bias, untied head; 7.62B parameters."""
     return LMConfig(vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4,
                     intermediate_size=18944, max_position_embeddings=131072, norm_eps=1e-6, qkv_bias=True,
-                    rope_theta=1000000.0, **overrides)
+                    rope_theta=1000000.0).replace(**overrides)
 
 
 def mpt_7b(**overrides) -> LMConfig:
     """MPT-7B (mosaicml/mpt-7b): ALiBi, bias-free LayerNorm, GELU MLP x4, tied embeddings; 6.65B parameters."""
     return LMConfig(vocab_size=50432, hidden_size=4096, num_layers=32, num_heads=32, intermediate_size=16384,
                     max_position_embeddings=2048, norm="layer", norm_eps=1e-5, norm_bias=False, mlp_act="gelu",
-                    mlp_gated=False, position="alibi", tie_word_embeddings=True, **overrides)
+                    mlp_gated=False, position="alibi", tie_word_embeddings=True).replace(**overrides)
 
 
 def llama_100m(**overrides) -> LMConfig:
     """A ~100M-parameter Llama (d 768, 8 layers, vocab 32000) used by the benchmarks."""
     return LMConfig(vocab_size=32000, hidden_size=768, num_layers=8, num_heads=12, num_kv_heads=12,
-                    intermediate_size=2048, max_position_embeddings=2048, norm_eps=1e-5, **overrides)
+                    intermediate_size=2048, max_position_embeddings=2048, norm_eps=1e-5).replace(**overrides)

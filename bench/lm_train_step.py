@@ -1,0 +1,170 @@
+"""Benchmark: the LM core's train step (forward, backward, AdamW) at a ~100M-parameter Llama config on
+this machine's CPU, side by side with the identical PyTorch transformers step; JSON lines to stdout.
+
+Reports tokens/s, analytic matmul FLOPs per step, achieved FLOP/s, MFU against the matmul peak measured
+in the same run, compile time with scan vs unrolled layers (8 and 32 layers), peak host memory, and the
+JAX / PyTorch step-rate ratio. Usage: python bench/lm_train_step.py [--steps 5] [--batch 4] [--seq 512]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.lm import DecoderLM, matmul_flops_per_token  # noqa: E402
+from configs.models import llama_100m  # noqa: E402
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best f32 matmul FLOP/s on this machine (XLA's CPU dot), n x n x n."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, b).block_until_ready()
+    best = min(_timed(lambda: matmul(a, b).block_until_ready()) for _ in range(repeats))
+    return 2 * n ** 3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def next_token_loss(logits, ids):
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1))
+
+
+def make_train_step(model, tx):
+    def train_step(params, opt_state, ids):
+        loss, grads = jax.value_and_grad(lambda p: next_token_loss(model.apply({"params": p}, ids), ids))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+    return jax.jit(train_step, donate_argnums=(0, 1))
+
+
+def compile_seconds(config, batch: int, seq: int) -> float:
+    """Time to lower + compile the full train step from abstract shapes (no parameter memory)."""
+    model = DecoderLM(config)
+    tx = optax.adamw(1e-4)
+    ids = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+    params = _unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+    opt_state = jax.eval_shape(tx.init, params)
+    step = make_train_step(model, tx)
+    start = time.perf_counter()
+    step.lower(params, opt_state, ids).compile()
+    return time.perf_counter() - start
+
+
+def _unbox(tree):
+    import flax.linen as nn
+    return nn.unbox(tree)
+
+
+def bench_jax(config, batch: int, seq: int, steps: int) -> dict:
+    model = DecoderLM(config)
+    tx = optax.adamw(1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
+    params = _unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+    opt_state = tx.init(params)
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, config.vocab_size, (batch, seq)), jnp.int32)
+    step = make_train_step(model, tx)
+    start = time.perf_counter()
+    params, opt_state, loss = step(params, opt_state, ids)
+    loss.block_until_ready()
+    first_step = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        params, opt_state, loss = step(params, opt_state, ids)
+        loss.block_until_ready()
+        times.append(time.perf_counter() - start)
+    return {"step_s": float(np.median(times)), "first_step_s": first_step, "loss": float(loss)}
+
+
+def bench_torch(config, batch: int, seq: int, steps: int) -> dict | None:
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    hf_config = transformers.LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.kv_heads, max_position_embeddings=config.max_position_embeddings,
+        rms_norm_eps=config.norm_eps, attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(hf_config).float().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    ids = torch.tensor(np.random.RandomState(0).randint(0, config.vocab_size, (batch, seq)))
+
+    def step():
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    step()
+    times = [_timed(step) for _ in range(steps)]
+    return {"step_s": float(np.median(times)), "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--skip-compile", action="store_true", help="skip the 8 / 32-layer compile-time study")
+    parser.add_argument("--skip-torch", action="store_true")
+    args = parser.parse_args()
+
+    config = llama_100m(max_position_embeddings=max(args.seq, 512))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(_unbox(jax.eval_shape(
+        lambda: DecoderLM(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))))
+    tokens = args.batch * args.seq
+    step_flops = 3 * matmul_flops_per_token(config, args.seq) * tokens
+    peak = measure_matmul_peak()
+    emit({"bench": "matmul_peak", "flops_per_s": peak, "devices": str(jax.devices()[0]), "cpus": os.cpu_count()})
+
+    ours = bench_jax(config, args.batch, args.seq, args.steps)
+    rss_after_jax = peak_rss_mb()
+    emit({"bench": "lm_train_step", "impl": "jax", "params": n_params, "batch": args.batch, "seq": args.seq,
+          "tokens_per_s": tokens / ours["step_s"], "step_s": ours["step_s"], "model_flops_per_step": step_flops,
+          "achieved_flops_per_s": step_flops / ours["step_s"], "mfu": step_flops / ours["step_s"] / peak,
+          "first_step_s": ours["first_step_s"], "peak_host_memory_mb": rss_after_jax, "loss": ours["loss"]})
+
+    if not args.skip_compile:
+        for layers in (8, 32):
+            for scan in (True, False):
+                seconds = compile_seconds(config.replace(num_layers=layers, scan_layers=scan), args.batch, args.seq)
+                emit({"bench": "compile_time", "layers": layers, "scan_layers": scan, "compile_s": seconds})
+
+    if not args.skip_torch:
+        torch_result = bench_torch(config, args.batch, args.seq, args.steps)
+        if torch_result is not None:
+            emit({"bench": "lm_train_step", "impl": "pytorch", "tokens_per_s": tokens / torch_result["step_s"],
+                  "step_s": torch_result["step_s"], "mfu": step_flops / torch_result["step_s"] / peak,
+                  "threads": torch_result["threads"]})
+            emit({"bench": "speed_ratio", "jax_over_pytorch": torch_result["step_s"] / ours["step_s"]})
+
+
+if __name__ == "__main__":
+    main()
