@@ -354,17 +354,10 @@ def _check_ids(input_ids: jax.Array, vocab_size: int) -> None:
         raise ValueError(f"input_ids must be integers, got {input_ids.dtype}")
 
 
-def init_params(module: DecoderLM, rng: jax.Array, batch: int = 1, length: int = 8) -> Any:
-    """Random parameters (boxed with logical axis names) for a DecoderLM."""
-    return module.init(rng, jnp.zeros((batch, length), jnp.int32))["params"]
-
-
 def param_count(module: nn.Module, *example_inputs) -> int:
-    """Number of parameters from `jax.eval_shape` (no memory used)."""
-    if not example_inputs:
-        example_inputs = (jnp.zeros((1, 8), jnp.int32),)
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs))["params"]
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(shapes))))
+    """Number of parameters from `jax.eval_shape` (no memory used); token ids [1, 8] by default."""
+    from common.params import abstract_params, count
+    return count(abstract_params(module, *(example_inputs or (jnp.zeros((1, 8), jnp.int32),))))
 
 
 def matmul_flops_per_token(config: LMConfig, seq_len: int) -> float:

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from common.lm import DecoderLM, KVCache, LMConfig, layer_param_location
+from common.params import random_params
 
 CFG = LMConfig(vocab_size=61, hidden_size=32, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=48,
                max_position_embeddings=32)
 
 
-def _init(module, length=8):
-    return nn.unbox(module.init(jax.random.key(0), jnp.zeros((2, length), jnp.int32))["params"])
+def _init(module, length=8, **kwargs):
+    return random_params(module, jnp.zeros((2, length), jnp.int32), **kwargs)
 
 
 @pytest.mark.parametrize("cfg", [CFG, CFG.replace(position="alibi", norm="layer", mlp_gated=False, mlp_act="gelu"),
@@ -58,10 +59,10 @@ def test_scan_equals_unrolled_and_remat_keeps_gradients():
     def loss(model, p):
         return jnp.mean(model.apply({"params": p}, ids) ** 2)
 
-    grads = jax.grad(lambda p: loss(scanned, p))(params)
+    grads = jax.jit(jax.grad(lambda p: loss(scanned, p)))(params)
     for policy in ("full", "dots", "dots_no_batch"):
         remat = DecoderLM(CFG.replace(remat_policy=policy))
-        remat_grads = jax.grad(lambda p: loss(remat, p))(params)
+        remat_grads = jax.jit(jax.grad(lambda p: loss(remat, p)))(params)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), remat_grads, grads)
 
 
@@ -81,7 +82,7 @@ def test_inserted_block_extension_point(scan, every, position):
     bare_params = _init(bare)
     model = DecoderLM(cfg, block=AddBias, block_every=every, block_position=position)
     ids = jnp.asarray(np.random.RandomState(0).randint(0, CFG.vocab_size, (2, 8)))
-    params = nn.unbox(model.init(jax.random.key(1), ids, block_inputs={"scale": 1.0})["params"])
+    params = random_params(model, ids, block_inputs={"scale": 1.0}, seed=1)
     # Copy the bare LM's layers into the grouped layout.
     for i in range(cfg.num_layers):
         src_path, src_idx = layer_param_location(cfg, i)

@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from common.lm import DecoderLM, LMConfig
+from common.params import random_params
 from common.sharding import activate, logical_to_spec, make_mesh, params_sharding
 
 CFG = LMConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
@@ -37,8 +38,8 @@ def test_sharded_forward_and_gradients_equal_single_device():
     model = DecoderLM(CFG)
     ids = jnp.asarray(np.random.RandomState(0).randint(0, CFG.vocab_size, (8, 16)))
     mask = jnp.ones((8, 16), jnp.int32).at[1, :5].set(0)
-    boxed = model.init(jax.random.key(0), ids)["params"]
-    params = nn.unbox(boxed)
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), ids))["params"]
+    params = random_params(model, ids)
 
     def loss_fn(p, ids, mask):
         logits = model.apply({"params": p}, ids, mask)

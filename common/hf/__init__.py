@@ -44,6 +44,13 @@ def _ensure_registered() -> None:
         from common.hf import vision  # noqa: F401
     except ImportError:  # pragma: no cover - vision converters are optional at import time
         pass
+    import importlib
+    for family in ("llava_jax.hf",):  # family packages register their multimodal architectures (llava, llava_next)
+        try:
+            importlib.import_module(family)
+        except ModuleNotFoundError as e:  # pragma: no cover - the family package is not installed
+            if e.name != family.split(".")[0]:
+                raise
 
 
 def model_type_of(config: dict) -> str:
@@ -54,9 +61,8 @@ def model_type_of(config: dict) -> str:
 
 
 def abstract_params(module: nn.Module, example_inputs: tuple) -> Any:
-    """Parameter shapes (boxed with logical axis names) without allocating memory."""
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs))
-    return variables["params"]
+    """Parameter shapes, boxed with their logical axis names, without allocating memory."""
+    return jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs))["params"]
 
 
 def load_from_config(path: str, config: dict, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
