@@ -16,6 +16,7 @@ setup(
         "orbax-checkpoint>=0.11",
         "chex>=0.1.90",
         "ml_collections>=1.0",
+        "absl-py>=1.4",
         "numpy>=2.0",
         "safetensors>=0.4",
         "sentencepiece>=0.2",

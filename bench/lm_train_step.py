@@ -79,27 +79,24 @@ def _unbox(tree):
     return nn.unbox(tree)
 
 
-def bench_jax(config, batch: int, seq: int, steps: int) -> dict:
+def jax_stepper(config, batch: int, seq: int):
+    """Returns (run one train step, seconds of the first step = compile + run)."""
+    from common.params import random_params
     model = DecoderLM(config)
     tx = optax.adamw(1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
-    params = _unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
-    opt_state = tx.init(params)
+    params = random_params(model, jnp.zeros((1, 8), jnp.int32))
+    state = {"params": params, "opt_state": tx.init(params)}
     ids = jnp.asarray(np.random.RandomState(0).randint(0, config.vocab_size, (batch, seq)), jnp.int32)
     step = make_train_step(model, tx)
-    start = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, ids)
-    loss.block_until_ready()
-    first_step = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        params, opt_state, loss = step(params, opt_state, ids)
-        loss.block_until_ready()
-        times.append(time.perf_counter() - start)
-    return {"step_s": float(np.median(times)), "first_step_s": first_step, "loss": float(loss)}
+
+    def run():
+        state["params"], state["opt_state"], loss = step(state["params"], state["opt_state"], ids)
+        return float(loss)
+
+    return run, _timed(run)
 
 
-def bench_torch(config, batch: int, seq: int, steps: int) -> dict | None:
+def torch_stepper(config, batch: int, seq: int):
     try:
         import torch
         import transformers
@@ -120,11 +117,10 @@ def bench_torch(config, batch: int, seq: int, steps: int) -> dict | None:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     step()
-    times = [_timed(step) for _ in range(steps)]
-    return {"step_s": float(np.median(times)), "threads": torch.get_num_threads()}
+    return step
 
 
 def main() -> None:
@@ -144,26 +140,32 @@ def main() -> None:
     peak = measure_matmul_peak()
     emit({"bench": "matmul_peak", "flops_per_s": peak, "devices": str(jax.devices()[0]), "cpus": os.cpu_count()})
 
-    ours = bench_jax(config, args.batch, args.seq, args.steps)
+    jax_step, first_step_s = jax_stepper(config, args.batch, args.seq)
     rss_after_jax = peak_rss_mb()
+    torch_step = None if args.skip_torch else torch_stepper(config, args.batch, args.seq)
+    # Interleave the two implementations step by step, so that load from elsewhere hits both alike.
+    jax_times, torch_times = [], []
+    for _ in range(args.steps):
+        jax_times.append(_timed(jax_step))
+        if torch_step is not None:
+            torch_times.append(_timed(torch_step))
+    step_s = float(np.median(jax_times))
     emit({"bench": "lm_train_step", "impl": "jax", "params": n_params, "batch": args.batch, "seq": args.seq,
-          "tokens_per_s": tokens / ours["step_s"], "step_s": ours["step_s"], "model_flops_per_step": step_flops,
-          "achieved_flops_per_s": step_flops / ours["step_s"], "mfu": step_flops / ours["step_s"] / peak,
-          "first_step_s": ours["first_step_s"], "peak_host_memory_mb": rss_after_jax, "loss": ours["loss"]})
+          "tokens_per_s": tokens / step_s, "step_s": step_s, "model_flops_per_step": step_flops,
+          "achieved_flops_per_s": step_flops / step_s, "mfu": step_flops / step_s / peak,
+          "first_step_s": first_step_s, "peak_host_memory_mb": rss_after_jax})
+    if torch_times:
+        import torch
+        torch_s = float(np.median(torch_times))
+        emit({"bench": "lm_train_step", "impl": "pytorch", "tokens_per_s": tokens / torch_s, "step_s": torch_s,
+              "mfu": step_flops / torch_s / peak, "threads": torch.get_num_threads()})
+        emit({"bench": "speed_ratio", "jax_over_pytorch": torch_s / step_s})
 
     if not args.skip_compile:
         for layers in (8, 32):
             for scan in (True, False):
                 seconds = compile_seconds(config.replace(num_layers=layers, scan_layers=scan), args.batch, args.seq)
                 emit({"bench": "compile_time", "layers": layers, "scan_layers": scan, "compile_s": seconds})
-
-    if not args.skip_torch:
-        torch_result = bench_torch(config, args.batch, args.seq, args.steps)
-        if torch_result is not None:
-            emit({"bench": "lm_train_step", "impl": "pytorch", "tokens_per_s": tokens / torch_result["step_s"],
-                  "step_s": torch_result["step_s"], "mfu": step_flops / torch_result["step_s"] / peak,
-                  "threads": torch_result["threads"]})
-            emit({"bench": "speed_ratio", "jax_over_pytorch": torch_result["step_s"] / ours["step_s"]})
 
 
 if __name__ == "__main__":
