@@ -1,0 +1,21 @@
+"""LLaVA / LLaVA-1.5 / LLaVA-NeXT (Liu et al. 2023, "Visual Instruction Tuning"; 2023b, "Improved Baselines with
+Visual Instruction Tuning"; 2024, LLaVA-NeXT) on the shared core: CLIP tower (common/vision), projector, any
+common.lm decoder. Modules: model (Llava, LlavaConfig), projector, anyres, hf (load_hf, load_original),
+conversation (templates + answer-only loss masks), configs (published model sizes)."""
+from llava_jax.model import Llava, LlavaConfig, example_inputs, frozen_patterns, init_params, param_count, trainable_patterns
+
+
+def load_hf(path, dtype=None, mesh=None):
+    """Local HF llava / llava_next checkpoint dir -> (Llava, params). See llava_jax.hf.load_hf."""
+    from llava_jax.hf import load_hf as _load
+    return _load(path, dtype=dtype, mesh=mesh)
+
+
+def load_original(lm_dir, mm_projector_bin=None, vision_tower_dir=None, **kwargs):
+    """Original haotian-liu/LLaVA release layout -> (Llava, params). See llava_jax.hf.load_original."""
+    from llava_jax.hf import load_original as _load
+    return _load(lm_dir, mm_projector_bin, vision_tower_dir, **kwargs)
+
+
+__all__ = ["Llava", "LlavaConfig", "example_inputs", "frozen_patterns", "init_params", "load_hf", "load_original",
+           "param_count", "trainable_patterns"]

@@ -2,18 +2,16 @@
 
 Flamingo (OpenFlamingo): `<image>{caption}<|endofchunk|>{eos}`; interleaved `<image>{text}<|endofchunk|>` per pair;
   `<image>` is never a target. Few-shot eval prompts `<image>Question:{q} Short answer:{a}<|endofchunk|>`.
-LLaVA: `plain` (stage 1: `<image>` + caption + newline, only the caption is a target) and `vicuna_v1`
-  (system, `USER: ... ASSISTANT: ...</s>`, `<image>\\n` moved to the front of the first user turn; targets =
-  assistant answers and their `</s>`). Marker/image count mismatches raise BadRecord instead of zeroing the loss.
+LLaVA: `llava_conversation` delegates to `llava_jax.conversation` (plain, vicuna_v1, llava_llama_2, ChatML; answer-only
+  loss mask; marker/image count or tokenization mismatches raise BadRecord instead of zeroing the loss).
 VITA: ChatML, a state token prefixed to every answer (audio query / text query / noise).
 """
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 from common.data.batching import tokenize_segments
-from common.data.records import BadRecord, IMAGE_MARKER_MISMATCH, MALFORMED, check_image_markers, decode_text
+from common.data.records import BadRecord, IMAGE_MARKER_MISMATCH, decode_text
 from common.tokenizers import (
     AUDIO_TOKEN,
     END_OF_CHUNK_TOKEN,
@@ -59,43 +57,13 @@ def flamingo_caption_prompt(demos: Sequence[str]) -> str:
 
 
 # ---- LLaVA ---------------------------------------------------------------------------------------------------
-def _turns(conversations) -> list[dict]:
-    if isinstance(conversations, (str, bytes)):
-        conversations = json.loads(decode_text(conversations, "conversations"))
-    if not isinstance(conversations, list) or not conversations:
-        raise BadRecord(MALFORMED, "conversations must be a non-empty list")
-    out = []
-    for t in conversations:
-        if not isinstance(t, dict) or "from" not in t or "value" not in t:
-            raise BadRecord(MALFORMED, f"bad turn {t!r:.80}")
-        out.append({"from": t["from"], "value": decode_text(t["value"], "conversation")})
-    return out
-
-
 def llava_conversation(tokenizer, conversations, num_images: int = 1, template: str = "vicuna_v1") -> dict:
-    turns = _turns(conversations)
-    check_image_markers("".join(t["value"] for t in turns), num_images)
-    if template == "plain":
-        # Stage 1: `<image>` + caption + "\n"; the caption (the first gpt turn) is the target.
-        cap = next(t["value"] for t in turns if t["from"] == "gpt")
-        return tokenize_segments(tokenizer, [(IMAGE_TOKEN, False), (cap + "\n", True)], add_bos=False, add_eos=False)
-    if template != "vicuna_v1":
-        raise ValueError(f"unknown template {template!r}")
-    if num_images and IMAGE_TOKEN in turns[0]["value"]:
-        v = turns[0]["value"].replace(IMAGE_TOKEN, "").strip()
-        turns[0]["value"] = f"{IMAGE_TOKEN}\n{v}"
-    segs: list[tuple[str, bool]] = [(LLAVA_V1_SYSTEM + " ", False)]
-    roles = {"human": "USER", "gpt": "ASSISTANT"}
-    for i, t in enumerate(turns):
-        role = roles.get(t["from"])
-        if role is None or (role == "USER") != (i % 2 == 0):
-            raise BadRecord(MALFORMED, f"turn {i} from {t['from']!r}: expected alternating human/gpt")
-        if role == "USER":
-            segs.append((f"USER: {t['value']} ASSISTANT:", False))
-        else:
-            segs.append((f" {t['value']}", True))
-            segs.append(("</s>", True))
-    return tokenize_segments(tokenizer, segs, add_bos=tokenizer.bos_id is not None, add_eos=False)
+    """LLaVA conversation -> tokens + answer-only loss mask. The templates (plain, vicuna_v1, llava_llama_2, ChatML,
+    ...) and the mask construction live in `llava_jax.conversation`; a prompt whose mask cannot be built raises
+    BadRecord('tokenization_mismatch'), which the pipeline counts."""
+    from llava_jax.conversation import tokenize_conversation
+
+    return tokenize_conversation(tokenizer, conversations, template, num_images)
 
 
 # ---- VITA ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,267 @@
+"""Checkpoint loading for LLaVA: HF `LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration` directories
+(model_type `llava`, `llava_next`; registered in `common.hf.ARCHITECTURES`) and the original haotian-liu/LLaVA
+release layout (an LM directory, a stage-1 `mm_projector.bin`, a CLIP vision tower directory).
+
+Tensor names accepted from HF checkpoints (both layouts transformers has written):
+  hub / save_pretrained: language_model.model.*, language_model.lm_head.weight, vision_tower.[vision_model.]*,
+                         multi_modal_projector.linear_{1,2}.*, image_newline
+  v5 module names:       model.language_model.*, lm_head.weight, model.vision_tower.*, model.multi_modal_projector.*,
+                         model.image_newline
+They are renamed to the plain LM / CLIP names and handed to `common.hf.lm.lm_rule` / `common.hf.vision.clip_rule`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.data.image_ops import LLAVA_NEXT_PINPOINTS
+from common.hf import Architecture, abstract_params, load_from_config, register
+from common.hf.checkpoint import (CheckpointError, Rule, Target, fill_params, iter_tensors, read_config,
+                                  transpose)
+from common.hf.lm import config_from_hf, lm_rule
+from common.hf.vision import clip_rule
+from common.sharding import params_sharding
+from common.vision.clip import CLIPVisionConfig, clip_vit_l14_336
+from llava_jax.model import Llava, LlavaConfig, example_inputs
+from llava_jax.projector import parse_projector_type
+
+# transformers' defaults for the fields hub configs leave out of `text_config` (they store only non-defaults).
+TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                    rms_norm_eps=1e-6, sliding_window=4096),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768, rms_norm_eps=1e-6),
+}
+# Original-release model types -> the LM family they wrap.
+ORIGINAL_LM_TYPES = {"llava_llama": "llama", "llava": "llama", "llava_mistral": "mistral", "llava_qwen": "qwen2",
+                     "llava_qwen2": "qwen2", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}
+
+
+def _dtype_name(dtype: Any) -> str:
+    return "float32" if dtype is None else jnp.dtype(dtype).name
+
+
+def text_config_from_hf(text: dict, dtype: Any = None, tie: bool | None = None):
+    text = dict(text)
+    model_type = text.setdefault("model_type", "llama")
+    text = {**TEXT_DEFAULTS.get(model_type, {}), **text}
+    if tie is not None:
+        text["tie_word_embeddings"] = tie
+    return config_from_hf(text, dtype)
+
+
+def vision_config_from_hf(vision: dict | None, dtype: Any = None) -> CLIPVisionConfig:
+    name = _dtype_name(dtype)
+    if not vision:  # LlavaConfig's default tower: CLIP ViT-L/14-336
+        return clip_vit_l14_336(dtype=name, param_dtype=name)
+    vision = dict(vision)
+    model_type = vision.setdefault("model_type", "clip_vision_model")
+    if model_type not in ("clip_vision_model", "clip"):
+        raise CheckpointError(f"vision tower model_type {model_type!r} is not supported (CLIP only)")
+    return CLIPVisionConfig.from_hf(vision, dtype=name, param_dtype=name, projection_dim=None)
+
+
+def llava_config_from_hf(hf: dict, dtype: Any = None) -> LlavaConfig:
+    """HF `LlavaConfig` / `LlavaNextConfig` dict (config.json) -> LlavaConfig."""
+    model_type = hf.get("model_type")
+    if model_type not in ("llava", "llava_next"):
+        raise CheckpointError(f"not a LLaVA config: model_type {model_type!r}")
+    text = text_config_from_hf(hf.get("text_config") or {}, dtype,
+                               tie=bool(hf.get("tie_word_embeddings", False)) or None)
+    layer = hf.get("vision_feature_layer", -2)
+    pinpoints = None
+    if model_type == "llava_next":
+        pinpoints = tuple(tuple(int(v) for v in p) for p in (hf.get("image_grid_pinpoints") or LLAVA_NEXT_PINPOINTS))
+    return LlavaConfig(
+        text=text, vision=vision_config_from_hf(hf.get("vision_config"), dtype),
+        image_token_index=int(hf.get("image_token_index", hf.get("image_token_id", 32000))),
+        vision_feature_layer=layer if isinstance(layer, int) else tuple(layer),
+        vision_feature_select_strategy=hf.get("vision_feature_select_strategy", "default"),
+        projector_type="mlp2x_gelu", projector_act=hf.get("projector_hidden_act", "gelu"),
+        projector_bias=bool(hf.get("multimodal_projector_bias", True)), image_grid_pinpoints=pinpoints)
+
+
+def _lm_name(name: str) -> str | None:
+    """A LLaVA checkpoint's LM tensor name -> the plain LM name (`model.layers...`, `lm_head.weight`)."""
+    for prefix, plain in (("language_model.model.", "model."), ("model.language_model.", "model."),
+                          ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head.")):
+        if name.startswith(prefix):
+            return plain + name[len(prefix):]
+    return None
+
+
+def projector_rule(config: LlavaConfig, naming: str = "hf") -> Rule:
+    """HF `multi_modal_projector.linear_{i}` or the original `mm_projector.{2(i-1)}` / `mm_projector` (linear)."""
+    depth, _ = parse_projector_type(config.projector_type)
+
+    def rule(name: str, tensor: np.ndarray) -> list[Target] | None:
+        if naming == "hf":
+            m = re.fullmatch(r"(?:model\.)?multi_modal_projector\.linear_(\d+)\.(weight|bias)", name)
+            index = int(m.group(1)) if m else None
+        else:
+            m = re.fullmatch(r"(?:model\.)?mm_projector\.(?:(\d+)\.)?(weight|bias)", name)
+            if m and m.group(1) is None and depth != 1:
+                raise CheckpointError(f"{name}: a single-Linear projector in a checkpoint for {config.projector_type}")
+            index = None if not m else (1 if m.group(1) is None else int(m.group(1)) // 2 + 1)
+        if not m:
+            return None
+        if index > depth:
+            raise CheckpointError(f"{name}: projector layer {index} but {config.projector_type} has {depth}")
+        kind = m.group(2)
+        return [Target(("projector", f"linear_{index}", "kernel" if kind == "weight" else "bias"), (),
+                       transpose if kind == "weight" else (lambda a: a))]
+
+    return rule
+
+
+def llava_rule(config: LlavaConfig) -> Rule:
+    """Tensor-name rule of an HF LLaVA / LLaVA-NeXT checkpoint -> the `Llava` param tree."""
+    lm = lm_rule(config.text, _lm_model_type(config), prefix=("lm",))
+    vision_rules = [clip_rule(config.vision, ("vision_tower",), p) for p in ("model.vision_tower.", "vision_tower.")]
+    projector = projector_rule(config, "hf")
+
+    def rule(name: str, tensor: np.ndarray) -> list[Target] | None:
+        if name in ("image_newline", "model.image_newline"):
+            return [Target(("image_newline",))] if config.anyres else None
+        lm_name = _lm_name(name)
+        if lm_name is not None:
+            return lm(lm_name, tensor)
+        for vision in vision_rules:
+            targets = vision(name, tensor)
+            if targets is not None:
+                return targets
+        return projector(name, tensor)
+
+    return rule
+
+
+def _lm_model_type(config: LlavaConfig) -> str:
+    # The LM rule only distinguishes the Llama-layout families from MPT / GPT-NeoX; llama covers mistral / qwen2.
+    return "llama" if config.text.position == "rope" and config.text.mlp_gated else "unsupported"
+
+
+def _build(hf: dict, dtype: Any) -> Llava:
+    return Llava(llava_config_from_hf(hf, dtype))
+
+
+ARCHITECTURE = register("llava", "llava_next")(Architecture(
+    build=_build, rule=lambda module: llava_rule(module.config),
+    example_inputs=lambda module: example_inputs(module.config)))
+
+
+def load_hf(path: str, dtype: Any = None, mesh: jax.sharding.Mesh | None = None) -> tuple[Llava, dict]:
+    """Local HF LLaVA / LLaVA-NeXT checkpoint directory -> (Llava module, params). dtype: parameter dtype (None =
+    float32); with `mesh`, every parameter lands directly on its shards."""
+    config = read_config(path)
+    if config.get("model_type") not in ("llava", "llava_next"):
+        raise CheckpointError(f"{path}: model_type {config.get('model_type')!r} is not llava / llava_next")
+    return load_from_config(path, config, dtype=dtype, mesh=mesh, architecture=ARCHITECTURE)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The original haotian-liu/LLaVA release layout
+# ----------------------------------------------------------------------------------------------------------------
+def _torch_file(file: str) -> Iterator[tuple[str, np.ndarray]]:
+    if file.endswith(".safetensors"):
+        from safetensors import safe_open
+        with safe_open(file, framework="numpy") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+        return
+    import torch
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    for name, tensor in state.items():
+        yield name, (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy()
+
+
+def original_config(lm_config: dict, vision_config: dict, dtype: Any = None, **overrides) -> LlavaConfig:
+    """Config of an original LLaVA release: the LM config.json (model_type llava_llama / llava_mistral / ..., with
+    the mm_* fields) and the CLIP tower's config.json. Keyword overrides win over the mm_* fields."""
+    lm_type = ORIGINAL_LM_TYPES.get(lm_config.get("model_type", "llama"))
+    if lm_type is None:
+        raise CheckpointError(f"original LLaVA LM model_type {lm_config.get('model_type')!r} is not supported; "
+                              f"known: {sorted(ORIGINAL_LM_TYPES)}")
+    if lm_config.get("mm_use_im_start_end"):
+        raise CheckpointError("mm_use_im_start_end=True (LLaVA-1 <im_start>/<im_end> tokens) is not supported")
+    select = lm_config.get("mm_vision_select_feature", "patch")
+    pinpoints = None
+    if "anyres" in str(lm_config.get("image_aspect_ratio", "")) or \
+            "spatial" in str(lm_config.get("mm_patch_merge_type", "flat")):
+        pinpoints = tuple(tuple(p) for p in lm_config.get("image_grid_pinpoints") or ())
+        if lm_config.get("mm_patch_merge_type", "spatial_unpad") != "spatial_unpad":
+            raise CheckpointError(f"mm_patch_merge_type {lm_config['mm_patch_merge_type']!r} is not supported")
+    fields = dict(
+        text=text_config_from_hf({**lm_config, "model_type": lm_type}, dtype),
+        vision=vision_config_from_hf(vision_config, dtype), image_token_index=-200,
+        vision_feature_layer=lm_config.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy={"patch": "default", "cls_patch": "full"}.get(select, select),
+        projector_type=lm_config.get("mm_projector_type", "linear"), image_grid_pinpoints=pinpoints or None)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return LlavaConfig(**fields)
+
+
+def load_original(lm_dir: str, mm_projector_bin: str | None = None, vision_tower_dir: str | None = None, *,
+                  dtype: Any = None, mesh: jax.sharding.Mesh | None = None, **config_overrides) -> tuple[Llava, dict]:
+    """The original LLaVA release -> (Llava, params).
+
+    lm_dir: LM weights + config.json (model.layers.*, model.embed_tokens.weight, model.norm.weight, lm_head.weight;
+      stage-2 checkpoints also hold model.mm_projector.* and, for NeXT, model.image_newline; a tower saved inside it
+      as model.vision_tower.vision_tower.* is used when vision_tower_dir is None).
+    mm_projector_bin: stage-1 output with keys model.mm_projector.{0,2}.weight/bias (mlp2x_gelu) or
+      model.mm_projector.weight/bias (linear); it wins over a projector stored in lm_dir.
+    vision_tower_dir: HF CLIP checkpoint (openai/clip-vit-large-patch14-336).
+    config_overrides: LlavaConfig fields (projector_type, vision_feature_layer, vision_feature_select_strategy,
+      image_token_index [-200 by default, the original IMAGE_TOKEN_INDEX], image_grid_pinpoints).
+    """
+    lm_config = read_config(lm_dir)
+    vision_hf = read_config(vision_tower_dir) if vision_tower_dir else None
+    if vision_hf is None and not lm_config.get("mm_vision_tower"):
+        raise CheckpointError("pass vision_tower_dir (the CLIP checkpoint the LLaVA release was trained with)")
+    config = original_config(lm_config, vision_hf or {}, dtype, **config_overrides)
+    if mm_projector_bin is not None and not os.path.isfile(mm_projector_bin):
+        raise FileNotFoundError(f"mm_projector file {mm_projector_bin!r} does not exist")
+    module = Llava(config)
+    lm = lm_rule(config.text, "llama", prefix=("lm",))
+    projector = projector_rule(config, "original")
+    vision = clip_rule(config.vision, ("vision_tower",))
+    inner_vision = clip_rule(config.vision, ("vision_tower",), "model.vision_tower.vision_tower.")
+
+    def from_lm_dir(name, tensor):
+        if "mm_projector" in name:
+            return [] if mm_projector_bin else projector(name, tensor)
+        if name == "model.image_newline":
+            return [Target(("image_newline",))] if config.anyres else None
+        if name.startswith("model.vision_tower."):
+            return [] if vision_tower_dir else inner_vision(name, tensor)
+        return lm(name, tensor)
+
+    def tensors():  # names tagged with their source, so the rule knows which file a tensor came from
+        yield from ((f"lm:{n}", t) for n, t in iter_tensors(lm_dir))
+        if mm_projector_bin:
+            yield from ((f"projector:{n}", t) for n, t in _torch_file(mm_projector_bin))
+        if vision_tower_dir:
+            yield from ((f"vision:{n}", t) for n, t in iter_tensors(vision_tower_dir))
+
+    def rule(tagged: str, tensor: np.ndarray) -> list[Target] | None:
+        source, name = tagged.split(":", 1)
+        if source == "lm":
+            return from_lm_dir(name, tensor)
+        if source == "projector":  # any prefix before mm_projector (model., base_model.model., ...)
+            return projector("mm_projector." + name.split("mm_projector.", 1)[1], tensor) \
+                if "mm_projector." in name else None
+        return vision(name, tensor)
+
+    boxed = abstract_params(module, example_inputs(config))
+    shardings = params_sharding(boxed, mesh) if mesh is not None else None
+    params = fill_params(tensors(), rule, nn.unbox(boxed), dtype=dtype, shardings=shardings,
+                         source=f"original LLaVA ({lm_dir})")
+    return module, params
