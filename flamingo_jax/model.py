@@ -1,0 +1,274 @@
+"""The Flamingo model (Alayrac et al. 2022, Sec. 2 / Fig. 3): a frozen vision encoder (NFNet-F6 in the paper, CLIP
+ViT-L/14 in OpenFlamingo / IDEFICS), a Perceiver Resampler, and a frozen decoder LM interleaved with
+GATED XATTN-DENSE blocks (common/lm.py's `block` extension point), conditioned on interleaved images / videos.
+
+Shapes: B batch, N media per sample, T frames (video), H x W x C pixels (NHWC), S vision tokens per frame, Dv vision
+width, R latents, L text tokens, V vocabulary.
+  pixel_values [B, N, H, W, C] (images) or [B, N, T, H, W, C] (video)
+  -> vision features [B, N, T, S, Dv] (frozen) -> media [B, N, R, Dv] -> logits [B, L, V] (float32).
+
+Param tree: {vision: <the encoder's tree>, resampler: <PerceiverResampler>, lm: {embed, decoder: {groups: {layer_j,
+block}} (leading [G] axis when scanned; `groups_{g}` unrolled), final_norm, [lm_head]}}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.lm import DecoderLM, KVCache, LMConfig
+from common.sharding import constrain
+from flamingo_jax.gated_cross_attention import (GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs,
+                                                text_time_from_ids)
+from flamingo_jax.perceiver_resampler import PerceiverResampler, ResamplerConfig
+
+VISION_FEATURES = ("post_norm_patches", "last_hidden_state", "patches", "feature_map")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlamingoConfig:
+    lm: LMConfig
+    xattn: GatedXAttnConfig
+    resampler: ResamplerConfig | None  # None: the blocks attend to the raw vision tokens (IDEFICS use_resampler=False)
+    vision: Any = None  # CLIPVisionConfig | None (then pass vision_features / media)
+    image_token_id: int = 0  # the <image> token
+    cross_attn_every: int = 1  # one gated block per `cross_attn_every` LM layers
+    # Position of the block inside each group of `cross_attn_every` layers. None -> every - 1: OpenFlamingo
+    # (before layer i with (i + 1) % every == 0); 0: IDEFICS (before layer i with i % interval == 0).
+    block_position: int | None = None
+    # Which vision tokens feed the resampler: "post_norm_patches" (open_clip `output_tokens`: post-LN, CLS dropped;
+    # OpenFlamingo), "last_hidden_state" (CLS included, no post-LN; IDEFICS), "patches" (last hidden, CLS dropped),
+    # "feature_map" (NFNet: the final feature map flattened).
+    vision_features: str = "post_norm_patches"
+    vision_width: int | None = None  # Dv; None -> from the vision config
+
+    def __post_init__(self):
+        if self.vision_features not in VISION_FEATURES:
+            raise ValueError(f"vision_features must be one of {VISION_FEATURES}, got {self.vision_features!r}")
+        if self.resampler is not None and self.resampler.width != self.media_width:
+            raise ValueError(f"resampler width {self.resampler.width} != vision width {self.media_width}")
+
+    @property
+    def media_width(self) -> int:
+        if self.vision_width is not None:
+            return self.vision_width
+        if self.vision is None:
+            raise ValueError("FlamingoConfig needs vision or vision_width")
+        return getattr(self.vision, "feature_width", None) or self.vision.hidden_size
+
+    @property
+    def position(self) -> int:
+        return self.cross_attn_every - 1 if self.block_position is None else self.block_position
+
+    @property
+    def num_blocks(self) -> int:
+        return self.lm.num_layers // self.cross_attn_every
+
+    def replace(self, **changes) -> "FlamingoConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def build_vision(config: Any) -> nn.Module:
+    from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer
+    if isinstance(config, CLIPVisionConfig):
+        return CLIPVisionTransformer(config)
+    raise TypeError(f"unsupported vision config {type(config).__name__} (CLIPVisionConfig is supported; the paper's "
+                    "NFNet-F6 is not implemented yet: pass its features as `vision_features`)")
+
+
+class Flamingo(nn.Module):
+    """`apply({"params": p}, input_ids, pixel_values=None, attention_mask=None, ...) -> logits [B, L, V]`."""
+
+    config: FlamingoConfig
+
+    def setup(self):
+        cfg = self.config
+        if cfg.vision is not None:
+            self.vision = build_vision(cfg.vision)
+        if cfg.resampler is not None:
+            self.resampler = PerceiverResampler(cfg.resampler)
+        xattn = cfg.xattn
+        if xattn.dtype != cfg.lm.dtype or xattn.param_dtype != cfg.lm.param_dtype:
+            xattn = dataclasses.replace(xattn, dtype=cfg.lm.dtype, param_dtype=cfg.lm.param_dtype)
+        self.lm = DecoderLM(cfg.lm, block=functools.partial(GatedCrossAttentionBlock, xattn),
+                            block_every=cfg.cross_attn_every, block_position=cfg.position)
+
+    # -- vision side ------------------------------------------------------------------------------------------
+    def encode_vision(self, pixel_values: jax.Array) -> jax.Array:
+        """[B, N, H, W, C] or [B, N, T, H, W, C] -> frozen vision features [B, N, T, S, Dv] (no gradient)."""
+        cfg = self.config
+        if cfg.vision is None:
+            raise ValueError("this Flamingo has no vision encoder: pass vision_features or media instead")
+        if pixel_values.ndim == 5:
+            pixel_values = pixel_values[:, :, None]  # images are 1-frame videos
+        if pixel_values.ndim != 6:
+            raise ValueError("pixel_values must be [B, N, H, W, C] (images) or [B, N, T, H, W, C] (video), "
+                             f"got rank {pixel_values.ndim} shape {tuple(pixel_values.shape)}")
+        b, n, t = pixel_values.shape[:3]
+        frames = pixel_values.reshape((b * n * t,) + pixel_values.shape[3:])  # [B*N*T, H, W, C]
+        if cfg.vision_features == "feature_map":
+            tokens = self.vision(frames)  # [B*N*T, S, Dv]
+        else:
+            out = self.vision(frames, output_hidden_states=False)
+            if cfg.vision_features == "post_norm_patches":
+                tokens = out.post_norm_tokens[:, 1:]
+            elif cfg.vision_features == "patches":
+                tokens = out.last_hidden_state[:, 1:]
+            else:
+                tokens = out.last_hidden_state
+        tokens = jax.lax.stop_gradient(tokens)  # the vision encoder is frozen
+        return tokens.reshape((b, n, t) + tokens.shape[1:])  # [B, N, T, S, Dv]
+
+    def resample(self, vision_features: jax.Array) -> jax.Array:
+        """[B, N, T, S, Dv] (or [B, N, S, Dv]) -> media [B, N, R, Dv]; without a resampler the frames' tokens are
+        concatenated: [B, N, T*S, Dv]."""
+        if vision_features.ndim not in (4, 5):
+            raise ValueError(f"vision features must be [B, N, T, S, Dv] or [B, N, S, Dv], got shape "
+                             f"{tuple(vision_features.shape)}")
+        if self.config.resampler is not None:
+            return self.resampler(vision_features)
+        if vision_features.ndim == 5:
+            b, n, t, s, d = vision_features.shape
+            vision_features = vision_features.reshape(b, n, t * s, d)
+        return vision_features
+
+    def encode_media(self, pixel_values: jax.Array) -> jax.Array:
+        """pixel_values -> media [B, N, R, Dv] (cache these for few-shot evaluation / generation)."""
+        return self.resample(self.encode_vision(pixel_values))
+
+    # -- full model -------------------------------------------------------------------------------------------
+    def __call__(self, input_ids: jax.Array, pixel_values: jax.Array | None = None,
+                 attention_mask: jax.Array | None = None, *, vision_features: jax.Array | None = None,
+                 media: jax.Array | None = None, position_ids: jax.Array | None = None, cache: KVCache | None = None,
+                 media_seen: jax.Array | None = None, text_time: jax.Array | None = None,
+                 return_hidden: bool = False):
+        """Float32 logits [B, L, V] (with `cache`: (logits, new cache)).
+
+        Give the images as exactly one of pixel_values ([B, N, H, W, C] / [B, N, T, H, W, C]), vision_features
+        (the frozen encoder's output [B, N, T, S, Dv], e.g. cached for RICES) or media (resampled [B, N, R, Dv],
+        e.g. cached across generation steps); none = text only (no token sees an image; the dense branch of
+        every block still applies, as in OpenFlamingo). media_seen [B]: <image> tokens already in `cache`.
+        text_time [B, L] overrides the per-token image index computed from the <image> tokens.
+        """
+        cfg = self.config
+        given = [x is not None for x in (pixel_values, vision_features, media)]
+        if sum(given) > 1:
+            raise ValueError("pass at most one of pixel_values, vision_features and media")
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        if pixel_values is not None:
+            media = self.encode_media(pixel_values)
+        elif vision_features is not None:
+            media = self.resample(vision_features)
+        elif media is None:  # text only: one dummy medium nobody attends to
+            r = cfg.resampler.num_latents if cfg.resampler is not None else 1
+            media = jnp.zeros((input_ids.shape[0], 1, r, cfg.media_width), jnp.dtype(cfg.lm.dtype))
+            if text_time is None:
+                text_time = jnp.zeros(input_ids.shape, jnp.int32)
+        if media.ndim != 4 or media.shape[0] != input_ids.shape[0] or media.shape[-1] != cfg.media_width:
+            raise ValueError(f"media must be [B={input_ids.shape[0]}, N, R, Dv={cfg.media_width}], got shape "
+                             f"{tuple(media.shape)}")
+        if text_time is None:
+            text_time = text_time_from_ids(input_ids, cfg.image_token_id, media_seen)
+            _check_media_count(text_time, media.shape[1])
+        elif text_time.shape != input_ids.shape:
+            raise ValueError(f"text_time must be [B, L] = {tuple(input_ids.shape)}, got {tuple(text_time.shape)}")
+        media = constrain(media, ("act_batch", None, "act_media", "act_embed"))
+        inputs = MediaInputs(media=media, text_time=text_time.astype(jnp.int32))
+        return self.lm(input_ids, attention_mask, position_ids=position_ids, cache=cache, block_inputs=inputs,
+                       return_hidden=return_hidden)
+
+
+def _check_media_count(text_time: jax.Array, num_media: int) -> None:
+    """Raises when a row has more <image> tokens than media were given (only for concrete, non-traced inputs)."""
+    try:
+        counts = np.asarray(text_time)[:, -1] if text_time.shape[1] else np.zeros(text_time.shape[0], int)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    bad = np.nonzero(counts > num_media)[0]
+    if bad.size:
+        raise ValueError(f"sample {int(bad[0])} has {int(counts[bad[0]])} <image> tokens (counting media_seen) but "
+                         f"only {num_media} media were given per sample")
+
+
+def count_media(input_ids: jax.Array, image_token_id: int) -> jax.Array:
+    """[B, L] -> [B] number of <image> tokens (the `media_seen` for the next cached call)."""
+    return jnp.sum(input_ids == image_token_id, axis=-1, dtype=jnp.int32)
+
+
+# -- trainable parameters -------------------------------------------------------------------------------------------
+RESAMPLER_PATTERN = r"resampler/.*"
+BLOCK_PATTERN = r"lm/decoder/groups(_\d+)?/block/.*"
+EMBED_PATTERN = r"lm/embed/.*"
+
+
+def trainable_param_patterns(train_embeddings: bool = True) -> list[str]:
+    """Regexes ('/'-joined param paths, `re.fullmatch`) of what Flamingo trains: the resampler, the gated blocks
+    and (OpenFlamingo; optional) the LM input embeddings, which hold the new <image> / <|endofchunk|> rows.
+    Everything else (vision encoder, LM body, LM head) is frozen."""
+    return [RESAMPLER_PATTERN, BLOCK_PATTERN] + ([EMBED_PATTERN] if train_embeddings else [])
+
+
+def param_groups(train_embeddings: bool = True) -> list[tuple[str, dict | None]]:
+    """`common.optimizer` param groups for OpenFlamingo's recipe: weight decay (the optimizer's, 0.1 there) on the
+    gated blocks only, none on the resampler / embeddings, everything else frozen."""
+    groups: list[tuple[str, dict | None]] = [(BLOCK_PATTERN, {"wd_mult": 1.0}), (RESAMPLER_PATTERN, {"wd_mult": 0.0})]
+    if train_embeddings:
+        groups.append((EMBED_PATTERN, {"wd_mult": 0.0}))
+    return groups + [(r".*", None)]
+
+
+def block_param_location(config: FlamingoConfig, index: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """(path, leaf index) of gated block `index`'s params: ('lm', 'decoder', 'groups', 'block'), (index,) when
+    scanned, else ('lm', 'decoder', f'groups_{index}', 'block'), ()."""
+    if not 0 <= index < config.num_blocks:
+        raise ValueError(f"block {index} out of range [0, {config.num_blocks})")
+    if config.lm.scan_layers:
+        return ("lm", "decoder", "groups", "block"), (index,)
+    return ("lm", "decoder", f"groups_{index}", "block"), ()
+
+
+def example_inputs(config: FlamingoConfig, batch: int = 1, length: int = 8, num_media: int = 1,
+                   frames: int | None = None) -> tuple[tuple, dict]:
+    """(args, kwargs) for `Flamingo.init` / `jax.eval_shape`: pixels when there is a vision encoder, else features."""
+    ids = jnp.zeros((batch, length), jnp.int32)
+    if config.vision is not None:
+        size = config.vision.image_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch, num_media) + ((frames,) if frames else ()) + (h, w, config.vision.num_channels)
+        return (ids,), {"pixel_values": jnp.zeros(shape, jnp.float32)}
+    feats = jnp.zeros((batch, num_media, frames or 1, 4, config.media_width), jnp.float32)
+    return (ids,), {"vision_features": feats}
+
+
+def init_params(model: Flamingo, rng: jax.Array, **kwargs) -> Any:
+    """Random (boxed) params; gates start at 0."""
+    args, kw = example_inputs(model.config, **kwargs)
+    return model.init(rng, *args, **kw)["params"]
+
+
+def abstract_params(model: Flamingo, **kwargs) -> Any:
+    args, kw = example_inputs(model.config, **kwargs)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kw))["params"]
+
+
+def param_counts(model: Flamingo) -> dict[str, int]:
+    """Parameter counts per part from `jax.eval_shape` (no memory): vision, resampler, xattn (gated blocks),
+    lm (the LM without blocks), total."""
+    shapes = nn.unbox(abstract_params(model))
+    flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+    counts = {"vision": 0, "resampler": 0, "xattn": 0, "lm": 0}
+    for path, leaf in flat:
+        keys = [getattr(k, "key", str(k)) for k in path]
+        size = int(np.prod(leaf.shape))
+        if keys[0] == "lm" and "block" in keys:
+            counts["xattn"] += size
+        else:
+            counts[keys[0]] += size
+    counts["total"] = sum(counts.values())
+    return counts

@@ -1,0 +1,170 @@
+"""Flamingo model semantics: gates at 0 give the bare LM, per-image masking, cached generation, video path with
+time embeddings, trainable-parameter patterns and clear errors on bad input."""
+import functools
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flamingo_testlib import IMAGE, build, jit_apply, pixels, tiny_config, with_gates
+
+from common.lm import DecoderLM, KVCache
+from common.optimizer import param_names
+from flamingo_jax.gated_cross_attention import (GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs,
+                                                media_mask, text_time_from_ids)
+from flamingo_jax.model import count_media, param_groups, trainable_param_patterns
+from flamingo_jax.perceiver_resampler import PerceiverResampler, ResamplerConfig
+
+IDS = np.array([[1, 7, IMAGE, 9, 10, IMAGE, 12, 13, 14, 15],
+                [3, IMAGE, 5 + 1, 6, 7, 8, 9, IMAGE, 2, 4]], np.int32)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(config, model, params with random gates) of the default tiny model (block every 2nd layer, 2 media)."""
+    cfg = tiny_config()
+    model, params = build(cfg, num_media=2)
+    return cfg, model, with_gates(params)
+
+
+class Identity(nn.Module):
+    def __call__(self, x, inputs):
+        return x
+
+
+@pytest.mark.parametrize("every,position", [(2, None), (4, 2)])  # OpenFlamingo; one block mid-stack
+def test_zero_gates_equal_the_bare_lm(every, position):
+    """With both alphas at 0 every block adds exactly 0 * (finite) = 0: the logits equal the bare LM run with the
+    same grouped layout (identity blocks) bit for bit."""
+    cfg = tiny_config(every=every, position=position)
+    model, params = build(cfg, num_media=2)
+    apply = jit_apply(model)
+    ours = apply(params, IDS, pixels(2, 2))
+    bare = DecoderLM(cfg.lm, block=Identity, block_every=every, block_position=cfg.position)
+    lm_params = {**params["lm"], "decoder": {k: {j: v for j, v in g.items() if j != "block"}
+                                             for k, g in params["lm"]["decoder"].items()}}
+    ref = jax.jit(lambda p, ids: bare.apply({"params": p}, ids))(lm_params, IDS)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+    # and the gates really matter once open
+    gated = apply(with_gates(params), IDS, pixels(2, 2))
+    assert np.abs(np.asarray(gated) - np.asarray(ref)).max() > 1e-3
+
+
+def _block(**kw):
+    cfg = GatedXAttnConfig(num_heads=2, head_dim=8, **kw)
+    block = GatedCrossAttentionBlock(cfg)
+    x = jnp.asarray(np.random.RandomState(0).randn(2, 10, 32).astype(np.float32))
+    media = jnp.asarray(np.random.RandomState(1).randn(2, 2, 3, 24).astype(np.float32))
+    inputs = MediaInputs(media, text_time_from_ids(IDS, IMAGE))
+    params = nn.unbox(block.init(jax.random.key(0), x, inputs)["params"])
+    params = {**params, "alpha_xattn": jnp.ones_like(params["alpha_xattn"])}  # dense branch stays closed
+    run = lambda m: block.apply({"params": params}, x, MediaInputs(m, inputs.text_time))  # noqa: E731
+    return x, media, run
+
+
+def test_text_time_and_media_mask():
+    tt = text_time_from_ids(IDS, IMAGE)
+    np.testing.assert_array_equal(tt[0], [0, 0, 1, 1, 1, 2, 2, 2, 2, 2])
+    np.testing.assert_array_equal(text_time_from_ids(IDS[:, -2:], IMAGE, media_seen=count_media(IDS[:, :-2], IMAGE)),
+                                  [[2, 2], [2, 2]])
+    immediate, previous = media_mask(tt, 2, True), media_mask(tt, 2, False)
+    np.testing.assert_array_equal(immediate[0, :, 0], tt[0] == 1)
+    np.testing.assert_array_equal(previous[0, :, 0], tt[0] >= 1)
+
+
+@pytest.mark.parametrize("immediate", [True, False])
+def test_masking_semantics(immediate):
+    x, media, run = _block(only_attend_immediate_media=immediate)
+    base = np.asarray(run(media))
+    tt = np.asarray(text_time_from_ids(IDS, IMAGE))
+    # tokens before any image: zero cross-attention output, the block is the identity for them
+    np.testing.assert_array_equal(base[tt == 0], np.asarray(x)[tt == 0])
+    # change the first medium only: which tokens move?
+    moved = np.abs(np.asarray(run(media.at[:, 0].add(1.0))) - base).max(-1) > 1e-6
+    expected = (tt == 1) if immediate else (tt >= 1)
+    np.testing.assert_array_equal(moved, expected)
+    # the <image> token itself attends to its own image
+    assert moved[0, 2] and moved[1, 1]
+
+
+def test_openflamingo_zeroing_quirk():
+    """OpenFlamingo with only_attend_immediate_media=False does not zero tokens before the first image: they
+    average all media (they see later images). Reproducible on request, off by default."""
+    x, media, run = _block(only_attend_immediate_media=False, openflamingo_zeroing=True)
+    tt = np.asarray(text_time_from_ids(IDS, IMAGE))
+    moved = np.abs(np.asarray(run(media.at[:, 1].add(1.0))) - np.asarray(run(media))).max(-1) > 1e-6
+    assert moved[tt == 0].all()
+
+
+def test_cached_generation_continues_media_time(tiny):
+    """Prefill + one-token steps (no <image> in the new tokens, media_seen from the prefix) equal the full pass."""
+    cfg, model, params = tiny
+    px = pixels(2, 2)
+    full = jit_apply(model)(params, IDS, px)
+    media = jit_apply(model, method="encode_media")(params, px)  # [B, N, R, D], cached across steps
+    assert media.shape == (2, 2, 4, 24)
+    cache = KVCache.create(cfg.lm, 2, 16)
+    apply = jit_apply(model)
+    first, cache = apply(params, IDS[:, :8], media=media, cache=cache)
+    seen = count_media(IDS[:, :8], IMAGE)
+    outs = [first]
+    for t in (8, 9):
+        step, cache = apply(params, IDS[:, t:t + 1], media=media, cache=cache, media_seen=seen)
+        outs.append(step)
+        seen = seen + count_media(IDS[:, t:t + 1], IMAGE)
+    np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=2e-5)
+
+
+def test_video_path_and_time_embeddings():
+    cfg = tiny_config(frames=3)
+    model, params = build(cfg, num_media=2, frames=3)
+    params = with_gates(params)
+    video = pixels(2, 2, frames=3)
+    logits = jit_apply(model)(params, IDS, video)
+    assert logits.shape == (2, 10, 48) and logits.dtype == jnp.float32
+    feats = jit_apply(model, method="encode_vision")(params, video)
+    assert feats.shape == (2, 2, 3, 4, 24)  # [B, N, T, S, Dv]: 2x2 patches of 8px, CLS dropped
+    resample = jit_apply(model, method="resample")
+    media = resample(params, feats)
+    assert media.shape == (2, 2, 4, 24)  # [B, N, R, Dv]
+    # time embeddings: reordering frames changes the media; without them it does not
+    assert np.abs(np.asarray(resample(params, feats[:, :, ::-1])) - np.asarray(media)).max() > 1e-4
+    plain = PerceiverResampler(ResamplerConfig(width=24, depth=1, num_heads=2, head_dim=8, num_latents=4))
+    p = jax.jit(plain.init)(jax.random.key(0), feats)
+    run = jax.jit(plain.apply)
+    np.testing.assert_allclose(run(p, feats[:, :, ::-1]), run(p, feats), atol=1e-5)
+    with pytest.raises(ValueError, match="max_frames"):
+        jax.eval_shape(lambda p, v: model.apply({"params": p}, IDS, v), params, pixels(2, 2, frames=4))
+
+
+def test_trainable_patterns_and_groups(tiny):
+    _, _, params = tiny
+    names = jax.tree.leaves(param_names(params))
+    patterns = [re.compile(p) for p in trainable_param_patterns()]
+    trainable = {n for n in names if any(p.fullmatch(n) for p in patterns)}
+    assert trainable == {n for n in names if n.startswith(("resampler/", "lm/embed/")) or "/block/" in n}
+    assert any("alpha_xattn" in n for n in trainable) and not any(n.startswith("vision/") for n in trainable)
+    no_embed = [re.compile(p) for p in trainable_param_patterns(train_embeddings=False)]
+    assert not any(p.fullmatch("lm/embed/embedding") for p in no_embed)
+    assert param_groups()[-1] == (".*", None)
+
+
+def test_bad_inputs(tiny):
+    _, model, params = tiny
+    apply = functools.partial(model.apply, {"params": params})  # eager: the checks fire before any heavy work
+    with pytest.raises(ValueError, match="rank 4"):
+        apply(IDS, pixels(2, 2)[:, 0])
+    too_many = IDS.copy()
+    too_many[0, 0] = IMAGE
+    with pytest.raises(ValueError, match="3 <image> tokens"):
+        apply(too_many, media=jnp.zeros((2, 2, 4, 24)))
+    with pytest.raises(ValueError, match="at most one"):
+        apply(IDS, pixels(2, 2), media=jnp.zeros((2, 2, 4, 24)))
+    with pytest.raises(ValueError, match="NHWC"):
+        apply(IDS, jnp.zeros((2, 2, 3, 16, 16)))
+    with pytest.raises(ValueError, match="media must be"):
+        apply(IDS, media=jnp.zeros((2, 2, 4, 25)))
+    # text only works: nobody sees an image
+    assert jit_apply(model)(params, np.full((2, 3), 7, np.int32)).shape == (2, 3, 48)
