@@ -1,7 +1,9 @@
 """LLaVA / LLaVA-1.5 / LLaVA-NeXT (Liu et al. 2023, "Visual Instruction Tuning"; 2023b, "Improved Baselines with
 Visual Instruction Tuning"; 2024, LLaVA-NeXT) on the shared core: CLIP tower (common/vision), projector, any
 common.lm decoder. Modules: model (Llava, LlavaConfig), projector, anyres, hf (load_hf, load_original),
-conversation (templates + answer-only loss masks), configs (published model sizes)."""
+conversation (templates + answer-only loss masks), configs (published model sizes), data + task + train (two-stage
+training, LoRA), inference (generate_batch), chat (CLI), eval (VQA / multiple choice), checkpoint (load / export),
+reproduce (the miniature reproduction)."""
 from llava_jax.model import Llava, LlavaConfig, example_inputs, frozen_patterns, init_params, param_count, trainable_patterns
 
 
@@ -17,5 +19,12 @@ def load_original(lm_dir, mm_projector_bin=None, vision_tower_dir=None, **kwargs
     return _load(lm_dir, mm_projector_bin, vision_tower_dir, **kwargs)
 
 
-__all__ = ["Llava", "LlavaConfig", "example_inputs", "frozen_patterns", "init_params", "load_hf", "load_original",
+def generate_batch(model, params, tokenizer, requests, **kwargs):
+    """Batched generation over (images, prompt) requests with mixed image counts. See llava_jax.inference."""
+    from llava_jax.inference import generate_batch as _generate
+
+    return _generate(model, params, tokenizer, requests, **kwargs)
+
+
+__all__ = ["generate_batch", "Llava", "LlavaConfig", "example_inputs", "frozen_patterns", "init_params", "load_hf", "load_original",
            "param_count", "trainable_patterns"]

@@ -1,0 +1,295 @@
+"""LLaVA training as a `common.trainer.Task` (Liu et al. 2023, "Visual Instruction Tuning", Sec. 4.2 "Training";
+LLaVA-1.5, Liu et al. 2023b, Sec. 3 / Appendix hyper-parameters): stage 1 feature alignment (projector only, the
+`plain` template, captions) and stage 2 end-to-end visual instruction tuning (projector + LLM, vision tower frozen,
+`vicuna_v1` conversations; loss on the assistant answers only), plus the LoRA variant of stage 2 (adapters on the
+LLM's linear layers, frozen base; `common.lora`).
+
+Config (ml_collections; see configs/llava/*.py):
+  model      {preset: None | 'llava_v1_5_7b' | 'llava_v1_5_13b', text: LMConfig fields, vision: CLIPVisionConfig
+             fields, projector_type, vision_feature_layer, vision_feature_select_strategy, image_token_index}
+             text.vocab_size None = the tokenizer's (rounded up to a multiple of 64); image_token_index None = the
+             tokenizer's `<image>` id (HF style), or e.g. -200 (the original release: a placeholder outside the vocab).
+  tokenizer  {kind: 'shapes_bpe' | 'dir', path, vocab_size}; saved to WORKDIR/tokenizer.json at the first start.
+  data       {template, text_only, pad_to_square, over_length, num_threads, max_skip_fraction,
+              datasets: {name: {source: 'shapes' (kind, size, seed, image_size, max_rounds) | 'llava_json' (json,
+                                image_dir), max_len, template?, weight?, batch_size?}},
+              json + image_dir + max_len: your own LLaVA JSON data (replaces datasets)}
+  init_from        a training workdir (e.g. the stage-1 run): its latest params are copied in (matching paths and
+                   shapes; `init_exclude` regexes skip some) before training.
+  init_checkpoint  {lm: HF LM dir (Vicuna), vision: HF CLIP dir}: pretrained weights for paper-scale stage 1.
+  lora       {rank: 0 = off, alpha, targets}: adapters under params['lora'] (LLM only).
+  eval_vqa   {num_questions: 0 = off, split, max_new_tokens}: held-out short-answer VQA accuracy at eval_every.
+Trainable parameters are chosen by optimizer.param_groups (regexes; the stage configs freeze the rest).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zlib
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common import lora as lora_lib
+from common.data.pipeline import Collate, DataIterator, build_dataset
+from common.lm import LMConfig, matmul_flops_per_token
+from common.lm_task import next_token_loss
+from common.tokenizers import IMAGE_TOKEN
+from common.trainer import DataShard, Task
+from common.vision.clip import CLIPVisionConfig
+from llava_jax import data as data_lib
+from llava_jax.model import Llava, LlavaConfig, example_inputs
+
+log = logging.getLogger("llava_jax.task")
+
+
+def _plain(x):
+    """ConfigDict / FrozenConfigDict / tuples of them -> plain dicts / tuples."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return tuple(_plain(v) for v in x)
+    return x
+
+
+def _get(config, name, default=None):
+    try:
+        value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
+    except (AttributeError, KeyError):
+        return default
+    return default if value is None else value
+
+
+def llava_config_from(model_config, tokenizer=None) -> LlavaConfig:
+    """config.model -> LlavaConfig (vocabulary and image token from the tokenizer where left None)."""
+    m = _plain(model_config)
+    preset = m.get("preset")
+    text = dict(m.get("text") or {})
+    vision = dict(m.get("vision") or {})
+    if "rope_scaling" in text and text["rope_scaling"] is not None:
+        text["rope_scaling"] = tuple(tuple(item) for item in text["rope_scaling"])
+    fields = {k: m[k] for k in ("projector_type", "vision_feature_layer", "vision_feature_select_strategy",
+                                "projector_act", "projector_bias") if m.get(k) is not None}
+    if isinstance(fields.get("vision_feature_layer"), list):
+        fields["vision_feature_layer"] = tuple(fields["vision_feature_layer"])
+    image_token_index = m.get("image_token_index")
+    if preset:
+        from llava_jax import configs as presets
+
+        base = getattr(presets, preset)()
+        text_cfg = base.text.replace(**text)
+        vision_cfg = CLIPVisionConfig(**{**vars(base.vision), **vision}) if vision else base.vision
+        cfg = base.replace(text=text_cfg, vision=vision_cfg, **fields)
+    else:
+        if text.get("vocab_size") is None:
+            if tokenizer is None:
+                raise ValueError("model.text.vocab_size is None: a tokenizer is needed to size the vocabulary")
+            text["vocab_size"] = -(-tokenizer.vocab_size // 64) * 64
+        cfg = LlavaConfig(text=LMConfig(**text), vision=CLIPVisionConfig(**vision), **fields)
+    if image_token_index is None:
+        if tokenizer is None or tokenizer.token_to_id(IMAGE_TOKEN) is None:
+            raise ValueError("model.image_token_index is None and the tokenizer has no <image> token")
+        image_token_index = tokenizer.token_to_id(IMAGE_TOKEN)
+    cfg = cfg.replace(image_token_index=int(image_token_index))
+    if tokenizer is not None and 0 <= cfg.image_token_index and cfg.image_token_index >= cfg.text.vocab_size:
+        raise ValueError(f"image_token_index {cfg.image_token_index} >= vocab_size {cfg.text.vocab_size}")
+    return cfg
+
+
+def lora_config_from(config) -> lora_lib.LoraConfig | None:
+    lcfg = _plain(_get(config, "lora", {}) or {})
+    if not int(lcfg.get("rank", 0) or 0):
+        return None
+    return lora_lib.LoraConfig(rank=int(lcfg["rank"]), alpha=float(lcfg.get("alpha", 2 * int(lcfg["rank"]))),
+                               targets=tuple(lcfg.get("targets") or lora_lib.ALL_LINEAR), prefix="lm/")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained weights
+# ----------------------------------------------------------------------------------------------------------------
+def _flat(tree) -> dict[str, object]:
+    return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(tree).items()}
+
+
+def graft(params, source, prefix: str = "", exclude=(), what: str = "checkpoint") -> dict:
+    """Copies every leaf of `source` (a param tree) whose path (prefixed) and shape match `params`, onto the
+    sharding of the leaf it replaces. Returns the new tree; logs what was copied and what was not."""
+    dst = _flat(params)
+    src = _flat(source)
+    excluded = [re.compile(p) for p in exclude]
+    copied, skipped = 0, []
+    for path, value in src.items():
+        full = prefix + path
+        if any(r.fullmatch(full) for r in excluded):
+            continue
+        if full not in dst:
+            skipped.append(f"{full} (not in the model)")
+            continue
+        old = dst[full]
+        if tuple(np.shape(value)) != tuple(old.shape):
+            skipped.append(f"{full} {np.shape(value)} != {old.shape}")
+            continue
+        sharding = getattr(old, "sharding", None)
+        new = jnp.asarray(value, old.dtype)
+        dst[full] = jax.device_put(new, sharding) if sharding is not None else new
+        copied += 1
+    if copied == 0:
+        raise ValueError(f"nothing copied from {what}: no matching parameter paths / shapes ({skipped[:5]})")
+    log.info("copied %d tensors from %s; not copied: %d %s", copied, what, len(skipped), skipped[:8])
+    return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in dst.items()})
+
+
+def restore_params(workdir: str, step: int | None = None):
+    """Host (numpy) params of a training workdir's checkpoint (latest by default), without its optimizer state."""
+    import orbax.checkpoint as ocp
+
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"no checkpoints in {workdir} (expected {root}/<step>/state)")
+    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"no finished checkpoint in {root}")
+    step = steps[-1] if step is None else step
+    path = os.path.join(root, str(step), "state")
+    with ocp.PyTreeCheckpointer() as ckpt:
+        tree = ckpt.metadata(path).item_metadata.tree  # {step, params, opt_state, ...}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])
+        out = ckpt.restore(path, args=ocp.args.PyTreeRestore(item={"params": tree["params"]},
+                                                             restore_args={"params": restore_args},
+                                                             partial_restore=True))
+    return out["params"]
+
+
+def load_pretrained_weights(params, config, cfg: LlavaConfig):
+    """init_from (a workdir) and init_checkpoint {lm, vision} (HF dirs), applied in that order."""
+    init_from = _get(config, "init_from", "")
+    if init_from:
+        params = graft(params, restore_params(init_from), exclude=tuple(_get(config, "init_exclude", ()) or ()),
+                       what=f"workdir {init_from}")
+    ckpt = _plain(_get(config, "init_checkpoint", {}) or {})
+    if ckpt.get("lm"):
+        import common.hf
+
+        _, lm_params = common.hf.load(ckpt["lm"], dtype=cfg.text.param_dtype)
+        params = graft(params, lm_params, prefix="lm/", what=f"LM checkpoint {ckpt['lm']}")
+    if ckpt.get("vision"):
+        import common.hf
+
+        _, vision_params = common.hf.load(ckpt["vision"], dtype=cfg.vision.param_dtype)
+        params = graft(params, vision_params, prefix="vision_tower/", what=f"vision checkpoint {ckpt['vision']}")
+    return params
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The task
+# ----------------------------------------------------------------------------------------------------------------
+def make_transform(config, tokenizer, cfg: LlavaConfig, spec) -> data_lib.LlavaSampleTransform:
+    dcfg = _plain(config.data)
+    spec = _plain(spec)
+    return data_lib.LlavaSampleTransform(
+        tokenizer, spec.get("template", dcfg.get("template", "vicuna_v1")),
+        image_token_id=tokenizer.token_to_id(IMAGE_TOKEN), tokens_per_image=cfg.tokens_per_crop,
+        placeholder_id=cfg.image_token_index, image_size=cfg.vision.image_size, max_len=int(spec["max_len"]),
+        over_length=spec.get("over_length", dcfg.get("over_length", "skip")),
+        pad_to_square=bool(dcfg.get("pad_to_square", True)),
+        text_only=bool(spec.get("text_only", dcfg.get("text_only", False))))
+
+
+def model_inputs(batch) -> dict:
+    """Collated batch -> keyword inputs of Llava (images only when present)."""
+    kwargs = {"attention_mask": batch["attention_mask"]}
+    if "images" in batch:
+        kwargs.update(pixel_values=batch["images"], image_mask=batch["image_mask"])
+    return kwargs
+
+
+def make_task(config, workdir: str | None = None) -> Task:
+    tokenizer = data_lib.build_tokenizer(_get(config, "tokenizer", None), workdir)
+    if workdir and not os.path.isfile(os.path.join(workdir, data_lib.TOKENIZER_FILE)) and jax.process_index() == 0:
+        data_lib.save_tokenizer(tokenizer, workdir)
+    cfg = llava_config_from(config.model, tokenizer)
+    model = Llava(cfg)
+    lcfg = lora_config_from(config)
+    datasets = _plain(config.data.get("datasets") or {})
+    if _plain(config.data).get("json"):  # users' own data: one LLaVA JSON file + its image folder
+        dcfg = _plain(config.data)
+        datasets = {"own": dict(source="llava_json", json=dcfg["json"], image_dir=dcfg.get("image_dir", ""),
+                                max_len=int(dcfg.get("max_len", 2048)))}
+    if not datasets:
+        raise ValueError("no training data: set config.data.datasets, or config.data.json + config.data.image_dir")
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+
+    def init_params(rng):
+        params = model.init(rng, *example_inputs(cfg))["params"]
+        if lcfg is not None:
+            params = dict(params)
+            params["lora"] = lora_lib.init(nn.unbox(params), lcfg, jax.random.fold_in(rng, 1))
+        return params
+
+    def loss_fn(params, batch, rng):
+        del rng  # no dropout
+        params = lora_lib.merge_in_tree(params, lcfg)
+        ids = batch["input_ids"]
+        logits = model.apply({"params": params}, ids, **model_inputs(batch))  # [B, T, V]
+        return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
+
+    def iterator(name, spec, shard: DataShard, split: str, shuffle: bool, epochs):
+        source = data_lib.make_source(spec, split)
+        transform = make_transform(config, tokenizer, cfg, spec)
+        batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
+        dcfg = _plain(config.data)
+        collate = Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_images", 1)))
+        ds, counter = build_dataset(source, transform, batch_size=batch, collate=collate,
+                                    seed=int(config.seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle, num_epochs=epochs,
+                                    shard=(shard.index, shard.count),
+                                    max_skip_fraction=float(dcfg.get("max_skip_fraction", 0.05)),
+                                    num_threads=int(dcfg.get("num_threads", 0)))
+        counter.name = name
+        return DataIterator(ds, counter)
+
+    def make_train_data(shard: DataShard):
+        return {name: iterator(name, spec, shard, "train", True, None) for name, spec in datasets.items()}
+
+    def make_eval_data(shard: DataShard):
+        n = int(_get(config, "eval_batches", 0) or 0)
+        if not n:
+            return iter(())
+        name, spec = sorted(datasets.items())[0]
+        it = iterator(name, spec, shard, "validation", False, None)
+        return (next(it) for _ in range(n))
+
+    eval_cfg = _plain(_get(config, "eval_vqa", {}) or {})
+
+    def evaluate(params, step):
+        from llava_jax.eval import evaluate_shapes_vqa
+
+        params = lora_lib.merge_in_tree(params, lcfg)
+        res = evaluate_shapes_vqa(model, params, tokenizer, num_questions=int(eval_cfg["num_questions"]),
+                                  split=eval_cfg.get("split", "validation"),
+                                  image_size=int(eval_cfg.get("image_size", cfg.vision.image_size)),
+                                  template=eval_cfg.get("template", _plain(config.data).get("template", "vicuna_v1")),
+                                  max_new_tokens=int(eval_cfg.get("max_new_tokens", 8)))
+        return {"vqa_accuracy": res["accuracy"]}
+
+    flops = {}
+    for name, spec in datasets.items():
+        length = int(spec["max_len"])
+        flops[name] = 3.0 * matmul_flops_per_token(cfg.text, length) * length
+
+    load = None
+    if _get(config, "init_from", "") or any((_plain(_get(config, "init_checkpoint", {}) or {})).values()):
+        load = lambda params: load_pretrained_weights(params, config, cfg)  # noqa: E731
+
+    task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
+                dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
+                flops_per_example=flops, load_pretrained=load,
+                make_eval_data=make_eval_data if int(_get(config, "eval_batches", 0) or 0) else None,
+                evaluate=evaluate if int(eval_cfg.get("num_questions", 0) or 0) else None)
+    task.model, task.llava_config, task.tokenizer, task.lora_config = model, cfg, tokenizer, lcfg
+    return task
