@@ -4,6 +4,13 @@ this machine's CPU, side by side with the identical PyTorch transformers step; J
 Reports tokens/s, analytic matmul FLOPs per step, achieved FLOP/s, MFU against the matmul peak measured
 in the same run, compile time with scan vs unrolled layers (8 and 32 layers), peak host memory, and the
 JAX / PyTorch step-rate ratio. Usage: python bench/lm_train_step.py [--steps 5] [--batch 4] [--seq 512]
+[--loss fused|logits]
+
+The JAX loss is the same mean next-token cross-entropy as transformers' `labels=` loss; by default
+(`--loss fused`) it is computed by `common.losses.next_token_loss` fused with the LM head (chunked over
+tokens, no [B, T, V] logits), `--loss logits` takes log_softmax of the model's full logits instead. No XLA
+flags are set (none measured faster here); PyTorch runs with as many threads as XLA's CPU pool
+(`os.cpu_count()`), reported as "threads".
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.lm import DecoderLM, matmul_flops_per_token  # noqa: E402
+from common.losses import next_token_loss as fused_next_token_loss  # noqa: E402
 from configs.models import llama_100m  # noqa: E402
 
 
@@ -53,22 +61,36 @@ def next_token_loss(logits, ids):
     return -jnp.mean(jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1))
 
 
-def make_train_step(model, tx):
+def fused_loss(model, params, ids):
+    """Mean next-token CE from the final hidden states, fused with the LM head (no [B, T, V] logits)."""
+    hidden = model.apply({"params": params}, ids, return_hidden=True)
+    hidden = model.apply({"params": params}, hidden, method=lambda m, h: m.final_norm(h))
+    kernel = (params["embed"]["embedding"].T if model.config.tie_word_embeddings
+              else params["lm_head"]["kernel"])
+    return fused_next_token_loss(hidden, ids, kernel=kernel)
+
+
+def make_train_step(model, tx, loss: str = "fused"):
+    def loss_fn(p, ids):
+        if loss == "fused":
+            return fused_loss(model, p, ids)
+        return next_token_loss(model.apply({"params": p}, ids), ids)
+
     def train_step(params, opt_state, ids):
-        loss, grads = jax.value_and_grad(lambda p: next_token_loss(model.apply({"params": p}, ids), ids))(params)
+        loss, grads = jax.value_and_grad(loss_fn)(params, ids)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
     return jax.jit(train_step, donate_argnums=(0, 1))
 
 
-def compile_seconds(config, batch: int, seq: int) -> float:
+def compile_seconds(config, batch: int, seq: int, loss: str = "fused") -> float:
     """Time to lower + compile the full train step from abstract shapes (no parameter memory)."""
     model = DecoderLM(config)
     tx = optax.adamw(1e-4)
     ids = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
     params = _unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
     opt_state = jax.eval_shape(tx.init, params)
-    step = make_train_step(model, tx)
+    step = make_train_step(model, tx, loss)
     start = time.perf_counter()
     step.lower(params, opt_state, ids).compile()
     return time.perf_counter() - start
@@ -79,7 +101,7 @@ def _unbox(tree):
     return nn.unbox(tree)
 
 
-def jax_stepper(config, batch: int, seq: int):
+def jax_stepper(config, batch: int, seq: int, loss: str = "fused"):
     """Returns (run one train step, seconds of the first step = compile + run)."""
     from common.params import random_params
     model = DecoderLM(config)
@@ -87,7 +109,7 @@ def jax_stepper(config, batch: int, seq: int):
     params = random_params(model, jnp.zeros((1, 8), jnp.int32))
     state = {"params": params, "opt_state": tx.init(params)}
     ids = jnp.asarray(np.random.RandomState(0).randint(0, config.vocab_size, (batch, seq)), jnp.int32)
-    step = make_train_step(model, tx)
+    step = make_train_step(model, tx, loss)
 
     def run():
         state["params"], state["opt_state"], loss = step(state["params"], state["opt_state"], ids)
@@ -96,12 +118,13 @@ def jax_stepper(config, batch: int, seq: int):
     return run, _timed(run)
 
 
-def torch_stepper(config, batch: int, seq: int):
+def torch_stepper(config, batch: int, seq: int, threads: int):
     try:
         import torch
         import transformers
     except ImportError:
         return None
+    torch.set_num_threads(threads)  # the same number of threads as XLA's CPU thread pool
     torch.manual_seed(0)
     hf_config = transformers.LlamaConfig(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
@@ -130,6 +153,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--skip-compile", action="store_true", help="skip the 8 / 32-layer compile-time study")
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--loss", choices=("fused", "logits"), default="fused",
+                        help="JAX loss: fused LM head + chunked CE (default) or log_softmax of full logits")
     args = parser.parse_args()
 
     config = llama_100m(max_position_embeddings=max(args.seq, 512))
@@ -140,9 +165,9 @@ def main() -> None:
     peak = measure_matmul_peak()
     emit({"bench": "matmul_peak", "flops_per_s": peak, "devices": str(jax.devices()[0]), "cpus": os.cpu_count()})
 
-    jax_step, first_step_s = jax_stepper(config, args.batch, args.seq)
+    jax_step, first_step_s = jax_stepper(config, args.batch, args.seq, args.loss)
     rss_after_jax = peak_rss_mb()
-    torch_step = None if args.skip_torch else torch_stepper(config, args.batch, args.seq)
+    torch_step = None if args.skip_torch else torch_stepper(config, args.batch, args.seq, os.cpu_count())
     # Interleave the two implementations step by step, so that load from elsewhere hits both alike.
     jax_times, torch_times = [], []
     for _ in range(args.steps):
@@ -153,7 +178,7 @@ def main() -> None:
     emit({"bench": "lm_train_step", "impl": "jax", "params": n_params, "batch": args.batch, "seq": args.seq,
           "tokens_per_s": tokens / step_s, "step_s": step_s, "model_flops_per_step": step_flops,
           "achieved_flops_per_s": step_flops / step_s, "mfu": step_flops / step_s / peak,
-          "first_step_s": first_step_s, "peak_host_memory_mb": rss_after_jax})
+          "first_step_s": first_step_s, "peak_host_memory_mb": rss_after_jax, "loss": args.loss})
     if torch_times:
         import torch
         torch_s = float(np.median(torch_times))
@@ -164,7 +189,8 @@ def main() -> None:
     if not args.skip_compile:
         for layers in (8, 32):
             for scan in (True, False):
-                seconds = compile_seconds(config.replace(num_layers=layers, scan_layers=scan), args.batch, args.seq)
+                seconds = compile_seconds(config.replace(num_layers=layers, scan_layers=scan), args.batch, args.seq,
+                                          args.loss)
                 emit({"bench": "compile_time", "layers": layers, "scan_layers": scan, "compile_s": seconds})
 
 

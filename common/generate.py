@@ -5,7 +5,8 @@ sampling, and beam search with a length penalty; stop tokens, max new tokens, le
 The model is any Flax module whose `__call__(input_ids, attention_mask, *, position_ids, cache, **inputs)`
 returns `(logits [B, T, V], cache)` when given a `common.lm.KVCache` — `DecoderLM` and the families built
 on it. `prefill_inputs` (e.g. LLaVA's pixel_values) go to the prefill call only; `decode_inputs` (e.g.
-Flamingo's cached media) to every call.
+Flamingo's cached media) to every call; `step_inputs` (e.g. Flamingo's `media_seen`, the number of images in the
+prompt) to the decode steps only.
 """
 from __future__ import annotations
 
@@ -87,9 +88,11 @@ def _lm_config(model: nn.Module) -> LMConfig:
 
 def generate(model: nn.Module, params: Any, input_ids, attention_mask=None, *, config: GenerationConfig,
              rng: jax.Array | None = None, prefill_inputs: dict | None = None, decode_inputs: dict | None = None,
-             lm_config: LMConfig | None = None) -> dict:
+             lm_config: LMConfig | None = None, step_inputs: dict | None = None) -> dict:
     """Generates up to `config.max_new_tokens` tokens after each (left- or right-padded) prompt.
 
+    `step_inputs` ([B, ...] arrays, e.g. Flamingo's media_seen [B]) are passed to the one-token decode steps only,
+    after the prefill (beam search repeats them per beam like `decode_inputs`).
     Returns {"tokens": [B, N] int32 (pad after a stop token), "lengths": [B] number of generated tokens
     including the stop token, "scores": [B] sum log-prob (beam: length-normalised)}.
     """
@@ -113,7 +116,7 @@ def generate(model: nn.Module, params: Any, input_ids, attention_mask=None, *, c
     rng = jax.random.key(0) if rng is None else rng
     fn = _compiled(model, config, lm_config)
     return jax.device_get(fn(params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), rng,
-                             prefill_inputs or {}, decode_inputs or {}))
+                             prefill_inputs or {}, decode_inputs or {}, step_inputs or {}))
 
 
 @functools.lru_cache(maxsize=64)
@@ -129,9 +132,9 @@ def _prefill(model, params, ids, mask, cache, prefill_inputs, decode_inputs):
     return logits[:, -1], cache, positions[:, -1] + 1
 
 
-def _decode_one(model, params, token, position, cache, decode_inputs):
+def _decode_one(model, params, token, position, cache, decode_inputs, step_inputs):
     logits, cache = model.apply({"params": params}, token[:, None], jnp.ones_like(token)[:, None],
-                                position_ids=position[:, None], cache=cache, **decode_inputs)
+                                position_ids=position[:, None], cache=cache, **decode_inputs, **step_inputs)
     return logits[:, -1], cache
 
 
@@ -141,7 +144,8 @@ def _is_stop(token, eos_ids):
     return jnp.isin(token, jnp.asarray(eos_ids))
 
 
-def _sample(model, config: GenerationConfig, lm_config, params, ids, mask, rng, prefill_inputs, decode_inputs):
+def _sample(model, config: GenerationConfig, lm_config, params, ids, mask, rng, prefill_inputs, decode_inputs,
+            step_inputs):
     batch, length = ids.shape
     cache = KVCache.create(lm_config, batch, length + config.max_new_tokens)
     logits, cache, position = _prefill(model, params, ids, mask, cache, prefill_inputs, decode_inputs)
@@ -165,7 +169,7 @@ def _sample(model, config: GenerationConfig, lm_config, params, ids, mask, rng, 
         token = jnp.where(done, config.pad_token_id, token)
         tokens = tokens.at[:, step].set(token)
         done = done | _is_stop(token, config.eos_token_ids)
-        logits, cache = _decode_one(model, params, token, position, cache, decode_inputs)
+        logits, cache = _decode_one(model, params, token, position, cache, decode_inputs, step_inputs)
         return step + 1, cache, logits, position + 1, tokens, done, scores, rng
 
     state = (jnp.int32(0), cache, logits, position, tokens, jnp.zeros((batch,), bool), jnp.zeros((batch,)), rng)
@@ -176,7 +180,7 @@ def _sample(model, config: GenerationConfig, lm_config, params, ids, mask, rng, 
 
 
 def _beam_search(model, config: GenerationConfig, lm_config, params, ids, mask, rng, prefill_inputs,
-                 decode_inputs):
+                 decode_inputs, step_inputs):
     """Beam search keeping `num_beams` alive and `num_beams` finished hypotheses per prompt (HF semantics:
     finished score = sum log p / generated_length ** length_penalty; stops when no alive beam can win)."""
     del rng
@@ -185,6 +189,7 @@ def _beam_search(model, config: GenerationConfig, lm_config, params, ids, mask, 
     expand = lambda a: jnp.repeat(a, k, axis=0)  # noqa: E731  [B, ...] -> [B*K, ...]
     prefill_inputs = jax.tree.map(expand, prefill_inputs)
     decode_inputs = jax.tree.map(expand, decode_inputs)
+    step_inputs = jax.tree.map(expand, step_inputs)
     cache = KVCache.create(lm_config, batch * k, length + n_new)
     logits, cache, position = _prefill(model, params, expand(ids), expand(mask), cache, prefill_inputs,
                                        decode_inputs)
@@ -230,7 +235,7 @@ def _beam_search(model, config: GenerationConfig, lm_config, params, ids, mask, 
         flat_source = (jnp.arange(batch)[:, None] * k + source_beam).reshape(batch * k)
         cache = cache.replace(key=cache.key[:, flat_source], value=cache.value[:, flat_source],
                               valid=cache.valid[flat_source])
-        logits, cache = _decode_one(model, params, next_token, position, cache, decode_inputs)
+        logits, cache = _decode_one(model, params, next_token, position, cache, decode_inputs, step_inputs)
         return (step + 1, cache, logits, position + 1, alive_scores, alive_tokens, finished_scores,
                 finished_tokens, fin_len)
 

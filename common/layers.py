@@ -216,22 +216,58 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     Returns [B, T, H, D].
     """
     b, t, h, d = query.shape
-    k_heads = key.shape[2]
+    s, k_heads = key.shape[1], key.shape[2]
     if h % k_heads:
         raise ValueError(f"query heads {h} must be a multiple of key/value heads {k_heads}")
     groups = h // k_heads
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    q = query.reshape(b, t, k_heads, groups, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, key, preferred_element_type=jnp.float32) * scale  # [B,K,G,T,S]
-    logits = logits.reshape(b, h, t, key.shape[1])
+    # Scale the [B, T, H, D] queries rather than the [B, H, T, S] logits (exact for power-of-two scales).
+    query = query * jnp.asarray(scale, query.dtype)
+    if groups == 1:  # plain multi-head: 4-D contractions, no group axis for XLA to lay out
+        logits = jnp.einsum("bthd,bshd->bhts", query, key, preferred_element_type=jnp.float32)  # [B, H, T, S]
+    else:
+        q = query.reshape(b, t, k_heads, groups, d)
+        logits = jnp.einsum("btkgd,bskd->bkgts", q, key, preferred_element_type=jnp.float32)  # [B,K,G,T,S]
+        logits = logits.reshape(b, h, t, s)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)  # [B, H, T, S]
-    weights = weights.reshape(b, k_heads, groups, t, key.shape[1])
+    if groups == 1:
+        return jnp.einsum("bhts,bshd->bthd", weights, value)
+    weights = weights.reshape(b, k_heads, groups, t, s)
     out = jnp.einsum("bkgts,bskd->btkgd", weights, value)
     return out.reshape(b, t, h, d)
+
+
+def causal_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
+                                 bias: jax.Array | None = None, scale: float | None = None,
+                                 block_size: int = 64) -> jax.Array:
+    """Causal self-attention (query t attends keys 0..t, T == S, no padding), computed in query blocks of
+    `block_size` that each see only the keys up to their last query: the fully masked upper-right blocks
+    of the [T, S] logits are never formed (about half the work and memory of the masked full softmax),
+    with the same result as `dot_product_attention` under a causal mask up to float rounding.
+
+    query [B, T, H, D], key / value [B, T, K, D], bias float broadcastable to [B, H, T, S]. Returns [B, T, H, D].
+    """
+    t = query.shape[1]
+    if key.shape[1] != t:
+        raise ValueError(f"causal attention needs as many keys as queries, got {key.shape[1]} and {t}")
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+    outs = []
+    for start in range(0, t, block_size):
+        end = min(start + block_size, t)
+        mask = (jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None])[None, None]  # [1, 1, Tb, end]
+        block_bias = None
+        if bias is not None:
+            block_bias = bias[..., :end] if bias.shape[-1] > 1 else bias
+            block_bias = block_bias[..., start:end, :] if block_bias.shape[-2] > 1 else block_bias
+        outs.append(dot_product_attention(query[:, start:end], key[:, :end], value[:, :end], mask=mask,
+                                          bias=block_bias, scale=scale))
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
 class MultiHeadAttention(nn.Module):

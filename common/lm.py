@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.layers import (MLP, MultiHeadAttention, alibi_slopes, apply_rope, dot_product_attention,
-                           dtype_of, make_norm, rope_inverse_frequencies)
+from common.layers import (MLP, MultiHeadAttention, alibi_slopes, apply_rope, causal_dot_product_attention,
+                           dot_product_attention, dtype_of, make_norm, rope_inverse_frequencies)
 from common.sharding import constrain, with_partitioning
 
 REMAT_POLICIES: dict[str, Any] = {
@@ -120,7 +120,11 @@ class KVCache:
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm decoder layer: x + attn(norm(x)) then + mlp(norm(x)) (or both from x, in parallel)."""
+    """One pre-norm decoder layer: x + attn(norm(x)) then + mlp(norm(x)) (or both from x, in parallel).
+
+    mask [B, 1, T, S] bool, or None (without a cache) for plain causal attention over the T tokens, which
+    is then computed block-causally (`causal_dot_product_attention`).
+    """
 
     config: LMConfig
 
@@ -142,7 +146,10 @@ class DecoderLayer(nn.Module):
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
             layer_cache = (k, v)  # [B, S_max, K, D]
-        attended = dot_product_attention(q, k.astype(dtype), v.astype(dtype), mask=mask, bias=bias)
+        if mask is None and layer_cache is None:  # plain causal self-attention without padding
+            attended = causal_dot_product_attention(q, k.astype(dtype), v.astype(dtype), bias=bias)
+        else:
+            attended = dot_product_attention(q, k.astype(dtype), v.astype(dtype), mask=mask, bias=bias)
         attn_out = attention.project_out(attended)  # [B, T, E]
         mlp = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_act, cfg.mlp_gated, cfg.mlp_bias,
                   dtype=dtype, param_dtype=param_dtype, name="mlp")
@@ -308,6 +315,8 @@ class DecoderLM(nn.Module):
             raise ValueError(f"inputs_embeds must be [B, T, {cfg.hidden_size}], got {x.shape}")
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         batch, length = x.shape[:2]
+        # No padding, no cache, no window: the mask is purely causal and the layers skip its masked blocks.
+        plain_causal = attention_mask is None and cache is None and cfg.sliding_window is None
         if attention_mask is None:
             attention_mask = jnp.ones((batch, length), bool)
         elif attention_mask.shape != (batch, length):
@@ -328,11 +337,11 @@ class DecoderLM(nn.Module):
             cache_kv = (cache.key, cache.value)
         query_slots = start + jnp.arange(length)  # [T]
         key_slots = jnp.arange(key_valid.shape[1])  # [S]
-        # mask [B, 1, T, S]: causal over slots, and only slots holding real tokens.
+        # mask [B, 1, T, S]: causal over slots, and only slots holding real tokens (None: plain causal).
         causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
         if cfg.sliding_window is not None:
             causal &= query_slots[:, None] - key_slots[None, :] < cfg.sliding_window
-        mask = causal[None, None] & key_valid[:, None, None, :]
+        mask = None if plain_causal else causal[None, None] & key_valid[:, None, None, :]
         if position_ids is None:
             position_ids = jnp.broadcast_to(query_slots[None, :], (batch, length))
         bias = None

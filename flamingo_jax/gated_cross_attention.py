@@ -44,6 +44,9 @@ class GatedXAttnConfig:
     norm_bias: bool = True
     qk_norm: bool = False  # IDEFICS `qk_layer_norms`: RMSNorm over Dh on q and k
     alpha_shape: str = "scalar"  # "scalar" -> alphas [1]; "vector" -> alphas [E] (IDEFICS alpha_type="vector")
+    # "tanh": y + tanh(alpha) * f(y) (the paper); "none": y + f(y), no alpha params (the paper's "w/o tanh gating"
+    # ablation row, Table 3 / App. B: at init the model no longer equals the frozen LM).
+    gating: str = "tanh"
     only_attend_immediate_media: bool = True
     # OpenFlamingo / flamingo-pytorch zero only text_time == 0 tokens, and only when only_attend_immediate_media;
     # with it False, tokens before the first image average all media uniformly (they see later images). True
@@ -55,6 +58,8 @@ class GatedXAttnConfig:
     def __post_init__(self):
         if self.alpha_shape not in ("scalar", "vector"):
             raise ValueError(f"alpha_shape must be 'scalar' or 'vector', got {self.alpha_shape!r}")
+        if self.gating not in ("tanh", "none"):
+            raise ValueError(f"gating must be 'tanh' or 'none', got {self.gating!r}")
 
     def ff_width(self, hidden_size: int) -> int:
         return self.ff_intermediate_size or self.ff_mult * hidden_size
@@ -108,8 +113,12 @@ class GatedCrossAttentionBlock(nn.Module):
         b, n, r, dv = media.shape
         norm = lambda name: make_norm(cfg.norm, cfg.norm_eps, cfg.norm_bias, dtype, param_dtype, name)  # noqa: E731
         alpha_shape = (1,) if cfg.alpha_shape == "scalar" else (e,)
-        alpha = lambda name: self.param(name, with_partitioning(nn.initializers.zeros, ("norm",)),  # noqa: E731
-                                        alpha_shape, param_dtype)
+
+        def gate(name: str) -> jax.Array:
+            if cfg.gating == "none":
+                return jnp.ones((), dtype)
+            alpha = self.param(name, with_partitioning(nn.initializers.zeros, ("norm",)), alpha_shape, param_dtype)
+            return jnp.tanh(alpha).astype(dtype)
 
         # Masked cross-attention: text queries, keys / values from all media tokens flattened.
         attn = MultiHeadAttention(cfg.num_heads, cfg.num_heads, cfg.head_dim, e, dtype=dtype, param_dtype=param_dtype,
@@ -128,10 +137,10 @@ class GatedCrossAttentionBlock(nn.Module):
             zero = ~jnp.any(visible, axis=-1)  # [B, T]: sees no medium
         out = jnp.where(zero[:, :, None, None], jnp.zeros((), out.dtype), out)
         xattn = attn.project_out(out)  # [B, T, H, Dh] -> [B, T, E]
-        x = x + jnp.tanh(alpha("alpha_xattn")).astype(dtype) * xattn
+        x = x + gate("alpha_xattn") * xattn
 
         # Gated dense (feed-forward) branch.
         ff = MLP(e, cfg.ff_width(e), act=cfg.ff_act, gated=cfg.ff_gated, use_bias=False, dtype=dtype,
                  param_dtype=param_dtype, name="ff")
-        x = x + jnp.tanh(alpha("alpha_dense")).astype(dtype) * ff(norm("ff_norm")(x))
+        x = x + gate("alpha_dense") * ff(norm("ff_norm")(x))
         return constrain(x, ("act_batch", "act_length", "act_embed"))

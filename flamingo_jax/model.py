@@ -184,6 +184,15 @@ class Flamingo(nn.Module):
                        return_hidden=return_hidden)
 
 
+class FlamingoForGeneration(Flamingo):
+    """Flamingo with the `(input_ids, attention_mask, *, position_ids, cache, **inputs)` signature of
+    `common.generate` (same parameters): give `media=` (cached, every call) and, for the one-token decode steps,
+    `media_seen=` (the prompt's <image> count: new tokens attend to the last image, OpenFlamingo's cached media)."""
+
+    def __call__(self, input_ids, attention_mask=None, **kwargs):  # type: ignore[override]
+        return super().__call__(input_ids, attention_mask=attention_mask, **kwargs)
+
+
 def _check_media_count(text_time: jax.Array, num_media: int) -> None:
     """Raises when a row has more <image> tokens than media were given (only for concrete, non-traced inputs)."""
     try:
