@@ -1,0 +1,1 @@
+"""Flamingo training configs (get_config(), ml_collections)."""

@@ -1,0 +1,44 @@
+"""OpenFlamingo-9B (Awadalla et al. 2023): CLIP ViT-L/14 + MPT-7B, a gated block every 4th layer; OpenFlamingo's
+recipe: AdamW lr 1e-4, 5000 warmup steps then constant, weight decay 0.1 on the gated cross-attention only; trains
+the resampler, the blocks and the input embeddings; LAION-2B `<image>{caption}<|endofchunk|>{eos}` (32 tokens) and
+MMC4 documents (up to 6 images, 256 tokens) with gradients accumulated over both datasets each step.
+
+Point the datasets at your data (coco_captions / interleaved_jsonl sources, see flamingo_jax/data.py), the tokenizer
+at the MPT-7B checkpoint directory and init_lm.hf_dir at its weights (CLIP weights: extend init_lm or convert with
+flamingo_jax.convert). Global batch: LAION 1536 / MMC4 768 on 64 GPUs in the release; set batch sizes per dataset.
+"""
+import ml_collections
+
+from flamingo_jax.model import param_groups
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.stage = "flamingo"
+    config.total_steps = 250000
+    config.batch_size = 512
+    config.grad_accum_steps = 1
+    config.log_every = 100
+    config.checkpoint_every = 2000
+    config.keep_checkpoints = 3
+    config.async_checkpoints = True
+    config.eval_every = 0
+    config.eval_batches = 0
+    config.mesh = dict(data=1, fsdp=-1, tensor=1)
+    config.multi_dataset_mode = "accumulate"
+    config.max_nonfinite_in_a_row = 10
+    config.peak_flops = 0.0
+    config.model = dict(preset="open-flamingo-9b", lm=dict(remat_policy="full", dtype="bfloat16"))
+    config.tokenizer = dict(kind="dir", path="/path/to/mpt-7b")
+    config.data = dict(num_threads=2, max_skip_fraction=0.05, datasets=dict(
+        laion=dict(source="coco_captions", annotations="/path/to/captions.json", image_dir="/path/to/images",
+                   max_len=32, weight=0.2, max_images=1, batch_size=1024),
+        mmc4=dict(source="interleaved_jsonl", jsonl="/path/to/mmc4.jsonl", image_dir="/path/to/mmc4_images",
+                  max_len=256, weight=1.0, max_images=6, batch_size=512),
+    ))
+    config.init_lm = dict(workdir="", hf_dir="/path/to/mpt-7b")
+    config.optimizer = dict(lr=1e-4, schedule="constant", warmup_steps=5000, b1=0.9, b2=0.999, eps=1e-8,
+                            weight_decay=0.1, clip_norm=1.0, param_groups=tuple(
+                                (p, dict(frozen=True) if s is None else s) for p, s in param_groups(True)))
+    return config

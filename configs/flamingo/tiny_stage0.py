@@ -1,0 +1,24 @@
+"""Tiny Flamingo "stage 0": the tiny LM's own text-only pretraining, standing in for the paper's frozen,
+text-pretrained Chinchilla LM. It reads text-only versions of the bundled data, where every image is replaced by
+words: 'names' episodes ("a circle. This is a dax. a star. This is a wug. a circle. This is a dax."; the names are
+made up per episode, so predicting a repeated one is in-context learning in text), captions, and
+"{scene} Question:{q} Short answer:{a}". No image, no <image> / <|endofchunk|> token is ever seen.
+
+python -m flamingo_jax.train --config configs/flamingo/tiny_stage0.py --workdir workdirs/flamingo_tiny_s0
+"""
+from configs.flamingo.tiny_base import base_config
+
+
+def get_config():
+    config = base_config()
+    config.stage = "lm"
+    config.total_steps = 1000
+    config.batch_size = 16
+    config.data.datasets = dict(
+        names=dict(source="names_text", max_len=64, weight=1.0, min_pairs=3, max_pairs=6, batch_size=16),
+        captions=dict(source="captions_text", max_len=32, weight=0.3, batch_size=4),
+        vqa=dict(source="vqa_text", max_len=48, weight=0.3, batch_size=4),
+    )
+    config.optimizer = dict(lr=3e-3, schedule="cosine", warmup_steps=30, end_lr_ratio=0.05, b1=0.9, b2=0.95,
+                            weight_decay=0.0, clip_norm=1.0, param_groups=())
+    return config

@@ -1,0 +1,237 @@
+"""Flamingo training data (Alayrac et al. 2022, Sec. 2.4 "Training on a mixture of vision and language datasets";
+OpenFlamingo's LAION-2B / MMC4 recipe): the tiny configs' tokenizer, the sources, the per-dataset label masks,
+and the in-context-only 'names' episodes used both for the tiny LM's text pretraining and for evaluation.
+
+Sources (config.data.datasets[name].source):
+  shapes_captions     LAION-style pairs, `<image>{caption}<|endofchunk|>{eos}` (bundled shapes captions)
+  shapes_interleaved  MMC4-style documents, `<image>{text}<|endofchunk|>` per pair (bundled shapes interleaved:
+                      'names' documents with made-up per-document names, and caption documents)
+  names_text          text-only 'names' episodes ("a circle. This is a dax. ..."): the tiny LM's own pretraining
+                      ("stage 0"), standing in for the paper's text-pretrained, frozen Chinchilla LM
+  captions_text, vqa_text  text-only captions / "{scene} Question:{q} Short answer:{a}" (stage 0)
+  coco_captions / interleaved_jsonl  your data through common.data.formats (paths in the spec)
+
+Labels (OpenFlamingo train_utils): pad, bos and `<image>` never are targets; for interleaved documents neither are
+the tokens before the first `<image>` nor those between an `<|endofchunk|>` and the next `<image>` (so the eos after
+the last chunk is not a target there, while LAION-style pairs keep it). See `flamingo_loss_mask`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import numpy as np
+
+from common.data import shapes
+from common.data.batching import fit_length, tokenize_segments
+from common.data.pipeline import FlamingoCaptionTransform, FlamingoInterleavedTransform
+from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer, load_tokenizer
+
+SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN, END_OF_CHUNK_TOKEN)
+NAMES_SENTENCE = "This is a {}."
+NAMES_PROMPT = "This is a"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer
+# ----------------------------------------------------------------------------------------------------------------
+def _corpus() -> list[str]:
+    lines = ["Question: Short answer: Output:", " ".join(shapes.NUMBER_WORDS), " ".join(shapes.SHAPES),
+             " ".join(shapes.COLOURS), "yes no small large big middle", "0 1 2 3 4 5 6 7 8 9"]
+    for i in range(300):
+        lines.append("Output:" + shapes.generate("captions", "train", i, seed=4242, image_size=8)["caption"])
+        ex = shapes.generate("vqa", "train", i, seed=4242, image_size=8)
+        lines.append(f"Question:{ex['question']} Short answer:{ex['multiple_choice_answer']}")
+    rng = np.random.default_rng(4242)
+    for _ in range(600):
+        lines.append(" ".join(NAMES_SENTENCE.format(n) for n in shapes.made_up_names(rng, 3)))
+    return lines
+
+
+@functools.lru_cache(maxsize=4)
+def _bpe_json(vocab_size: int) -> str:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from common.tokenizers import QWEN_PATTERN
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Punctuation(behavior="isolated"),
+                                                 pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer)
+    return tok.to_str()
+
+
+def shapes_tokenizer(vocab_size: int = 768) -> HFJsonTokenizer:
+    """Byte-level BPE trained in memory (deterministically) on the bundled data's text, with `<pad>`, `<s>`, `</s>`,
+    `<image>`, `<|endofchunk|>`: any text encodes; shape / colour words are single tokens, made-up names a few."""
+    from tokenizers import Tokenizer
+
+    return HFJsonTokenizer(tokenizer_object=Tokenizer.from_str(_bpe_json(int(vocab_size))),
+                           config={"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"})
+
+
+def build_tokenizer(tok_config=None):
+    """config.tokenizer {kind: 'shapes_bpe' (vocab_size) | 'dir' (path: an HF / SentencePiece checkpoint dir, to which
+    `<image>`, `<|endofchunk|>` and a pad are added, OpenFlamingo style)}."""
+    tok_config = dict(tok_config or {"kind": "shapes_bpe"})
+    kind = tok_config.get("kind", "shapes_bpe")
+    if kind == "shapes_bpe":
+        return shapes_tokenizer(int(tok_config.get("vocab_size", 768)))
+    if kind == "dir":
+        tok = load_tokenizer(tok_config["path"])
+        tok.add_family_tokens("flamingo")
+        return tok
+    raise ValueError(f"unknown tokenizer kind {kind!r}; use 'shapes_bpe' or 'dir' (with path=)")
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    ids = {"image": tokenizer.token_to_id(IMAGE_TOKEN), "eoc": tokenizer.token_to_id(END_OF_CHUNK_TOKEN),
+           "pad": tokenizer.pad_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id}
+    if ids["image"] is None or ids["eoc"] is None:
+        raise ValueError("the tokenizer lacks <image> / <|endofchunk|>")
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Labels
+# ----------------------------------------------------------------------------------------------------------------
+def flamingo_loss_mask(input_ids: np.ndarray, image_id: int, eoc_id: int, pad_id: int | None = None,
+                       bos_id: int | None = None, interleaved: bool = True) -> np.ndarray:
+    """[L] or [B, L] ids -> bool mask of the tokens that are targets (OpenFlamingo's labels != -100).
+
+    Never targets: pad, bos, `<image>`. Interleaved (MMC4) documents also drop the tokens before the first `<image>`
+    and every token after an `<|endofchunk|>` up to the next `<image>` (the `<|endofchunk|>` itself stays a target).
+    """
+    ids = np.asarray(input_ids)
+    squeeze = ids.ndim == 1
+    ids = np.atleast_2d(ids)
+    mask = np.ones(ids.shape, bool)
+    for special in (pad_id, bos_id, image_id):
+        if special is not None:
+            mask &= ids != special
+    if interleaved:
+        mask &= np.cumsum(ids == image_id, axis=1) > 0  # before the first <image>
+        event = np.where(ids == image_id, 1, np.where(ids == eoc_id, 2, 0))
+        pos = np.where(event > 0, np.arange(ids.shape[1])[None], -1)
+        last = np.maximum.accumulate(pos, axis=1)  # latest <image> / <|endofchunk|> at or before each token
+        prev = np.concatenate([np.full((ids.shape[0], 1), -1), last[:, :-1]], axis=1)  # ... strictly before
+        prev_kind = np.where(prev >= 0, np.take_along_axis(event, np.maximum(prev, 0), axis=1), 0)
+        mask &= prev_kind != 2
+    return mask[0] if squeeze else mask
+
+
+class LabelledTransform:
+    """Wraps a token transform: its loss_mask AND `flamingo_loss_mask` of the resulting ids."""
+
+    def __init__(self, inner, ids: dict, interleaved: bool):
+        self.inner, self.ids, self.interleaved = inner, ids, interleaved
+
+    def __call__(self, record: dict) -> dict:
+        ex = self.inner(record)
+        ex["loss_mask"] = ex["loss_mask"] & flamingo_loss_mask(ex["input_ids"], self.ids["image"], self.ids["eoc"],
+                                                               self.ids["pad"], self.ids["bos"], self.interleaved)
+        return ex
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 'names' episodes: made-up per-episode names for shapes, resolvable only in context
+# ----------------------------------------------------------------------------------------------------------------
+def names_episode(rng: np.random.Generator, num_pairs: int, num_names: int = 3, image_size: int = 64,
+                  render: bool = True) -> dict:
+    """A mapping of `num_names` shapes to made-up names and `num_pairs` single-shape images with their names.
+    -> {shapes: [str], names: [str], mapping: {shape: name}, images: [uint8 [S, S, 3]] (when render)}."""
+    shape_ids = rng.choice(len(shapes.SHAPES), size=num_names, replace=False)
+    mapping = {shapes.SHAPES[int(s)]: n for s, n in zip(shape_ids, shapes.made_up_names(rng, num_names))}
+    out_shapes, images = [], []
+    for _ in range(num_pairs):
+        s = shapes.SHAPES[int(shape_ids[int(rng.integers(num_names))])]
+        o = shapes.Obj(s, list(shapes.COLOURS)[int(rng.integers(len(shapes.COLOURS)))],
+                       shapes.SIZES[int(rng.integers(2))], int(rng.integers(3)), int(rng.integers(3)))
+        out_shapes.append(s)
+        if render:
+            images.append(shapes.render([o], rng, image_size))
+    return {"shapes": out_shapes, "names": [mapping[s] for s in out_shapes], "mapping": mapping, "images": images}
+
+
+class TextSource:
+    """Random-access source of text-only examples {text} generated from (seed, index)."""
+
+    def __init__(self, kind: str, size: int = 100000, seed: int = 0, min_pairs: int = 2, max_pairs: int = 10):
+        if kind not in ("names_text", "captions_text", "vqa_text"):
+            raise ValueError(f"unknown text source {kind!r}")
+        self.kind, self.size, self.seed, self.min_pairs, self.max_pairs = kind, size, seed, min_pairs, max_pairs
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, 7, int(index)])
+        if self.kind == "names_text":
+            ep = names_episode(rng, int(rng.integers(self.min_pairs, self.max_pairs + 1)), int(rng.integers(2, 4)),
+                               render=False)
+            return {"text": " ".join(f"a {s}. {NAMES_SENTENCE.format(n)}" for s, n in zip(ep["shapes"], ep["names"]))}
+        objs = shapes.random_scene(rng)
+        scene = shapes.caption(objs)
+        if self.kind == "captions_text":
+            return {"text": scene}
+        q, a, _, _ = shapes.vqa_question(objs, rng)
+        return {"text": f"{scene} Question:{q} Short answer:{a}"}
+
+
+class TextTransform:
+    """{text} -> bos + text + eos, every text token a target."""
+
+    def __init__(self, tokenizer, max_len: int):
+        self.tok, self.max_len = tokenizer, max_len
+
+    def __call__(self, r: dict) -> dict:
+        ex = tokenize_segments(self.tok, [(r["text"], True)], add_bos=self.tok.bos_id is not None, add_eos=True)
+        return fit_length(ex, self.max_len, "truncate")
+
+
+def make_source(spec: dict, split: str = "train"):
+    """A dataset spec -> random-access source of records."""
+    from common.data import formats
+
+    source = spec["source"]
+    size = spec.get("size")
+    if source in ("shapes_captions", "shapes_interleaved"):
+        kind = source.split("_", 1)[1]
+        return shapes.ShapesSource(kind, split, size, int(spec.get("seed", 0)), int(spec.get("raw_image_size", 64)))
+    if source in ("names_text", "captions_text", "vqa_text"):
+        seed = int(spec.get("seed", 0)) + (0 if split == "train" else 1000)
+        return TextSource(source, int(size or 100000), seed, int(spec.get("min_pairs", 2)),
+                          int(spec.get("max_pairs", 10)))
+    if source == "coco_captions":
+        return formats.coco_captions(spec["annotations"], spec["image_dir"])
+    if source == "interleaved_jsonl":
+        return formats.interleaved_jsonl(spec["jsonl"], spec["image_dir"], spec.get("max_images"))
+    raise ValueError(f"unknown data source {source!r}")
+
+
+def make_transform(spec: dict, tokenizer, image_size: int):
+    """A dataset spec -> transform producing input_ids / loss_mask (Flamingo labels) [/ images]."""
+    ids = special_ids(tokenizer)
+    source = spec["source"]
+    max_len = int(spec["max_len"])
+    if source in ("names_text", "captions_text", "vqa_text"):
+        return TextTransform(tokenizer, max_len)
+    if source in ("shapes_captions", "coco_captions"):
+        inner = FlamingoCaptionTransform(tokenizer, max_len, image_size, spec.get("over_length", "truncate"))
+        return LabelledTransform(inner, ids, interleaved=False)
+    inner = FlamingoInterleavedTransform(tokenizer, max_len, image_size, int(spec.get("max_images", 6)),
+                                         spec.get("over_length", "truncate"))
+    return LabelledTransform(inner, ids, interleaved=True)
+
+
+def save_tokenizer_json(tokenizer, directory: str) -> None:
+    if isinstance(tokenizer, HFJsonTokenizer):
+        os.makedirs(directory, exist_ok=True)
+        tokenizer.tok.save(os.path.join(directory, "tokenizer.json"))
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, f)

@@ -1,0 +1,131 @@
+"""Miniature reproduction of Flamingo's headline results on CPU with the bundled data (Alayrac et al. 2022: Fig. 2 /
+Table 1 "performance improves with the number of shots", and the Table 3 ablations "w/o tanh gating" and the
+cross-attention frequency "every layer vs every 4th"):
+
+    python -m flamingo_jax.reproduce --workdir DIR [--variants tiny,tiny_ungated,tiny_every4] [--num_queries 100]
+
+1. stage 0: the tiny LM's text-only pretraining (configs/flamingo/tiny_stage0.py), then frozen;
+2. for each variant (configs/flamingo/<variant>.py): Flamingo training (frozen random ViT + frozen stage-0 LM;
+   resampler, gated blocks and input embeddings train; captions + interleaved documents accumulated each step);
+3. few-shot evaluation of the in-context-only 'names' task at 0 / 4 / 8 shots (random demos; the main config also
+   with RICES demos, and captioning / VQA at 0 and 4 shots), beam search 3.
+Writes DIR/reproduce_results.json and DIR/reproduce_results.md (tables + wall times). Re-running resumes: finished
+trainings are reused from their checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import time
+
+VARIANTS = {"tiny": "gated, every layer (main)", "tiny_ungated": "w/o tanh gating, every layer",
+            "tiny_every4": "gated, every 4th layer"}
+
+
+def _train(config, workdir: str):
+    from common.train import train
+    from flamingo_jax.task import make_task
+
+    return train(config, workdir, lambda c: make_task(c, workdir))
+
+
+def _final_loss(workdir: str) -> float | None:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    losses = [json.loads(line)["loss"] for line in open(path) if '"loss"' in line]
+    return losses[-1] if losses else None
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--shots", default="0,4,8")
+    p.add_argument("--num_queries", type=int, default=64)
+    p.add_argument("--stage0_steps", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="Flamingo training steps (default: the config's)")
+    p.add_argument("--main_extra_eval", type=int, default=1, help="1: RICES + captions / VQA on the main variant")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger().setLevel(logging.INFO)
+    from flamingo_jax import eval as fl_eval
+
+    root = os.path.abspath(args.workdir)
+    os.makedirs(root, exist_ok=True)
+    shots = [int(s) for s in args.shots.split(",")]
+    report: dict = {"wall_seconds": {}, "variants": {}, "command": "python -m flamingo_jax.reproduce " +
+                    " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+    start_all = time.time()
+
+    s0 = importlib.import_module("configs.flamingo.tiny_stage0").get_config()
+    if args.stage0_steps:
+        s0.total_steps = args.stage0_steps
+    t = time.time()
+    _train(s0, os.path.join(root, "stage0"))
+    report["wall_seconds"]["stage0_train"] = time.time() - t
+    report["stage0_final_loss"] = _final_loss(os.path.join(root, "stage0"))
+
+    for variant in [v for v in args.variants.split(",") if v]:
+        config = importlib.import_module(f"configs.flamingo.{variant}").get_config()
+        config.init_lm.workdir = os.path.join(root, "stage0")
+        if args.steps:
+            config.total_steps = args.steps
+        wd = os.path.join(root, variant)
+        t = time.time()
+        _train(config, wd)
+        train_s = time.time() - t
+        t = time.time()
+        runner = fl_eval.load_runner(config, wd, num_beams=3, batch_size=16)
+        main_variant = variant == "tiny" and args.main_extra_eval
+        res = fl_eval.run_evaluation(runner, ["names"], shots, ["random", "rices"] if main_variant else ["random"],
+                                     num_queries=args.num_queries, log_fn=logging.info)
+        if main_variant:
+            extra = fl_eval.run_evaluation(runner, ["captions", "vqa"], [0, 4], ["random"], num_queries=48,
+                                           support_size=256, log_fn=logging.info)
+            res.update({k: extra[k] for k in ("captions", "vqa")})
+            res["details"].update(extra["details"])
+        eval_s = time.time() - t
+        report["variants"][variant] = {"description": VARIANTS.get(variant, variant), "results": res,
+                                       "final_train_loss": _final_loss(wd), "train_seconds": train_s,
+                                       "eval_seconds": eval_s, "steps": int(config.total_steps)}
+        report["wall_seconds"][variant] = train_s + eval_s
+        with open(os.path.join(root, "reproduce_results.json"), "w") as f:
+            json.dump(report, f, indent=2)
+    report["wall_seconds"]["total"] = time.time() - start_all
+    if "tiny" in report["variants"]:
+        report["wall_seconds"]["main_config_total"] = report["wall_seconds"]["stage0_train"] + \
+            report["wall_seconds"]["tiny"]
+    with open(os.path.join(root, "reproduce_results.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    md = markdown(report, shots)
+    with open(os.path.join(root, "reproduce_results.md"), "w") as f:
+        f.write(md)
+    print(md)
+    return report
+
+
+def markdown(report: dict, shots) -> str:
+    lines = ["| variant | " + " | ".join(f"names {k}-shot" for k in shots) + " | final train loss | train s | eval s |",
+             "| --- | " + " | ".join("---" for _ in shots) + " | --- | --- | --- |"]
+    for name, v in report["variants"].items():
+        row = v["results"]["names"]["random"]
+        loss = v["final_train_loss"]
+        lines.append(f"| {name}: {v['description']} | " + " | ".join(f"{row[str(k)]:.1f}" for k in shots) +
+                     f" | {loss:.3f} | {v['train_seconds']:.0f} | {v['eval_seconds']:.0f} |" if loss is not None
+                     else f"| {name} | " + " | ".join(f"{row[str(k)]:.1f}" for k in shots) + " | | | |")
+    main = report["variants"].get("tiny")
+    if main is not None:
+        from flamingo_jax.eval import markdown_table
+
+        lines += ["", markdown_table(main["results"], "main config (tiny), all few-shot results")]
+    w = report["wall_seconds"]
+    lines += ["", "wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in w.items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

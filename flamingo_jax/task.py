@@ -1,0 +1,255 @@
+"""Flamingo training as a `common.trainer.Task` (Alayrac et al. 2022, Sec. 2.4 and App. B.1.2 / OpenFlamingo's
+train.py): the vision encoder and the LM are frozen; the Perceiver Resampler, the GATED XATTN-DENSE blocks and
+(OpenFlamingo, optional) the LM's input embeddings train; weight decay only on the gated blocks. Several datasets
+(LAION-style image-caption pairs, MMC4-style interleaved documents) are combined by the paper's gradient
+accumulation over all datasets each step (`multi_dataset_mode='accumulate'`, weights `dataset_weights`) or, for the
+paper's ablation, one dataset per step (`'round_robin'`).
+
+`config.stage='lm'` trains instead the bare LM (common.lm.DecoderLM, no blocks) on text-only datasets: the tiny
+configs' stand-in for the paper's text-pretrained LM ("stage 0"; configs/flamingo/tiny_stage0.py).
+
+Config (ml_collections; configs/flamingo/*.py):
+  stage      'flamingo' | 'lm'
+  model      {preset: None | a flamingo_jax.configs.CONFIGS name, lm: LMConfig fields (vocab_size None = the
+             tokenizer's, rounded up to 64), vision: CLIPVisionConfig fields | None, vision_width, resampler:
+             ResamplerConfig fields (width = the vision width), xattn: GatedXAttnConfig fields (gating 'tanh' |
+             'none'), cross_attn_every, block_position, vision_features}
+  tokenizer  {kind: 'shapes_bpe' | 'dir', vocab_size, path}
+  data       {datasets: {name: {source, max_len, weight, max_images, ...}} (flamingo_jax.data.make_source), image_size,
+             num_threads, max_skip_fraction}
+  init_lm    {workdir: a stage-'lm' training workdir | hf_dir: an HF LM checkpoint}: the frozen LM's weights
+  optimizer  common.optimizer fields; param_groups from `flamingo_jax.model.param_groups` (see the configs)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.data.pipeline import Collate, DataIterator, build_dataset
+from common.lm import DecoderLM, LMConfig, matmul_flops_per_token
+from common.lm_task import next_token_loss
+from common.trainer import DataShard, Task
+from flamingo_jax import data as data_lib
+from flamingo_jax.gated_cross_attention import GatedXAttnConfig
+from flamingo_jax.model import Flamingo, FlamingoConfig
+from flamingo_jax.perceiver_resampler import ResamplerConfig
+
+log = logging.getLogger("flamingo_jax.task")
+
+
+def plain(x):
+    """ConfigDict / FrozenConfigDict / tuples of them -> plain dicts / tuples."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return tuple(plain(v) for v in x)
+    return x
+
+
+def get(config, name, default=None):
+    try:
+        value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
+    except (AttributeError, KeyError):
+        return default
+    return default if value is None else value
+
+
+def flamingo_config_from(model_config, tokenizer=None) -> FlamingoConfig:
+    """config.model -> FlamingoConfig (vocabulary and <image> id from the tokenizer where not given)."""
+    from common.vision.clip import CLIPVisionConfig
+
+    m = plain(model_config)
+    if m.get("preset"):
+        from flamingo_jax.configs import CONFIGS
+
+        cfg = CONFIGS[m["preset"]]()
+        if m.get("lm"):
+            cfg = cfg.replace(lm=cfg.lm.replace(**m["lm"]))
+        return cfg
+    lm = dict(m["lm"])
+    if lm.get("vocab_size") is None:
+        if tokenizer is None:
+            raise ValueError("model.lm.vocab_size is None: a tokenizer is needed to size the vocabulary")
+        lm["vocab_size"] = -(-tokenizer.vocab_size // 64) * 64
+    vision = CLIPVisionConfig(**m["vision"]) if m.get("vision") else None
+    width = m.get("vision_width") or (vision.hidden_size if vision is not None else None)
+    resampler = ResamplerConfig(width=width, **m["resampler"]) if m.get("resampler") is not None else None
+    image_id = m.get("image_token_id")
+    if image_id is None:
+        image_id = data_lib.special_ids(tokenizer)["image"]
+    return FlamingoConfig(lm=LMConfig(**lm), xattn=GatedXAttnConfig(**m.get("xattn", {})), resampler=resampler,
+                          vision=vision, vision_width=m.get("vision_width"), image_token_id=int(image_id),
+                          cross_attn_every=int(m.get("cross_attn_every", 1)), block_position=m.get("block_position"),
+                          vision_features=m.get("vision_features", "post_norm_patches"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The frozen LM's weights
+# ----------------------------------------------------------------------------------------------------------------
+def restore_params(workdir: str, step: int | None = None):
+    """Host (numpy) params of a training workdir's checkpoint (latest by default), without the optimizer state."""
+    import orbax.checkpoint as ocp
+
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+    if not steps:
+        raise FileNotFoundError(f"no finished checkpoint in {root}")
+    path = os.path.join(root, str(steps[-1] if step is None else step), "state")
+    with ocp.PyTreeCheckpointer() as ckpt:
+        tree = ckpt.metadata(path).item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])
+        out = ckpt.restore(path, args=ocp.args.PyTreeRestore(item={"params": tree["params"]},
+                                                             restore_args={"params": restore_args},
+                                                             partial_restore=True))
+    return out["params"]
+
+
+def lm_to_grouped(lm_params, lm_config: LMConfig, every: int) -> dict:
+    """A bare DecoderLM's params (decoder/layers [L, ...] or layers_i) -> the grouped layout of a Flamingo LM with a
+    block every `every` layers (decoder/groups/layer_j [G, ...] or groups_g/layer_j), without the blocks."""
+    flat = flax.traverse_util.flatten_dict(lm_params)
+    out, layers = {}, {}
+    for path, value in flat.items():
+        if path[0] != "decoder":
+            out[path] = value
+        elif path[1] == "layers":
+            for i in range(lm_config.num_layers):
+                layers[(i,) + path[2:]] = np.asarray(value)[i]
+        else:
+            layers[(int(path[1].split("_")[1]),) + path[2:]] = value
+    for (i, *rest), value in layers.items():
+        g, j = divmod(i, every)
+        if lm_config.scan_layers:
+            key = ("decoder", "groups", f"layer_{j}", *rest)
+            out.setdefault(key, [None] * (lm_config.num_layers // every))[g] = value
+        else:
+            out[("decoder", f"groups_{g}", f"layer_{j}", *rest)] = value
+    out = {k: (np.stack(v) if isinstance(v, list) else v) for k, v in out.items()}
+    return flax.traverse_util.unflatten_dict(out)
+
+
+def graft(params, source, prefix: tuple = ()) -> dict:
+    """Copies every leaf of `source` whose path (under `prefix`) and shape match `params`, keeping the shardings."""
+    dst = flax.traverse_util.flatten_dict(params)
+    copied, skipped = 0, []
+    for path, value in flax.traverse_util.flatten_dict(source).items():
+        full = tuple(prefix) + path
+        if full not in dst or tuple(np.shape(value)) != tuple(dst[full].shape):
+            skipped.append("/".join(full))
+            continue
+        old = dst[full]
+        new = jnp.asarray(value, old.dtype)
+        dst[full] = jax.device_put(new, old.sharding) if hasattr(old, "sharding") else new
+        copied += 1
+    if not copied:
+        raise ValueError(f"nothing copied: no matching parameter paths / shapes ({skipped[:5]})")
+    log.info("copied %d tensors; not copied: %d %s", copied, len(skipped), skipped[:8])
+    return flax.traverse_util.unflatten_dict(dst)
+
+
+def load_lm(params, config, cfg: FlamingoConfig):
+    """init_lm {workdir | hf_dir} -> the Flamingo params with the frozen LM's weights in place."""
+    init = plain(get(config, "init_lm", {}) or {})
+    if init.get("workdir"):
+        lm = restore_params(init["workdir"])
+    elif init.get("hf_dir"):
+        import common.hf
+
+        _, lm = common.hf.load(init["hf_dir"], dtype=cfg.lm.param_dtype)
+        lm = jax.tree.map(np.asarray, lm)
+    else:
+        return params
+    return graft(params, lm_to_grouped(lm, cfg.lm, cfg.cross_attn_every), prefix=("lm",))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The task
+# ----------------------------------------------------------------------------------------------------------------
+def example_batch(cfg: FlamingoConfig, length: int = 8, num_media: int = 1):
+    ids = jnp.zeros((1, length), jnp.int32)
+    if cfg.vision is None:
+        return ids, {"vision_features": jnp.zeros((1, num_media, 1, 4, cfg.media_width), jnp.float32)}
+    s = cfg.vision.image_size
+    return ids, {"pixel_values": jnp.zeros((1, num_media, s, s, cfg.vision.num_channels), jnp.float32)}
+
+
+def make_task(config, workdir: str | None = None) -> Task:
+    tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None))
+    cfg = flamingo_config_from(config.model, tokenizer)
+    stage = get(config, "stage", "flamingo")
+    if stage not in ("flamingo", "lm"):
+        raise ValueError(f"stage must be 'flamingo' or 'lm', got {stage!r}")
+    model = Flamingo(cfg) if stage == "flamingo" else DecoderLM(cfg.lm)
+    datasets = plain(config.data.datasets)
+    dcfg = plain(config.data)
+    image_size = cfg.vision.image_size if cfg.vision is not None else int(dcfg.get("image_size", 64))
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    if workdir and jax.process_index() == 0:
+        data_lib.save_tokenizer_json(tokenizer, workdir)
+
+    def init_params(rng):
+        if stage == "lm":
+            return model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
+        ids, kw = example_batch(cfg)
+        return model.init(rng, ids, **kw)["params"]
+
+    def loss_fn(params, batch, rng):
+        del rng  # no dropout
+        ids = batch["input_ids"]
+        if stage == "lm" or "images" not in batch:
+            if stage == "lm":
+                logits = model.apply({"params": params}, ids, batch["attention_mask"])
+            else:
+                logits = model.apply({"params": params}, ids, attention_mask=batch["attention_mask"])
+        else:
+            logits = model.apply({"params": params}, ids, pixel_values=batch["images"],
+                                 attention_mask=batch["attention_mask"])
+        return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
+
+    def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
+        spec = {"raw_image_size": image_size, **spec}
+        source = data_lib.make_source(spec, split)
+        transform = data_lib.make_transform(spec, tokenizer, image_size)
+        batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
+        collate = Collate(int(spec["max_len"]), pad_id, max_images=spec.get("max_images", 1) if
+                          "text" not in spec["source"] else None)
+        ds, counter = build_dataset(source, transform, batch_size=batch, collate=collate,
+                                    seed=int(config.seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle,
+                                    num_epochs=None, shard=(shard.index, shard.count),
+                                    max_skip_fraction=float(dcfg.get("max_skip_fraction", 0.05)),
+                                    num_threads=int(dcfg.get("num_threads", 0)))
+        counter.name = name
+        return DataIterator(ds, counter)
+
+    def make_train_data(shard: DataShard):
+        return {name: iterator(name, spec, shard, "train", True) for name, spec in datasets.items()}
+
+    def make_eval_data(shard: DataShard):
+        name, spec = sorted(datasets.items())[0]
+        it = iterator(name, spec, shard, "validation", False)
+        return (next(it) for _ in range(int(get(config, "eval_batches", 0))))
+
+    flops = {}
+    for name, spec in datasets.items():
+        length = int(spec["max_len"])
+        flops[name] = 3.0 * matmul_flops_per_token(cfg.lm, length) * length
+
+    load = None
+    if stage == "flamingo" and any((plain(get(config, "init_lm", {}) or {})).values()):
+        load = lambda params: load_lm(params, config, cfg)  # noqa: E731
+
+    task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
+                dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
+                flops_per_example=flops, load_pretrained=load,
+                make_eval_data=make_eval_data if int(get(config, "eval_batches", 0)) else None)
+    task.model, task.flamingo_config, task.tokenizer, task.stage = model, cfg, tokenizer, stage
+    return task

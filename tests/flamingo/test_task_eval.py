@@ -1,0 +1,212 @@
+"""Flamingo training task (labels, frozen parameters, loss decreasing through common.trainer) and few-shot evaluation
+(OpenFlamingo prompts, RICES order, VQA accuracy, CIDEr, cached-media generation, the CLI)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from common import metrics
+from common.generate import GenerationConfig, generate
+from flamingo_jax import data as data_lib
+from flamingo_jax import eval as fl_eval
+from flamingo_jax.model import FlamingoForGeneration, count_media
+
+from flamingo_testlib import IMAGE, build, pixels, tiny_config, with_gates
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BOS, EOS, PAD, IMG, EOC = 1, 2, 0, 3, 4
+
+
+# ---------------------------------------------------------------------------------------------------- labels
+def test_loss_mask_interleaved_and_captions():
+    ids = np.array([BOS, 10, IMG, 11, 12, EOC, 13, 14, IMG, 15, EOC, EOS, PAD, PAD])
+    mask = data_lib.flamingo_loss_mask(ids, IMG, EOC, PAD, BOS, interleaved=True)
+    # bos, text before the first <image>, <image>, text between <|endofchunk|> and <image>, eos after the last
+    # chunk and pad are ignored; chunk text and <|endofchunk|> are targets.
+    assert mask.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0]
+    laion = np.array([[BOS, IMG, 11, 12, EOC, EOS, PAD]])
+    assert data_lib.flamingo_loss_mask(laion, IMG, EOC, PAD, BOS, interleaved=False).tolist() == \
+        [[0, 0, 1, 1, 1, 1, 0]]
+
+
+def test_transforms_never_target_image_or_pad():
+    tok = data_lib.shapes_tokenizer()
+    ids = data_lib.special_ids(tok)
+    for source, kind in (("shapes_interleaved", "interleaved"), ("shapes_captions", "captions")):
+        spec = {"source": source, "max_len": 64, "max_images": 6, "raw_image_size": 16, "size": 4}
+        transform = data_lib.make_transform(spec, tok, 16)
+        ex = transform(data_lib.make_source(spec)[1])
+        assert not ex["loss_mask"][ex["input_ids"] == ids["image"]].any()
+        assert ex["loss_mask"].any() and ex["images"].shape[1:] == (16, 16, 3)
+        first_image = int(np.argmax(ex["input_ids"] == ids["image"]))
+        assert not ex["loss_mask"][:first_image + 1].any()
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def _tiny_train_config(mode="accumulate"):
+    from configs.flamingo.tiny_base import base_config
+
+    config = base_config()
+    config.total_steps = 10
+    config.mesh = dict(data=1, fsdp=1, tensor=1)
+    config.log_every = 1
+    config.checkpoint_every = 0
+    config.multi_dataset_mode = mode
+    config.model.lm.update(hidden_size=32, num_layers=2, intermediate_size=64, max_position_embeddings=128)
+    config.model.vision.update(image_size=16, patch_size=8, hidden_size=24, intermediate_size=48, num_layers=1)
+    config.model.resampler.update(depth=1, head_dim=8, num_latents=4)
+    config.model.xattn.update(head_dim=8)
+    config.data.datasets = dict(
+        captions=dict(source="shapes_captions", max_len=32, weight=0.5, max_images=1, batch_size=4, size=64),
+        interleaved=dict(source="shapes_interleaved", max_len=64, weight=1.0, max_images=3, batch_size=4, size=64))
+    config.optimizer.lr = 3e-3
+    config.optimizer.warmup_steps = 0
+    return config
+
+
+def test_train_steps_decrease_loss_and_keep_frozen_params(tmp_path):
+    from common.trainer import Trainer
+    from flamingo_jax.task import make_task
+
+    config = _tiny_train_config()
+    trainer = Trainer(config, make_task(config), str(tmp_path))
+    init = jax.device_get(trainer.init_state().params)
+    result = trainer.run()
+    trainer.close()
+    losses = [r["loss"] for r in result.metrics if "loss" in r]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    final = jax.device_get(trainer.state.params)
+    flat_init = dict(jax.tree_util.tree_flatten_with_path(init)[0])
+    changed = {jax.tree_util.keystr(k): not np.array_equal(v, flat_init[k])
+               for k, v in jax.tree_util.tree_flatten_with_path(final)[0]}
+    for name, moved in changed.items():
+        trainable = "'resampler'" in name or "'block'" in name or "'embed'" in name
+        assert moved == trainable or (trainable and not moved and "alpha" not in name), name
+    assert not any(m for n, m in changed.items() if "'vision'" in n or "'layer_" in n or "'lm_head'" in n)
+    assert any(m for n, m in changed.items() if "alpha_xattn" in n)
+
+
+def test_lm_to_grouped_layout():
+    from common.lm import DecoderLM
+    from flamingo_jax.task import graft, lm_to_grouped
+
+    cfg = tiny_config(every=2)
+    model, params = build(cfg)
+    bare = DecoderLM(cfg.lm)
+    lm = jax.jit(lambda k: bare.init(k, jnp.zeros((1, 4), jnp.int32))["params"])(jax.random.key(3))
+    lm = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, lm, is_leaf=lambda x: hasattr(x, "value"))
+    new = graft(params, lm_to_grouped(jax.device_get(lm), cfg.lm, 2), prefix=("lm",))
+    ids = jnp.asarray(np.random.RandomState(0).randint(6, 48, (2, 9)))
+    ours = model.apply({"params": new}, ids)  # gates are 0: exactly the bare LM
+    np.testing.assert_allclose(ours, bare.apply({"params": lm}, ids), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- prompts
+def test_openflamingo_prompts_exact():
+    demos = [fl_eval.vqa_demo("what color is it?", "red"), fl_eval.vqa_demo("how many?", "2")]
+    prompt = fl_eval.build_prompt(demos, fl_eval.vqa_demo("is it big?"), zero_shot=False)
+    assert prompt == ("<image>Question:what color is it? Short answer:red<|endofchunk|>\n"
+                      "<image>Question:how many? Short answer:2<|endofchunk|>\n"
+                      "<image>Question:is it big? Short answer:")
+    zero = fl_eval.build_prompt([fl_eval.caption_demo(" a cat. ")], fl_eval.caption_demo(), zero_shot=True)
+    assert zero == "Output:a cat.<|endofchunk|>\n<image>Output:"
+    names = fl_eval.build_prompt([fl_eval.names_demo("dax")], fl_eval.names_demo(), False, separator="")
+    assert names == "<image>This is a dax.<|endofchunk|><image>This is a"
+    assert fl_eval.postprocess_vqa(" red Question:what") == "red"
+    assert fl_eval.postprocess_vqa("yes, it is\nno") == "yes"
+    assert fl_eval.postprocess_caption('"a red circle." Output: x') == "a red circle."
+    assert fl_eval.postprocess_name(" daxwug. This") == "daxwug"
+
+
+def test_rices_most_similar_last():
+    support = np.eye(4, dtype=np.float32)
+    query = np.array([[0.1, 0.7, 0.2, 0.5]], np.float32)
+    query /= np.linalg.norm(query)
+    assert fl_eval.rices_order(query, support, 3).tolist() == [[2, 3, 1]]
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def test_vqa_accuracy_official_normalisation():
+    assert metrics.normalize_vqa_answer("Two") == "2"
+    assert metrics.normalize_vqa_answer("the dog.") == "dog"
+    assert metrics.normalize_vqa_answer("dont") == "don't"
+    assert metrics.normalize_vqa_answer("yes!") == "yes"
+    answers = ["2"] * 3 + ["3"] * 7
+    assert metrics.vqa_accuracy("two", answers) == pytest.approx(0.9)  # 3 matches: (3 * 2/3 + 7 * 1) / 10
+    assert metrics.vqa_accuracy("2", ["2"] * 2 + ["4"] * 8) == pytest.approx(0.6)  # (2 * 1/3 + 8 * 2/3) / 10
+    assert metrics.vqa_accuracy("3", answers) == 1.0
+
+
+def test_cider_fixture():
+    from pycocoevalcap.cider.cider import Cider
+
+    refs = {1: ["A red circle at the top.", "a red circle"], 2: ["two shapes: a blue star and a square."],
+            3: ["a small green cross at the left."]}
+    preds = {1: "a red circle at the top", 2: "a blue star", 3: "a small green cross at the left."}
+    expected = 100 * Cider().compute_score({k: [metrics.caption_tokens(r) for r in v] for k, v in refs.items()},
+                                           {k: [metrics.caption_tokens(v)] for k, v in preds.items()})[0]
+    assert metrics.cider(preds, refs) == pytest.approx(expected)
+    assert metrics.caption_tokens("Two shapes: a cat, a dog.") == "two shapes a cat a dog"
+    wrong = {1: "a dog", 2: "a tree", 3: "a boat"}
+    assert metrics.cider(preds, refs) > metrics.cider(wrong, refs) >= 0
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+def test_generation_with_cached_media_equals_full_recompute():
+    cfg = tiny_config(every=1)
+    _, params = build(cfg)
+    params = with_gates(params)
+    model = FlamingoForGeneration(cfg)
+    ids = np.array([[0, 0, IMAGE, 9, 10, IMAGE, 11], [IMAGE, 12, 13, 14, IMAGE, 15, 16]], np.int32)
+    mask = np.array([[0, 0, 1, 1, 1, 1, 1], [1] * 7], np.int32)
+    px = pixels(2, 2)
+    media = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_media"))(params, px)
+    gen = GenerationConfig(max_new_tokens=4, bucket=8, pad_token_id=0)
+    out = generate(model, params, ids, mask, config=gen, decode_inputs={"media": media},
+                   step_inputs={"media_seen": count_media(jnp.asarray(ids), IMAGE)})
+    full = jax.jit(lambda p, i, m, x: model.apply({"params": p}, i, m, pixel_values=x))
+    seq, seq_mask = ids, mask
+    for step in range(4):  # no cache: the whole sequence and the pixels every step
+        logits = full(params, seq, seq_mask, px)
+        positions = np.maximum(np.cumsum(seq_mask, 1) - 1, 0)
+        del positions
+        nxt = np.asarray(jnp.argmax(logits[:, -1], -1), np.int32)
+        np.testing.assert_array_equal(out["tokens"][:, step], nxt)
+        seq = np.concatenate([seq, nxt[:, None]], 1)
+        seq_mask = np.concatenate([seq_mask, np.ones((2, 1), np.int32)], 1)
+    beams = generate(model, params, ids, mask, config=GenerationConfig(max_new_tokens=3, num_beams=3, bucket=8,
+                                                                       length_penalty=0.0),
+                     decode_inputs={"media": media}, step_inputs={"media_seen": count_media(jnp.asarray(ids), IMAGE)})
+    assert beams["tokens"].shape == (2, 3)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def test_eval_cli_smoke(tmp_path):
+    config = tmp_path / "cfg.py"
+    config.write_text(textwrap.dedent("""
+        from configs.flamingo.tiny_base import base_config
+        def get_config():
+            c = base_config()
+            c.model.lm.update(hidden_size=32, num_layers=2, intermediate_size=64, max_position_embeddings=256)
+            c.model.vision.update(image_size=16, patch_size=8, hidden_size=24, intermediate_size=48, num_layers=1)
+            c.model.resampler.update(depth=1, head_dim=8, num_latents=4)
+            c.model.xattn.update(head_dim=8)
+            return c
+    """))
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_backend_optimization_level=0")
+    cmd = [sys.executable, "-m", "flamingo_jax.eval", "--config", str(config), "--workdir", str(tmp_path),
+           "--random_init", "--tasks", "names,vqa", "--shots", "0,1", "--demos", "rices", "--num_queries", "3",
+           "--support_size", "6", "--batch_size", "4", "--num_beams", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    results = json.loads((tmp_path / "fewshot_results.json").read_text())
+    assert set(results["names"]["rices"]) == {"0", "1"} and set(results["vqa"]["rices"]) == {"0", "1"}
+    assert "| names (accuracy %) | rices |" in (tmp_path / "fewshot_results.md").read_text()
