@@ -27,7 +27,6 @@ import os
 import zlib
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

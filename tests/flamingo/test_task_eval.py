@@ -7,7 +7,6 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -174,8 +173,6 @@ def test_generation_with_cached_media_equals_full_recompute():
     seq, seq_mask = ids, mask
     for step in range(4):  # no cache: the whole sequence and the pixels every step
         logits = full(params, seq, seq_mask, px)
-        positions = np.maximum(np.cumsum(seq_mask, 1) - 1, 0)
-        del positions
         nxt = np.asarray(jnp.argmax(logits[:, -1], -1), np.int32)
         np.testing.assert_array_equal(out["tokens"][:, step], nxt)
         seq = np.concatenate([seq, nxt[:, None]], 1)
