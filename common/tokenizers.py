@@ -439,3 +439,22 @@ def load_tokenizer(checkpoint_dir: str) -> Tokenizer:
     raise TokenizerError(
         f"no tokenizer in {checkpoint_dir}: expected tokenizer.json, tokenizer.model or a .tiktoken file"
     )
+
+
+def train_byte_level_bpe(corpus: Sequence[str], vocab_size: int, special_tokens: Sequence[str], *,
+                         isolate_punctuation: bool = False) -> str:
+    """A byte-level BPE (Qwen2-style pre-tokenisation) trained in memory on `corpus`, deterministically, for the
+    tiny configs that have no pretrained tokenizer; returns the tokenizer.json text. `isolate_punctuation` splits
+    every punctuation mark off first, so that words next to punctuation still map to their own tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    steps = [pre_tokenizers.Punctuation(behavior="isolated")] if isolate_punctuation else []
+    steps += [pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+              pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    return tok.to_str()

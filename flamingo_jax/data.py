@@ -51,19 +51,9 @@ def _corpus() -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _bpe_json(vocab_size: int) -> str:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from common.tokenizers import train_byte_level_bpe
 
-    from common.tokenizers import QWEN_PATTERN
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Punctuation(behavior="isolated"),
-                                                 pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(), trainer)
-    return tok.to_str()
+    return train_byte_level_bpe(_corpus(), vocab_size, SPECIALS, isolate_punctuation=True)
 
 
 def shapes_tokenizer(vocab_size: int = 768) -> HFJsonTokenizer:

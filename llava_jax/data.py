@@ -64,19 +64,9 @@ def _shapes_corpus() -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _shapes_bpe_json(vocab_size: int) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from common.tokenizers import train_byte_level_bpe
 
-    from common.tokenizers import QWEN_PATTERN
-    from tokenizers import Regex
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SHAPES_SPECIALS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_shapes_corpus(), trainer)
-    return tok.to_str()
+    return train_byte_level_bpe(_shapes_corpus(), vocab_size, SHAPES_SPECIALS)
 
 
 def shapes_tokenizer(vocab_size: int = 512) -> HFJsonTokenizer:
