@@ -107,13 +107,14 @@ def _build_clip(hf: dict, dtype: Any) -> CLIPVisionTransformer:
     return CLIPVisionTransformer(CLIPVisionConfig.from_hf(hf, dtype=name, param_dtype=name))
 
 
-def _clip_example(module: CLIPVisionTransformer) -> tuple:
+def _image_example(module: CLIPVisionTransformer | InternViT) -> tuple:
+    """One NHWC image of the tower's configured size, for shape inference."""
     size = as_pair(module.config.image_size)
     return (jnp.zeros((1, size[0], size[1], module.config.num_channels), jnp.float32),)
 
 
 register("clip", "clip_vision_model")(Architecture(
-    build=_build_clip, rule=lambda module: clip_rule(module.config), example_inputs=_clip_example))
+    build=_build_clip, rule=lambda module: clip_rule(module.config), example_inputs=_image_example))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,14 +221,10 @@ def _build_internvit(hf: dict, dtype: Any) -> InternViT:
     return InternViT(InternViTConfig.from_hf(hf, dtype=name, param_dtype=name))
 
 
-def _internvit_example(module: InternViT) -> tuple:
-    size = as_pair(module.config.image_size)
-    return (jnp.zeros((1, size[0], size[1], module.config.num_channels), jnp.float32),)
-
 
 register("internvl_vision")(Architecture(
     build=_build_internvit, rule=lambda module: internvit_rule(module.config, "hf"),
-    example_inputs=_internvit_example))
+    example_inputs=_image_example))
 register("intern_vit_6b")(Architecture(
     build=_build_internvit, rule=lambda module: internvit_rule(module.config, "original"),
-    example_inputs=_internvit_example))
+    example_inputs=_image_example))
