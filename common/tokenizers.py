@@ -32,6 +32,7 @@ VITA_STATE_TEXT_QUERY = "☟"
 VITA_STATE_NOISE = "☜"
 VITA_STATE_TOKENS = (VITA_STATE_AUDIO_QUERY, VITA_STATE_TEXT_QUERY, VITA_STATE_NOISE)
 FLAMINGO_PAD_TOKEN = "<PAD>"
+ENCODE_CACHE_SIZE = 1 << 16  # memoised encode() results per tokenizer (template pieces repeat in every sample)
 
 FAMILY_SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
     "flamingo": (IMAGE_TOKEN, END_OF_CHUNK_TOKEN),
@@ -263,6 +264,7 @@ class HFJsonTokenizer(Tokenizer):
                 raise TokenizerError(f"tokenizer.json not found: {tokenizer_file}")
             tokenizer_object = _Tok.from_file(tokenizer_file)
         self.tok = tokenizer_object
+        self._encode_cache: dict[str, tuple[int, ...]] = {}
         # Encoding must not add the post-processor's specials: bos/eos are explicit arguments of encode.
         config = config or {}
         for name in ("bos", "eos", "pad"):
@@ -281,6 +283,7 @@ class HFJsonTokenizer(Tokenizer):
         from tokenizers import AddedToken
 
         self.tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+        self._encode_cache.clear()
 
     def token_to_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
@@ -289,7 +292,15 @@ class HFJsonTokenizer(Tokenizer):
         return self.tok.id_to_token(idx)
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        return self._wrap(list(self.tok.encode(text, add_special_tokens=False).ids), add_bos, add_eos)
+        # Data pipelines encode the same template pieces (system prompts, roles, questions) again and again: memoise
+        # (bounded; cleared when tokens are added, since that changes how text splits).
+        ids = self._encode_cache.get(text)
+        if ids is None:
+            ids = tuple(self.tok.encode(text, add_special_tokens=False).ids)
+            if len(self._encode_cache) >= ENCODE_CACHE_SIZE:
+                self._encode_cache.clear()
+            self._encode_cache[text] = ids
+        return self._wrap(list(ids), add_bos, add_eos)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
