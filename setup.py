@@ -36,7 +36,9 @@ setup(
         "psutil>=5.9",
     ],
     extras_require={
-        # Parity oracles and the test runner: never needed at run time.
+        # Parity oracles and the test runner: never needed at run time. Two more oracles are installed with
+        # --no-deps by the README / .ci/run test command, since their requirements would pull PyPI's torchvision (which
+        # does not import beside torch 2.13.0+cpu) or move torch: open-flamingo==2.0.1 and timm==1.0.31 (NFNet-F).
         "test": [
             "torch==2.13.0",
             "transformers>=5.0,<6",

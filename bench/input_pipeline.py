@@ -1,12 +1,19 @@
-"""Input-pipeline throughput: examples/s of each family's grain pipeline on the shapes data, next to the training
-step's consumption (tiny configs), one JSON line per pipeline. Target: pipeline >= 2x what the step consumes.
+"""Input-pipeline throughput next to the training step's consumption, per tiny training config, one JSON line each.
+Target: the pipeline delivers >= 2x the examples/s the jitted train step consumes.
 
-    python bench/input_pipeline.py [--tokenizer DIR] [--image-size 64] [--batch-size 8] [--seconds 5]
-                                   [--threads 2] [--step-rates flamingo=4.1,llava=3.0,vita=2.5] [--out FILE]
+    python bench/input_pipeline.py [--configs flamingo/tiny,llava/tiny_stage1,llava/tiny_stage2,lm/tiny]
+                                   [--seconds 5] [--steps 5] [--threads N] [--out FILE] [--standalone]
 
-Step rates (steps/s of the tiny training configs) come from --step-rates, or from a `tiny_train_step_rate(batch_size,
-image_size)` function in flamingo_jax.bench / llava_jax.bench / vita_jax.bench when those modules exist; without
-either, `step_examples_per_s` is null and only the pipeline rate is reported.
+For each config the task and trainer are built as the train CLIs build them (`<family>.task.make_task(config)`,
+`common.trainer.Trainer`; random init, no `init_from` / `init_lm` weights), then:
+  pipeline_examples_per_s  the task's own train iterators (all datasets, one batch of each per step as the step
+                           consumes them, `config.data.num_threads` transform threads unless --threads) for --seconds;
+  step_examples_per_s      examples per step / seconds per jitted step (after compile; batches prefetched);
+  loop_examples_per_s      the trainer's loop as it runs (next batch + device transfer + step, dispatch overlapping);
+  ratio = pipeline / step, meets_2x = ratio >= 2.
+The load average (/proc/loadavg) at the start and end of each measurement is included: this machine is shared.
+`--standalone` also times the four family pipelines (Flamingo captions / interleaved, LLaVA, VITA spoken QA) on
+64 px shapes with a real Llama tokenizer, which have no tiny training step (step fields null).
 """
 from __future__ import annotations
 
@@ -16,20 +23,132 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.data import pipeline as P  # noqa: E402
-from common.data import shapes as S  # noqa: E402
-from common.tokenizers import load_tokenizer  # noqa: E402
+DEFAULT_CONFIGS = "flamingo/tiny,llava/tiny_stage1,llava/tiny_stage2,lm/tiny"
 
 
+def loadavg() -> list[float] | None:
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except OSError:
+        return None
+
+
+def _examples(batch) -> int:
+    return int(len(next(iter(batch.values()))))
+
+
+def make_task(name: str, config, workdir: str):
+    family = name.split("/")[0]
+    if family == "flamingo":
+        from flamingo_jax.task import make_task as mk
+
+        return mk(config, workdir)
+    if family == "llava":
+        from llava_jax.task import make_task as mk
+
+        return mk(config, workdir=workdir)
+    from common.lm_task import make_task as mk
+
+    return mk(config)
+
+
+def load_config(name: str, threads: int | None):
+    config = importlib.import_module("configs." + name.replace("/", ".")).get_config()
+    with config.unlocked():
+        if "init_from" in config:
+            config.init_from = ""
+        if "init_lm" in config:
+            config.init_lm = dict(workdir="", hf_dir="")
+        config.async_checkpoints = False
+        if threads is not None and "num_threads" in config.data:
+            config.data.num_threads = threads
+    return config
+
+
+def bench_config(name: str, seconds: float, steps: int, threads: int | None) -> dict:
+    import jax
+
+    from common.sharding import activate
+    from common.trainer import Trainer
+
+    config = load_config(name, threads)
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as workdir:
+        task = make_task(name, config, workdir)
+        trainer = Trainer(config, task, workdir)
+        iterators = dict(task.make_train_data(trainer.data_shard))
+        names = tuple(sorted(iterators))
+        trainer._dataset_names = list(names)
+        if trainer.mode != "accumulate":
+            raise NotImplementedError("the tiny configs accumulate over their datasets")
+
+        # 1. The input pipeline alone: one batch of every dataset per step, as the trainer pulls them.
+        for it in iterators.values():
+            next(it)  # warm-up: sources opened, threads started, tokenizer caches filled
+        load0 = loadavg()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for k in names:
+                n += _examples(next(iterators[k]))
+        pipeline_rate = n / (time.perf_counter() - t0)
+        load1 = loadavg()
+
+        # 2. The jitted train step alone, on prefetched batches.
+        state = trainer.init_state()
+        with activate(trainer.mesh):
+            batches = {k: trainer._global_batch(next(iterators[k])) for k in names}
+            per_step = sum(_examples(b) for b in batches.values())
+            step = trainer._step_fn(names, batches)
+            t = time.perf_counter()
+            state, metrics = step(state, batches)
+            jax.block_until_ready(metrics)
+            compile_s = time.perf_counter() - t
+            state, metrics = step(state, batches)  # one more warm step
+            jax.block_until_ready(metrics)
+            times = []
+            for _ in range(steps):
+                t = time.perf_counter()
+                state, metrics = step(state, batches)
+                jax.block_until_ready(metrics)
+                times.append(time.perf_counter() - t)
+            step_s = sorted(times)[len(times) // 2]
+
+            # 3. The trainer's loop: next batch of each dataset, device transfer, step (dispatch is asynchronous,
+            # so the host builds the next batch while the device runs the step, as in Trainer.run).
+            t = time.perf_counter()
+            for _ in range(steps):
+                b = {k: trainer._global_batch(next(iterators[k])) for k in names}
+                state, metrics = step(state, b)
+            jax.block_until_ready(metrics)
+            loop_rate = steps * per_step / (time.perf_counter() - t)
+        load2 = loadavg()
+        trainer.close()
+    step_rate = per_step / step_s
+    skips = {k: it.counter.summary()["by_reason"] for k, it in iterators.items() if hasattr(it, "counter")}
+    dcfg = config.data
+    return {
+        "bench": "input_pipeline", "config": f"configs/{name}.py", "datasets": {k: _examples(batches[k]) for k in names},
+        "examples_per_step": per_step, "pipeline_examples_per_s": round(pipeline_rate, 1),
+        "step_s": round(step_s, 4), "step_examples_per_s": round(step_rate, 1), "ratio": round(pipeline_rate / step_rate, 2),
+        "meets_2x": pipeline_rate >= 2 * step_rate, "loop_examples_per_s": round(loop_rate, 1),
+        "compile_s": round(compile_s, 1), "num_threads": int(dcfg.get("num_threads", 0)) if "num_threads" in dcfg else None,
+        "skipped": skips, "loadavg_pipeline": [load0, load1], "loadavg_end": load2, "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --standalone: the family pipelines on 64 px shapes with a real Llama tokenizer (no tiny training step for VITA)
+# ----------------------------------------------------------------------------------------------------------------
 def _default_tokenizer_dir() -> str:
     """A Llama tokenizer for benchmarking: mistral-common's tokenizer.model.v1 copied into a temp checkpoint dir."""
     import importlib.resources
     import shutil
-    import tempfile
 
     src = importlib.resources.files("mistral_common") / "data" / "tokenizer.model.v1"
     d = tempfile.mkdtemp(prefix="bench_tok_")
@@ -37,8 +156,13 @@ def _default_tokenizer_dir() -> str:
     return d
 
 
-def pipelines(tok_dir: str, image_size: int, batch_size: int, threads: int):
-    """name -> (family, iterator factory)."""
+def standalone(seconds: float, threads: int, image_size: int = 64, batch_size: int = 8):
+    from common.data import pipeline as P
+    from common.data import shapes as S
+    from common.tokenizers import load_tokenizer
+
+    tok_dir = _default_tokenizer_dir()
+
     def tok(family):
         t = load_tokenizer(tok_dir)
         t.add_family_tokens(family)
@@ -49,66 +173,42 @@ def pipelines(tok_dir: str, image_size: int, batch_size: int, threads: int):
     ft, lt, vt = tok("flamingo"), tok("llava"), tok("vita")
     lpad = lt.pad_id if lt.pad_id is not None else 0
     specs = {
-        "flamingo_captions": ("flamingo", "captions", P.FlamingoCaptionTransform(ft, 32, image_size), P.Collate(32, ft.pad_id)),
-        "flamingo_interleaved": ("flamingo", "interleaved", P.FlamingoInterleavedTransform(ft, 256, image_size, 6), P.Collate(256, ft.pad_id, max_images=6)),
-        "llava_conversations": ("llava", "conversations", P.LlavaTransform(lt, 512, image_size), P.Collate(512, lpad)),
-        "vita_spoken_qa": ("vita", "spoken_qa", P.VitaSpokenQATransform(vt, 128, image_size), P.Collate(128, 0)),
+        "flamingo_captions": ("captions", P.FlamingoCaptionTransform(ft, 32, image_size), P.Collate(32, ft.pad_id)),
+        "flamingo_interleaved": ("interleaved", P.FlamingoInterleavedTransform(ft, 256, image_size, 6), P.Collate(256, ft.pad_id, max_images=6)),
+        "llava_conversations": ("conversations", P.LlavaTransform(lt, 512, image_size), P.Collate(512, lpad)),
+        "vita_spoken_qa": ("spoken_qa", P.VitaSpokenQATransform(vt, 128, image_size), P.Collate(128, 0)),
     }
-    for name, (family, kind, transform, collate) in specs.items():
-        def make(kind=kind, transform=transform, collate=collate):
-            src = S.ShapesSource(kind, "train", size=100_000, image_size=image_size)
-            ds, c = P.build_dataset(src, transform, batch_size=batch_size, collate=collate, num_epochs=None, num_threads=threads)
-            return P.DataIterator(ds, c)
-
-        yield name, family, make
-
-
-def step_rate(family: str, given: dict, batch_size: int, image_size: int):
-    if family in given:
-        return given[family]
-    try:
-        mod = importlib.import_module(f"{family}_jax.bench")
-        return float(mod.tiny_train_step_rate(batch_size=batch_size, image_size=image_size))
-    except Exception:
-        return None
+    for name, (kind, transform, collate) in specs.items():
+        src = S.ShapesSource(kind, "train", size=100_000, image_size=image_size)
+        ds, c = P.build_dataset(src, transform, batch_size=batch_size, collate=collate, num_epochs=None, num_threads=threads)
+        it = P.DataIterator(ds, c)
+        next(it)
+        load0 = loadavg()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            n += _examples(next(it))
+        yield {"bench": "input_pipeline", "pipeline": name, "pipeline_examples_per_s": round(n / (time.perf_counter() - t0), 1),
+               "batch_size": batch_size, "image_size": image_size, "num_threads": threads, "step_examples_per_s": None,
+               "ratio": None, "skipped": c.num_skipped, "loadavg_pipeline": [load0, loadavg()], "cpus": os.cpu_count()}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokenizer", default=None, help="checkpoint dir with tokenizer.model / tokenizer.json")
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--step-rates", default="", help="family=steps_per_s,... of the tiny training configs")
-    ap.add_argument("--only", default="", help="comma-separated pipeline names")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated config names under configs/")
+    ap.add_argument("--seconds", type=float, default=5.0, help="pipeline measurement time per config")
+    ap.add_argument("--steps", type=int, default=5, help="timed train steps per config (median reported)")
+    ap.add_argument("--threads", type=int, default=None, help="transform threads (default: config.data.num_threads)")
+    ap.add_argument("--standalone", action="store_true", help="also time the family pipelines without a step")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file too")
     args = ap.parse_args(argv)
-    given = {k: float(v) for k, v in (kv.split("=") for kv in args.step_rates.split(",") if kv)}
-    tok_dir = args.tokenizer or _default_tokenizer_dir()
-    only = set(filter(None, args.only.split(",")))
     lines = []
-    for name, family, make in pipelines(tok_dir, args.image_size, args.batch_size, args.threads):
-        if only and name not in only:
-            continue
-        it = make()
-        next(it)  # warm-up: threads started, first batch built
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < args.seconds:
-            n += len(next(it)["input_ids"])
-        rate = n / (time.perf_counter() - t0)
-        sr = step_rate(family, given, args.batch_size, args.image_size)
-        consumed = sr * args.batch_size if sr is not None else None
-        rec = {
-            "bench": "input_pipeline", "pipeline": name, "family": family, "examples_per_s": round(rate, 1),
-            "batch_size": args.batch_size, "image_size": args.image_size, "threads": args.threads, "cpus": os.cpu_count(),
-            "step_examples_per_s": None if consumed is None else round(consumed, 1),
-            "ratio": None if consumed is None else round(rate / consumed, 2),
-            "meets_2x": None if consumed is None else rate >= 2 * consumed,
-            "skipped": it.counter.num_skipped, "machine": platform.machine(),
-        }
-        lines.append(rec)
-        print(json.dumps(rec), flush=True)
+    for name in filter(None, args.configs.split(",")):
+        lines.append(bench_config(name, args.seconds, args.steps, args.threads))
+        print(json.dumps(lines[-1]), flush=True)
+    if args.standalone:
+        for rec in standalone(args.seconds, 2 if args.threads is None else args.threads):
+            lines.append(rec)
+            print(json.dumps(rec), flush=True)
     if args.out:
         with open(args.out, "a") as f:
             for rec in lines:

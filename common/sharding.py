@@ -34,6 +34,12 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("position", None),
     ("channels", None),
     ("latents", None),
+    # NFNet (common/vision/nfnet.py): conv kernels [kh, kw, in, out] stay replicated (a frozen encoder whose
+    # channel counts start at 16, too few to split over a large fsdp axis)
+    ("conv_height", None),
+    ("conv_width", None),
+    ("conv_out", None),
+    ("classes", None),
     # activation axes
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),

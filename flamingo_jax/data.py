@@ -10,6 +10,7 @@ Sources (config.data.datasets[name].source):
                       ("stage 0"), standing in for the paper's text-pretrained, frozen Chinchilla LM
   captions_text, vqa_text  text-only captions / "{scene} Question:{q} Short answer:{a}" (stage 0)
   coco_captions / interleaved_jsonl  your data through common.data.formats (paths in the spec)
+  tfds_coco_captions  a prepared tfds coco_captions (data_dir, split, captions_per_image), no TensorFlow
 
 Labels (OpenFlamingo train_utils): pad, bos and `<image>` never are targets; for interleaved documents neither are
 the tokens before the first `<image>` nor those between an `<|endofchunk|>` and the next `<image>` (so the eos after
@@ -30,6 +31,8 @@ from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer, 
 
 SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN, END_OF_CHUNK_TOKEN)
 NAMES_SENTENCE = "This is a {}."
+# A names pair in the stage-0 text episodes; the shape word stands where Flamingo's <image> will be.
+NAMES_TEXT_FORMAT = "a {shape}. This is a {name}."
 NAMES_PROMPT = "This is a"
 
 
@@ -151,7 +154,9 @@ def names_episode(rng: np.random.Generator, num_pairs: int, num_names: int = 3, 
 class TextSource:
     """Random-access source of text-only examples {text} generated from (seed, index)."""
 
-    def __init__(self, kind: str, size: int = 100000, seed: int = 0, min_pairs: int = 2, max_pairs: int = 10):
+    def __init__(self, kind: str, size: int = 100000, seed: int = 0, min_pairs: int = 2, max_pairs: int = 10,
+                 names_format: str = NAMES_TEXT_FORMAT):
+        self.names_format = names_format
         if kind not in ("names_text", "captions_text", "vqa_text"):
             raise ValueError(f"unknown text source {kind!r}")
         self.kind, self.size, self.seed, self.min_pairs, self.max_pairs = kind, size, seed, min_pairs, max_pairs
@@ -164,7 +169,7 @@ class TextSource:
         if self.kind == "names_text":
             ep = names_episode(rng, int(rng.integers(self.min_pairs, self.max_pairs + 1)), int(rng.integers(2, 4)),
                                render=False)
-            return {"text": " ".join(f"a {s}. {NAMES_SENTENCE.format(n)}" for s, n in zip(ep["shapes"], ep["names"]))}
+            return {"text": " ".join(self.names_format.format(shape=s, name=n) for s, n in zip(ep["shapes"], ep["names"]))}
         objs = shapes.random_scene(rng)
         scene = shapes.caption(objs)
         if self.kind == "captions_text":
@@ -196,26 +201,34 @@ def make_source(spec: dict, split: str = "train"):
     if source in ("names_text", "captions_text", "vqa_text"):
         seed = int(spec.get("seed", 0)) + (0 if split == "train" else 1000)
         return TextSource(source, int(size or 100000), seed, int(spec.get("min_pairs", 2)),
-                          int(spec.get("max_pairs", 10)))
+                          int(spec.get("max_pairs", 10)), spec.get("names_format", NAMES_TEXT_FORMAT))
     if source == "coco_captions":
         return formats.coco_captions(spec["annotations"], spec["image_dir"])
+    if source == "tfds_coco_captions":
+        return formats.tfds_coco_captions(spec["data_dir"], split if split != "train" else spec.get("split", "train"),
+                                          spec.get("config", "2014"), int(spec.get("captions_per_image", 1)))
     if source == "interleaved_jsonl":
         return formats.interleaved_jsonl(spec["jsonl"], spec["image_dir"], spec.get("max_images"))
     raise ValueError(f"unknown data source {source!r}")
 
 
 def make_transform(spec: dict, tokenizer, image_size: int):
-    """A dataset spec -> transform producing input_ids / loss_mask (Flamingo labels) [/ images]."""
+    """A dataset spec -> transform producing input_ids / loss_mask (Flamingo labels) [/ images].
+
+    spec['convert_image_modes'] (default False): convert greyscale / RGBA / CMYK / 16-bit / palette images to RGB
+    instead of skipping them (the task fills it in from config.data.convert_image_modes)."""
     ids = special_ids(tokenizer)
     source = spec["source"]
     max_len = int(spec["max_len"])
     if source in ("names_text", "captions_text", "vqa_text"):
         return TextTransform(tokenizer, max_len)
-    if source in ("shapes_captions", "coco_captions"):
-        inner = FlamingoCaptionTransform(tokenizer, max_len, image_size, spec.get("over_length", "truncate"))
+    convert = bool(spec.get("convert_image_modes", False))
+    if source in ("shapes_captions", "coco_captions", "tfds_coco_captions"):
+        inner = FlamingoCaptionTransform(tokenizer, max_len, image_size, spec.get("over_length", "truncate"),
+                                         convert_image_modes=convert)
         return LabelledTransform(inner, ids, interleaved=False)
     inner = FlamingoInterleavedTransform(tokenizer, max_len, image_size, int(spec.get("max_images", 6)),
-                                         spec.get("over_length", "truncate"))
+                                         spec.get("over_length", "truncate"), convert_image_modes=convert)
     return LabelledTransform(inner, ids, interleaved=True)
 
 

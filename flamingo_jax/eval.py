@@ -130,7 +130,7 @@ class FlamingoRunner:
         self._vision = jax.jit(lambda p, px: self.model.apply({"params": p}, px, method="encode_vision"))
 
     def preprocess(self, image) -> np.ndarray:
-        img = image_ops.decode_image(image)
+        img = image_ops.decode_image(image, convert_image_modes=True)  # evaluation: convert, never skip
         if img.shape[:2] != (self.image_size, self.image_size):
             return image_ops.clip_preprocess(img, self.image_size)
         return image_ops.normalize(img)

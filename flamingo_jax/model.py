@@ -1,6 +1,7 @@
-"""The Flamingo model (Alayrac et al. 2022, Sec. 2 / Fig. 3): a frozen vision encoder (NFNet-F6 in the paper, CLIP
-ViT-L/14 in OpenFlamingo / IDEFICS), a Perceiver Resampler, and a frozen decoder LM interleaved with
-GATED XATTN-DENSE blocks (common/lm.py's `block` extension point), conditioned on interleaved images / videos.
+"""The Flamingo model (Alayrac et al. 2022, Sec. 2 / Fig. 3): a frozen vision encoder (NFNet-F6 in the paper,
+common/vision/nfnet.py; CLIP ViT-L/14 in OpenFlamingo / IDEFICS), a Perceiver Resampler, and a frozen decoder LM
+interleaved with GATED XATTN-DENSE blocks (common/lm.py's `block` extension point), conditioned on interleaved images /
+videos.
 
 Shapes: B batch, N media per sample, T frames (video), H x W x C pixels (NHWC), S vision tokens per frame, Dv vision
 width, R latents, L text tokens, V vocabulary.
@@ -35,7 +36,7 @@ class FlamingoConfig:
     lm: LMConfig
     xattn: GatedXAttnConfig
     resampler: ResamplerConfig | None  # None: the blocks attend to the raw vision tokens (IDEFICS use_resampler=False)
-    vision: Any = None  # CLIPVisionConfig | None (then pass vision_features / media)
+    vision: Any = None  # CLIPVisionConfig | NFNetConfig | None (then pass vision_features / media)
     image_token_id: int = 0  # the <image> token
     cross_attn_every: int = 1  # one gated block per `cross_attn_every` LM layers
     # Position of the block inside each group of `cross_attn_every` layers. None -> every - 1: OpenFlamingo
@@ -43,13 +44,19 @@ class FlamingoConfig:
     block_position: int | None = None
     # Which vision tokens feed the resampler: "post_norm_patches" (open_clip `output_tokens`: post-LN, CLS dropped;
     # OpenFlamingo), "last_hidden_state" (CLS included, no post-LN; IDEFICS), "patches" (last hidden, CLS dropped),
-    # "feature_map" (NFNet: the final feature map flattened).
+    # "feature_map" (NFNet: its grid flattened, `NFNetOutput.tokens`; which grid: NFNetConfig.features).
     vision_features: str = "post_norm_patches"
     vision_width: int | None = None  # Dv; None -> from the vision config
 
     def __post_init__(self):
         if self.vision_features not in VISION_FEATURES:
             raise ValueError(f"vision_features must be one of {VISION_FEATURES}, got {self.vision_features!r}")
+        if self.vision is not None:
+            from common.vision.nfnet import NFNetConfig
+            if isinstance(self.vision, NFNetConfig) != (self.vision_features == "feature_map"):
+                raise ValueError(f"vision_features {self.vision_features!r} does not fit a "
+                                 f"{type(self.vision).__name__}: 'feature_map' is the NFNet's (flattened final grid), "
+                                 "the others are the CLIP ViT's")
         if self.resampler is not None and self.resampler.width != self.media_width:
             raise ValueError(f"resampler width {self.resampler.width} != vision width {self.media_width}")
 
@@ -74,11 +81,15 @@ class FlamingoConfig:
 
 
 def build_vision(config: Any) -> nn.Module:
+    """CLIPVisionConfig -> CLIP ViT (OpenFlamingo / IDEFICS); NFNetConfig -> NFNet (the paper's NFNet-F6)."""
     from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer
+    from common.vision.nfnet import NFNet, NFNetConfig
     if isinstance(config, CLIPVisionConfig):
         return CLIPVisionTransformer(config)
-    raise TypeError(f"unsupported vision config {type(config).__name__} (CLIPVisionConfig is supported; the paper's "
-                    "NFNet-F6 is not implemented yet: pass its features as `vision_features`)")
+    if isinstance(config, NFNetConfig):
+        return NFNet(config)
+    raise TypeError(f"unsupported vision config {type(config).__name__}: use CLIPVisionConfig or NFNetConfig, or pass "
+                    "the encoder's features as `vision_features`")
 
 
 class Flamingo(nn.Module):
@@ -112,7 +123,7 @@ class Flamingo(nn.Module):
         b, n, t = pixel_values.shape[:3]
         frames = pixel_values.reshape((b * n * t,) + pixel_values.shape[3:])  # [B*N*T, H, W, C]
         if cfg.vision_features == "feature_map":
-            tokens = self.vision(frames)  # [B*N*T, S, Dv]
+            tokens = self.vision(frames).tokens  # NFNet grid [B*N*T, h, w, Dv] flattened -> [B*N*T, S, Dv]
         else:
             out = self.vision(frames, output_hidden_states=False)
             if cfg.vision_features == "post_norm_patches":

@@ -16,8 +16,10 @@ Config (ml_collections; configs/flamingo/*.py):
              'none'), cross_attn_every, block_position, vision_features}
   tokenizer  {kind: 'shapes_bpe' | 'dir', vocab_size, path}
   data       {datasets: {name: {source, max_len, weight, max_images, ...}} (flamingo_jax.data.make_source), image_size,
-             num_threads, max_skip_fraction}
+             num_threads, max_skip_fraction, convert_image_modes (False: greyscale / RGBA / CMYK / 16-bit / palette
+             images are skipped and counted; True: converted to RGB; a dataset spec may override it)}
   init_lm    {workdir: a stage-'lm' training workdir | hf_dir: an HF LM checkpoint}: the frozen LM's weights
+  init_vision {timm_nfnet: a timm dm_nfnet_f* checkpoint}: the frozen NFNet's weights (paper presets)
   optimizer  common.optimizer fields; param_groups from `flamingo_jax.model.param_groups` (see the configs)
 """
 from __future__ import annotations
@@ -170,6 +172,21 @@ def load_lm(params, config, cfg: FlamingoConfig):
     return graft(params, lm_to_grouped(lm, cfg.lm, cfg.cross_attn_every), prefix=("lm",))
 
 
+def load_vision(params, config, cfg: FlamingoConfig):
+    """init_vision {timm_nfnet: a timm dm_nfnet_f* checkpoint (directory or weights file)} -> the Flamingo params with
+    the frozen NFNet's weights in place (the ImageNet classifier is dropped)."""
+    init = plain(get(config, "init_vision", {}) or {})
+    if not init.get("timm_nfnet"):
+        return params
+    from common.hf.vision import load_timm_nfnet
+    from common.vision.nfnet import NFNetConfig
+
+    if not isinstance(cfg.vision, NFNetConfig):
+        raise ValueError(f"init_vision.timm_nfnet needs an NFNet vision encoder, the model has {type(cfg.vision)}")
+    _, vision = load_timm_nfnet(init["timm_nfnet"], config=cfg.vision)
+    return graft(params, jax.tree.map(np.asarray, vision), prefix=("vision",))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The task
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,7 +232,8 @@ def make_task(config, workdir: str | None = None) -> Task:
         return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
 
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
-        spec = {"raw_image_size": image_size, **spec}
+        spec = {"raw_image_size": image_size, "convert_image_modes": bool(dcfg.get("convert_image_modes", False)),
+                **spec}
         source = data_lib.make_source(spec, split)
         transform = data_lib.make_transform(spec, tokenizer, image_size)
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
@@ -245,6 +263,9 @@ def make_task(config, workdir: str | None = None) -> Task:
     load = None
     if stage == "flamingo" and any((plain(get(config, "init_lm", {}) or {})).values()):
         load = lambda params: load_lm(params, config, cfg)  # noqa: E731
+    if stage == "flamingo" and (plain(get(config, "init_vision", {}) or {})).get("timm_nfnet"):
+        load_first = load or (lambda params: params)
+        load = lambda params: load_vision(load_first(params), config, cfg)  # noqa: E731
 
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},

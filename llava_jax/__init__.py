@@ -2,7 +2,7 @@
 Visual Instruction Tuning"; 2024, LLaVA-NeXT) on the shared core: CLIP tower (common/vision), projector, any
 common.lm decoder. Modules: model (Llava, LlavaConfig), projector, anyres, hf (load_hf, load_original),
 conversation (templates + answer-only loss masks), configs (published model sizes), data + task + train (two-stage
-training, LoRA), inference (generate_batch), chat (CLI), eval (VQA / multiple choice), checkpoint (load / export),
+training, LoRA), inference (generate_batch), chat (CLI), eval (VQA / multiple choice), checkpoint (load / export to HF),
 reproduce (the miniature reproduction)."""
 from llava_jax.model import Llava, LlavaConfig, example_inputs, frozen_patterns, init_params, param_count, trainable_patterns
 
@@ -11,6 +11,12 @@ def load_hf(path, dtype=None, mesh=None):
     """Local HF llava / llava_next checkpoint dir -> (Llava, params). See llava_jax.hf.load_hf."""
     from llava_jax.hf import load_hf as _load
     return _load(path, dtype=dtype, mesh=mesh)
+
+
+def save_hf(out_dir, module, params, tokenizer=None, **kwargs):
+    """(Llava, plain params) -> HF llava / llava_next checkpoint dir. See llava_jax.hf.save_hf."""
+    from llava_jax.hf import save_hf as _save
+    return _save(out_dir, module, params, tokenizer, **kwargs)
 
 
 def load_original(lm_dir, mm_projector_bin=None, vision_tower_dir=None, **kwargs):
@@ -26,5 +32,5 @@ def generate_batch(model, params, tokenizer, requests, **kwargs):
     return _generate(model, params, tokenizer, requests, **kwargs)
 
 
-__all__ = ["generate_batch", "Llava", "LlavaConfig", "example_inputs", "frozen_patterns", "init_params", "load_hf", "load_original",
-           "param_count", "trainable_patterns"]
+__all__ = ["generate_batch", "Llava", "LlavaConfig", "example_inputs", "frozen_patterns", "init_params", "load_hf",
+           "load_original", "param_count", "save_hf", "trainable_patterns"]

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     from llava_jax.checkpoint import load_model
 
     module, params, tokenizer, template = load_model(args.checkpoint, args.template)
-    images = [decode_image(path) for path in args.image]
+    images = [decode_image(path, convert_image_modes=True) for path in args.image]  # chat: any photo, made RGB
     session = ChatSession(module, params, tokenizer, images, template, args.max_new_tokens, args.temperature)
     if args.prompt is not None:
         print(session.ask(args.prompt))

@@ -4,10 +4,13 @@ step that users found confusing is one call).
 
 `load_model(path)` -> (Llava, params, tokenizer, template):
   * a training workdir of ours: config.json + checkpoints/<step>/state (+ tokenizer.json); LoRA adapters merged;
-  * an export dir written by `export`: llava_config.json + llava_params.msgpack + tokenizer files;
-  * an HF LLaVA dir (config.json with model_type llava): `llava_jax.load_hf` + its tokenizer, `<image>` added.
-`export(workdir, out_dir)` writes the merged params of a workdir as an export dir (a plain checkpoint with no
-adapters), loadable by `load_model` and by `llava_jax.chat --checkpoint`.
+  * an HF LLaVA / LLaVA-NeXT dir (config.json with model_type llava / llava_next, e.g. written by `export`):
+    `llava_jax.load_hf` + its tokenizer, `<image>` added; the template is config.json's `conversation_template`;
+  * a msgpack export dir (`export(..., format="msgpack")`): llava_config.json + llava_params.msgpack + tokenizer.
+`export(workdir, out_dir)` writes the merged params of a workdir (a plain checkpoint with no adapters) as a standard
+Hugging Face checkpoint directory (`llava_jax.hf.save_hf`): transformers' LlavaForConditionalGeneration loads it, so
+do `load_model` and `llava_jax.chat --checkpoint`. format="msgpack" keeps our own format, for what HF LLaVA cannot
+express (LLaVA-1's linear projector, the original's placeholder id -200).
 """
 from __future__ import annotations
 
@@ -47,16 +50,25 @@ def load_workdir(workdir: str, step: int | None = None):
     return Llava(cfg), params, tokenizer, template, config
 
 
-def export(workdir: str, out_dir: str, step: int | None = None) -> str:
-    """Workdir (LoRA merged) -> plain export dir. Returns out_dir."""
-    import ml_collections  # noqa: F401
-
+def export(workdir: str, out_dir: str, step: int | None = None, *, format: str = "hf", dtype=None,
+           text_model_type: str | None = None) -> str:
+    """Workdir (LoRA merged) -> plain checkpoint dir. format "hf": an HF LLaVA / LLaVA-NeXT directory
+    (`llava_jax.hf.save_hf`; dtype: tensor dtype on disk, text_model_type: the LLM's HF family, default inferred);
+    "msgpack": our own llava_config.json + llava_params.msgpack. Returns out_dir."""
     module, params, tokenizer, template, config = load_workdir(workdir, step)
+    if format == "hf":
+        from llava_jax.hf import save_hf
+
+        return save_hf(out_dir, module, params, tokenizer, template=template, dtype=dtype,
+                       text_model_type=text_model_type)
+    if format != "msgpack":
+        raise ValueError(f"unknown export format {format!r}; use 'hf' or 'msgpack'")
     save(out_dir, module, params, tokenizer, template)
     return out_dir
 
 
 def save(out_dir: str, module: Llava, params, tokenizer, template: str = "vicuna_v1") -> None:
+    """Our own export format (llava_config.json + llava_params.msgpack + tokenizer); `export` writes HF by default."""
     import dataclasses
 
     os.makedirs(out_dir, exist_ok=True)
@@ -107,7 +119,7 @@ def load_model(path: str, template: str | None = None):
         module, params = load_hf(path)
         tok = load_tokenizer(path)
         tok.add_family_tokens("llava")
-        tmpl = "vicuna_v1"
+        tmpl = _read_json(os.path.join(path, "config.json")).get("conversation_template") or "vicuna_v1"
     else:
         raise FileNotFoundError(f"{path}: not a training workdir (checkpoints/), an export dir ({EXPORT_CONFIG}) "
                                 "or an HF LLaVA checkpoint (config.json)")

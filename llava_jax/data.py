@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from common.data import image_ops
+from common.data import image_ops, shapes
 from common.data.batching import fit_length
 from common.data.shapes import COLOURS, NUMBER_WORDS, SHAPES, ShapesSource
 from common.tokenizers import IMAGE_TOKEN, HFJsonTokenizer, load_tokenizer
@@ -73,8 +73,10 @@ def shapes_tokenizer(vocab_size: int = 512) -> HFJsonTokenizer:
     """The tiny configs' tokenizer: byte-level BPE trained in memory on the bundled data's text (deterministic)."""
     from tokenizers import Tokenizer
 
-    return HFJsonTokenizer(tokenizer_object=Tokenizer.from_str(_shapes_bpe_json(int(vocab_size))),
-                           config={"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"})
+    tok = HFJsonTokenizer(tokenizer_object=Tokenizer.from_str(_shapes_bpe_json(int(vocab_size))),
+                          config={"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"})
+    tok.add_special_tokens(CELL_WORDS)
+    return tok
 
 
 def build_tokenizer(tok_config, workdir: str | None = None):
@@ -153,9 +155,26 @@ def _objects(objects_json) -> list:
     return [Obj(o["shape"], o["colour"], o["size"], *cells[o["position"]]) for o in json.loads(objects_json)]
 
 
-def scene_text(objs) -> str:
-    """The textual stand-in of an image for the LM's text pretraining: "Scene: large red circle top left; ..." """
-    return "Scene: " + "; ".join(f"{o.size} {o.colour} {o.shape} {o.position}" for o in objs) + "."
+EMPTY_CELL = "<empty>"
+# One "word" per grid cell and content ("<large-red-circle>"): added tokens of the tiny tokenizer, so that a scene in
+# text is 9 tokens in raster order, one per 16 px cell, exactly where the 9 image tokens of the tiny tower will stand.
+CELL_WORDS = (EMPTY_CELL,) + tuple(f"<{z}-{c}-{s}>" for z in shapes.SIZES for c in shapes.COLOURS
+                                   for s in shapes.SHAPES)
+SCENE_FORMATS = ("cells", "words")
+
+
+def scene_text(objs, scene_format: str = "cells") -> str:
+    """The textual stand-in of an image for the LM's text pretraining. 'cells': the 3x3 grid in raster order, one
+    cell word per cell ("<empty><large-red-circle>..."), the stand-in for the words a real LM knows for what CLIP
+    sees, one per image token; 'words': a description ("Scene: large red circle top left; ...")."""
+    if scene_format == "words":
+        return "Scene: " + "; ".join(f"{o.size} {o.colour} {o.shape} {o.position}" for o in objs) + "."
+    if scene_format != "cells":
+        raise ValueError(f"scene_format must be one of {SCENE_FORMATS}, got {scene_format!r}")
+    grid = [EMPTY_CELL] * 9
+    for o in objs:
+        grid[3 * o.row + o.col] = f"<{o.size}-{o.colour}-{o.shape}>"
+    return "".join(grid)
 
 
 class ShapesSceneTextSource:
@@ -165,10 +184,12 @@ class ShapesSceneTextSource:
     the reading skill a real LLM brings to LLaVA; it never sees an image."""
 
     def __init__(self, kind: str, split: str = "train", size: int | None = None, seed: int = 0,
-                 vqa_prompt: str = VQA_SHORT_ANSWER_PROMPT):
+                 vqa_prompt: str = VQA_SHORT_ANSWER_PROMPT, scene_format: str = "cells"):
         if kind not in ("captions", "vqa"):
             raise ValueError(f"scene-text kind {kind!r}: use captions or vqa")
-        self.kind, self.seed, self.vqa_prompt = kind, seed, vqa_prompt
+        if scene_format not in SCENE_FORMATS:
+            raise ValueError(f"scene_format must be one of {SCENE_FORMATS}, got {scene_format!r}")
+        self.kind, self.seed, self.vqa_prompt, self.scene_format = kind, seed, vqa_prompt, scene_format
         self.source = ShapesSource("captions", split, size, seed + 1000, 8)  # a different scene stream
 
     def __len__(self) -> int:
@@ -179,7 +200,7 @@ class ShapesSceneTextSource:
 
         ex = self.source[index]
         objs = _objects(ex["objects"])
-        scene = scene_text(objs)
+        scene = scene_text(objs, self.scene_format)
         if self.kind == "captions":
             conv = [{"from": "human", "value": scene}, {"from": "gpt", "value": ex["caption"]}]
         else:
@@ -199,7 +220,8 @@ def make_source(spec, split: str = "train"):
                                  max_rounds=spec.get("max_rounds"))
     if source == "shapes_scene_text":
         return ShapesSceneTextSource(spec["kind"], split if split != "train" else spec.get("split", "train"),
-                                     spec.get("size"), int(spec.get("seed", 0)))
+                                     spec.get("size"), int(spec.get("seed", 0)),
+                                     scene_format=spec.get("scene_format", "cells"))
     if source == "llava_json":
         from common.data.formats import llava_json
 
@@ -217,9 +239,12 @@ def strip_images(conversations) -> list[dict]:
             for t in turns]
 
 
-def preprocess_image(image, image_size: int, pad_to_square: bool = True) -> np.ndarray:
-    """LLaVA-1.5 image_aspect_ratio=pad: expand to square with the mean colour, then CLIP preprocessing."""
-    img = image_ops.decode_image(image)
+def preprocess_image(image, image_size: int, pad_to_square: bool = True, convert_image_modes: bool = True) -> np.ndarray:
+    """LLaVA-1.5 image_aspect_ratio=pad: expand to square with the mean colour, then CLIP preprocessing.
+
+    For inference a greyscale / RGBA / CMYK / 16-bit / palette image is converted to RGB (the default here);
+    the training transform passes `convert_image_modes=False` (its default) so such records are skipped."""
+    img = image_ops.decode_image(image, convert_image_modes=convert_image_modes)
     if pad_to_square:
         img = image_ops.expand_to_square(img, "mean")
     if img.shape[:2] == (image_size, image_size):
@@ -231,16 +256,19 @@ class LlavaSampleTransform:
     """{image, conversations} -> input_ids / loss_mask [L] (placeholders expanded) + images [n, S, S, 3].
 
     Records without an image (text-only samples of mix665k) or with `text_only=True` get no `images` entry when
-    `text_only`, else images [0, S, S, 3]."""
+    `text_only`, else images [0, S, S, 3]. Greyscale / RGBA / CMYK / 16-bit / palette images raise BadRecord (skipped
+    and counted per reason) unless `convert_image_modes=True`, which converts them to RGB."""
 
     def __init__(self, tokenizer, template: str, *, image_token_id: int, tokens_per_image: int,
                  placeholder_id: int | None = None, image_size: int = 336, max_len: int = 2048,
-                 over_length: str = "skip", pad_to_square: bool = True, text_only: bool = False):
+                 over_length: str = "skip", pad_to_square: bool = True, text_only: bool = False,
+                 convert_image_modes: bool = False):
         self.tok, self.template = tokenizer, template
         self.image_token_id, self.tokens_per_image = image_token_id, tokens_per_image
         self.placeholder_id = placeholder_id
         self.image_size, self.max_len, self.over_length = image_size, max_len, over_length
         self.pad, self.text_only = pad_to_square, text_only
+        self.convert_image_modes = convert_image_modes
 
     def __call__(self, record: dict) -> dict:
         image = None if self.text_only else record.get("image")
@@ -258,5 +286,5 @@ class LlavaSampleTransform:
         if image is None:
             ex["images"] = np.zeros((0, self.image_size, self.image_size, 3), np.float32)
         else:
-            ex["images"] = preprocess_image(image, self.image_size, self.pad)[None]
+            ex["images"] = preprocess_image(image, self.image_size, self.pad, self.convert_image_modes)[None]
         return ex

@@ -8,6 +8,12 @@ Tensor names accepted from HF checkpoints (both layouts transformers has written
   v5 module names:       model.language_model.*, lm_head.weight, model.vision_tower.*, model.multi_modal_projector.*,
                          model.image_newline
 They are renamed to the plain LM / CLIP names and handed to `common.hf.lm.lm_rule` / `common.hf.vision.clip_rule`.
+
+`save_hf(out_dir, module, params, tokenizer)` is the inverse: config.json of `LlavaForConditionalGeneration` /
+`LlavaNextForConditionalGeneration` (`llava_config_to_hf`, text_config / vision_config from `common.hf.lm` /
+`common.hf.vision`) and model.safetensors in the hub layout above, from the same rules inverted
+(`common.hf.save`), plus the tokenizer files. transformers loads the directory, and so does `load_hf`, to the
+identical parameters.
 """
 from __future__ import annotations
 
@@ -22,10 +28,10 @@ import numpy as np
 
 from common.data.image_ops import LLAVA_NEXT_PINPOINTS
 from common.hf import Architecture, abstract_params, load_from_config, register
-from common.hf.checkpoint import (CheckpointError, Rule, Target, fill_params, iter_tensors, read_config,
-                                  transpose)
-from common.hf.lm import config_from_hf, lm_rule
-from common.hf.vision import clip_rule
+from common.hf.checkpoint import (CheckpointError, Rule, Target, fill_params, identity, iter_tensors, named,
+                                  read_config, transpose)
+from common.hf.lm import comparable, config_from_hf, config_to_hf, lm_rule
+from common.hf.vision import clip_config_to_hf, clip_rule
 from common.sharding import params_sharding
 from common.vision.clip import CLIPVisionConfig, clip_vit_l14_336
 from llava_jax.model import Llava, LlavaConfig, example_inputs
@@ -118,13 +124,20 @@ def projector_rule(config: LlavaConfig, naming: str = "hf") -> Rule:
             raise CheckpointError(f"{name}: projector layer {index} but {config.projector_type} has {depth}")
         kind = m.group(2)
         return [Target(("projector", f"linear_{index}", "kernel" if kind == "weight" else "bias"), (),
-                       transpose if kind == "weight" else (lambda a: a))]
+                       transpose if kind == "weight" else identity)]
 
-    return rule
+    if naming == "hf":
+        names = [f"multi_modal_projector.linear_{i}.{kind}" for i in range(1, depth + 1) for kind in ("weight", "bias")]
+    else:
+        names = [f"model.mm_projector.{2 * i}.{kind}" if depth > 1 else f"model.mm_projector.{kind}"
+                 for i in range(depth) for kind in ("weight", "bias")]
+    return named(rule, names)
 
 
 def llava_rule(config: LlavaConfig) -> Rule:
-    """Tensor-name rule of an HF LLaVA / LLaVA-NeXT checkpoint -> the `Llava` param tree."""
+    """Tensor-name rule of an HF LLaVA / LLaVA-NeXT checkpoint -> the `Llava` param tree. Its `names` (for saving)
+    are the hub layout that every transformers version reads: language_model.model.*, language_model.lm_head.weight,
+    vision_tower.vision_model.*, multi_modal_projector.*, image_newline."""
     lm = lm_rule(config.text, _lm_model_type(config), prefix=("lm",))
     vision_rules = [clip_rule(config.vision, ("vision_tower",), p) for p in ("model.vision_tower.", "vision_tower.")]
     projector = projector_rule(config, "hf")
@@ -141,7 +154,9 @@ def llava_rule(config: LlavaConfig) -> Rule:
                 return targets
         return projector(name, tensor)
 
-    return rule
+    names = ["language_model." + n for n in lm.names]  # model.* / lm_head.weight -> language_model.model.* / ...
+    names += [*vision_rules[1].names, *projector.names] + (["image_newline"] if config.anyres else [])
+    return named(rule, names)
 
 
 def _lm_model_type(config: LlavaConfig) -> str:
@@ -153,9 +168,65 @@ def _build(hf: dict, dtype: Any) -> Llava:
     return Llava(llava_config_from_hf(hf, dtype))
 
 
+def infer_text_model_type(config: LlavaConfig) -> str:
+    """The HF family of the LLM (text_config.model_type): mistral with a sliding window, qwen2 with q/k/v biases
+    only, else llama (our LMConfig does not record the family; Vicuna is a llama)."""
+    from common.hf.lm import infer_model_type
+
+    return infer_model_type(config.text)
+
+
+def llava_config_to_hf(config: LlavaConfig, text_model_type: str | None = None) -> dict:
+    """LlavaConfig -> config.json dict of `LlavaForConditionalGeneration` (model_type llava) or, with image grid
+    pinpoints, `LlavaNextForConditionalGeneration` (llava_next); the inverse of `llava_config_from_hf` (checked:
+    reading the result back gives the same model). Raises CheckpointError for what HF LLaVA cannot express: a
+    projector other than a two-layer MLP (LLaVA-1's `linear`), or a placeholder id outside the vocabulary (the
+    original release's -200)."""
+    depth, type_act = parse_projector_type(config.projector_type)
+    if depth != 2:
+        raise CheckpointError(f"HF LLaVA's projector is linear_1 -> act -> linear_2; projector_type "
+                              f"{config.projector_type!r} has no HF counterpart (export it with format='msgpack')")
+    if not 0 <= config.image_token_index < config.text.vocab_size:
+        raise CheckpointError(f"image_token_index {config.image_token_index} is not a token of the vocabulary "
+                              f"[0, {config.text.vocab_size}): HF LLaVA embeds the placeholder ids")
+    text = config_to_hf(config.text, text_model_type or infer_text_model_type(config))
+    text.pop("architectures")
+    vision = clip_config_to_hf(config.vision)
+    vision.pop("architectures")
+    layer = config.vision_feature_layer
+    hf = dict(model_type="llava_next" if config.anyres else "llava",
+              architectures=["LlavaNextForConditionalGeneration" if config.anyres else "LlavaForConditionalGeneration"],
+              text_config=text, vision_config=vision, image_token_index=int(config.image_token_index),
+              vision_feature_layer=layer if isinstance(layer, int) else list(layer),
+              vision_feature_select_strategy="full" if config.keeps_cls else "default",
+              projector_hidden_act=config.projector_act or type_act or "gelu",
+              multimodal_projector_bias=bool(config.projector_bias),
+              tie_word_embeddings=bool(config.text.tie_word_embeddings), image_seq_length=config.tokens_per_crop)
+    if config.anyres:
+        hf["image_grid_pinpoints"] = [list(map(int, p)) for p in config.image_grid_pinpoints]
+    back = llava_config_from_hf(hf)
+    ours_fields = (config.image_token_index, config.feature_layers, config.keeps_cls, config.projector_bias,
+                   config.projector_act or type_act or "gelu", config.image_grid_pinpoints, config.vision.num_patches)
+    back_fields = (back.image_token_index, back.feature_layers, back.keeps_cls, back.projector_bias,
+                   back.projector_act, back.image_grid_pinpoints, back.vision.num_patches)
+    if ours_fields != back_fields or comparable(back.text) != comparable(config.text):
+        raise CheckpointError(f"LlavaConfig does not survive the HF config: {ours_fields} -> {back_fields}")
+    return hf
+
+
+def _to_hf_config(module: Llava, model_type: str, text_model_type: str | None = None) -> dict:
+    hf = llava_config_to_hf(module.config, text_model_type)
+    if model_type != hf["model_type"]:
+        raise CheckpointError(f"a {'LLaVA-NeXT' if module.config.anyres else 'LLaVA'} model saves as model_type "
+                              f"{hf['model_type']!r}, not {model_type!r}")
+    return hf
+
+
 ARCHITECTURE = register("llava", "llava_next")(Architecture(
     build=_build, rule=lambda module: llava_rule(module.config),
-    example_inputs=lambda module: example_inputs(module.config)))
+    example_inputs=lambda module: example_inputs(module.config), to_hf_config=_to_hf_config,
+    model_type_of=lambda module: ("llava_next" if module.config.anyres else "llava") if isinstance(module, Llava)
+    else None))
 
 
 def load_hf(path: str, dtype: Any = None, mesh: jax.sharding.Mesh | None = None) -> tuple[Llava, dict]:
@@ -165,6 +236,54 @@ def load_hf(path: str, dtype: Any = None, mesh: jax.sharding.Mesh | None = None)
     if config.get("model_type") not in ("llava", "llava_next"):
         raise CheckpointError(f"{path}: model_type {config.get('model_type')!r} is not llava / llava_next")
     return load_from_config(path, config, dtype=dtype, mesh=mesh, architecture=ARCHITECTURE)
+
+
+def save_hf(out_dir: str, module: Llava, params, tokenizer=None, *, text_model_type: str | None = None,
+            dtype: Any = None, template: str | None = None, max_shard_bytes: int = 5 * 2**30) -> str:
+    """(Llava, plain params) -> an HF LLaVA / LLaVA-NeXT checkpoint directory: config.json, model.safetensors
+    (sharded past `max_shard_bytes`; tensors in `dtype`, default the parameters'), the tokenizer's files and
+    special-token ids (when given) and, when given, the conversation `template` (an extra config.json field that
+    `llava_jax.checkpoint.load_model` reads). Params must hold no LoRA adapters: merge them first
+    (`common.lora.merge_in_tree`); anything without a tensor name raises. Returns out_dir."""
+    import common.hf
+
+    extra = {}
+    if template:
+        extra["conversation_template"] = template
+    if tokenizer is not None:
+        extra.update({f"{k}_token_id": getattr(tokenizer, f"{k}_id") for k in ("bos", "eos", "pad")
+                      if getattr(tokenizer, f"{k}_id", None) is not None})
+    common.hf.save(out_dir, module, params, dtype=dtype, max_shard_bytes=max_shard_bytes, extra_config=extra,
+                   text_model_type=text_model_type)
+    if tokenizer is not None:
+        save_tokenizer_files(tokenizer, out_dir)
+    return out_dir
+
+
+def save_tokenizer_files(tokenizer, out_dir: str) -> None:
+    """The tokenizer as HF tokenizer files: tokenizer.json (a `tokenizers` tokenizer) or tokenizer.model +
+    added_tokens.json (SentencePiece, `<image>` and other added tokens with their ids), and tokenizer_config.json
+    with the bos / eos / pad tokens. `common.tokenizers.load_tokenizer(out_dir)` reads them back."""
+    import json
+
+    from common.tokenizers import HFJsonTokenizer, SentencePieceTokenizer
+
+    specials = {f"{k}_token": tokenizer.id_to_token(getattr(tokenizer, f"{k}_id")) for k in ("bos", "eos", "pad")
+                if getattr(tokenizer, f"{k}_id", None) is not None}
+    os.makedirs(out_dir, exist_ok=True)
+    if isinstance(tokenizer, HFJsonTokenizer):
+        tokenizer.tok.save(os.path.join(out_dir, "tokenizer.json"))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **specials}
+    elif isinstance(tokenizer, SentencePieceTokenizer):
+        with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
+            f.write(tokenizer.sp.serialized_model_proto())
+        with open(os.path.join(out_dir, "added_tokens.json"), "w") as f:
+            json.dump(dict(sorted(tokenizer._added.items(), key=lambda kv: kv[1])), f, indent=1)
+        config = dict(specials)
+    else:
+        raise CheckpointError(f"cannot save a {type(tokenizer).__name__} as HF tokenizer files")
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Config (ml_collections; see configs/llava/*.py):
              text.vocab_size None = the tokenizer's (rounded up to a multiple of 64); image_token_index None = the
              tokenizer's `<image>` id (HF style), or e.g. -200 (the original release: a placeholder outside the vocab).
   tokenizer  {kind: 'shapes_bpe' | 'dir', path, vocab_size}; saved to WORKDIR/tokenizer.json at the first start.
-  data       {template, text_only, pad_to_square, over_length, num_threads, max_skip_fraction,
+  data       {template, text_only, pad_to_square, over_length, num_threads, max_skip_fraction, convert_image_modes
+              (False: greyscale / RGBA / CMYK / 16-bit / palette images are skipped and counted; True: converted),
               datasets: {name: {source: 'shapes' (kind, size, seed, image_size, max_rounds) | 'llava_json' (json,
                                 image_dir), max_len, template?, weight?, batch_size?}},
               json + image_dir + max_len: your own LLaVA JSON data (replaces datasets)}
@@ -198,7 +199,8 @@ def make_transform(config, tokenizer, cfg: LlavaConfig, spec) -> data_lib.LlavaS
         placeholder_id=cfg.image_token_index, image_size=cfg.vision.image_size, max_len=int(spec["max_len"]),
         over_length=spec.get("over_length", dcfg.get("over_length", "skip")),
         pad_to_square=bool(dcfg.get("pad_to_square", True)),
-        text_only=bool(spec.get("text_only", dcfg.get("text_only", False))))
+        text_only=bool(spec.get("text_only", dcfg.get("text_only", False))),
+        convert_image_modes=bool(spec.get("convert_image_modes", dcfg.get("convert_image_modes", False))))
 
 
 def model_inputs(batch) -> dict:

@@ -2,7 +2,8 @@
 images / audio stay paths, decoded later in the transform so a bad file is skipped and counted, not fatal.
 
   coco_captions(annotations_json, image_dir)     {image, caption, image_id}             one record per caption
-  tfds_coco_captions(data_dir, split)            same, from a prepared tfds `coco_captions` (no TensorFlow)
+  tfds_coco_captions(data_dir, split)            same (+ captions, file_name; image = JPEG bytes), from a prepared
+                                                 tfds `coco_captions`, array_record or TFRecord (no TensorFlow)
   llava_json(json_path, image_dir)               {id, image, conversations}             llava_instruct_150k / mix665k
   interleaved_jsonl(jsonl_path, image_dir)       {images, texts}                        MMC4 or OBELICS layout
   vqav2(questions_json, annotations_json, image_dir)  {question_id, image_id, image, question, answers, ...}
@@ -16,6 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import struct
 
 from common.data.records import BAD_TEXT_ENCODING, MALFORMED, DataPathError, require_path
 
@@ -53,26 +55,124 @@ def coco_captions(annotations_json: str, image_dir: str, one_per_image: bool = F
     return out
 
 
+def _tfds_version_dir(data_dir: str, name: str, config: str) -> str:
+    """The newest prepared version dir of a tfds dataset: {data_dir}/{name}/{config}/{version}/dataset_info.json
+    (`data_dir` may also be that version dir itself)."""
+    if os.path.isfile(os.path.join(data_dir, "dataset_info.json")):
+        return data_dir
+    root = os.path.join(data_dir, name, config)
+    found = []
+    for info in glob.glob(os.path.join(root, "*", "dataset_info.json")):
+        version = os.path.basename(os.path.dirname(info))
+        try:
+            found.append((tuple(int(x) for x in version.split(".")), os.path.dirname(info)))
+        except ValueError:  # e.g. an unfinished 'incomplete.XXXX_1.1.0' folder
+            continue
+    if not found:
+        raise DataPathError(f"no prepared tfds {name} under {root!r} (expected {root}/<version>/dataset_info.json)")
+    return max(found)[1]
+
+
+class _TFRecordSource:
+    """Random access to the serialized examples of a tfds split stored as TFRecord (`tfds build`'s default format)
+    without TensorFlow: each shard's record offsets are indexed once (headers only), records read with pread."""
+
+    def __init__(self, info, split: str):
+        from tensorflow_datasets.core.data_sources.base import file_instructions
+
+        self._fds, self._index = [], []
+        for fi in file_instructions(info, split):
+            path = os.fspath(fi.filename)
+            if not os.path.isabs(path):
+                path = os.path.join(os.fspath(info.data_dir), path)
+            fd = os.open(path, os.O_RDONLY)
+            self._fds.append(fd)
+            offsets, pos, size = [], 0, os.fstat(fd).st_size
+            while pos + 12 <= size:
+                (length,) = struct.unpack("<Q", os.pread(fd, 8, pos))
+                offsets.append((pos + 12, length))
+                pos += 12 + length + 4  # length, its crc, data, data crc
+            stop = len(offsets) if fi.take in (None, -1) else fi.skip + fi.take
+            self._index += [(len(self._fds) - 1, o, n) for o, n in offsets[fi.skip : stop]]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, i: int) -> bytes:
+        f, offset, length = self._index[i]
+        return os.pread(self._fds[f], length, offset)
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", ()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class tfds_coco_captions:  # noqa: N801  (reads like the function-style loaders above)
-    """A prepared tfds `coco_captions` (…/coco_captions/2014/<version>) as {image, caption, image_id} records."""
+    """A prepared tfds `coco_captions` ({data_dir}/coco_captions/2014/<version>) as records {image (the encoded
+    JPEG bytes, decoded in the transform so a corrupt / greyscale image is a counted skip), caption, captions (all
+    of the image's captions), image_id, file_name}. No TensorFlow: array_record (or parquet) through tfds' data
+    source, TFRecord (the default of `tfds build coco_captions`) through an offset index.
 
-    def __init__(self, data_dir: str, split: str = "train", config: str = "2014"):
+    split: 'train', 'val', 'test', 'restval' (Karpathy and Li's splits; 'validation' means 'val').
+    captions_per_image: k > 1 gives k records per image, record i = caption i % k of image i // k (as the folder
+    loader's one record per caption; COCO has at least 5 per image, fewer wrap around); 1 = the first caption.
+    """
+
+    def __init__(self, data_dir: str, split: str = "train", config: str = "2014", captions_per_image: int = 1):
         import tensorflow_datasets as tfds
+        from tensorflow_datasets.core import file_adapters
 
-        root = os.path.join(data_dir, "coco_captions", config)
-        versions = sorted(glob.glob(os.path.join(root, "*", "dataset_info.json")))
-        if not versions:
-            raise DataPathError(f"no prepared tfds coco_captions under {root!r}")
-        self._src = tfds.builder_from_directory(os.path.dirname(versions[-1])).as_data_source(split=split)
+        if captions_per_image < 1:
+            raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}")
+        path = _tfds_version_dir(data_dir, "coco_captions", config)
+        builder = tfds.builder_from_directory(path)
+        info = builder.info
+        split = {"validation": "val"}.get(split, split)
+        if split not in info.splits:
+            raise DataPathError(f"{path}: no split {split!r}; prepared splits: {sorted(info.splits)}")
+        self.split, self.k = split, int(captions_per_image)
+        self._features = info.features
+        self._skip_image = {"image": tfds.decode.SkipDecoding()}
+        formats = info.available_file_formats() or {info.file_format}
+        if formats & set(file_adapters.FileFormat.with_random_access()):
+            self._src = builder.as_data_source(split=split, decoders=self._skip_image)
+            self._raw = False
+        elif file_adapters.FileFormat.TFRECORD in formats:
+            self._src = _TFRecordSource(info, split)
+            self._raw = True
+        else:
+            raise DataPathError(f"{path}: cannot read file format(s) {sorted(f.value for f in formats)}")
 
-    def __len__(self):
-        return len(self._src)
+    def __len__(self) -> int:
+        return len(self._src) * self.k
 
-    def __getitem__(self, i):
-        r = self._src[i]
-        caps = r["captions"]["text"] if isinstance(r["captions"], dict) else [c["text"] for c in r["captions"]]
-        cap = caps[0].decode("utf-8", "replace") if isinstance(caps[0], bytes) else caps[0]
-        return {"image": r["image"], "caption": cap, "image_id": int(r["image/id"])}
+    def _example(self, j: int) -> dict:
+        r = self._src[j]
+        return self._features.deserialize_example_np(r, decoders=self._skip_image) if self._raw else r
+
+    def _record(self, r: dict, c: int) -> dict:
+        caps = r["captions"]
+        texts = caps["text"] if isinstance(caps, dict) else [x["text"] for x in caps]
+        texts = [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in texts]
+        if not texts:
+            return _bad(MALFORMED, f"COCO image {int(r['image/id'])} without captions", image_id=int(r["image/id"]))
+        name = r.get("image/filename", b"")
+        return {"image": r["image"], "caption": texts[c % len(texts)].strip(), "captions": texts,
+                "image_id": int(r["image/id"]), "file_name": name.decode("utf-8", "replace") if isinstance(name, bytes) else name}
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._record(self._example(i // self.k), i % self.k)
+
+    def __getitems__(self, indices) -> list[dict]:
+        return [self[i] for i in indices]
 
 
 # ---- LLaVA JSON ----------------------------------------------------------------------------------------------

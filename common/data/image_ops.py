@@ -1,4 +1,5 @@
-"""Image preprocessing in numpy/PIL: decoding with bad-image handling, normalisation, resize/crop, LLaVA pad-to-square,
+"""Image preprocessing in numpy/PIL: decoding with bad-image handling (non-RGB images skipped unless
+`convert_image_modes=True`), normalisation, resize/crop, LLaVA pad-to-square,
 LLaVA-NeXT anyres, InternVL dynamic tiling, video frame sampling. Images are uint8 [H, W, 3] until `normalize`,
 which gives float32 [H, W, 3] (NHWC when batched)."""
 from __future__ import annotations
@@ -11,7 +12,19 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from common.data.records import CORRUPT_IMAGE, EMPTY_IMAGE, MISSING_IMAGE, BadRecord, record_note
+from common.data.records import (
+    CMYK_IMAGE,
+    CORRUPT_IMAGE,
+    EMPTY_IMAGE,
+    GREYSCALE_IMAGE,
+    HIGH_BIT_DEPTH_IMAGE,
+    MISSING_IMAGE,
+    OTHER_MODE_IMAGE,
+    PALETTE_IMAGE,
+    RGBA_IMAGE,
+    BadRecord,
+    record_note,
+)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -28,12 +41,43 @@ _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Im
 # ----------------------------------------------------------------------------------------------------------------
 # Decoding
 # ----------------------------------------------------------------------------------------------------------------
-def _pil_to_rgb(img: Image.Image) -> tuple[np.ndarray, str | None]:
-    """Any PIL mode -> uint8 RGB [H, W, 3]; returns the conversion done (None when already 8-bit RGB)."""
+def image_mode_reason(img: Image.Image, rawmode: str | None = None) -> str | None:
+    """Why a decoded PIL image is not plain 8-bit RGB (a `records` *_image reason), or None when it is.
+
+    `rawmode` is the decoder's raw mode read before `load()` (e.g. 'RGB;16B' for a 48-bit PNG, which PIL opens as
+    mode RGB with the low bytes dropped)."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F") or (rawmode is not None and ";16" in rawmode):
+        return HIGH_BIT_DEPTH_IMAGE
+    if mode == "RGB":
+        return None
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info):
+        return RGBA_IMAGE
+    if mode in ("L", "1"):
+        return GREYSCALE_IMAGE
+    if mode == "P":
+        return PALETTE_IMAGE
+    if mode == "CMYK":
+        return CMYK_IMAGE
+    return OTHER_MODE_IMAGE
+
+
+def _rawmode(img: Image.Image) -> str | None:
+    """The raw mode of the first tile of a not-yet-loaded image (PNG / TIFF), else None."""
+    for tile in getattr(img, "tile", None) or ():
+        args = tile[3] if len(tile) > 3 else None
+        raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else None)
+        if raw:
+            return raw
+    return None
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> uint8 RGB [H, W, 3] (transparent pixels onto white, 16-bit / float scaled to 0..255)."""
     mode = img.mode
     if mode == "RGB":
-        return np.asarray(img, dtype=np.uint8).copy(), None
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return np.asarray(img, dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
         a = np.asarray(img).astype(np.float64)
         if mode == "F":
             lo, hi = float(a.min()), float(a.max())
@@ -41,37 +85,71 @@ def _pil_to_rgb(img: Image.Image) -> tuple[np.ndarray, str | None]:
         else:
             a = a / 257.0  # 16-bit (or int) full range 0..65535 -> 0..255
         g = np.clip(np.round(a), 0, 255).astype(np.uint8)
-        return np.repeat(g[..., None], 3, axis=-1), "16bit_to_rgb"
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        return np.repeat(g[..., None], 3, axis=-1)
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent pixels become white, as in HF
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy(), "alpha_to_rgb"
-    if mode == "RGB;16" or (img.getbands() == ("R", "G", "B") and mode != "RGB"):
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy(), "rgb16_to_rgb"
-    conv = {"L": "grey_to_rgb", "1": "grey_to_rgb", "CMYK": "cmyk_to_rgb", "P": "palette_to_rgb"}.get(mode, f"{mode}_to_rgb")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy(), conv
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def decode_image(src, counter=None) -> np.ndarray:
+def _array_mode_reason(a: np.ndarray) -> str | None:
+    if a.dtype == np.uint16:
+        return HIGH_BIT_DEPTH_IMAGE
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] == 1):
+        return GREYSCALE_IMAGE
+    if a.ndim == 3 and a.shape[-1] == 4:
+        return RGBA_IMAGE
+    return None
+
+
+def _array_to_rgb(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.uint16:
+        a = np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        a = np.clip(np.round(a * 255.0 if a.dtype.kind == "f" else a), 0, 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.shape[-1] == 4:  # onto white, as for PIL images
+        alpha = a[..., 3:].astype(np.float32) / 255.0
+        a = np.clip(np.round(a[..., :3] * alpha + 255.0 * (1.0 - alpha)), 0, 255).astype(np.uint8)
+    return a
+
+
+def _mode_problem(reason: str | None, detail: str, convert_image_modes: bool, counter) -> None:
+    """Skip (raise BadRecord) or, when converting, note the conversion under the same reason."""
+    if reason is None:
+        return
+    if not convert_image_modes:
+        raise BadRecord(reason, f"{detail} (convert_image_modes=True converts such images to RGB instead)")
+    record_note(reason)
+    if counter is not None:
+        counter.note(reason)
+
+
+def decode_image(src, counter=None, convert_image_modes: bool = False) -> np.ndarray:
     """bytes / path / PIL image / array -> uint8 RGB [H, W, 3].
 
     Missing files, zero-size files or images, and undecodable data raise BadRecord(missing_image / empty_image /
-    corrupt_image). Greyscale, palette, RGBA, CMYK and 16-bit images are converted to 8-bit RGB; the conversion is
-    noted (not counted as a skip) in `counter` if given, and in the pipeline's per-record notes.
+    corrupt_image). Images that are not 8-bit RGB raise BadRecord too, by default, with a reason per kind
+    (greyscale_image, rgba_image, cmyk_image, 16bit_image, palette_image, other_mode_image: see `records`), so
+    the pipeline skips and counts them. With `convert_image_modes=True` they are converted to 8-bit RGB instead
+    (alpha onto white, 16-bit scaled by 1/257) and the conversion is noted under the same reason, in `counter` if
+    given and in the pipeline's per-record notes (`SkipCounter.summary()["converted"]`). Float arrays in [0, 1]
+    are scaled to uint8 either way.
     """
     if isinstance(src, np.ndarray):
         a = src
         if a.size == 0:
             raise BadRecord(EMPTY_IMAGE, f"array of shape {a.shape}")
-        if a.ndim == 2:
-            a = np.repeat(a[..., None], 3, axis=-1)
-        if a.shape[-1] == 4:
-            a = a[..., :3]
-        if a.dtype != np.uint8:
-            a = np.clip(np.round(a * 255.0 if a.dtype.kind == "f" else a), 0, 255).astype(np.uint8)
-        return a
+        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 3, 4)):
+            raise BadRecord(CORRUPT_IMAGE, f"array of shape {a.shape} is not an image")
+        _mode_problem(_array_mode_reason(a), f"array of shape {a.shape}, dtype {a.dtype}", convert_image_modes, counter)
+        return a if a.dtype == np.uint8 and a.ndim == 3 and a.shape[-1] == 3 else _array_to_rgb(a)
     if isinstance(src, Image.Image):
-        img = src
+        img, where, rawmode = src, "<PIL image>", _rawmode(src)
     else:
         if isinstance(src, (str, os.PathLike)):
             path = os.fspath(src)
@@ -88,20 +166,17 @@ def decode_image(src, counter=None) -> np.ndarray:
             raise BadRecord(EMPTY_IMAGE, where)
         try:
             img = Image.open(io.BytesIO(data))
+            rawmode = _rawmode(img)
             img.load()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise BadRecord(CORRUPT_IMAGE, f"{where}: {e}") from None
     if img.width == 0 or img.height == 0:
         raise BadRecord(EMPTY_IMAGE, f"{img.width}x{img.height}")
+    _mode_problem(image_mode_reason(img, rawmode), f"{where}: mode {img.mode}", convert_image_modes, counter)
     try:
-        arr, conv = _pil_to_rgb(img)
+        return _pil_to_rgb(img)
     except (OSError, ValueError) as e:
         raise BadRecord(CORRUPT_IMAGE, str(e)) from None
-    if conv:
-        record_note(conv)
-        if counter is not None:
-            counter.note(conv)
-    return arr
 
 
 def encode_png(img: np.ndarray) -> bytes:

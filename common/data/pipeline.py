@@ -194,45 +194,50 @@ class Collate:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Ready-made transforms for the shapes dataset (and the user formats, which yield the same record fields)
+# Ready-made transforms for the shapes dataset (and the user formats, which yield the same record fields).
+# Every image transform takes `convert_image_modes` (default False): greyscale / RGBA / CMYK / 16-bit / palette
+# images are skipped and counted per reason, or, when True, converted to RGB and counted as conversions.
 # ----------------------------------------------------------------------------------------------------------------
-def _clip_image(img, size: int) -> np.ndarray:
-    img = image_ops.decode_image(img)
+def _clip_image(img, size: int, convert_image_modes: bool = False) -> np.ndarray:
+    img = image_ops.decode_image(img, convert_image_modes=convert_image_modes)
     return image_ops.clip_preprocess(img, size) if img.shape[:2] != (size, size) else image_ops.normalize(img)
 
 
 class FlamingoCaptionTransform:
     """{image, caption} -> images [1, S, S, 3] + tokens of `<image>{caption}<|endofchunk|>{eos}`."""
 
-    def __init__(self, tokenizer, max_len: int = 32, image_size: int = 224, over_length: str = "truncate"):
+    def __init__(self, tokenizer, max_len: int = 32, image_size: int = 224, over_length: str = "truncate", convert_image_modes: bool = False):
         self.tok, self.max_len, self.image_size, self.over_length = tokenizer, max_len, image_size, over_length
+        self.convert_image_modes = convert_image_modes
 
     def __call__(self, r: dict) -> dict:
         ex = prompts.flamingo_caption(self.tok, r["caption"])
         ex = fit_length(ex, self.max_len, self.over_length)
-        ex["images"] = _clip_image(r["image"], self.image_size)[None]
+        ex["images"] = _clip_image(r["image"], self.image_size, self.convert_image_modes)[None]
         return ex
 
 
 class FlamingoInterleavedTransform:
     """{images, texts} -> images [N, S, S, 3] + `<image>{text}<|endofchunk|>` chunks (at most max_images pairs)."""
 
-    def __init__(self, tokenizer, max_len: int = 256, image_size: int = 224, max_images: int = 6, over_length: str = "skip"):
+    def __init__(self, tokenizer, max_len: int = 256, image_size: int = 224, max_images: int = 6, over_length: str = "skip", convert_image_modes: bool = False):
         self.tok, self.max_len, self.image_size, self.max_images, self.over_length = tokenizer, max_len, image_size, max_images, over_length
+        self.convert_image_modes = convert_image_modes
 
     def __call__(self, r: dict) -> dict:
         images, texts = list(r["images"])[: self.max_images], list(r["texts"])[: self.max_images]
         ex = prompts.flamingo_interleaved(self.tok, texts, num_images=len(images))
         ex = fit_length(ex, self.max_len, self.over_length)
-        ex["images"] = np.stack([_clip_image(i, self.image_size) for i in images])
+        ex["images"] = np.stack([_clip_image(i, self.image_size, self.convert_image_modes) for i in images])
         return ex
 
 
 class LlavaTransform:
     """{image, conversations} -> images [1, S, S, 3] (pad-to-square + CLIP) + vicuna_v1 (or plain) tokens."""
 
-    def __init__(self, tokenizer, max_len: int = 512, image_size: int = 336, template: str = "vicuna_v1", pad_to_square: bool = True, over_length: str = "skip"):
+    def __init__(self, tokenizer, max_len: int = 512, image_size: int = 336, template: str = "vicuna_v1", pad_to_square: bool = True, over_length: str = "skip", convert_image_modes: bool = False):
         self.tok, self.max_len, self.image_size, self.template, self.pad, self.over_length = tokenizer, max_len, image_size, template, pad_to_square, over_length
+        self.convert_image_modes = convert_image_modes
 
     def __call__(self, r: dict) -> dict:
         has_image = r.get("image") is not None
@@ -241,7 +246,7 @@ class LlavaTransform:
         if not has_image:  # text-only conversation (part of mix665k)
             ex["images"] = np.zeros((0, self.image_size, self.image_size, 3), np.float32)
             return ex
-        img = image_ops.decode_image(r["image"])
+        img = image_ops.decode_image(r["image"], convert_image_modes=self.convert_image_modes)
         if self.pad:
             img = image_ops.expand_to_square(img, "mean")
         ex["images"] = image_ops.clip_preprocess(img, self.image_size)[None]
@@ -251,8 +256,9 @@ class LlavaTransform:
 class VitaSpokenQATransform:
     """{image, audio, answer, kind} -> images [1, S, S, 3] (ImageNet norm.) + audio_features [T, 80] + ChatML tokens."""
 
-    def __init__(self, tokenizer, max_len: int = 128, image_size: int = 448, sample_rate: int = 16000, over_length: str = "skip"):
+    def __init__(self, tokenizer, max_len: int = 128, image_size: int = 448, sample_rate: int = 16000, over_length: str = "skip", convert_image_modes: bool = False):
         self.tok, self.max_len, self.image_size, self.sample_rate, self.over_length = tokenizer, max_len, image_size, sample_rate, over_length
+        self.convert_image_modes = convert_image_modes
 
     def __call__(self, r: dict) -> dict:
         from common.data.audio import load_audio, speech_fbank
@@ -262,7 +268,7 @@ class VitaSpokenQATransform:
         if not isinstance(audio, np.ndarray):
             audio, _ = load_audio(audio, self.sample_rate)
         ex["audio_features"] = speech_fbank(audio, self.sample_rate)
-        ex["images"] = image_ops.square_resize_preprocess(image_ops.decode_image(r["image"]), self.image_size)[None]
+        ex["images"] = image_ops.square_resize_preprocess(image_ops.decode_image(r["image"], convert_image_modes=self.convert_image_modes), self.image_size)[None]
         return ex
 
 

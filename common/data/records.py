@@ -19,6 +19,15 @@ WRONG_SAMPLE_RATE = "wrong_sample_rate"
 CORRUPT_AUDIO = "corrupt_audio"
 MISSING_AUDIO = "missing_audio"
 MALFORMED = "malformed_record"
+# Images that decode but are not 8-bit RGB: skipped (and counted) by default; with `convert_image_modes=True`
+# they are converted to 8-bit RGB instead and counted as conversions (`SkipCounter.notes`, "converted").
+GREYSCALE_IMAGE = "greyscale_image"  # PIL modes L, 1; [H, W] or [H, W, 1] arrays
+RGBA_IMAGE = "rgba_image"  # an alpha channel: RGBA, LA, PA, a palette with transparency; [H, W, 4] arrays
+CMYK_IMAGE = "cmyk_image"
+HIGH_BIT_DEPTH_IMAGE = "16bit_image"  # 16-bit grey or RGB(A), 32-bit int / float (modes I;16*, I, F); uint16 arrays
+PALETTE_IMAGE = "palette_image"  # mode P without transparency
+OTHER_MODE_IMAGE = "other_mode_image"  # YCbCr, LAB, HSV, RGBX, ... (PIL decodes ordinary JPEGs to RGB)
+IMAGE_MODE_REASONS = (GREYSCALE_IMAGE, RGBA_IMAGE, CMYK_IMAGE, HIGH_BIT_DEPTH_IMAGE, PALETTE_IMAGE, OTHER_MODE_IMAGE)
 
 
 class BadRecord(Exception):
@@ -51,7 +60,7 @@ _local = threading.local()
 
 
 def record_note(what: str) -> None:
-    """Notes a repair (e.g. 'grey_to_rgb') for the record being transformed in this thread, if one is collecting."""
+    """Notes a repair (e.g. 'greyscale_image' converted to RGB) for the record being transformed in this thread, if one is collecting."""
     notes = getattr(_local, "notes", None)
     if notes is not None:
         notes.append(what)
@@ -86,7 +95,7 @@ class SkipCounter:
         self.log_every = log_every
         self.seen = 0
         self.skipped: collections.Counter = collections.Counter()
-        self.notes: collections.Counter = collections.Counter()  # fixes that kept the record (e.g. grey_to_rgb)
+        self.notes: collections.Counter = collections.Counter()  # conversions that kept the record (by image reason)
         self._lock = threading.Lock()
 
     @property
@@ -98,7 +107,8 @@ class SkipCounter:
             self.seen += 1
 
     def note(self, what: str) -> None:
-        """Counts a repair that kept the record (a greyscale / RGBA / CMYK / 16-bit image converted to RGB)."""
+        """Counts a repair that kept the record (with `convert_image_modes=True`: a greyscale / RGBA / CMYK /
+        16-bit / palette image converted to RGB, under the reason it would otherwise have been skipped for)."""
         with self._lock:
             self.notes[what] += 1
 
@@ -118,10 +128,14 @@ class SkipCounter:
         if seen == 0 or (seen < self.min_records and not final):
             return
         if skipped / seen > self.max_skip_fraction:
+            hint = ""
+            modes = sorted(r for r in self.skipped if r in IMAGE_MODE_REASONS)
+            if modes:
+                hint = f" To keep the {'/'.join(modes)} images converted to RGB instead, set convert_image_modes=True."
             raise TooManyBadRecords(
                 f"[{self.name}] {skipped} of {seen} records skipped ({skipped / seen:.1%}), more than the allowed "
                 f"{self.max_skip_fraction:.1%}; by reason: {dict(self.skipped)}. Fix the data or raise "
-                f"max_skip_fraction."
+                f"max_skip_fraction.{hint}"
             )
 
     def summary(self) -> dict:

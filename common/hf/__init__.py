@@ -1,19 +1,26 @@
-"""Loading local Hugging Face checkpoints into this library's Flax modules.
+"""Loading local Hugging Face checkpoints into this library's Flax modules, and saving them back.
 
 `load(path)` reads `config.json`, picks the architecture by `model_type`, builds the module from the
 config (never typed by hand) and streams the weights tensor by tensor into its parameter tree.
+`save(path, module, params)` is its inverse: config.json from the module's config (`to_hf_config`, checked by
+reading it back) and safetensors under the checkpoint's own tensor names and layouts, obtained by inverting the same
+tensor-name rules the loader uses (`common.hf.checkpoint.export_tensors`), so `load(save(...))` gives identical
+parameters and transformers loads the directory.
 Each architecture registers an `Architecture` in `ARCHITECTURES` from its own file in this package.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from common.hf.checkpoint import CheckpointError, Rule, fill_params, iter_tensors, read_config, weight_files
+from common.hf.checkpoint import (CheckpointError, Rule, fill_params, iter_tensors, read_config, save_tensors,
+                                  weight_files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +31,9 @@ class Architecture:
     build: Callable[[dict, Any], nn.Module]  # (hf_config, dtype or None) -> module
     rule: Callable[[nn.Module], Rule]
     example_inputs: Callable[[nn.Module], tuple]  # args for module.init (shapes only matter)
+    # Saving (optional): (module, model_type, **options) -> config.json dict, and which model_type a module is.
+    to_hf_config: Callable[..., dict] | None = None
+    model_type_of: Callable[[nn.Module], str | None] | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
@@ -95,4 +105,39 @@ def load(path: str, dtype: Any = None, mesh: jax.sharding.Mesh | None = None) ->
     return load_from_config(path, read_config(path), dtype=dtype, mesh=mesh)
 
 
-__all__ = ["Architecture", "ARCHITECTURES", "CheckpointError", "load", "load_from_config", "register", "jnp"]
+def model_type_for(module: nn.Module) -> str:
+    """The HF model_type a module of ours is saved as (asks every registered architecture)."""
+    _ensure_registered()
+    for architecture in dict.fromkeys(ARCHITECTURES.values()):  # each once, in registration order
+        found = architecture.model_type_of(module) if architecture.model_type_of else None
+        if found:
+            return found
+    raise CheckpointError(f"no registered architecture saves a {type(module).__name__}")
+
+
+def save(path: str, module: nn.Module, params: Any, model_type: str | None = None, *, dtype: Any = None,
+         max_shard_bytes: int = 5 * 2**30, extra_config: dict | None = None, **config_options) -> str:
+    """Writes (module, params) as a Hugging Face checkpoint directory: config.json + model.safetensors (sharded past
+    `max_shard_bytes`). model_type: the HF family (default: inferred from the module, e.g. llama for a Llama-layout
+    DecoderLM); dtype: tensor dtype on disk (None keeps the parameters'); config_options go to the architecture's
+    `to_hf_config`; extra_config entries are added to config.json. Returns path."""
+    _ensure_registered()
+    model_type = model_type or model_type_for(module)
+    architecture = ARCHITECTURES.get(model_type)
+    if architecture is None or architecture.to_hf_config is None:
+        raise CheckpointError(f"saving model_type {model_type!r} is not supported; supported: "
+                              f"{sorted(k for k, a in ARCHITECTURES.items() if a.to_hf_config)}")
+    config = architecture.to_hf_config(module, model_type, **config_options)
+    leaves = jax.tree.leaves(params)
+    stored = jnp.dtype(dtype) if dtype is not None else (jnp.dtype(leaves[0].dtype) if leaves else jnp.float32)
+    config = {**config, "dtype": stored.name, "torch_dtype": stored.name, **(extra_config or {})}
+    os.makedirs(path, exist_ok=True)
+    save_tensors(path, params, architecture.rule(module), dtype=dtype, max_shard_bytes=max_shard_bytes,
+                 source=f"{model_type} model")
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return path
+
+
+__all__ = ["Architecture", "ARCHITECTURES", "CheckpointError", "load", "load_from_config", "model_type_for",
+           "register", "save", "jnp"]

@@ -15,7 +15,8 @@ def get_config():
     config.total_steps = 1000
     config.batch_size = 16
     config.data.datasets = dict(
-        names=dict(source="names_text", max_len=64, weight=1.0, min_pairs=3, max_pairs=6, batch_size=16),
+        names=dict(source="names_text", max_len=64, weight=1.0, min_pairs=3, max_pairs=6, batch_size=16,
+                   names_format="a {shape}. This is a {name}."),
         captions=dict(source="captions_text", max_len=32, weight=0.3, batch_size=4),
         vqa=dict(source="vqa_text", max_len=48, weight=0.3, batch_size=4),
     )

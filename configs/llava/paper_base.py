@@ -28,7 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
     # tokenizer.path: the Vicuna checkpoint dir (tokenizer.model); set on the command line.
     config.tokenizer = dict(kind="dir", path="")
     config.data = dict(template="vicuna_v1", text_only=False, pad_to_square=True, over_length="skip", num_threads=16,
-                       max_skip_fraction=0.01, datasets={}, json="", image_dir="", max_len=2048)
+                       max_skip_fraction=0.01, convert_image_modes=False, datasets={}, json="", image_dir="",
+                       max_len=2048)
     config.init_from = ""
     config.init_exclude = ()
     config.init_checkpoint = dict(lm="", vision="")

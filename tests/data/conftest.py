@@ -26,6 +26,26 @@ def camera_grey():
 
 
 @pytest.fixture(scope="session")
+def png_rgb16():
+    """uint16 [H, W, 3] -> a 48-bit RGB PNG (PIL cannot write one; it reads it as mode RGB, raw mode RGB;16B)."""
+    import struct
+    import zlib
+
+    def encode(a: np.ndarray) -> bytes:
+        h, w, _ = a.shape
+        rows = a.astype(">u2")
+        raw = b"".join(b"\x00" + rows[i].tobytes() for i in range(h))
+
+        def chunk(tag, data):
+            return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+    return encode
+
+
+@pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory):
     """A Llama-style checkpoint directory holding mistral-common's real tokenizer.model.v1 (32000 pieces)."""
     import importlib.resources

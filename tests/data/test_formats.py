@@ -17,7 +17,7 @@ def _run(records, transform, counter, batch_size=1, max_len=64, pad_id=0):
 
 
 @pytest.fixture(scope="module")
-def image_dir(tmp_path_factory, real_images, camera_grey):
+def image_dir(tmp_path_factory, real_images, camera_grey, png_rgb16):
     """Real photos in several encodings plus every kind of bad image file."""
     d = tmp_path_factory.mktemp("images")
     Image.fromarray(real_images["astronaut"]).save(d / "astronaut.jpg", quality=90)
@@ -28,6 +28,8 @@ def image_dir(tmp_path_factory, real_images, camera_grey):
     Image.fromarray(rgba, "RGBA").save(d / "rgba.png")
     Image.fromarray(real_images["coffee"]).convert("CMYK").save(d / "cmyk.jpg")
     Image.fromarray(camera_grey.astype(np.uint16) * 257).save(d / "deep16.png")  # 16-bit greyscale
+    Image.fromarray(real_images["astronaut"]).quantize(64).save(d / "palette.png")  # mode P, no transparency
+    (d / "rgb48.png").write_bytes(png_rgb16(real_images["coffee"][::4, ::4].astype(np.uint16) * 257))  # 16-bit RGB
     good = (d / "astronaut.jpg").read_bytes()
     (d / "corrupt.jpg").write_bytes(good[:200] + b"\x00garbage" * 50)  # truncated / corrupt JPEG
     (d / "empty.jpg").write_bytes(b"")
@@ -35,12 +37,21 @@ def image_dir(tmp_path_factory, real_images, camera_grey):
 
 
 GOOD = ["astronaut.jpg", "coffee.png", "chelsea.jpg"]
-CONVERTED = {"grey.png": "grey_to_rgb", "rgba.png": "alpha_to_rgb", "cmyk.jpg": "cmyk_to_rgb", "deep16.png": "16bit_to_rgb"}
+# Not 8-bit RGB: skipped per reason by default, converted (and counted under the same reason) with convert_image_modes.
+MODES = {"grey.png": "greyscale_image", "rgba.png": "rgba_image", "cmyk.jpg": "cmyk_image", "deep16.png": "16bit_image",
+         "palette.png": "palette_image", "rgb48.png": "16bit_image"}
 BAD = {"corrupt.jpg": "corrupt_image", "empty.jpg": "empty_image", "missing.jpg": "missing_image"}
 
 
+def _mode_counts() -> dict:
+    out = {}
+    for r in MODES.values():
+        out[r] = out.get(r, 0) + 1
+    return out
+
+
 def test_coco_captions_folder(image_dir, tmp_path, flamingo_tok):
-    names = GOOD + list(CONVERTED) + list(BAD)
+    names = GOOD + list(MODES) + list(BAD)
     ann = {
         "images": [{"id": i + 1, "file_name": n} for i, n in enumerate(names)],
         "annotations": [{"id": 100 + i, "image_id": i + 1, "caption": f"A photo number {i}. "} for i in range(len(names))]
@@ -50,10 +61,17 @@ def test_coco_captions_folder(image_dir, tmp_path, flamingo_tok):
     recs = formats.coco_captions(str(tmp_path / "captions_train2014.json"), image_dir)
     assert len(recs) == len(names) + 1 and recs[0]["caption"] == "A photo number 0."
     batches, c = _run(recs, P.FlamingoCaptionTransform(flamingo_tok, 32, 64), SkipCounter(max_skip_fraction=1.0), pad_id=flamingo_tok.pad_id)
-    assert len(batches) == len(GOOD) + len(CONVERTED)
+    assert len(batches) == len(GOOD)  # default: greyscale / RGBA / CMYK / 16-bit / palette images are skipped
+    s = c.summary()
+    assert s["by_reason"] == {**{r: 1 for r in BAD.values()}, "malformed_record": 1, **_mode_counts()}
+    assert s["converted"] == {} and s["seen"] == len(recs)
+    # Opt-in: the same records are converted to RGB and counted as conversions, not skips.
+    t = P.FlamingoCaptionTransform(flamingo_tok, 32, 64, convert_image_modes=True)
+    batches, c = _run(recs, t, SkipCounter(max_skip_fraction=1.0), pad_id=flamingo_tok.pad_id)
+    assert len(batches) == len(GOOD) + len(MODES)
     s = c.summary()
     assert s["by_reason"] == {**{r: 1 for r in BAD.values()}, "malformed_record": 1}
-    assert s["converted"] == {r: 1 for r in CONVERTED.values()}
+    assert s["converted"] == _mode_counts()
     b = batches[0]
     assert b["images"].shape == (1, 1, 64, 64, 3) and b["input_ids"][0, 1] == flamingo_tok.token_to_id("<image>")
     assert not b["loss_mask"][0, 1] and b["loss_mask"][0, 2]

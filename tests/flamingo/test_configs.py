@@ -7,8 +7,10 @@ Tolerances follow the precision of each published figure:
   vision tower 303,179,776.
 - Paper Flamingo figures are rounded to two digits (3.2B, 1.2B, 194M, 1.6B): xattn must round to the printed
   value; the resampler is 2.6% below 194M (our count follows the printed architecture; the gap is not explained by
-  it), and the LM stand-in has RoPE instead of Chinchilla's relative-position projections, so the 3B total (with
-  the paper's 435M NFNet-F6) is asserted within 3%.
+  it), and the LM stand-in has RoPE instead of Chinchilla's relative-position projections, so the 3B total is
+  asserted within 3% (measured 3.121B, 2.5% below). The total includes the real NFNet-F6 encoder
+  (common/vision/nfnet.py, no classifier): 435,286,116 parameters, the paper's "435M" (timm's dm_nfnet_f6 without
+  its 1000-class head; tests/test_nfnet.py).
 """
 import sys
 import types
@@ -61,7 +63,9 @@ def test_flamingo_paper_counts(counts):
     assert 1.15e9 <= c3["xattn"] < 1.25e9  # "1.2B"
     assert abs(c3["resampler"] / 194e6 - 1) < 0.03  # "194M"
     assert 1.3e9 < c3["lm"] < 1.45e9  # "1.4B"
-    assert abs((c3["total"] + 435e6) / 3.2e9 - 1) < 0.03  # "3.2B" with the paper's 435M NFNet-F6
+    assert c3["vision"] == 435_286_116 and round(c3["vision"] / 1e6) == 435  # NFNet-F6: "435M"
+    assert abs(c3["total"] / 3.2e9 - 1) < 0.03  # "3.2B", NFNet-F6 included
     c9 = counts["flamingo-9b"]
+    assert c9["vision"] == c3["vision"]
     assert 1.55e9 <= c9["xattn"] + c9["resampler"] < 1.65e9  # "1.6B" trainable
     assert 6.5e9 < c9["lm"] < 7.5e9  # "7B"

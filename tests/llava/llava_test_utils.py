@@ -38,13 +38,15 @@ def randomize(model, seed: int, scale: float = 0.05) -> None:
             p.add_(torch.randn(p.shape, generator=gen) * scale)
 
 
-def hf_llava(text: str = "llama", image_size: int = 42, next_pinpoints=None, seed: int = 0, **kwargs):
-    """A random (then perturbed) LlavaForConditionalGeneration / LlavaNextForConditionalGeneration in eval mode."""
+def hf_llava(text: str = "llama", image_size: int = 42, next_pinpoints=None, seed: int = 0, text_overrides=None,
+             **kwargs):
+    """A random (then perturbed) LlavaForConditionalGeneration / LlavaNextForConditionalGeneration in eval mode
+    (text_overrides: fields of TEXT_CONFIGS[text] to change, e.g. max_position_embeddings)."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
-    common = dict(vision_config=vision_config(image_size), text_config=dict(TEXT_CONFIGS[text]),
+    common = dict(vision_config=vision_config(image_size), text_config={**TEXT_CONFIGS[text], **(text_overrides or {})},
                   image_token_index=IMAGE_TOKEN, **kwargs)
     if next_pinpoints is None:
         model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**common))
