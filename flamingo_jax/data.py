@@ -6,7 +6,7 @@ Sources (config.data.datasets[name].source):
   shapes_captions     LAION-style pairs, `<image>{caption}<|endofchunk|>{eos}` (bundled shapes captions)
   shapes_interleaved  MMC4-style documents, `<image>{text}<|endofchunk|>` per pair (bundled shapes interleaved:
                       'names' documents with made-up per-document names, and caption documents)
-  names_text          text-only 'names' episodes ("a circle. This is a dax. ..."): the tiny LM's own pretraining
+  names_text          text-only 'names' episodes ("circle This is a dax. ..."): the tiny LM's own pretraining
                       ("stage 0"), standing in for the paper's text-pretrained, frozen Chinchilla LM
   captions_text, vqa_text  text-only captions / "{scene} Question:{q} Short answer:{a}" (stage 0)
   coco_captions / interleaved_jsonl  your data through common.data.formats (paths in the spec)
@@ -32,7 +32,7 @@ from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer, 
 SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN, END_OF_CHUNK_TOKEN)
 NAMES_SENTENCE = "This is a {}."
 # A names pair in the stage-0 text episodes; the shape word stands where Flamingo's <image> will be.
-NAMES_TEXT_FORMAT = "a {shape}. This is a {name}."
+NAMES_TEXT_FORMAT = "{shape} This is a {name}."
 NAMES_PROMPT = "This is a"
 
 

@@ -1,6 +1,7 @@
 """Tiny Flamingo "stage 0": the tiny LM's own text-only pretraining, standing in for the paper's frozen,
 text-pretrained Chinchilla LM. It reads text-only versions of the bundled data, where every image is replaced by
-words: 'names' episodes ("a circle. This is a dax. a star. This is a wug. a circle. This is a dax."; the names are
+words: 'names' episodes ("circle This is a dax. star This is a wug. circle This is a dax.": the shape word stands
+exactly where Flamingo's <image> will, before the same "This is a {name}." chunk text; the names are
 made up per episode, so predicting a repeated one is in-context learning in text), captions, and
 "{scene} Question:{q} Short answer:{a}". No image, no <image> / <|endofchunk|> token is ever seen.
 
@@ -12,11 +13,11 @@ from configs.flamingo.tiny_base import base_config
 def get_config():
     config = base_config()
     config.stage = "lm"
-    config.total_steps = 1000
+    config.total_steps = 2500
     config.batch_size = 16
     config.data.datasets = dict(
-        names=dict(source="names_text", max_len=64, weight=1.0, min_pairs=3, max_pairs=6, batch_size=16,
-                   names_format="a {shape}. This is a {name}."),
+        names=dict(source="names_text", max_len=80, weight=1.0, min_pairs=3, max_pairs=8, batch_size=16,
+                   names_format="{shape} This is a {name}."),
         captions=dict(source="captions_text", max_len=32, weight=0.3, batch_size=4),
         vqa=dict(source="vqa_text", max_len=48, weight=0.3, batch_size=4),
     )

@@ -9,7 +9,7 @@ from configs.llava.tiny_base import base_config
 
 def get_config():
     config = base_config()
-    config.total_steps = 200
+    config.total_steps = 800
     config.batch_size = 16
     config.data.text_only = True
     config.data.datasets = dict(

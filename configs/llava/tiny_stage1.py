@@ -10,7 +10,7 @@ from configs.llava.tiny_base import base_config, shapes
 
 def get_config():
     config = base_config()
-    config.total_steps = 150
+    config.total_steps = 300
     config.batch_size = 32
     config.init_from = "workdirs/llava_tiny_s0"
     config.data.template = "plain"

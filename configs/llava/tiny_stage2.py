@@ -12,7 +12,7 @@ from configs.llava.tiny_base import base_config, shapes
 
 def get_config():
     config = base_config()
-    config.total_steps = 120
+    config.total_steps = 300
     config.batch_size = 16
     config.init_from = "workdirs/llava_tiny_s1"
     config.data.template = "vicuna_v1"
