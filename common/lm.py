@@ -5,7 +5,8 @@ Layers are stacked with `nn.scan` (compile time flat in depth) under a named rem
 gives prefill + one-token decode equal to the full forward pass. Extension points:
 - `inputs_embeds` replaces token ids (LLaVA / VITA place projected image / audio features there);
 - `block` inserts a module (Flamingo's GATED XATTN-DENSE) before one decoder layer in every group of
-  `block_every` layers, at `block_position` inside the group, receiving `block_inputs`.
+  `block_every` layers, at `block_position` inside the group, receiving `block_inputs`; when the depth is not a
+  multiple of `block_every`, the remaining layers run last as a plain `tail`.
 
 Shapes: B batch, T new tokens, S key slots (T, or the cache length), E width, V vocabulary, L layers.
 """
@@ -226,14 +227,18 @@ class DecoderStack(nn.Module):
                     new_v.append(layer_cache[1])
             return x, (None if cache_kv is None else (jnp.stack(new_k), jnp.stack(new_v)))
 
-        # Grouped layout: [G = L / every] groups of `every` layers and one inserted block each.
-        if cfg.num_layers % self.block_every:
-            raise ValueError(f"num_layers {cfg.num_layers} is not a multiple of block_every {self.block_every}")
+        # Grouped layout: [G = L // every] groups of `every` layers and one inserted block each, then the
+        # L % every remaining layers as a plain `tail` (Flamingo-80B: 80 layers, a block every 7th -> 11 + 3).
+        if not 1 <= self.block_every <= cfg.num_layers:
+            raise ValueError(f"block_every must be in [1, num_layers={cfg.num_layers}], got {self.block_every}")
         if not 0 <= self.block_position <= self.block_every:
             raise ValueError(f"block_position must be in [0, {self.block_every}], got {self.block_position}")
         groups, every = self.num_groups, self.block_every
+        grouped = groups * every
+        tail = cfg.num_layers - grouped
+        tail_cache = None if cache_kv is None or not tail else jax.tree.map(lambda a: a[grouped:], cache_kv)
         group_cache = None if cache_kv is None else jax.tree.map(
-            lambda a: a.reshape((groups, every) + a.shape[1:]), cache_kv)  # [L, ...] -> [G, N, ...]
+            lambda a: a[:grouped].reshape((groups, every) + a.shape[1:]), cache_kv)  # [L, ...] -> [G, N, ...]
         group_cls = _remat(LayerGroup, cfg)
         if cfg.scan_layers:
             scanned = nn.scan(group_cls, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -250,17 +255,27 @@ class DecoderStack(nn.Module):
                 outs.append(gc)
             new_cache = None if group_cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
         if new_cache is not None:
-            new_cache = jax.tree.map(lambda a: a.reshape((cfg.num_layers,) + a.shape[2:]), new_cache)
+            new_cache = jax.tree.map(lambda a: a.reshape((grouped,) + a.shape[2:]), new_cache)
+        if tail:
+            # block_position past the end: the group runs its layers and never builds a block.
+            x, new_tail = _remat(LayerGroup, cfg)(cfg, tail, self.block, tail + 1, name="tail")(
+                x, tail_cache, positions, mask, bias, cache_index, block_inputs)
+            if new_cache is not None:
+                new_cache = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), new_cache, new_tail)
         return x, new_cache
 
 
 def layer_param_location(config: LMConfig, layer: int, block_every: int | None = None) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """(path prefix under `decoder`, index) of decoder layer `layer`'s parameters in this module's tree,
-    for every layout: scanned `layers` [L, ...], unrolled `layers_i`, grouped `groups/layer_j` [G, ...]."""
+    for every layout: scanned `layers` [L, ...], unrolled `layers_i`, grouped `groups/layer_j` [G, ...] (or
+    `groups_g/layer_j`), and the grouped layout's plain `tail/layer_j` when L is not a multiple of block_every."""
     if not 0 <= layer < config.num_layers:
         raise ValueError(f"layer {layer} out of range [0, {config.num_layers})")
     if block_every is None:
         return (("decoder", "layers"), (layer,)) if config.scan_layers else (("decoder", f"layers_{layer}"), ())
+    grouped = config.num_layers // block_every * block_every
+    if layer >= grouped:
+        return ("decoder", "tail", f"layer_{layer - grouped}"), ()
     g, j = divmod(layer, block_every)
     if config.scan_layers:
         return ("decoder", "groups", f"layer_{j}"), (g,)

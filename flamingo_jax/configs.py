@@ -65,10 +65,9 @@ def flamingo_9b(with_vision: bool = True) -> FlamingoConfig:
 
 
 def flamingo_80b(with_vision: bool = True) -> FlamingoConfig:
-    """Paper Flamingo-80B: Chinchilla-70B (80 layers, width 8192, 64 heads) with a block every 7th layer. The
-    grouped layout needs num_layers % every == 0, and 80 % 7 != 0: this config places a block every 8th layer
-    (10 blocks) as the closest expressible layout — its count is NOT the paper's (10B trainable); see README."""
-    return _paper_flamingo(chinchilla_lm(80, 8192, 64), every=8, with_vision=with_vision)
+    """Paper Flamingo-80B: Chinchilla-70B (80 layers, width 8192, 64 heads) with a block every 7th layer: 11 groups
+    of 7 layers with a block each, then a plain tail of 3 layers."""
+    return _paper_flamingo(chinchilla_lm(80, 8192, 64), every=7, with_vision=with_vision)
 
 
 def _open_flamingo(lm: LMConfig, every: int) -> FlamingoConfig:

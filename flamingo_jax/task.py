@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.data.pipeline import Collate, DataIterator, build_dataset
-from common.lm import DecoderLM, LMConfig, matmul_flops_per_token
+from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
 from common.lm_task import next_token_loss
 from common.trainer import DataShard, Task
 from flamingo_jax import data as data_lib
@@ -128,12 +128,11 @@ def lm_to_grouped(lm_params, lm_config: LMConfig, every: int) -> dict:
         else:
             layers[(int(path[1].split("_")[1]),) + path[2:]] = value
     for (i, *rest), value in layers.items():
-        g, j = divmod(i, every)
-        if lm_config.scan_layers:
-            key = ("decoder", "groups", f"layer_{j}", *rest)
-            out.setdefault(key, [None] * (lm_config.num_layers // every))[g] = value
+        prefix, index = layer_param_location(lm_config, i, every)
+        if index:
+            out.setdefault((*prefix, *rest), [None] * (lm_config.num_layers // every))[index[0]] = value
         else:
-            out[("decoder", f"groups_{g}", f"layer_{j}", *rest)] = value
+            out[(*prefix, *rest)] = value
     out = {k: (np.stack(v) if isinstance(v, list) else v) for k, v in out.items()}
     return flax.traverse_util.unflatten_dict(out)
 

@@ -75,7 +75,8 @@ class AddBias(nn.Module):
         return x + block_inputs["scale"] * bias
 
 
-@pytest.mark.parametrize("scan,every,position", [(True, 1, 0), (True, 2, 1), (False, 4, 4)])
+@pytest.mark.parametrize("scan,every,position", [(True, 1, 0), (True, 2, 1), (False, 4, 4),
+                                                 (True, 3, 0), (False, 3, 3)])  # 3 of 4: a plain tail layer
 def test_inserted_block_extension_point(scan, every, position):
     cfg = CFG.replace(scan_layers=scan)
     bare = DecoderLM(cfg)
@@ -131,8 +132,8 @@ def test_bad_inputs_raise_clear_errors():
         KVCache.create(CFG, 1, 64)
     with pytest.raises(ValueError, match="not a multiple of num_kv_heads"):
         CFG.replace(num_kv_heads=3)
-    with pytest.raises(ValueError, match="not a multiple of block_every"):
-        DecoderLM(CFG, block=AddBias, block_every=3).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
+    with pytest.raises(ValueError, match="block_every must be in"):
+        DecoderLM(CFG, block=AddBias, block_every=CFG.num_layers + 1).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
                                                           block_inputs={"scale": 0.0})
 
 

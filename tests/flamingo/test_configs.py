@@ -69,3 +69,18 @@ def test_flamingo_paper_counts(counts):
     assert c9["vision"] == c3["vision"]
     assert 1.55e9 <= c9["xattn"] + c9["resampler"] < 1.65e9  # "1.6B" trainable
     assert 6.5e9 < c9["lm"] < 7.5e9  # "7B"
+
+
+def test_flamingo_80b_layout_and_counts():
+    """Chinchilla-70B's 80 layers with a block every 7th: 11 groups of 7 layers + a plain 3-layer tail; its blocks
+    are the 3B / 9B blocks at width 8192 (no parameter is allocated: jax.eval_shape)."""
+    cfg = CONFIGS["flamingo-80b"]()
+    assert cfg.cross_attn_every == 7 and cfg.num_blocks == 11
+    c = param_counts(Flamingo(cfg))
+    c3 = param_counts(Flamingo(CONFIGS["flamingo-3b"]()))
+    assert c["vision"] == c3["vision"] and c["resampler"] == c3["resampler"]
+    d, dv, inner = 8192, 1536, 64 * 128  # width, media width, heads x head dim
+    ffw = 4 * d
+    per_block = 2 + 2 * d + d * inner + 2 * dv * inner + inner * d + 2 * d + 2 * d * ffw  # gates, norms, attn, ffw
+    assert abs(c["xattn"] / (11 * per_block) - 1) < 0.01
+    assert 64e9 < c["lm"] < 71e9  # Chinchilla "70B" (our stand-in: 80 x 12 d^2 + embeddings)

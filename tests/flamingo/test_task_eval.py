@@ -91,16 +91,18 @@ def test_train_steps_decrease_loss_and_keep_frozen_params(tmp_path):
     assert any(m for n, m in changed.items() if "alpha_xattn" in n)
 
 
-def test_lm_to_grouped_layout():
+@pytest.mark.parametrize("every", [2, 3])  # 3: 4 layers = one group of 3 + a plain tail layer (Flamingo-80B's 80 / 7)
+def test_lm_to_grouped_layout(every):
     from common.lm import DecoderLM
     from flamingo_jax.task import graft, lm_to_grouped
 
-    cfg = tiny_config(every=2)
+    cfg = tiny_config(every=every)
     model, params = build(cfg)
     bare = DecoderLM(cfg.lm)
     lm = jax.jit(lambda k: bare.init(k, jnp.zeros((1, 4), jnp.int32))["params"])(jax.random.key(3))
     lm = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, lm, is_leaf=lambda x: hasattr(x, "value"))
-    new = graft(params, lm_to_grouped(jax.device_get(lm), cfg.lm, 2), prefix=("lm",))
+    new = graft(params, lm_to_grouped(jax.device_get(lm), cfg.lm, every), prefix=("lm",))
+    assert ("tail" in new["lm"]["decoder"]) == (every == 3)
     ids = jnp.asarray(np.random.RandomState(0).randint(6, 48, (2, 9)))
     ours = model.apply({"params": new}, ids)  # gates are 0: exactly the bare LM
     np.testing.assert_allclose(ours, bare.apply({"params": lm}, ids), atol=1e-5)
