@@ -225,6 +225,8 @@ def count_media(input_ids: jax.Array, image_token_id: int) -> jax.Array:
 RESAMPLER_PATTERN = r"resampler/.*"
 BLOCK_PATTERN = r"lm/decoder/groups(_\d+)?/block/.*"
 EMBED_PATTERN = r"lm/embed/.*"
+# OpenFlamingo's `apply_decay`: inside the gated blocks, the tanh gates, the LayerNorms and biases get no decay.
+BLOCK_NO_DECAY_PATTERN = r"lm/decoder/groups(_\d+)?/block/(alpha_[^/]*|[^/]*norm/.*|.*/bias)"
 
 
 def trainable_param_patterns(train_embeddings: bool = True) -> list[str]:
@@ -236,8 +238,10 @@ def trainable_param_patterns(train_embeddings: bool = True) -> list[str]:
 
 def param_groups(train_embeddings: bool = True) -> list[tuple[str, dict | None]]:
     """`common.optimizer` param groups for OpenFlamingo's recipe: weight decay (the optimizer's, 0.1 there) on the
-    gated blocks only, none on the resampler / embeddings, everything else frozen."""
-    groups: list[tuple[str, dict | None]] = [(BLOCK_PATTERN, {"wd_mult": 1.0}), (RESAMPLER_PATTERN, {"wd_mult": 0.0})]
+    gated blocks' kernels only (not their gates, norms or biases), none on the resampler / embeddings, everything
+    else frozen."""
+    groups: list[tuple[str, dict | None]] = [(BLOCK_NO_DECAY_PATTERN, {"wd_mult": 0.0}), (BLOCK_PATTERN, {"wd_mult": 1.0}),
+                                             (RESAMPLER_PATTERN, {"wd_mult": 0.0})]
     if train_embeddings:
         groups.append((EMBED_PATTERN, {"wd_mult": 0.0}))
     return groups + [(r".*", None)]

@@ -169,3 +169,25 @@ def test_bad_inputs(tiny):
         apply(IDS, media=jnp.zeros((2, 2, 4, 25)))
     # text only works: nobody sees an image
     assert jit_apply(model)(params, np.full((2, 3), 7, np.int32)).shape == (2, 3, 48)
+
+
+def test_param_groups_follow_open_flamingo_weight_decay():
+    """OpenFlamingo's apply_decay: decay on the gated blocks' kernels only; gates, norms, biases, the resampler and
+    the embeddings get none; everything else is frozen (first matching regex wins)."""
+    import re
+
+    from flamingo_jax.model import param_groups
+
+    groups = param_groups(True)
+
+    def settings(path):
+        return next(s for p, s in groups if re.fullmatch(p, path))
+
+    for path in ("lm/decoder/groups/block/alpha_xattn", "lm/decoder/groups_2/block/alpha_dense",
+                 "lm/decoder/groups/block/attn_norm/scale", "lm/decoder/groups/block/ff_norm/bias",
+                 "resampler/layers/attn/q/kernel", "lm/embed/embedding"):
+        assert settings(path) == {"wd_mult": 0.0}, path
+    for path in ("lm/decoder/groups/block/attn/q/kernel", "lm/decoder/groups_1/block/ff/up/kernel"):
+        assert settings(path) == {"wd_mult": 1.0}, path
+    assert settings("lm/decoder/groups/layer_0/mlp/up/kernel") is None
+    assert settings("vision/embeddings/patch/kernel") is None
