@@ -91,8 +91,7 @@ def _anyres_images(module: Llava, images) -> tuple[np.ndarray, np.ndarray]:
     from llava_jax import anyres
 
     cfg = module.config
-    arrays = [img if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[-1] == 3
-              else image_ops.decode_image(img, convert_image_modes=True) for img in images]
+    arrays = [image_ops.decode_image(img, convert_image_modes=True) for img in images]  # uint8 RGB passes through
     if not arrays:
         size = cfg.vision.image_size
         return np.zeros((0, cfg.max_crops, size, size, cfg.vision.num_channels), np.float32), np.zeros((0, 2), np.int32)

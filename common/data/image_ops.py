@@ -74,19 +74,19 @@ def _rawmode(img: Image.Image) -> str | None:
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     """Any PIL mode -> uint8 RGB [H, W, 3] (transparent pixels onto white, 16-bit / float scaled to 0..255)."""
-    mode = img.mode
-    if mode == "RGB":
+    reason = image_mode_reason(img)  # by mode alone: a 48-bit PNG already decoded to mode RGB converts as RGB
+    if reason is None:
         return np.asarray(img, dtype=np.uint8).copy()
-    if mode.startswith("I;16") or mode in ("I", "F"):
+    if reason == HIGH_BIT_DEPTH_IMAGE:
         a = np.asarray(img).astype(np.float64)
-        if mode == "F":
+        if img.mode == "F":
             lo, hi = float(a.min()), float(a.max())
             a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
         else:
             a = a / 257.0  # 16-bit (or int) full range 0..65535 -> 0..255
         g = np.clip(np.round(a), 0, 255).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=-1)
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in img.info):
+    if reason == RGBA_IMAGE:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent pixels become white, as in HF
         return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()

@@ -298,14 +298,19 @@ def _slot(leaf: Any, index: tuple[int, ...]) -> np.ndarray:
     return np.asarray(leaf[index] if index else leaf)
 
 
+def _export_tensor(flat: dict, name: str, targets: Sequence[Target], dtype: Any) -> np.ndarray:
+    """One checkpoint tensor rebuilt from the flat params (`invert`), cast to dtype when given."""
+    tensor = invert(targets, [_slot(flat[t.path], t.index) for t in targets], name)
+    return tensor if dtype is None else tensor.astype(np.dtype(dtype))
+
+
 def export_tensors(params: Any, rule: Rule, names: Sequence[str] | None = None, *, dtype: Any = None,
                    source: str = "model") -> Iterator[tuple[str, np.ndarray]]:
     """Yields (checkpoint name, array) for every tensor of `params` under `rule`: the exact inverse of loading
     with `fill_params(..., rule, ...)`. dtype: cast on the way out (None keeps the parameters' dtype)."""
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     for name, targets in export_plan(params, rule, names, source):
-        tensor = invert(targets, [_slot(flat[t.path], t.index) for t in targets], name)
-        yield name, (tensor if dtype is None else tensor.astype(np.dtype(dtype)))
+        yield name, _export_tensor(flat, name, targets, dtype)
 
 
 def save_tensors(directory: str, params: Any, rule: Rule, names: Sequence[str] | None = None, *,
@@ -337,8 +342,7 @@ def save_tensors(directory: str, params: Any, rule: Rule, names: Sequence[str] |
     for file, shard in zip(files, shards):
         tensors = {}
         for name, targets in shard:
-            tensor = invert(targets, [_slot(flat[t.path], t.index) for t in targets], name)
-            tensors[name] = np.ascontiguousarray(tensor if dtype is None else tensor.astype(np.dtype(dtype)))
+            tensors[name] = np.ascontiguousarray(_export_tensor(flat, name, targets, dtype))
             weight_map[name] = file
             total += tensors[name].nbytes
         save_file(tensors, os.path.join(directory, file), metadata={"format": "pt"})

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.hf import Architecture, register
-from common.hf.checkpoint import (CheckpointError, Path, Rule, Target, bias_to_heads, fill_params, iter_tensors,
-                                  linear_from_heads, linear_to_heads, read_config, stacked, transpose)
-from common.hf.checkpoint import Gather, identity, named  # saving: invertible transforms, rule names
+from common.hf.checkpoint import (CheckpointError, Gather, Path, Rule, Target, bias_to_heads, fill_params, identity,
+                                  iter_tensors, linear_from_heads, linear_to_heads, named, read_config, stacked,
+                                  transpose)
 from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer
 from common.vision.intern_vit import InternViT, InternViTConfig
 from common.vision.nfnet import NFNet, NFNetConfig
@@ -33,9 +33,6 @@ from common.vision.vit import as_pair, conv_weight_to_patch_kernel
 
 def _dtype_name(dtype: Any) -> str:
     return "float32" if dtype is None else jnp.dtype(dtype).name
-
-
-_identity = identity
 
 
 def _strip(name: str, hf_prefix: str) -> str | None:
@@ -102,11 +99,11 @@ def clip_rule(config: CLIPVisionConfig, prefix: Path = (), hf_prefix: str = "") 
             return []  # buffer (older checkpoints persisted it)
         if name in tops:
             inner, transform = tops[name]
-            return [Target(prefix + inner, (), transform or _identity)]
+            return [Target(prefix + inner, (), transform or identity)]
         match = layer_re.fullmatch(name)
         if match and match.group(2) in layer_map:
             inner, transform = layer_map[match.group(2)]
-            return _layer_targets(prefix, config.scan_layers, int(match.group(1)), inner, transform or _identity)
+            return _layer_targets(prefix, config.scan_layers, int(match.group(1)), inner, transform or identity)
         return None
 
     names = ["vision_model." + n for n in tops if n.startswith("embeddings.")]
@@ -225,7 +222,7 @@ def internvit_rule(config: InternViTConfig, naming: str = "hf", prefix: Path = (
             return lambda a: a.reshape(-1)  # [1, 1, D] -> [D]
         if inner[-1] == "position_embedding":
             return lambda a: a.reshape(-1, a.shape[-1])  # [1, T, D] -> [T, D]
-        return _identity
+        return identity
 
     def rule(name: str, tensor: np.ndarray) -> list[Target] | None:
         name = _strip(name, hf_prefix)
@@ -284,7 +281,7 @@ def _conv_1x1_to_kernel(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[:, :, 0, 0].T)
 
 
-_NFNET_CONV_LEAVES = {"weight": ("kernel", _conv_weight_to_hwio), "bias": ("bias", _identity),
+_NFNET_CONV_LEAVES = {"weight": ("kernel", _conv_weight_to_hwio), "bias": ("bias", identity),
                       "gain": ("gain", lambda a: a.reshape(-1))}  # gain [out, 1, 1, 1] -> [out]
 
 
@@ -331,7 +328,7 @@ def nfnet_rule(config: NFNetConfig, prefix: Path = (), timm_prefix: str = "") ->
                 return [Target(prefix + path + (module, leaf), index, transform)]
             se = se_re.fullmatch(rest)
             if se:
-                leaf, transform = ("kernel", _conv_1x1_to_kernel) if se.group(2) == "weight" else ("bias", _identity)
+                leaf, transform = ("kernel", _conv_1x1_to_kernel) if se.group(2) == "weight" else ("bias", identity)
                 return [Target(prefix + path + ("se", se.group(1), leaf), index, transform)]
             return None
         if name.startswith("final_conv."):
@@ -346,7 +343,7 @@ def nfnet_rule(config: NFNetConfig, prefix: Path = (), timm_prefix: str = "") ->
             if not config.num_classes:
                 return []  # the ImageNet classifier: not part of a headless encoder (Flamingo)
             return [Target(prefix + ("head", "kernel" if name.endswith("weight") else "bias"), (),
-                           transpose if name.endswith("weight") else _identity)]
+                           transpose if name.endswith("weight") else identity)]
         return None
 
     return rule
