@@ -69,9 +69,11 @@ def run_flamingo(workdir: str, scale: float) -> tuple[dict, str]:
     argv = ["--workdir", workdir, "--variants", "tiny", "--main_extra_eval", "1"]
     if scale != 1.0:
         import importlib
+        steps_v = importlib.import_module("configs.flamingo.tiny_vision").get_config().total_steps
         steps0 = importlib.import_module("configs.flamingo.tiny_stage0").get_config().total_steps
         steps = importlib.import_module("configs.flamingo.tiny").get_config().total_steps
-        argv += ["--stage0_steps", str(max(2, int(steps0 * scale))), "--steps", str(max(2, int(steps * scale))),
+        argv += ["--vision_steps", str(max(2, int(steps_v * scale))),
+                 "--stage0_steps", str(max(2, int(steps0 * scale))), "--steps", str(max(2, int(steps * scale))),
                  "--num_queries", str(max(8, int(64 * scale)))]
     report = reproduce.main(argv)
     return report, reproduce.markdown(report, [0, 4, 8])

@@ -26,7 +26,7 @@ import numpy as np
 
 from common.data import shapes
 from common.data.batching import fit_length, tokenize_segments
-from common.data.pipeline import FlamingoCaptionTransform, FlamingoInterleavedTransform
+from common.data.pipeline import FlamingoCaptionTransform, FlamingoInterleavedTransform, ImageTextPairTransform
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer, load_tokenizer
 
 SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN, END_OF_CHUNK_TOKEN)
@@ -197,7 +197,8 @@ def make_source(spec: dict, split: str = "train"):
     size = spec.get("size")
     if source in ("shapes_captions", "shapes_interleaved"):
         kind = source.split("_", 1)[1]
-        return shapes.ShapesSource(kind, split, size, int(spec.get("seed", 0)), int(spec.get("raw_image_size", 64)))
+        return shapes.ShapesSource(kind, split, size, int(spec.get("seed", 0)), int(spec.get("raw_image_size", 64)),
+                                   spec.get("max_objects"))
     if source in ("names_text", "captions_text", "vqa_text"):
         seed = int(spec.get("seed", 0)) + (0 if split == "train" else 1000)
         return TextSource(source, int(size or 100000), seed, int(spec.get("min_pairs", 2)),
@@ -230,6 +231,15 @@ def make_transform(spec: dict, tokenizer, image_size: int):
     inner = FlamingoInterleavedTransform(tokenizer, max_len, image_size, int(spec.get("max_images", 6)),
                                          spec.get("over_length", "truncate"), convert_image_modes=convert)
     return LabelledTransform(inner, ids, interleaved=True)
+
+
+def make_pair_transform(spec: dict, tokenizer, image_size: int):
+    """An image-caption dataset spec -> {images [1, S, S, 3], `{bos}{caption}{eos}` tokens}: the contrastive
+    pretraining of the vision encoder (stage 'contrastive')."""
+    if spec["source"] not in ("shapes_captions", "coco_captions", "tfds_coco_captions"):
+        raise ValueError(f"stage 'contrastive' needs image-caption pairs, not source {spec['source']!r}")
+    return ImageTextPairTransform(tokenizer, int(spec["max_len"]), image_size, spec.get("over_length", "truncate"),
+                                  convert_image_modes=bool(spec.get("convert_image_modes", False)))
 
 
 def save_tokenizer_json(tokenizer, directory: str) -> None:

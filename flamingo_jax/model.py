@@ -24,6 +24,7 @@ import numpy as np
 
 from common.lm import DecoderLM, KVCache, LMConfig
 from common.sharding import constrain
+from common.vision import build_vision_tower
 from flamingo_jax.gated_cross_attention import (GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs,
                                                 text_time_from_ids)
 from flamingo_jax.perceiver_resampler import PerceiverResampler, ResamplerConfig
@@ -80,18 +81,6 @@ class FlamingoConfig:
         return dataclasses.replace(self, **changes)
 
 
-def build_vision(config: Any) -> nn.Module:
-    """CLIPVisionConfig -> CLIP ViT (OpenFlamingo / IDEFICS); NFNetConfig -> NFNet (the paper's NFNet-F6)."""
-    from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer
-    from common.vision.nfnet import NFNet, NFNetConfig
-    if isinstance(config, CLIPVisionConfig):
-        return CLIPVisionTransformer(config)
-    if isinstance(config, NFNetConfig):
-        return NFNet(config)
-    raise TypeError(f"unsupported vision config {type(config).__name__}: use CLIPVisionConfig or NFNetConfig, or pass "
-                    "the encoder's features as `vision_features`")
-
-
 class Flamingo(nn.Module):
     """`apply({"params": p}, input_ids, pixel_values=None, attention_mask=None, ...) -> logits [B, L, V]`."""
 
@@ -100,7 +89,7 @@ class Flamingo(nn.Module):
     def setup(self):
         cfg = self.config
         if cfg.vision is not None:
-            self.vision = build_vision(cfg.vision)
+            self.vision = build_vision_tower(cfg.vision)
         if cfg.resampler is not None:
             self.resampler = PerceiverResampler(cfg.resampler)
         xattn = cfg.xattn

@@ -7,9 +7,12 @@ paper's ablation, one dataset per step (`'round_robin'`).
 
 `config.stage='lm'` trains instead the bare LM (common.lm.DecoderLM, no blocks) on text-only datasets: the tiny
 configs' stand-in for the paper's text-pretrained LM ("stage 0"; configs/flamingo/tiny_stage0.py).
+`config.stage='contrastive'` pretrains the vision encoder as a CLIP-style dual encoder on image-text pairs
+(`common.contrastive`; the paper's App. B.1.3, configs/flamingo/tiny_vision.py); `init_vision.workdir` then grafts
+it into the Flamingo, frozen.
 
 Config (ml_collections; configs/flamingo/*.py):
-  stage      'flamingo' | 'lm'
+  stage      'flamingo' | 'lm' | 'contrastive'
   model      {preset: None | a flamingo_jax.configs.CONFIGS name, lm: LMConfig fields (vocab_size None = the
              tokenizer's, rounded up to 64), vision: CLIPVisionConfig fields | None, vision_width, resampler:
              ResamplerConfig fields (width = the vision width), xattn: GatedXAttnConfig fields (gating 'tanh' |
@@ -19,7 +22,10 @@ Config (ml_collections; configs/flamingo/*.py):
              num_threads, max_skip_fraction, convert_image_modes (False: greyscale / RGBA / CMYK / 16-bit / palette
              images are skipped and counted; True: converted to RGB; a dataset spec may override it)}
   init_lm    {workdir: a stage-'lm' training workdir | hf_dir: an HF LM checkpoint}: the frozen LM's weights
-  init_vision {timm_nfnet: a timm dm_nfnet_f* checkpoint}: the frozen NFNet's weights (paper presets)
+  init_vision {workdir: a stage-'contrastive' training workdir | timm_nfnet: a timm dm_nfnet_f* checkpoint}: the
+             frozen vision encoder's weights
+  contrastive {text: LMConfig fields of the dual encoder's text tower (vocab_size None = the tokenizer's),
+             projection_dim}: stage 'contrastive' only
   optimizer  common.optimizer fields; param_groups from `flamingo_jax.model.param_groups` (see the configs)
 """
 from __future__ import annotations
@@ -33,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
 from common.data.pipeline import Collate, DataIterator, build_dataset
 from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
 from common.lm_task import next_token_loss
@@ -172,9 +179,13 @@ def load_lm(params, config, cfg: FlamingoConfig):
 
 
 def load_vision(params, config, cfg: FlamingoConfig):
-    """init_vision {timm_nfnet: a timm dm_nfnet_f* checkpoint (directory or weights file)} -> the Flamingo params with
-    the frozen NFNet's weights in place (the ImageNet classifier is dropped)."""
+    """init_vision {workdir: a stage-'contrastive' workdir | timm_nfnet: a timm dm_nfnet_f* checkpoint (directory or
+    weights file)} -> the Flamingo params with the frozen vision encoder's weights in place (the dual encoder's
+    projection / the ImageNet classifier are dropped)."""
     init = plain(get(config, "init_vision", {}) or {})
+    if init.get("workdir"):
+        vision = restore_params(init["workdir"])["vision"]
+        return graft(params, vision, prefix=("vision",))
     if not init.get("timm_nfnet"):
         return params
     from common.hf.vision import load_timm_nfnet
@@ -184,6 +195,20 @@ def load_vision(params, config, cfg: FlamingoConfig):
         raise ValueError(f"init_vision.timm_nfnet needs an NFNet vision encoder, the model has {type(cfg.vision)}")
     _, vision = load_timm_nfnet(init["timm_nfnet"], config=cfg.vision)
     return graft(params, jax.tree.map(np.asarray, vision), prefix=("vision",))
+
+
+def dual_encoder_config(config, cfg: FlamingoConfig, tokenizer) -> DualEncoderConfig:
+    """config.contrastive + the Flamingo's vision encoder -> the dual encoder that pretrains it."""
+    c = plain(get(config, "contrastive", {}) or {})
+    if cfg.vision is None:
+        raise ValueError("stage 'contrastive' needs model.vision (the encoder it pretrains)")
+    text = dict(c.get("text") or {})
+    if not text:
+        raise ValueError("stage 'contrastive' needs contrastive.text (the text tower's LMConfig fields)")
+    if text.get("vocab_size") is None:
+        text["vocab_size"] = -(-tokenizer.vocab_size // 64) * 64
+    return DualEncoderConfig(vision=cfg.vision, text=LMConfig(**text),
+                             projection_dim=int(c.get("projection_dim", 128)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -201,9 +226,12 @@ def make_task(config, workdir: str | None = None) -> Task:
     tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None))
     cfg = flamingo_config_from(config.model, tokenizer)
     stage = get(config, "stage", "flamingo")
-    if stage not in ("flamingo", "lm"):
-        raise ValueError(f"stage must be 'flamingo' or 'lm', got {stage!r}")
-    model = Flamingo(cfg) if stage == "flamingo" else DecoderLM(cfg.lm)
+    if stage not in ("flamingo", "lm", "contrastive"):
+        raise ValueError(f"stage must be 'flamingo', 'lm' or 'contrastive', got {stage!r}")
+    if stage == "contrastive":
+        model = DualEncoder(dual_encoder_config(config, cfg, tokenizer))
+    else:
+        model = Flamingo(cfg) if stage == "flamingo" else DecoderLM(cfg.lm)
     datasets = plain(config.data.datasets)
     dcfg = plain(config.data)
     image_size = cfg.vision.image_size if cfg.vision is not None else int(dcfg.get("image_size", 64))
@@ -214,12 +242,18 @@ def make_task(config, workdir: str | None = None) -> Task:
     def init_params(rng):
         if stage == "lm":
             return model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
+        if stage == "contrastive":
+            s = cfg.vision.image_size
+            return model.init(rng, jnp.zeros((1, s, s, cfg.vision.num_channels)), jnp.zeros((1, 8), jnp.int32))["params"]
         ids, kw = example_batch(cfg)
         return model.init(rng, ids, **kw)["params"]
 
     def loss_fn(params, batch, rng):
         del rng  # no dropout
         ids = batch["input_ids"]
+        if stage == "contrastive":  # one image per pair: images [B, 1, H, W, C]
+            image, text, scale = model.apply({"params": params}, batch["images"][:, 0], ids, batch["attention_mask"])
+            return contrastive_loss(image, text, scale, valid=batch["attention_mask"].any(axis=1))
         if stage == "lm" or "images" not in batch:
             if stage == "lm":
                 logits = model.apply({"params": params}, ids, batch["attention_mask"])
@@ -234,7 +268,8 @@ def make_task(config, workdir: str | None = None) -> Task:
         spec = {"raw_image_size": image_size, "convert_image_modes": bool(dcfg.get("convert_image_modes", False)),
                 **spec}
         source = data_lib.make_source(spec, split)
-        transform = data_lib.make_transform(spec, tokenizer, image_size)
+        transform = (data_lib.make_pair_transform(spec, tokenizer, image_size) if stage == "contrastive" else
+                     data_lib.make_transform(spec, tokenizer, image_size))
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
         collate = Collate(int(spec["max_len"]), pad_id, max_images=spec.get("max_images", 1) if
                           "text" not in spec["source"] else None)
@@ -255,14 +290,15 @@ def make_task(config, workdir: str | None = None) -> Task:
         return (next(it) for _ in range(int(get(config, "eval_batches", 0))))
 
     flops = {}
+    text_lm = model.config.text if stage == "contrastive" else cfg.lm  # LM FLOPs only (the vision side is small)
     for name, spec in datasets.items():
         length = int(spec["max_len"])
-        flops[name] = 3.0 * matmul_flops_per_token(cfg.lm, length) * length
+        flops[name] = 3.0 * matmul_flops_per_token(text_lm, length) * length
 
     load = None
     if stage == "flamingo" and any((plain(get(config, "init_lm", {}) or {})).values()):
         load = lambda params: load_lm(params, config, cfg)  # noqa: E731
-    if stage == "flamingo" and (plain(get(config, "init_vision", {}) or {})).get("timm_nfnet"):
+    if stage == "flamingo" and any((plain(get(config, "init_vision", {}) or {})).values()):
         load_first = load or (lambda params: params)
         load = lambda params: load_vision(load_first(params), config, cfg)  # noqa: E731
 

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from common.data import image_ops, prompts
-from common.data.batching import fit_length, pad_batch
+from common.data.batching import fit_length, pad_batch, tokenize_segments
 from common.data.records import BadRecord, SkipCounter, collect_notes
 
 
@@ -212,6 +212,21 @@ class FlamingoCaptionTransform:
 
     def __call__(self, r: dict) -> dict:
         ex = prompts.flamingo_caption(self.tok, r["caption"])
+        ex = fit_length(ex, self.max_len, self.over_length)
+        ex["images"] = _clip_image(r["image"], self.image_size, self.convert_image_modes)[None]
+        return ex
+
+
+class ImageTextPairTransform:
+    """{image, caption} -> images [1, S, S, 3] + tokens of `{bos}{caption}{eos}`: a dual encoder's pair
+    (common.contrastive; the text side is read at its last real token)."""
+
+    def __init__(self, tokenizer, max_len: int = 32, image_size: int = 224, over_length: str = "truncate", convert_image_modes: bool = False):
+        self.tok, self.max_len, self.image_size, self.over_length = tokenizer, max_len, image_size, over_length
+        self.convert_image_modes = convert_image_modes
+
+    def __call__(self, r: dict) -> dict:
+        ex = tokenize_segments(self.tok, [(r["caption"], True)], add_bos=self.tok.bos_id is not None, add_eos=True)
         ex = fit_length(ex, self.max_len, self.over_length)
         ex["images"] = _clip_image(r["image"], self.image_size, self.convert_image_modes)[None]
         return ex

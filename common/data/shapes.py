@@ -223,8 +223,8 @@ def made_up_names(rng: np.random.Generator, n: int) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 # Example generators: each returns a plain dict (numpy arrays, str, lists)
 # ----------------------------------------------------------------------------------------------------------------
-def gen_caption(rng, size: int, index: int) -> dict:
-    objs = random_scene(rng)
+def gen_caption(rng, size: int, index: int, max_objects: int = 4) -> dict:
+    objs = random_scene(rng, 1, max_objects)
     return {"index": index, "image": render(objs, rng, size), "caption": caption(objs), "objects": _objs_json(objs)}
 
 
@@ -350,21 +350,27 @@ def _objs_json(objs) -> str:
 _GEN = {"captions": gen_caption, "vqa": gen_vqa, "interleaved": gen_interleaved, "conversations": gen_conversation, "spoken_qa": gen_spoken_qa, "videos": gen_video}
 
 
-def generate(kind: str, split: str, index: int, seed: int = 0, image_size: int = 64) -> dict:
-    """One example of `kind` in `split`: a pure function of its arguments."""
+def generate(kind: str, split: str, index: int, seed: int = 0, image_size: int = 64, max_objects: int | None = None) -> dict:
+    """One example of `kind` in `split`: a pure function of its arguments. max_objects (captions only, 1..4): fewer
+    objects per scene, e.g. 1 for single-object captions whose in-batch negatives often differ in shape alone."""
     if kind not in _GEN:
         raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-    return _GEN[kind](_rng(seed, kind, split, index), image_size, index)
+    if max_objects is None:
+        return _GEN[kind](_rng(seed, kind, split, index), image_size, index)
+    if kind != "captions" or not 1 <= int(max_objects) <= 4:
+        raise ValueError(f"max_objects applies to kind 'captions' only, 1..4; got kind {kind!r}, {max_objects!r}")
+    return gen_caption(_rng(seed, kind, split, index), image_size, index, int(max_objects))
 
 
 class ShapesSource:
     """Random-access source (grain's RandomAccessDataSource protocol: __len__, __getitem__) of generated examples."""
 
-    def __init__(self, kind: str, split: str = "train", size: int | None = None, seed: int = 0, image_size: int = 64):
-        generate(kind, split, 0, seed, 8) if kind != "spoken_qa" else None  # validate arguments early
-        self.kind, self.split, self.seed, self.image_size = kind, split, seed, image_size
+    def __init__(self, kind: str, split: str = "train", size: int | None = None, seed: int = 0, image_size: int = 64,
+                 max_objects: int | None = None):
+        generate(kind, split, 0, seed, 8, max_objects) if kind != "spoken_qa" else None  # validate arguments early
+        self.kind, self.split, self.seed, self.image_size, self.max_objects = kind, split, seed, image_size, max_objects
         self.size = DEFAULT_SPLIT_SIZES[split] if size is None else int(size)
 
     def __len__(self) -> int:
@@ -373,7 +379,7 @@ class ShapesSource:
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.size:
             raise IndexError(index)
-        return generate(self.kind, self.split, int(index), self.seed, self.image_size)
+        return generate(self.kind, self.split, int(index), self.seed, self.image_size, self.max_objects)
 
     def __repr__(self) -> str:
         return f"ShapesSource(kind={self.kind!r}, split={self.split!r}, size={self.size}, seed={self.seed})"

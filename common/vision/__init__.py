@@ -6,6 +6,17 @@ from common.vision.intern_vit import InternViT, InternViTConfig, image_features,
 from common.vision.nfnet import NFNet, NFNetConfig, NFNetOutput, nfnet_f
 from common.vision.vit import VisionOutput
 
+
+def build_vision_tower(config):
+    """CLIPVisionConfig -> CLIP ViT (OpenFlamingo, LLaVA, IDEFICS); NFNetConfig -> NFNet (the Flamingo paper's)."""
+    if isinstance(config, CLIPVisionConfig):
+        return CLIPVisionTransformer(config)
+    if isinstance(config, NFNetConfig):
+        return NFNet(config)
+    raise TypeError(f"unsupported vision config {type(config).__name__}: use CLIPVisionConfig or NFNetConfig, or pass "
+                    "the encoder's features directly")
+
+
 __all__ = ["CLIPVisionConfig", "CLIPVisionTransformer", "clip_vit_l14", "clip_vit_l14_336", "InternViT",
            "InternViTConfig", "image_features", "internvit_300m_448px", "pixel_shuffle", "NFNet", "NFNetConfig",
-           "NFNetOutput", "nfnet_f", "VisionOutput"]
+           "NFNetOutput", "nfnet_f", "VisionOutput", "build_vision_tower"]

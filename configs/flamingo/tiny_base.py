@@ -25,7 +25,7 @@ def model(every: int = 1, gating: str = "tanh") -> dict:
                     num_heads=4, scan_layers=True),
         resampler=dict(depth=2, num_heads=4, head_dim=24, num_latents=8, ff_mult=2, ff_act="gelu"),
         xattn=dict(num_heads=4, head_dim=16, ff_mult=2, ff_act="gelu", gating=gating),
-        cross_attn_every=every, block_position=None, vision_features="post_norm_patches")
+        cross_attn_every=every, block_position=None, vision_features="last_hidden_state")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
         interleaved=dict(source="shapes_interleaved", max_len=96, weight=1.0, max_images=6, batch_size=8),
     ))
     config.init_lm = dict(workdir="", hf_dir="")
+    config.init_vision = dict(workdir="", timm_nfnet="")
     # OpenFlamingo: AdamW, constant lr after warmup, weight decay 0.1 on the gated blocks only; the resampler, the
     # blocks and the input embeddings train, the rest is frozen. The tiny run uses lr 1e-3 (1e-4 at paper scale).
     config.optimizer = dict(lr=1e-3, schedule="constant", warmup_steps=50, b1=0.9, b2=0.999, eps=1e-8,
