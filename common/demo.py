@@ -116,7 +116,8 @@ def main(argv=None) -> str:
     os.makedirs(report_dir, exist_ok=True)
     start = time.time()
 
-    print("== Flamingo: stage-0 LM, then the tiny Flamingo on captions + interleaved documents ==", flush=True)
+    print("== Flamingo: contrastive ViT and stage-0 LM, then the tiny Flamingo on captions + interleaved documents ==",
+          flush=True)
     flamingo_dir = os.path.join(root, "flamingo")
     flamingo, flamingo_table = run_flamingo(flamingo_dir, args.scale)
     print("== LLaVA: stage 0 (text), stage 1 (feature alignment), stage 2 (instruction tuning) ==", flush=True)
@@ -124,7 +125,8 @@ def main(argv=None) -> str:
     llava = run_llava(llava_dir, args.scale, max(8, int(args.num_questions * min(1.0, args.scale * 4))))
 
     # Plots.
-    plot_loss_curves({"Flamingo stage 0 (LM)": os.path.join(flamingo_dir, "stage0"),
+    plot_loss_curves({"Flamingo vision (contrastive)": os.path.join(flamingo_dir, "vision"),
+                      "Flamingo stage 0 (LM)": os.path.join(flamingo_dir, "stage0"),
                       "Flamingo (tiny)": os.path.join(flamingo_dir, "tiny"),
                       "LLaVA stage 0 (LM)": os.path.join(llava_dir, "stage0"),
                       "LLaVA stage 1": os.path.join(llava_dir, "stage1"),

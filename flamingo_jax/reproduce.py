@@ -4,8 +4,10 @@ cross-attention frequency "every layer vs every 4th"):
 
     python -m flamingo_jax.reproduce --workdir DIR [--variants tiny,tiny_ungated,tiny_every4] [--num_queries 100]
 
-1. stage 0: the tiny LM's text-only pretraining (configs/flamingo/tiny_stage0.py), then frozen;
-2. for each variant (configs/flamingo/<variant>.py): Flamingo training (frozen random ViT + frozen stage-0 LM;
+1. the tiny ViT's contrastive pretraining on shapes captions (configs/flamingo/tiny_vision.py; the paper's NFNet is
+   pretrained as a dual encoder, App. B.1.3) and stage 0, the tiny LM's text-only pretraining
+   (configs/flamingo/tiny_stage0.py); both then frozen;
+2. for each variant (configs/flamingo/<variant>.py): Flamingo training (frozen ViT + frozen stage-0 LM;
    resampler, gated blocks and input embeddings train; captions + interleaved documents accumulated each step);
 3. few-shot evaluation of the in-context-only 'names' task at 0 / 4 / 8 shots (random demos; the main config also
    with RICES demos, and captioning / VQA at 0 and 4 shots), beam search 3.
