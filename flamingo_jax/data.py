@@ -31,8 +31,6 @@ from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer, 
 
 SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN, END_OF_CHUNK_TOKEN)
 NAMES_SENTENCE = "This is a {}."
-# A names pair in the stage-0 text episodes; the shape word stands where Flamingo's <image> will be.
-NAMES_TEXT_FORMAT = "{shape} This is a {name}."
 NAMES_PROMPT = "This is a"
 
 
@@ -154,9 +152,7 @@ def names_episode(rng: np.random.Generator, num_pairs: int, num_names: int = 3, 
 class TextSource:
     """Random-access source of text-only examples {text} generated from (seed, index)."""
 
-    def __init__(self, kind: str, size: int = 100000, seed: int = 0, min_pairs: int = 2, max_pairs: int = 10,
-                 names_format: str = NAMES_TEXT_FORMAT):
-        self.names_format = names_format
+    def __init__(self, kind: str, size: int = 100000, seed: int = 0, min_pairs: int = 2, max_pairs: int = 10):
         if kind not in ("names_text", "captions_text", "vqa_text"):
             raise ValueError(f"unknown text source {kind!r}")
         self.kind, self.size, self.seed, self.min_pairs, self.max_pairs = kind, size, seed, min_pairs, max_pairs
@@ -169,7 +165,12 @@ class TextSource:
         if self.kind == "names_text":
             ep = names_episode(rng, int(rng.integers(self.min_pairs, self.max_pairs + 1)), int(rng.integers(2, 4)),
                                render=False)
-            return {"text": " ".join(self.names_format.format(shape=s, name=n) for s, n in zip(ep["shapes"], ep["names"]))}
+            # Token for token the layout of a Flamingo names document (`<image>This is a dax.<|endofchunk|>` per pair,
+            # each piece tokenized on its own) with the shape word standing where <image> will stand.
+            segments = []
+            for shape, name in zip(ep["shapes"], ep["names"]):
+                segments += [(shape, True), (NAMES_SENTENCE.format(name), True), (END_OF_CHUNK_TOKEN, True)]
+            return {"text": "".join(text for text, _ in segments), "segments": segments}
         objs = shapes.random_scene(rng)
         scene = shapes.caption(objs)
         if self.kind == "captions_text":
@@ -179,13 +180,15 @@ class TextSource:
 
 
 class TextTransform:
-    """{text} -> bos + text + eos, every text token a target."""
+    """{text} (or {segments: [(text, is_target)]}, each piece tokenized on its own) -> bos + text + eos, every text
+    token a target."""
 
     def __init__(self, tokenizer, max_len: int):
         self.tok, self.max_len = tokenizer, max_len
 
     def __call__(self, r: dict) -> dict:
-        ex = tokenize_segments(self.tok, [(r["text"], True)], add_bos=self.tok.bos_id is not None, add_eos=True)
+        segments = [(text, True) for text, _ in r["segments"]] if r.get("segments") else [(r["text"], True)]
+        ex = tokenize_segments(self.tok, segments, add_bos=self.tok.bos_id is not None, add_eos=True)
         return fit_length(ex, self.max_len, "truncate")
 
 
@@ -202,7 +205,7 @@ def make_source(spec: dict, split: str = "train"):
     if source in ("names_text", "captions_text", "vqa_text"):
         seed = int(spec.get("seed", 0)) + (0 if split == "train" else 1000)
         return TextSource(source, int(size or 100000), seed, int(spec.get("min_pairs", 2)),
-                          int(spec.get("max_pairs", 10)), spec.get("names_format", NAMES_TEXT_FORMAT))
+                          int(spec.get("max_pairs", 10)))
     if source == "coco_captions":
         return formats.coco_captions(spec["annotations"], spec["image_dir"])
     if source == "tfds_coco_captions":

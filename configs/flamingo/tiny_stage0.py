@@ -1,9 +1,10 @@
 """Tiny Flamingo "stage 0": the tiny LM's own text-only pretraining, standing in for the paper's frozen,
 text-pretrained Chinchilla LM. It reads text-only versions of the bundled data, where every image is replaced by
-words: 'names' episodes ("circle This is a dax. star This is a wug. circle This is a dax.": the shape word stands
-exactly where Flamingo's <image> will, before the same "This is a {name}." chunk text; the names are
-made up per episode, so predicting a repeated one is in-context learning in text), captions, and
-"{scene} Question:{q} Short answer:{a}". No image, no <image> / <|endofchunk|> token is ever seen.
+words: 'names' episodes laid out token for token as Flamingo's names documents, with the shape word standing
+exactly where Flamingo's <image> will ("circle|This is a dax.|<|endofchunk|>|star|This is a wug.|<|endofchunk|>|
+circle|This is a dax.|<|endofchunk|>", each piece tokenized on its own, so "This" is the same token as after
+<image>; the names are made up per episode, so predicting a repeated one is in-context learning in text), captions,
+and "{scene} Question:{q} Short answer:{a}". No image and no <image> token is ever seen.
 
 python -m flamingo_jax.train --config configs/flamingo/tiny_stage0.py --workdir workdirs/flamingo_tiny_s0
 """
@@ -16,8 +17,7 @@ def get_config():
     config.total_steps = 2500
     config.batch_size = 16
     config.data.datasets = dict(
-        names=dict(source="names_text", max_len=80, weight=1.0, min_pairs=3, max_pairs=8, batch_size=16,
-                   names_format="{shape} This is a {name}."),
+        names=dict(source="names_text", max_len=80, weight=1.0, min_pairs=3, max_pairs=8, batch_size=16),
         captions=dict(source="captions_text", max_len=32, weight=0.3, batch_size=4),
         vqa=dict(source="vqa_text", max_len=48, weight=0.3, batch_size=4),
     )

@@ -209,3 +209,23 @@ def test_eval_cli_smoke(tmp_path):
     results = json.loads((tmp_path / "fewshot_results.json").read_text())
     assert set(results["names"]["rices"]) == {"0", "1"} and set(results["vqa"]["rices"]) == {"0", "1"}
     assert "| names (accuracy %) | rices |" in (tmp_path / "fewshot_results.md").read_text()
+
+
+def test_stage0_names_text_is_a_flamingo_document_with_shape_words():
+    """Stage 0's text episodes are token for token the Flamingo names documents, each <image> replaced by the tokens
+    of its shape word (so "This" after it is the same token the Flamingo LM will see after <image>)."""
+    from common.data import prompts
+
+    tok = data_lib.shapes_tokenizer()
+    image = data_lib.special_ids(tok)["image"]
+    record = data_lib.TextSource("names_text", 4, 0, 3, 5)[1]
+    text_ids = data_lib.TextTransform(tok, 128)(record)["input_ids"]
+    shape_words = [seg for seg, _ in record["segments"][0::3]]
+    sentences = [seg for seg, _ in record["segments"][1::3]]
+    doc = prompts.flamingo_interleaved(tok, sentences, num_images=len(sentences))["input_ids"]
+    expected, shapes_left = [], list(shape_words)
+    for token in doc.tolist():
+        expected += list(tok.encode(shapes_left.pop(0))) if token == image else [token]
+    assert not shapes_left
+    assert text_ids[:len(expected)].tolist() == expected
+    assert (text_ids[len(expected):] == tok.pad_id).all()
