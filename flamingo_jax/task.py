@@ -185,6 +185,12 @@ def load_vision(params, config, cfg: FlamingoConfig):
     init = plain(get(config, "init_vision", {}) or {})
     if init.get("workdir"):
         vision = restore_params(init["workdir"])["vision"]
+        want = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(params["vision"]).items()}
+        got = {k: tuple(np.shape(v)) for k, v in flax.traverse_util.flatten_dict(vision).items()}
+        if want != got:  # a different tower: refuse rather than leave part of it at its random init
+            diff = sorted("/".join(k) for k in set(want) | set(got) if want.get(k) != got.get(k))
+            raise ValueError(f"init_vision.workdir {init['workdir']!r} holds a different vision tower than "
+                             f"model.vision: {len(diff)} mismatched tensors, e.g. {diff[:4]}")
         return graft(params, vision, prefix=("vision",))
     if not init.get("timm_nfnet"):
         return params

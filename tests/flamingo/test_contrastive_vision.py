@@ -110,3 +110,15 @@ def test_contrastive_stage_trains_and_grafts_into_flamingo(tmp_path):
     trainer.close()
     final = jax.device_get(trainer.state.params)["vision"]  # grafted, then frozen through both steps
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), final, trained)
+
+    # A Flamingo whose tower differs from the pretrained one is refused, not half-grafted.
+    small.model.vision.update(hidden_size=32, intermediate_size=64)
+    small.model.resampler.update(head_dim=8)
+    with pytest.raises(ValueError, match="different vision tower"):
+        bad = make_task(small, None)
+        bad.load_pretrained(nn_unbox(bad.init_params(jax.random.key(0))))
+
+
+def nn_unbox(tree):
+    import flax.linen as nn
+    return nn.unbox(tree)
