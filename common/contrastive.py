@@ -26,7 +26,7 @@ import optax
 from common.layers import Linear
 from common.lm import DecoderLM, LMConfig
 from common.sharding import constrain, with_partitioning
-from common.vision import build_vision_tower
+from common.vision import CLIPVisionConfig, build_vision_tower
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,7 @@ class DualEncoderConfig:
     projection_dim: int = 128
     init_logit_scale: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
     max_logit_scale: float = math.log(100.0)  # CLIP clips the scale at 100
+
 
 class DualEncoder(nn.Module):
     """`apply({"params": p}, pixels [B, H, W, C], input_ids [B, T], attention_mask [B, T])
@@ -59,8 +60,8 @@ class DualEncoder(nn.Module):
 
     def encode_image(self, pixels: jax.Array) -> jax.Array:
         """[B, H, W, C] -> unit-norm [B, P]."""
-        out = self.vision(pixels, output_hidden_states=False) if hasattr(self.config.vision, "patch_size") \
-            else self.vision(pixels)
+        is_vit = isinstance(self.config.vision, CLIPVisionConfig)  # NFNet takes pixels alone
+        out = self.vision(pixels, output_hidden_states=False) if is_vit else self.vision(pixels)
         pooled = out.pooled.astype(jnp.float32)  # [B, D]: CLIP's post-LN CLS / NFNet's global average pool
         return _unit(self.image_projection(pooled))
 

@@ -47,6 +47,11 @@ QWEN_PATTERN = (
 QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
+def padded_vocab_size(tokenizer) -> int:
+    """The tokenizer's vocabulary rounded up to a multiple of 64: the embedding rows of a model sized from it."""
+    return -(-tokenizer.vocab_size // 64) * 64
+
+
 class TokenizerError(ValueError):
     """A tokenizer directory or file that cannot be used."""
 

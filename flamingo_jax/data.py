@@ -31,6 +31,7 @@ from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer, 
 
 SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN, END_OF_CHUNK_TOKEN)
 NAMES_SENTENCE = "This is a {}."
+CAPTION_SOURCES = ("shapes_captions", "coco_captions", "tfds_coco_captions")  # image-caption pairs
 NAMES_PROMPT = "This is a"
 
 
@@ -180,14 +181,14 @@ class TextSource:
 
 
 class TextTransform:
-    """{text} (or {segments: [(text, is_target)]}, each piece tokenized on its own) -> bos + text + eos, every text
-    token a target."""
+    """{text} (every token a target) or {segments: [(text, is_target)]} (each piece tokenized on its own) -> bos +
+    tokens + eos."""
 
     def __init__(self, tokenizer, max_len: int):
         self.tok, self.max_len = tokenizer, max_len
 
     def __call__(self, r: dict) -> dict:
-        segments = [(text, True) for text, _ in r["segments"]] if r.get("segments") else [(r["text"], True)]
+        segments = r.get("segments") or [(r["text"], True)]
         ex = tokenize_segments(self.tok, segments, add_bos=self.tok.bos_id is not None, add_eos=True)
         return fit_length(ex, self.max_len, "truncate")
 
@@ -227,7 +228,7 @@ def make_transform(spec: dict, tokenizer, image_size: int):
     if source in ("names_text", "captions_text", "vqa_text"):
         return TextTransform(tokenizer, max_len)
     convert = bool(spec.get("convert_image_modes", False))
-    if source in ("shapes_captions", "coco_captions", "tfds_coco_captions"):
+    if source in CAPTION_SOURCES:
         inner = FlamingoCaptionTransform(tokenizer, max_len, image_size, spec.get("over_length", "truncate"),
                                          convert_image_modes=convert)
         return LabelledTransform(inner, ids, interleaved=False)
@@ -239,7 +240,7 @@ def make_transform(spec: dict, tokenizer, image_size: int):
 def make_pair_transform(spec: dict, tokenizer, image_size: int):
     """An image-caption dataset spec -> {images [1, S, S, 3], `{bos}{caption}{eos}` tokens}: the contrastive
     pretraining of the vision encoder (stage 'contrastive')."""
-    if spec["source"] not in ("shapes_captions", "coco_captions", "tfds_coco_captions"):
+    if spec["source"] not in CAPTION_SOURCES:
         raise ValueError(f"stage 'contrastive' needs image-caption pairs, not source {spec['source']!r}")
     return ImageTextPairTransform(tokenizer, int(spec["max_len"]), image_size, spec.get("over_length", "truncate"),
                                   convert_image_modes=bool(spec.get("convert_image_modes", False)))

@@ -43,6 +43,7 @@ from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
 from common.data.pipeline import Collate, DataIterator, build_dataset
 from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
 from common.lm_task import next_token_loss
+from common.tokenizers import padded_vocab_size
 from common.trainer import DataShard, Task
 from flamingo_jax import data as data_lib
 from flamingo_jax.gated_cross_attention import GatedXAttnConfig
@@ -87,7 +88,7 @@ def flamingo_config_from(model_config, tokenizer=None) -> FlamingoConfig:
     if lm.get("vocab_size") is None:
         if tokenizer is None:
             raise ValueError("model.lm.vocab_size is None: a tokenizer is needed to size the vocabulary")
-        lm["vocab_size"] = -(-tokenizer.vocab_size // 64) * 64
+        lm["vocab_size"] = padded_vocab_size(tokenizer)
     vision = CLIPVisionConfig(**m["vision"]) if m.get("vision") else None
     width = m.get("vision_width") or (vision.hidden_size if vision is not None else None)
     resampler = ResamplerConfig(width=width, **m["resampler"]) if m.get("resampler") is not None else None
@@ -212,7 +213,7 @@ def dual_encoder_config(config, cfg: FlamingoConfig, tokenizer) -> DualEncoderCo
     if not text:
         raise ValueError("stage 'contrastive' needs contrastive.text (the text tower's LMConfig fields)")
     if text.get("vocab_size") is None:
-        text["vocab_size"] = -(-tokenizer.vocab_size // 64) * 64
+        text["vocab_size"] = padded_vocab_size(tokenizer)
     return DualEncoderConfig(vision=cfg.vision, text=LMConfig(**text),
                              projection_dim=int(c.get("projection_dim", 128)))
 
@@ -248,10 +249,9 @@ def make_task(config, workdir: str | None = None) -> Task:
     def init_params(rng):
         if stage == "lm":
             return model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]
-        if stage == "contrastive":
-            s = cfg.vision.image_size
-            return model.init(rng, jnp.zeros((1, s, s, cfg.vision.num_channels)), jnp.zeros((1, 8), jnp.int32))["params"]
         ids, kw = example_batch(cfg)
+        if stage == "contrastive":  # one image per pair: [1, 1, H, W, C] -> [1, H, W, C]
+            return model.init(rng, kw["pixel_values"][:, 0], ids)["params"]
         return model.init(rng, ids, **kw)["params"]
 
     def loss_fn(params, batch, rng):

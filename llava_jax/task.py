@@ -39,7 +39,7 @@ from common import lora as lora_lib
 from common.data.pipeline import Collate, DataIterator, build_dataset
 from common.lm import LMConfig, matmul_flops_per_token
 from common.lm_task import next_token_loss
-from common.tokenizers import IMAGE_TOKEN
+from common.tokenizers import IMAGE_TOKEN, padded_vocab_size
 from common.trainer import DataShard, Task
 from common.vision.clip import CLIPVisionConfig
 from llava_jax import data as data_lib
@@ -91,7 +91,7 @@ def llava_config_from(model_config, tokenizer=None) -> LlavaConfig:
         if text.get("vocab_size") is None:
             if tokenizer is None:
                 raise ValueError("model.text.vocab_size is None: a tokenizer is needed to size the vocabulary")
-            text["vocab_size"] = -(-tokenizer.vocab_size // 64) * 64
+            text["vocab_size"] = padded_vocab_size(tokenizer)
         cfg = LlavaConfig(text=LMConfig(**text), vision=CLIPVisionConfig(**vision), **fields)
     if image_token_index is None:
         if tokenizer is None or tokenizer.token_to_id(IMAGE_TOKEN) is None:
