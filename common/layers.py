@@ -18,6 +18,20 @@ from common.sharding import constrain, with_partitioning
 
 Dtype = Any
 default_kernel_init = nn.initializers.normal(stddev=0.02)
+KERNEL_INITS = ("normal_0.02", "torch_linear")
+
+
+def kernel_initializer(scheme: str, n_in: int = 1, n_out: int = 1) -> Callable:
+    """A kernel initializer by name, for a kernel whose first `n_in` axes are contracted and last `n_out` produced:
+    'normal_0.02' (HF transformers' initializer_range) or 'torch_linear' (torch.nn.Linear's default,
+    kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which OpenFlamingo and flamingo-pytorch keep for
+    their resampler and gated blocks; at small widths it is several times larger than 0.02)."""
+    if scheme == "normal_0.02":
+        return default_kernel_init
+    if scheme == "torch_linear":
+        return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform", in_axis=tuple(range(n_in)),
+                                                out_axis=tuple(range(n_in, n_in + n_out)))
+    raise ValueError(f"unknown kernel init {scheme!r}; known: {KERNEL_INITS}")
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": jax.nn.silu,
@@ -58,16 +72,19 @@ class Linear(nn.Module):
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    kernel_init: Callable = default_kernel_init
+    kernel_init: Callable | str = default_kernel_init  # an initializer or a `kernel_initializer` scheme name
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
         contract = tuple(range(x.ndim - self.n_in, x.ndim))
         in_shape = x.shape[x.ndim - self.n_in:]
+        init = self.kernel_init
+        if isinstance(init, str):
+            init = kernel_initializer(init, self.n_in, len(features))
         kernel = self.param(
             "kernel",
-            with_partitioning(self.kernel_init, tuple(self.in_axes) + tuple(self.out_axes)),
+            with_partitioning(init, tuple(self.in_axes) + tuple(self.out_axes)),
             in_shape + features,
             self.param_dtype,
         )
@@ -137,11 +154,12 @@ class MLP(nn.Module):
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernel_init: str = "normal_0.02"  # a `kernel_initializer` scheme
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dense = lambda f, i, o, name: Linear(f, i, o, use_bias=self.use_bias, dtype=self.dtype,  # noqa: E731
-                                             param_dtype=self.param_dtype, name=name)
+                                             param_dtype=self.param_dtype, kernel_init=self.kernel_init, name=name)
         act = activation(self.act)
         up = dense(self.intermediate_size, ("embed",), ("mlp",), "up")(x)  # [B, T, E] -> [B, T, F]
         if self.gated:
@@ -286,15 +304,16 @@ class MultiHeadAttention(nn.Module):
     clip_qkv: float | None = None
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernel_init: str = "normal_0.02"  # a `kernel_initializer` scheme
 
     def setup(self):
         proj = lambda heads, axes: Linear((heads, self.head_dim), ("embed",), axes, use_bias=self.qkv_bias,  # noqa: E731
-                                          dtype=self.dtype, param_dtype=self.param_dtype)
+                                          dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
         self.q = proj(self.num_heads, ("heads", "head_dim"))
         self.k = proj(self.num_kv_heads, ("kv_heads", "head_dim"))
         self.v = proj(self.num_kv_heads, ("kv_heads", "head_dim"))
         self.o = Linear(self.out_features, ("heads", "head_dim"), ("embed",), n_in=2, use_bias=self.out_bias,
-                        dtype=self.dtype, param_dtype=self.param_dtype)
+                        dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
 
     def project_qkv(self, x_q: jax.Array, x_kv: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         q = self.q(x_q)  # [B, T, E] -> [B, T, H, D]

@@ -195,13 +195,13 @@ def idefics_config(hf: dict, dtype: Any = None, image_token_id: int | None = Non
             width=width, depth=perceiver.get("resampler_depth", 6), num_heads=perceiver.get("resampler_n_heads", 16),
             head_dim=perceiver.get("resampler_head_dim", 96), num_latents=perceiver.get("resampler_n_latents", 64),
             ff_mult=4, ff_act="relu", qk_norm=bool(perceiver.get("qk_layer_norms_perceiver", False)),
-            norm_eps=1e-5, dtype=name, param_dtype=name)
+            norm_eps=1e-5, kernel_init="normal_0.02", dtype=name, param_dtype=name)  # HF's _init_weights
     xattn = GatedXAttnConfig(
         num_heads=lm.num_heads, head_dim=lm.hidden_size // lm.num_heads, ff_intermediate_size=lm.intermediate_size,
         ff_act=lm.mlp_act, ff_gated=True, norm="rms", norm_eps=lm.norm_eps, norm_bias=False,
         qk_norm=bool(hf.get("qk_layer_norms", False)),
         alpha_shape="vector" if hf.get("alpha_type") == "vector" else "scalar",
-        only_attend_immediate_media=True, dtype=name, param_dtype=name)
+        only_attend_immediate_media=True, kernel_init="normal_0.02", dtype=name, param_dtype=name)
     if image_token_id is None:  # the IDEFICS tokenizer appends <fake_token_around_image> then <image>
         image_token_id = vocab + 1 if extra >= 2 else hf.get("image_token_id", vocab - 1)
     return FlamingoConfig(lm=lm, xattn=xattn, resampler=resampler, vision=vis, image_token_id=image_token_id,

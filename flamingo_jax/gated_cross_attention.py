@@ -52,6 +52,9 @@ class GatedXAttnConfig:
     # with it False, tokens before the first image average all media uniformly (they see later images). True
     # reproduces that exactly; False (default) zeroes every token that sees no medium (paper, IDEFICS).
     openflamingo_zeroing: bool = False
+    # Projection kernels' init (common.layers.kernel_initializer): torch.nn.Linear's default as OpenFlamingo and
+    # flamingo-pytorch, or "normal_0.02" (HF, IDEFICS).
+    kernel_init: str = "torch_linear"
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -122,7 +125,7 @@ class GatedCrossAttentionBlock(nn.Module):
 
         # Masked cross-attention: text queries, keys / values from all media tokens flattened.
         attn = MultiHeadAttention(cfg.num_heads, cfg.num_heads, cfg.head_dim, e, dtype=dtype, param_dtype=param_dtype,
-                                  name="attn")
+                                  kernel_init=cfg.kernel_init, name="attn")
         kv = constrain(media.reshape(b, n * r, dv).astype(dtype), ("act_batch", "act_media", "act_embed"))
         q, k, v = attn.project_qkv(norm("attn_norm")(x), kv)  # [B, T, H, Dh], [B, N*R, H, Dh] x2
         if cfg.qk_norm:
@@ -141,6 +144,6 @@ class GatedCrossAttentionBlock(nn.Module):
 
         # Gated dense (feed-forward) branch.
         ff = MLP(e, cfg.ff_width(e), act=cfg.ff_act, gated=cfg.ff_gated, use_bias=False, dtype=dtype,
-                 param_dtype=param_dtype, name="ff")
+                 param_dtype=param_dtype, kernel_init=cfg.kernel_init, name="ff")
         x = x + gate("alpha_dense") * ff(norm("ff_norm")(x))
         return constrain(x, ("act_batch", "act_length", "act_embed"))

@@ -42,6 +42,10 @@ class ResamplerConfig:
     max_media: int | None = None  # learned per-media embeddings (flamingo-pytorch `media_pos_emb`); None = none
     qk_norm: bool = False  # IDEFICS `qk_layer_norms_perceiver`: LayerNorm over Dh on q and k
     norm_eps: float = 1e-5
+    # Projection kernels' init (common.layers.kernel_initializer): OpenFlamingo and flamingo-pytorch keep
+    # torch.nn.Linear's default, U(+-1/sqrt(fan_in)); "normal_0.02" is HF's (IDEFICS). At a tiny width 0.02 is ~3x
+    # smaller, so the latents' residual (std 1) drowns the media and the output starts out nearly image-independent.
+    kernel_init: str = "torch_linear"
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -59,7 +63,7 @@ class PerceiverLayer(nn.Module):
         x = ln("media_norm")(media)  # [B', S', D]
         h = ln("latents_norm")(latents)  # [B', R, D]
         attn = MultiHeadAttention(cfg.num_heads, cfg.num_heads, cfg.head_dim, cfg.width, dtype=dtype,
-                                  param_dtype=param_dtype, name="attn")
+                                  param_dtype=param_dtype, kernel_init=cfg.kernel_init, name="attn")
         kv_input = jnp.concatenate([x, h], axis=1)  # [B', S' + R, D]
         q, k, v = attn.project_qkv(h, kv_input)  # [B', R, H, Dh], [B', S' + R, H, Dh] x2
         if cfg.qk_norm:
@@ -67,7 +71,7 @@ class PerceiverLayer(nn.Module):
             k = ln("k_norm")(k)
         latents = latents + attn.project_out(dot_product_attention(q, k, v))  # [B', R, H, Dh] -> [B', R, D]
         ff = MLP(cfg.width, cfg.ff_mult * cfg.width, act=cfg.ff_act, gated=False, use_bias=False, dtype=dtype,
-                 param_dtype=param_dtype, name="ff")
+                 param_dtype=param_dtype, kernel_init=cfg.kernel_init, name="ff")
         latents = latents + ff(ln("ff_norm")(latents))
         return constrain(latents, ACT_TOKENS)
 

@@ -191,3 +191,43 @@ def test_param_groups_follow_open_flamingo_weight_decay():
         assert settings(path) == {"wd_mult": 1.0}, path
     assert settings("lm/decoder/groups/layer_0/mlp/up/kernel") is None
     assert settings("vision/embeddings/patch/kernel") is None
+
+
+def test_resampler_and_blocks_start_from_torch_linear_init():
+    """OpenFlamingo / flamingo-pytorch keep torch.nn.Linear's default init for the resampler and the gated blocks:
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) over all contracted axes (o [H, Dh, E]: fan_in = H * Dh); IDEFICS keeps HF's
+    normal(0.02)."""
+    import torch
+
+    from common.layers import kernel_initializer
+
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(96, 64, bias=False).weight.detach().numpy()  # [out, in]
+    for shape, n_in, n_out, fan_in in [((96, 64), 1, 1, 96), ((96, 4, 24), 1, 2, 96), ((4, 24, 64), 2, 1, 96)]:
+        w = np.asarray(kernel_initializer("torch_linear", n_in, n_out)(jax.random.key(0), shape))
+        assert np.abs(w).max() <= 1 / np.sqrt(fan_in) + 1e-7
+        np.testing.assert_allclose(w.std(), ref.std(), rtol=0.05)  # both 1/sqrt(3 fan_in)
+    with pytest.raises(ValueError, match="unknown kernel init 'xavier'"):
+        kernel_initializer("xavier")
+
+    cfg = ResamplerConfig(width=96, depth=1, num_heads=4, head_dim=24, num_latents=4)
+    params = PerceiverResampler(cfg).init(jax.random.key(1), jnp.zeros((1, 1, 1, 9, 96)))["params"]
+    o = np.asarray(nn.unbox(params["layers_0"]["attn"]["o"]["kernel"]))  # [H, Dh, D], fan_in 96
+    assert 0.9 / np.sqrt(3 * 96) < o.std() < 1.1 / np.sqrt(3 * 96)
+    block = GatedCrossAttentionBlock(GatedXAttnConfig(num_heads=2, head_dim=8, kernel_init="normal_0.02"))
+    x = jnp.zeros((1, 3, 32))
+    media = MediaInputs(jnp.zeros((1, 1, 2, 48)), jnp.ones((1, 3), jnp.int32))
+    q = np.asarray(nn.unbox(block.init(jax.random.key(2), x, media)["params"]["attn"]["q"]["kernel"]))
+    assert 0.018 < q.std() < 0.022
+
+
+def test_idefics_configs_keep_hf_init():
+    from flamingo_jax.convert import idefics_config
+
+    cfg = idefics_config({"model_type": "idefics", "use_resampler": True, "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "vision_config": {"embed_dim": 48, "image_size": 30,
+                                                                      "patch_size": 15, "num_hidden_layers": 1,
+                                                                      "num_attention_heads": 4,
+                                                                      "intermediate_size": 96},
+                          "perceiver_config": {}})
+    assert cfg.xattn.kernel_init == cfg.resampler.kernel_init == "normal_0.02"
