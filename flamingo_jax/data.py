@@ -150,13 +150,22 @@ def names_episode(rng: np.random.Generator, num_pairs: int, num_names: int = 3, 
     return {"shapes": out_shapes, "names": [mapping[s] for s in out_shapes], "mapping": mapping, "images": images}
 
 
+# Words that may stand for a names episode's keys in stage 0 instead of the shape words (`other_keys`).
+KEY_WORDS = tuple(shapes.SHAPES) + tuple(shapes.COLOURS) + shapes.SIZES + shapes.ROWS + shapes.COLS + \
+    shapes.NUMBER_WORDS[1:]
+
+
 class TextSource:
     """Random-access source of text-only examples {text} generated from (seed, index)."""
 
-    def __init__(self, kind: str, size: int = 100000, seed: int = 0, min_pairs: int = 2, max_pairs: int = 10):
+    def __init__(self, kind: str, size: int = 100000, seed: int = 0, min_pairs: int = 2, max_pairs: int = 10,
+                 min_names: int = 2, max_names: int = 3, other_keys: float = 0.0):
         if kind not in ("names_text", "captions_text", "vqa_text"):
             raise ValueError(f"unknown text source {kind!r}")
+        if not 1 <= min_names <= max_names <= len(shapes.SHAPES):
+            raise ValueError(f"need 1 <= min_names <= max_names <= {len(shapes.SHAPES)}, got {min_names}, {max_names}")
         self.kind, self.size, self.seed, self.min_pairs, self.max_pairs = kind, size, seed, min_pairs, max_pairs
+        self.min_names, self.max_names, self.other_keys = min_names, max_names, other_keys
 
     def __len__(self) -> int:
         return self.size
@@ -164,13 +173,17 @@ class TextSource:
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, 7, int(index)])
         if self.kind == "names_text":
-            ep = names_episode(rng, int(rng.integers(self.min_pairs, self.max_pairs + 1)), int(rng.integers(2, 4)),
-                               render=False)
+            ep = names_episode(rng, int(rng.integers(self.min_pairs, self.max_pairs + 1)),
+                               int(rng.integers(self.min_names, self.max_names + 1)), render=False)
+            keys = {s: s for s in ep["mapping"]}
+            if rng.random() < self.other_keys:  # another word than the shape's stands for each key
+                words = rng.choice(len(KEY_WORDS), size=len(keys), replace=False)
+                keys = {s: KEY_WORDS[int(w)] for s, w in zip(keys, words)}
             # Token for token the layout of a Flamingo names document (`<image>This is a dax.<|endofchunk|>` per pair,
-            # each piece tokenized on its own) with the shape word standing where <image> will stand.
+            # each piece tokenized on its own) with the shape word (the key) standing where <image> will stand.
             segments = []
             for shape, name in zip(ep["shapes"], ep["names"]):
-                segments += [(shape, True), (NAMES_SENTENCE.format(name), True), (END_OF_CHUNK_TOKEN, True)]
+                segments += [(keys[shape], True), (NAMES_SENTENCE.format(name), True), (END_OF_CHUNK_TOKEN, True)]
             return {"text": "".join(text for text, _ in segments), "segments": segments}
         objs = shapes.random_scene(rng)
         scene = shapes.caption(objs)
@@ -206,7 +219,8 @@ def make_source(spec: dict, split: str = "train"):
     if source in ("names_text", "captions_text", "vqa_text"):
         seed = int(spec.get("seed", 0)) + (0 if split == "train" else 1000)
         return TextSource(source, int(size or 100000), seed, int(spec.get("min_pairs", 2)),
-                          int(spec.get("max_pairs", 10)))
+                          int(spec.get("max_pairs", 10)), int(spec.get("min_names", 2)), int(spec.get("max_names", 3)),
+                          float(spec.get("other_keys", 0.0)))
     if source == "coco_captions":
         return formats.coco_captions(spec["annotations"], spec["image_dir"])
     if source == "tfds_coco_captions":

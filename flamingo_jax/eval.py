@@ -128,6 +128,11 @@ class FlamingoRunner:
         self.ids = data_lib.special_ids(tokenizer)
         self._media = jax.jit(lambda p, px: self.model.apply({"params": p}, px, method="encode_media"))
         self._vision = jax.jit(lambda p, px: self.model.apply({"params": p}, px, method="encode_vision"))
+        self._logits = jax.jit(lambda p, ids, px: self.model.apply({"params": p}, ids, pixel_values=px))
+
+    def logits(self, input_ids, pixel_values) -> jax.Array:
+        """Full forward pass: [B, T] ids (right padded) + [B, N, H, W, C] preprocessed pixels -> [B, T, V]."""
+        return self._logits(self.params, input_ids, pixel_values)
 
     def preprocess(self, image) -> np.ndarray:
         img = image_ops.decode_image(image, convert_image_modes=True)  # evaluation: convert, never skip
@@ -341,6 +346,86 @@ def run_evaluation(runner: FlamingoRunner, tasks: Sequence[str], shots: Sequence
                 log_fn(f"{task} {mode} {k}-shot: {out['score']:.2f}")
     results["seconds"] = time.time() - start
     return results
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Diagnostics: does the model read the images, does the frozen LM bind names to their keys (teacher forced)
+# ----------------------------------------------------------------------------------------------------------------
+def _first_name_token(tok, prompt: str, name: str) -> tuple[list[int], int]:
+    """Tokens of `prompt` + the name up to its first token, and that token's position."""
+    add_bos = tok.bos_id is not None
+    prefix = tok.encode(prompt, add_bos=add_bos)
+    full = tok.encode(prompt + " " + name, add_bos=add_bos)
+    pos = next(i for i in range(len(full)) if i >= len(prefix) or full[i] != prefix[i])
+    return full[:pos + 1], pos
+
+
+def _first_token_hits(logits_fn, rows, batch_size: int = 32) -> float:
+    """rows: (tokens, position, extra) -> % of rows whose argmax at position-1 is tokens[position]."""
+    hits = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        length = max(len(t) for t, _, _ in chunk)
+        ids = np.zeros((len(chunk), length), np.int32)
+        for b, (t, _, _) in enumerate(chunk):
+            ids[b, :len(t)] = t
+        logits = np.asarray(logits_fn(ids, chunk))
+        hits += [int(np.argmax(logits[b, pos - 1]) == t[pos]) for b, (t, pos, _) in enumerate(chunk)]
+    return 100.0 * float(np.mean(hits))
+
+
+def names_image_reliance(runner: FlamingoRunner, shots: int = 4, num_episodes: int = 256, seed: int = 7) -> dict:
+    """Teacher-forced accuracy (%) on the first token of the query's name in `shots`-shot names prompts, with the
+    query's own image and with the next episode's query image in its place (a different shape two times in three):
+    equal numbers mean the name is chosen without looking at the query image."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for ep in names_episodes(num_episodes, 32, runner.image_size, seed):
+        demos = [ep["support"][i] for i in rng.choice(len(ep["support"]), size=max(shots, 2), replace=False)]
+        prompt = build_prompt([names_demo(d["name"]) for d in demos], names_demo(), zero_shot=shots == 0,
+                              separator="")
+        tokens, pos = _first_name_token(runner.tok, prompt, ep["query"]["name"])
+        images = [runner.preprocess(d["image"]) for d in demos] if shots > 0 else []
+        rows.append((tokens, pos, images + [runner.preprocess(ep["query"]["image"])]))
+    out = {}
+    for mode in ("own_image", "other_image"):
+        def logits_fn(ids, chunk, mode=mode):
+            px = np.zeros((len(chunk), len(chunk[0][2]), runner.image_size, runner.image_size, 3), np.float32)
+            for b, (_, _, images) in enumerate(chunk):
+                px[b] = images
+                if mode == "other_image":
+                    px[b, -1] = chunk[(b + 1) % len(chunk)][2][-1]
+            return runner.logits(jnp.asarray(ids), jnp.asarray(px))
+        out[mode] = _first_token_hits(logits_fn, rows)
+    return out
+
+
+def lm_key_binding(lm, params, tokenizer, num_episodes: int = 256, seed: int = 5) -> dict:
+    """Stage 0's text names episodes ("circle|This is a dax.|<|endofchunk|>|star|This is a wug.|..."; 3 names, 3-8
+    pairs, the last key repeated): teacher-forced accuracy (%) on the first token of the last name with its true key
+    and with another of the episode's keys in its place. A key-blind LM (one that guesses a frequent name of the
+    context) scores the same on both; only one that binds names to keys lets a Flamingo's images choose the name."""
+    fwd = jax.jit(lambda p, ids: lm.apply({"params": p}, ids))
+    out = {}
+    for mode in ("true_key", "wrong_key"):
+        rows = []
+        for e in range(num_episodes):
+            rng = np.random.default_rng([seed, e])
+            keys = [shapes.SHAPES[int(i)] for i in rng.choice(len(shapes.SHAPES), size=3, replace=False)]
+            names = shapes.made_up_names(rng, 3)
+            order = [int(rng.integers(3)) for _ in range(int(rng.integers(2, 8)))]
+            query = order[int(rng.integers(len(order)))]
+            segments = [seg for i in order for seg in ((keys[i], True), (data_lib.NAMES_SENTENCE.format(names[i]), True),
+                                                       (END_OF_CHUNK_TOKEN, True))]
+            key = keys[query] if mode == "true_key" else keys[(query + 1) % 3]
+            ids = list(data_lib.tokenize_segments(tokenizer, segments + [(key, True)], add_bos=tokenizer.bos_id
+                                                  is not None, add_eos=False)["input_ids"])
+            prompt_ids = ids + tokenizer.encode(data_lib.NAMES_PROMPT, add_bos=False)
+            full = ids + tokenizer.encode(data_lib.NAMES_SENTENCE.format(names[query]), add_bos=False)
+            pos = next(i for i in range(len(full)) if i >= len(prompt_ids) or full[i] != prompt_ids[i])
+            rows.append((full[:pos + 1], pos, None))
+        out[mode] = _first_token_hits(lambda ids, chunk: fwd(params, jnp.asarray(ids)), rows)
+    return out
 
 
 METRIC = {"names": "accuracy %", "captions": "CIDEr", "vqa": "VQA accuracy %"}

@@ -42,6 +42,31 @@ def _final_loss(workdir: str) -> float | None:
     return losses[-1] if losses else None
 
 
+def image_reliance_losses(config, workdir: str, num_batches: int = 6) -> dict:
+    """Mean training loss per dataset on fixed training batches with each sample's own images, with another
+    sample's (rolled along the batch), and with zeros: equal numbers mean the images are ignored."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from common.trainer import DataShard
+    from flamingo_jax.task import make_task, restore_params
+
+    task = make_task(config)
+    params = jax.tree.map(jnp.asarray, restore_params(workdir))
+    loss = jax.jit(lambda p, b: task.loss_fn(p, b, None)[0])
+    out = {}
+    for name, it in task.make_train_data(DataShard(0, 1)).items():
+        sums = {"own": [], "other": [], "zero": []}
+        for _ in range(num_batches):
+            batch = {k: jnp.asarray(v) for k, v in next(it).items() if isinstance(v, np.ndarray)}
+            images = batch["images"]
+            for mode, imgs in (("own", images), ("other", jnp.roll(images, 1, axis=0)), ("zero", jnp.zeros_like(images))):
+                sums[mode].append(float(loss(params, dict(batch, images=imgs))))
+        out[name] = {mode: float(np.mean(v)) for mode, v in sums.items()}
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True)
@@ -81,6 +106,12 @@ def main(argv=None) -> dict:
     _train(s0, os.path.join(root, "stage0"))
     report["wall_seconds"]["stage0_train"] = time.time() - t
     report["stage0_final_loss"] = _final_loss(os.path.join(root, "stage0"))
+    from flamingo_jax.task import make_task, restore_params
+
+    s0_task = make_task(s0)
+    report["stage0_key_binding"] = fl_eval.lm_key_binding(s0_task.model, restore_params(os.path.join(root, "stage0")),
+                                                          s0_task.tokenizer)
+    logging.info("stage 0 key binding: %s", report["stage0_key_binding"])
 
     for variant in [v for v in args.variants.split(",") if v]:
         config = importlib.import_module(f"configs.flamingo.{variant}").get_config()
@@ -103,7 +134,11 @@ def main(argv=None) -> dict:
             res.update({k: extra[k] for k in ("captions", "vqa")})
             res["details"].update(extra["details"])
         eval_s = time.time() - t
+        reliance = {"names_4shot": fl_eval.names_image_reliance(runner, shots=4),
+                    "losses": image_reliance_losses(config, wd)}
+        logging.info("%s image reliance: %s", variant, reliance)
         report["variants"][variant] = {"description": VARIANTS.get(variant, variant), "results": res,
+                                       "image_reliance": reliance,
                                        "final_train_loss": _final_loss(wd), "train_seconds": train_s,
                                        "eval_seconds": eval_s, "steps": int(config.total_steps)}
         report["wall_seconds"][variant] = train_s + eval_s
@@ -131,6 +166,19 @@ def markdown(report: dict, shots) -> str:
         lines.append(f"| {name}: {v['description']} | " + " | ".join(f"{row[str(k)]:.1f}" for k in shots) +
                      f" | {loss:.3f} | {v['train_seconds']:.0f} | {v['eval_seconds']:.0f} |" if loss is not None
                      else f"| {name} | " + " | ".join(f"{row[str(k)]:.1f}" for k in shots) + " | | | |")
+    lines += ["", "| variant | names 4-shot, own / other query image (teacher forced) | captions loss, own / other / "
+              "zero images | documents loss, own / other / zero images |", "| --- | --- | --- | --- |"]
+    for name, v in report["variants"].items():
+        r = v.get("image_reliance")
+        if r:
+            losses = [r["losses"].get(d, {}) for d in ("captions", "interleaved")]
+            cells = [" / ".join(f"{x[m]:.3f}" for m in ("own", "other", "zero")) if x else "" for x in losses]
+            lines.append(f"| {name} | {r['names_4shot']['own_image']:.1f} / {r['names_4shot']['other_image']:.1f} | "
+                         + " | ".join(cells) + " |")
+    if report.get("stage0_key_binding"):
+        kb = report["stage0_key_binding"]
+        lines += ["", f"stage 0 LM, first token of a repeated name (teacher forced): {kb['true_key']:.1f}% with its "
+                  f"key, {kb['wrong_key']:.1f}% with another of the episode's keys"]
     main = report["variants"].get("tiny")
     if main is not None:
         from flamingo_jax.eval import markdown_table

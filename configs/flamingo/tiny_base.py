@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.stage = "flamingo"
-    config.total_steps = 400
+    config.total_steps = 1000
     config.batch_size = 16
     config.grad_accum_steps = 1
     config.log_every = 50

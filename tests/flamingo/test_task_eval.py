@@ -229,3 +229,68 @@ def test_stage0_names_text_is_a_flamingo_document_with_shape_words():
     assert not shapes_left
     assert text_ids[:len(expected)].tolist() == expected
     assert (text_ids[len(expected):] == tok.pad_id).all()
+
+
+def test_stage0_names_text_key_words_and_name_counts():
+    """`other_keys`: in that share of stage-0 episodes other words (colours, positions, numbers...) stand for the
+    keys, consistently within the episode, so the LM learns to bind names to any key word, not to the six shape
+    words only; `min_names` / `max_names` bound the names per episode."""
+    from common.data import shapes
+
+    source = data_lib.TextSource("names_text", 200, 0, 4, 8, min_names=4, max_names=5, other_keys=0.5)
+    episodes_with_other_keys = 0
+    for record in (source[i] for i in range(200)):
+        keys = [seg for seg, _ in record["segments"][0::3]]
+        names = [seg for seg, _ in record["segments"][1::3]]
+        assert all(k in data_lib.KEY_WORDS for k in keys)
+        assert len(dict(zip(keys, names))) == len(set(keys)) == len(set(names)) <= 5  # one name per key
+        episodes_with_other_keys += any(k not in shapes.SHAPES for k in keys)
+    assert 60 < episodes_with_other_keys < 140
+    shape_only = data_lib.TextSource("names_text", 50, 0, 4, 8)
+    assert all(seg in shapes.SHAPES for i in range(50) for seg, _ in shape_only[i]["segments"][0::3])
+    with pytest.raises(ValueError, match="max_names"):
+        data_lib.TextSource("names_text", 4, 0, 3, 5, min_names=2, max_names=7)
+
+
+# ---------------------------------------------------------------------------------------------------- diagnostics
+def _tiny_runner():
+    from configs.flamingo.tiny_base import base_config
+
+    c = base_config()
+    c.model.lm.update(hidden_size=32, num_layers=2, intermediate_size=64, max_position_embeddings=256)
+    c.model.vision.update(image_size=16, patch_size=8, hidden_size=24, intermediate_size=48, num_layers=1)
+    c.model.resampler.update(depth=1, head_dim=8, num_latents=4)
+    c.model.xattn.update(head_dim=8)
+    return fl_eval.load_runner(c, None, random_init=True, num_beams=1, batch_size=4)
+
+
+def test_names_image_reliance_is_blind_with_closed_gates():
+    """With every gate at 0 the model cannot see the query image: own and other image score exactly the same; open
+    gates make the logits depend on the image."""
+    runner = _tiny_runner()
+    closed = fl_eval.names_image_reliance(runner, shots=2, num_episodes=8)
+    assert closed["own_image"] == closed["other_image"]
+    runner.params = with_gates(runner.params, 1.0)
+    opened = fl_eval.names_image_reliance(runner, shots=2, num_episodes=8)
+    assert set(opened) == {"own_image", "other_image"} and all(0 <= v <= 100 for v in opened.values())
+
+
+class _PeekingLM:
+    """Predicts each next token by reading it from the input (an LM that always knows the answer)."""
+
+    vocab = 1024
+
+    def apply(self, variables, ids):
+        nxt = jnp.concatenate([ids[:, 1:], ids[:, -1:]], axis=1)
+        return jax.nn.one_hot(nxt, self.vocab)
+
+
+def test_lm_key_binding_scores_the_first_name_token():
+    tok = data_lib.shapes_tokenizer()
+    assert fl_eval.lm_key_binding(_PeekingLM(), {}, tok, num_episodes=16) == {"true_key": 100.0, "wrong_key": 100.0}
+
+    class Shifted(_PeekingLM):  # one position late: never right
+        def apply(self, variables, ids):
+            return jax.nn.one_hot(ids, self.vocab)
+
+    assert fl_eval.lm_key_binding(Shifted(), {}, tok, num_episodes=16) == {"true_key": 0.0, "wrong_key": 0.0}
