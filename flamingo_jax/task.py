@@ -21,7 +21,9 @@ Config (ml_collections; configs/flamingo/*.py):
   data       {datasets: {name: {source, max_len, weight, max_images, ...}} (flamingo_jax.data.make_source), image_size,
              num_threads, max_skip_fraction, convert_image_modes (False: greyscale / RGBA / CMYK / 16-bit / palette
              images are skipped and counted; True: converted to RGB; a dataset spec may override it)}
-  init_lm    {workdir: a stage-'lm' training workdir | hf_dir: an HF LM checkpoint}: the frozen LM's weights
+  init_lm    {workdir: a stage-'lm' training workdir | hf_dir: an HF LM checkpoint}: the frozen LM's weights;
+             vocabulary rows it lacks start at the mean of its rows (`resize_vocab`), and so do those of the special
+             tokens named in `mean_init_tokens` (e.g. ('image',): never seen by a text-only LM)
   init_vision {workdir: a stage-'contrastive' training workdir | timm_nfnet: a timm dm_nfnet_f* checkpoint}: the
              frozen vision encoder's weights
   contrastive {text: LMConfig fields of the dual encoder's text tower (vocab_size None = the tokenizer's),
@@ -164,8 +166,33 @@ def graft(params, source, prefix: tuple = ()) -> dict:
     return flax.traverse_util.unflatten_dict(dst)
 
 
-def load_lm(params, config, cfg: FlamingoConfig):
-    """init_lm {workdir | hf_dir} -> the Flamingo params with the frozen LM's weights in place."""
+def resize_vocab(lm, vocab_size: int, mean_rows=()) -> dict:
+    """A bare LM's params with the embedding [V, E] (and an untied lm_head kernel [E, V]) resized to `vocab_size`
+    tokens. Rows the checkpoint lacks (the tokens the Flamingo tokenizer adds, the padding to a multiple of 64) and the
+    rows in `mean_rows` (tokens the checkpoint never trained on, e.g. <image> in stage 0) start at the mean of its
+    other rows, as transformers' `resize_token_embeddings` (mean_resizing, which OpenFlamingo calls) does. A
+    checkpoint with more tokens than `vocab_size` is refused: their rows would be lost."""
+    lm = dict(lm)
+    for path, vocab_axis in ((("embed", "embedding"), 0), (("lm_head", "kernel"), 1)):
+        if path[0] not in lm:
+            continue
+        table = np.asarray(lm[path[0]][path[1]])
+        have = table.shape[vocab_axis]
+        if have > vocab_size:
+            raise ValueError(f"the LM checkpoint's {'/'.join(path)} has {have} tokens, more than the model's "
+                             f"vocab_size {vocab_size}: set model.lm.vocab_size or use the checkpoint's tokenizer")
+        table = np.moveaxis(table, vocab_axis, 0)  # [V, E]
+        trained = np.setdiff1d(np.arange(have), np.asarray(mean_rows, np.int64))
+        mean = table[trained].mean(axis=0, keepdims=True)
+        out = np.concatenate([table, np.repeat(mean, vocab_size - have, axis=0)]).astype(table.dtype)
+        out[[r for r in mean_rows if r < have]] = mean
+        lm[path[0]] = dict(lm[path[0]], **{path[1]: np.moveaxis(out, 0, vocab_axis)})
+    return lm
+
+
+def load_lm(params, config, cfg: FlamingoConfig, mean_rows=()):
+    """init_lm {workdir | hf_dir} -> the Flamingo params with the frozen LM's weights in place (vocabulary resized by
+    `resize_vocab`; `mean_rows`: token ids whose rows restart at the mean)."""
     init = plain(get(config, "init_lm", {}) or {})
     if init.get("workdir"):
         lm = restore_params(init["workdir"])
@@ -176,6 +203,7 @@ def load_lm(params, config, cfg: FlamingoConfig):
         lm = jax.tree.map(np.asarray, lm)
     else:
         return params
+    lm = resize_vocab(lm, cfg.lm.vocab_size, mean_rows)
     return graft(params, lm_to_grouped(lm, cfg.lm, cfg.cross_attn_every), prefix=("lm",))
 
 
@@ -302,8 +330,10 @@ def make_task(config, workdir: str | None = None) -> Task:
         flops[name] = 3.0 * matmul_flops_per_token(text_lm, length) * length
 
     load = None
-    if stage == "flamingo" and any((plain(get(config, "init_lm", {}) or {})).values()):
-        load = lambda params: load_lm(params, config, cfg)  # noqa: E731
+    if stage == "flamingo" and any((plain(get(config, "init_lm", {}) or {})).get(k) for k in ("workdir", "hf_dir")):
+        ids = data_lib.special_ids(tokenizer)
+        mean_rows = [ids[name] for name in plain(config.init_lm).get("mean_init_tokens", ())]
+        load = lambda params: load_lm(params, config, cfg, mean_rows)  # noqa: E731
     if stage == "flamingo" and any((plain(get(config, "init_vision", {}) or {})).values()):
         load_first = load or (lambda params: params)
         load = lambda params: load_vision(load_first(params), config, cfg)  # noqa: E731

@@ -294,3 +294,25 @@ def test_lm_key_binding_scores_the_first_name_token():
             return jax.nn.one_hot(ids, self.vocab)
 
     assert fl_eval.lm_key_binding(Shifted(), {}, tok, num_episodes=16) == {"true_key": 0.0, "wrong_key": 0.0}
+
+
+def test_resize_vocab_starts_new_and_untrained_rows_at_the_mean():
+    """The Flamingo tokenizer's added tokens (and the padding to 64) start at the mean of the LM's rows, as
+    transformers' mean-resizing; rows of tokens the LM never trained on (mean_rows) too; fewer rows are refused."""
+    from flamingo_jax.task import resize_vocab
+
+    rng = np.random.default_rng(0)
+    embed, head = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
+    lm = {"embed": {"embedding": embed}, "lm_head": {"kernel": head}, "final_norm": {"scale": np.ones(3)}}
+    out = resize_vocab(lm, 8, mean_rows=[4])
+    new_embed, new_head = out["embed"]["embedding"], out["lm_head"]["kernel"]
+    assert new_embed.shape == (8, 3) and new_head.shape == (3, 8)
+    np.testing.assert_array_equal(new_embed[:4], embed[:4])
+    np.testing.assert_array_equal(new_head[:, :4], head[:, :4])
+    for row in (4, 5, 7):
+        np.testing.assert_allclose(new_embed[row], embed[:4].mean(0), rtol=1e-6)
+        np.testing.assert_allclose(new_head[:, row], head[:, :4].mean(1), rtol=1e-6)
+    assert out["final_norm"] is lm["final_norm"]
+    np.testing.assert_array_equal(resize_vocab(lm, 5)["embed"]["embedding"], embed)  # same size: untouched
+    with pytest.raises(ValueError, match="has 5 tokens, more than the model's vocab_size 4"):
+        resize_vocab(lm, 4)
