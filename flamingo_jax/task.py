@@ -147,8 +147,9 @@ def lm_to_grouped(lm_params, lm_config: LMConfig, every: int) -> dict:
     return flax.traverse_util.unflatten_dict(out)
 
 
-def graft(params, source, prefix: tuple = ()) -> dict:
-    """Copies every leaf of `source` whose path (under `prefix`) and shape match `params`, keeping the shardings."""
+def graft(params, source, prefix: tuple = (), strict: bool = False) -> dict:
+    """Copies every leaf of `source` whose path (under `prefix`) and shape match `params`, keeping the shardings;
+    `strict`: every leaf of `source` must find its place (else a ValueError naming the misfits)."""
     dst = flax.traverse_util.flatten_dict(params)
     copied, skipped = 0, []
     for path, value in flax.traverse_util.flatten_dict(source).items():
@@ -162,6 +163,8 @@ def graft(params, source, prefix: tuple = ()) -> dict:
         copied += 1
     if not copied:
         raise ValueError(f"nothing copied: no matching parameter paths / shapes ({skipped[:5]})")
+    if strict and skipped:
+        raise ValueError(f"{len(skipped)} tensors have no place of their shape in the model, e.g. {skipped[:4]}")
     log.info("copied %d tensors; not copied: %d %s", copied, len(skipped), skipped[:8])
     return flax.traverse_util.unflatten_dict(dst)
 
@@ -204,7 +207,7 @@ def load_lm(params, config, cfg: FlamingoConfig, mean_rows=()):
     else:
         return params
     lm = resize_vocab(lm, cfg.lm.vocab_size, mean_rows)
-    return graft(params, lm_to_grouped(lm, cfg.lm, cfg.cross_attn_every), prefix=("lm",))
+    return graft(params, lm_to_grouped(lm, cfg.lm, cfg.cross_attn_every), prefix=("lm",), strict=True)
 
 
 def load_vision(params, config, cfg: FlamingoConfig):

@@ -316,3 +316,15 @@ def test_resize_vocab_starts_new_and_untrained_rows_at_the_mean():
     np.testing.assert_array_equal(resize_vocab(lm, 5)["embed"]["embedding"], embed)  # same size: untouched
     with pytest.raises(ValueError, match="has 5 tokens, more than the model's vocab_size 4"):
         resize_vocab(lm, 4)
+
+
+def test_strict_graft_refuses_tensors_without_a_place():
+    """The frozen LM is grafted strictly: a tensor of the checkpoint with no same-shaped place in the model is an
+    error naming it, not a log line (it would stay at its random init)."""
+    from flamingo_jax.task import graft
+
+    params = {"lm": {"a": jnp.zeros(2), "b": jnp.zeros((2, 2))}}
+    out = graft(params, {"a": np.ones(2), "b": np.ones((3, 2))}, prefix=("lm",))  # lenient: copies what fits
+    np.testing.assert_array_equal(out["lm"]["a"], np.ones(2))
+    with pytest.raises(ValueError, match=r"1 tensors have no place of their shape in the model, e.g. \['lm/b'\]"):
+        graft(params, {"a": np.ones(2), "b": np.ones((3, 2))}, prefix=("lm",), strict=True)
