@@ -376,7 +376,7 @@ def _first_token_hits(logits_fn, rows, batch_size: int = 32) -> float:
 
 def names_image_reliance(runner: FlamingoRunner, shots: int = 4, num_episodes: int = 256, seed: int = 7) -> dict:
     """Teacher-forced accuracy (%) on the first token of the query's name in `shots`-shot names prompts, with the
-    query's own image and with the next episode's query image in its place (a different shape two times in three):
+    query's own image and with the next episode's query image in its place (another shape five times in six):
     equal numbers mean the name is chosen without looking at the query image."""
     rng = np.random.default_rng(seed)
     rows = []
