@@ -351,13 +351,11 @@ def run_evaluation(runner: FlamingoRunner, tasks: Sequence[str], shots: Sequence
 # ----------------------------------------------------------------------------------------------------------------
 # Diagnostics: does the model read the images, does the frozen LM bind names to their keys (teacher forced)
 # ----------------------------------------------------------------------------------------------------------------
-def _first_name_token(tok, prompt: str, name: str) -> tuple[list[int], int]:
-    """Tokens of `prompt` + the name up to its first token, and that token's position."""
-    add_bos = tok.bos_id is not None
-    prefix = tok.encode(prompt, add_bos=add_bos)
-    full = tok.encode(prompt + " " + name, add_bos=add_bos)
-    pos = next(i for i in range(len(full)) if i >= len(prefix) or full[i] != prefix[i])
-    return full[:pos + 1], pos
+def _up_to_first_new_token(prompt_ids: Sequence[int], full_ids: Sequence[int]) -> tuple[list[int], int]:
+    """`full_ids` (the prompt's tokens followed by the answer's) cut after the first token that differs from the
+    prompt's, and that token's position: the first token of the answer as the tokenizer merges it with the prompt."""
+    pos = next(i for i in range(len(full_ids)) if i >= len(prompt_ids) or full_ids[i] != prompt_ids[i])
+    return list(full_ids[:pos + 1]), pos
 
 
 def _first_token_hits(logits_fn, rows, batch_size: int = 32) -> float:
@@ -384,7 +382,9 @@ def names_image_reliance(runner: FlamingoRunner, shots: int = 4, num_episodes: i
         demos = [ep["support"][i] for i in rng.choice(len(ep["support"]), size=max(shots, 2), replace=False)]
         prompt = build_prompt([names_demo(d["name"]) for d in demos], names_demo(), zero_shot=shots == 0,
                               separator="")
-        tokens, pos = _first_name_token(runner.tok, prompt, ep["query"]["name"])
+        add_bos = runner.tok.bos_id is not None
+        tokens, pos = _up_to_first_new_token(runner.tok.encode(prompt, add_bos=add_bos),
+                                             runner.tok.encode(prompt + " " + ep["query"]["name"], add_bos=add_bos))
         images = [runner.preprocess(d["image"]) for d in demos] if shots > 0 else []
         rows.append((tokens, pos, images + [runner.preprocess(ep["query"]["image"])]))
     out = {}
@@ -422,8 +422,7 @@ def lm_key_binding(lm, params, tokenizer, num_episodes: int = 256, seed: int = 5
                                                   is not None, add_eos=False)["input_ids"])
             prompt_ids = ids + tokenizer.encode(data_lib.NAMES_PROMPT, add_bos=False)
             full = ids + tokenizer.encode(data_lib.NAMES_SENTENCE.format(names[query]), add_bos=False)
-            pos = next(i for i in range(len(full)) if i >= len(prompt_ids) or full[i] != prompt_ids[i])
-            rows.append((full[:pos + 1], pos, None))
+            rows.append((*_up_to_first_new_token(prompt_ids, full), None))
         out[mode] = _first_token_hits(lambda ids, chunk: fwd(params, jnp.asarray(ids)), rows)
     return out
 

@@ -42,7 +42,7 @@ def _final_loss(workdir: str) -> float | None:
     return losses[-1] if losses else None
 
 
-def image_reliance_losses(config, workdir: str, num_batches: int = 6) -> dict:
+def image_reliance_losses(config, params, num_batches: int = 6) -> dict:
     """Mean training loss per dataset on fixed training batches with each sample's own images, with another
     sample's (rolled along the batch), and with zeros: equal numbers mean the images are ignored."""
     import jax
@@ -50,10 +50,9 @@ def image_reliance_losses(config, workdir: str, num_batches: int = 6) -> dict:
     import numpy as np
 
     from common.trainer import DataShard
-    from flamingo_jax.task import make_task, restore_params
+    from flamingo_jax.task import make_task
 
     task = make_task(config)
-    params = jax.tree.map(jnp.asarray, restore_params(workdir))
     loss = jax.jit(lambda p, b: task.loss_fn(p, b, None)[0])
     out = {}
     for name, it in task.make_train_data(DataShard(0, 1)).items():
@@ -135,7 +134,7 @@ def main(argv=None) -> dict:
             res["details"].update(extra["details"])
         eval_s = time.time() - t
         reliance = {"names_4shot": fl_eval.names_image_reliance(runner, shots=4),
-                    "losses": image_reliance_losses(config, wd)}
+                    "losses": image_reliance_losses(config, runner.params)}
         logging.info("%s image reliance: %s", variant, reliance)
         report["variants"][variant] = {"description": VARIANTS.get(variant, variant), "results": res,
                                        "image_reliance": reliance,

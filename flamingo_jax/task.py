@@ -333,9 +333,10 @@ def make_task(config, workdir: str | None = None) -> Task:
         flops[name] = 3.0 * matmul_flops_per_token(text_lm, length) * length
 
     load = None
-    if stage == "flamingo" and any((plain(get(config, "init_lm", {}) or {})).get(k) for k in ("workdir", "hf_dir")):
+    init_lm = plain(get(config, "init_lm", {}) or {})
+    if stage == "flamingo" and (init_lm.get("workdir") or init_lm.get("hf_dir")):
         ids = data_lib.special_ids(tokenizer)
-        mean_rows = [ids[name] for name in plain(config.init_lm).get("mean_init_tokens", ())]
+        mean_rows = [ids[name] for name in init_lm.get("mean_init_tokens", ())]
         load = lambda params: load_lm(params, config, cfg, mean_rows)  # noqa: E731
     if stage == "flamingo" and any((plain(get(config, "init_vision", {}) or {})).values()):
         load_first = load or (lambda params: params)

@@ -186,18 +186,22 @@ def test_generation_with_cached_media_equals_full_recompute():
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
+# A smaller tiny Flamingo for evaluation tests, as a config file (the CLI reads one).
+TINY_EVAL_CONFIG = textwrap.dedent("""
+    from configs.flamingo.tiny_base import base_config
+    def get_config():
+        c = base_config()
+        c.model.lm.update(hidden_size=32, num_layers=2, intermediate_size=64, max_position_embeddings=256)
+        c.model.vision.update(image_size=16, patch_size=8, hidden_size=24, intermediate_size=48, num_layers=1)
+        c.model.resampler.update(depth=1, head_dim=8, num_latents=4)
+        c.model.xattn.update(head_dim=8)
+        return c
+""")
+
+
 def test_eval_cli_smoke(tmp_path):
     config = tmp_path / "cfg.py"
-    config.write_text(textwrap.dedent("""
-        from configs.flamingo.tiny_base import base_config
-        def get_config():
-            c = base_config()
-            c.model.lm.update(hidden_size=32, num_layers=2, intermediate_size=64, max_position_embeddings=256)
-            c.model.vision.update(image_size=16, patch_size=8, hidden_size=24, intermediate_size=48, num_layers=1)
-            c.model.resampler.update(depth=1, head_dim=8, num_latents=4)
-            c.model.xattn.update(head_dim=8)
-            return c
-    """))
+    config.write_text(TINY_EVAL_CONFIG)
     env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_backend_optimization_level=0")
     cmd = [sys.executable, "-m", "flamingo_jax.eval", "--config", str(config), "--workdir", str(tmp_path),
            "--random_init", "--tasks", "names,vqa", "--shots", "0,1", "--demos", "rices", "--num_queries", "3",
@@ -253,21 +257,12 @@ def test_stage0_names_text_key_words_and_name_counts():
 
 
 # ---------------------------------------------------------------------------------------------------- diagnostics
-def _tiny_runner():
-    from configs.flamingo.tiny_base import base_config
-
-    c = base_config()
-    c.model.lm.update(hidden_size=32, num_layers=2, intermediate_size=64, max_position_embeddings=256)
-    c.model.vision.update(image_size=16, patch_size=8, hidden_size=24, intermediate_size=48, num_layers=1)
-    c.model.resampler.update(depth=1, head_dim=8, num_latents=4)
-    c.model.xattn.update(head_dim=8)
-    return fl_eval.load_runner(c, None, random_init=True, num_beams=1, batch_size=4)
-
-
-def test_names_image_reliance_is_blind_with_closed_gates():
+def test_names_image_reliance_is_blind_with_closed_gates(tmp_path):
     """With every gate at 0 the model cannot see the query image: own and other image score exactly the same; open
     gates make the logits depend on the image."""
-    runner = _tiny_runner()
+    (tmp_path / "cfg.py").write_text(TINY_EVAL_CONFIG)
+    config = fl_eval.load_config(str(tmp_path / "cfg.py"))
+    runner = fl_eval.load_runner(config, None, random_init=True, num_beams=1, batch_size=4)
     closed = fl_eval.names_image_reliance(runner, shots=2, num_episodes=8)
     assert closed["own_image"] == closed["other_image"]
     runner.params = with_gates(runner.params, 1.0)
