@@ -1,16 +1,20 @@
 """Benchmark: the LM core's train step (forward, backward, AdamW) at a ~100M-parameter Llama config on
-this machine's CPU, side by side with the identical PyTorch transformers step; JSON lines to stdout.
+this machine's CPU (or a GPU), side by side with the identical PyTorch transformers step; JSON lines to stdout.
 
 Reports tokens/s, analytic matmul FLOPs per step, achieved FLOP/s, MFU against the matmul peak measured
 in the same run, compile time with scan vs unrolled layers (8 and 32 layers), peak host memory, and the
 JAX / PyTorch step-rate ratio. Usage: python bench/lm_train_step.py [--steps 5] [--batch 4] [--seq 512]
-[--loss fused|logits]
+[--loss fused|logits] [--model llama_100m|tinyllama_1b] [--dtype float32|bfloat16] [--attention xla|cudnn]
 
 The JAX loss is the same mean next-token cross-entropy as transformers' `labels=` loss; by default
 (`--loss fused`) it is computed by `common.losses.next_token_loss` fused with the LM head (chunked over
 tokens, no [B, T, V] logits), `--loss logits` takes log_softmax of the model's full logits instead. No XLA
 flags are set (none measured faster here); PyTorch runs with as many threads as XLA's CPU pool
 (`os.cpu_count()`), reported as "threads".
+
+On a GPU (JAX's default backend) the PyTorch step runs on CUDA too; `--dtype bfloat16` computes in bf16 with
+float32 parameters and optimizer state on both sides (PyTorch: autocast), the matmul peak is then measured in
+bf16 at 8192^3, and `--attention cudnn` uses cuDNN's flash attention (PyTorch's sdpa picks its own flash kernel).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.lm import DecoderLM, matmul_flops_per_token  # noqa: E402
 from common.losses import next_token_loss as fused_next_token_loss  # noqa: E402
-from configs.models import llama_100m  # noqa: E402
+from configs import models  # noqa: E402
 
 
 def emit(record: dict) -> None:
@@ -40,10 +44,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best f32 matmul FLOP/s on this machine (XLA's CPU dot), n x n x n."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def measure_matmul_peak(n: int = 2048, repeats: int = 5, dtype=jnp.float32) -> float:
+    """Best matmul FLOP/s on this machine's default JAX device (XLA's dot), n x n x n in `dtype`."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     matmul = jax.jit(lambda x, y: x @ y)
     matmul(a, b).block_until_ready()
     best = min(_timed(lambda: matmul(a, b).block_until_ready()) for _ in range(repeats))
@@ -119,11 +123,13 @@ def jax_stepper(config, batch: int, seq: int, loss: str = "fused"):
 
 
 def torch_stepper(config, batch: int, seq: int, threads: int):
+    """The same step in PyTorch transformers: on CUDA when JAX runs on a GPU, else on the CPU with `threads`."""
     try:
         import torch
         import transformers
     except ImportError:
         return None
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     torch.set_num_threads(threads)  # the same number of threads as XLA's CPU thread pool
     torch.manual_seed(0)
     hf_config = transformers.LlamaConfig(
@@ -131,19 +137,21 @@ def torch_stepper(config, batch: int, seq: int, threads: int):
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
         num_key_value_heads=config.kv_heads, max_position_embeddings=config.max_position_embeddings,
         rms_norm_eps=config.norm_eps, attn_implementation="sdpa")
-    model = transformers.LlamaForCausalLM(hf_config).float().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-    ids = torch.tensor(np.random.RandomState(0).randint(0, config.vocab_size, (batch, seq)))
+    model = transformers.LlamaForCausalLM(hf_config).float().train().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=device == "cuda")
+    ids = torch.tensor(np.random.RandomState(0).randint(0, config.vocab_size, (batch, seq))).to(device)
+    autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(config.dtype)
 
     def step():
-        loss = model(ids, labels=ids).loss
+        with torch.autocast(device, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = model(ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
 
     step()
-    return step
+    return step, device
 
 
 def main() -> None:
@@ -153,38 +161,59 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--skip-compile", action="store_true", help="skip the 8 / 32-layer compile-time study")
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--skip-jax", action="store_true",
+                        help="PyTorch only (on a GPU a 1B model's two steps do not fit its memory side by side)")
     parser.add_argument("--loss", choices=("fused", "logits"), default="fused",
                         help="JAX loss: fused LM head + chunked CE (default) or log_softmax of full logits")
+    parser.add_argument("--model", choices=("llama_100m", "tinyllama_1b"), default="llama_100m")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype (parameters and optimizer state stay float32)")
+    parser.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
     args = parser.parse_args()
 
-    config = llama_100m(max_position_embeddings=max(args.seq, 512))
+    config = getattr(models, args.model)(max_position_embeddings=max(args.seq, 2048), dtype=args.dtype,
+                                         attention_impl=args.attention)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(_unbox(jax.eval_shape(
         lambda: DecoderLM(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))))
     tokens = args.batch * args.seq
     step_flops = 3 * matmul_flops_per_token(config, args.seq) * tokens
-    peak = measure_matmul_peak()
-    emit({"bench": "matmul_peak", "flops_per_s": peak, "devices": str(jax.devices()[0]), "cpus": os.cpu_count()})
+    on_gpu = jax.default_backend() == "gpu"
+    peak = measure_matmul_peak(8192 if on_gpu else 2048, dtype=jnp.dtype(args.dtype))
+    emit({"bench": "matmul_peak", "flops_per_s": peak, "dtype": args.dtype, "devices": str(jax.devices()[0]),
+          "cpus": os.cpu_count()})
 
-    jax_step, first_step_s = jax_stepper(config, args.batch, args.seq, args.loss)
+    jax_step, first_step_s = (None, None) if args.skip_jax else jax_stepper(config, args.batch, args.seq, args.loss)
     rss_after_jax = peak_rss_mb()
-    torch_step = None if args.skip_torch else torch_stepper(config, args.batch, args.seq, os.cpu_count())
+    device_stats = jax.devices()[0].memory_stats() or {}  # None on the CPU
+    jax_device_peak_gb = device_stats.get("peak_bytes_in_use", 0) / 2**30 or None
+    torch_step, torch_device = (None, None) if args.skip_torch else (
+        torch_stepper(config, args.batch, args.seq, os.cpu_count()) or (None, None))
     # Interleave the two implementations step by step, so that load from elsewhere hits both alike.
     jax_times, torch_times = [], []
     for _ in range(args.steps):
-        jax_times.append(_timed(jax_step))
+        if jax_step is not None:
+            jax_times.append(_timed(jax_step))
         if torch_step is not None:
             torch_times.append(_timed(torch_step))
-    step_s = float(np.median(jax_times))
-    emit({"bench": "lm_train_step", "impl": "jax", "params": n_params, "batch": args.batch, "seq": args.seq,
-          "tokens_per_s": tokens / step_s, "step_s": step_s, "model_flops_per_step": step_flops,
-          "achieved_flops_per_s": step_flops / step_s, "mfu": step_flops / step_s / peak,
-          "first_step_s": first_step_s, "peak_host_memory_mb": rss_after_jax, "loss": args.loss})
+    step_s = float(np.median(jax_times)) if jax_times else None
+    if jax_times:
+        emit({"bench": "lm_train_step", "impl": "jax", "model": args.model, "dtype": args.dtype,
+              "attention": args.attention, "params": n_params, "batch": args.batch, "seq": args.seq,
+              "tokens_per_s": tokens / step_s, "step_s": step_s, "model_flops_per_step": step_flops,
+              "achieved_flops_per_s": step_flops / step_s, "mfu": step_flops / step_s / peak,
+              "first_step_s": first_step_s, "peak_host_memory_mb": rss_after_jax,
+              "peak_device_memory_gb": jax_device_peak_gb, "loss": args.loss})
     if torch_times:
         import torch
         torch_s = float(np.median(torch_times))
-        emit({"bench": "lm_train_step", "impl": "pytorch", "tokens_per_s": tokens / torch_s, "step_s": torch_s,
-              "mfu": step_flops / torch_s / peak, "threads": torch.get_num_threads()})
-        emit({"bench": "speed_ratio", "jax_over_pytorch": torch_s / step_s})
+        emit({"bench": "lm_train_step", "impl": "pytorch", "model": args.model, "dtype": args.dtype,
+              "batch": args.batch, "seq": args.seq, "tokens_per_s": tokens / torch_s, "step_s": torch_s,
+              "achieved_flops_per_s": step_flops / torch_s, "mfu": step_flops / torch_s / peak,
+              "device": torch_device, "threads": torch.get_num_threads(),
+              "peak_device_memory_gb": (torch.cuda.max_memory_allocated() / 2**30 if torch_device == "cuda"
+                                        else None)})
+        if jax_times:
+            emit({"bench": "speed_ratio", "jax_over_pytorch": torch_s / step_s})
 
     if not args.skip_compile:
         for layers in (8, 32):

@@ -68,6 +68,10 @@ class LMConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    # Causal self-attention without padding or cache (the training path): "xla" (block-causal einsums, any
+    # backend, exact f32) or "cudnn" (cuDNN's fused flash attention through jax.nn.dot_product_attention:
+    # NVIDIA GPUs, bf16 / f16 compute, RoPE models). Padded, windowed or cached attention always takes "xla".
+    attention_impl: str = "xla"
 
     def __post_init__(self):
         if self.num_heads % self.kv_heads:
@@ -76,6 +80,12 @@ class LMConfig:
             raise ValueError(f"position must be 'rope' or 'alibi', got {self.position!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"unknown remat_policy {self.remat_policy!r}; known: {sorted(REMAT_POLICIES)}")
+        if self.attention_impl not in ("xla", "cudnn"):
+            raise ValueError(f"attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
+        if self.attention_impl == "cudnn" and self.position == "alibi":
+            raise ValueError("attention_impl='cudnn' needs RoPE positions; ALiBi models use attention_impl='xla'")
+        if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+            raise ValueError(f"attention_impl='cudnn' computes in bfloat16 / float16, not dtype={self.dtype!r}")
 
     @property
     def kv_heads(self) -> int:
@@ -120,6 +130,15 @@ class KVCache:
         return self.valid.shape[1]
 
 
+def cudnn_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+    """Causal GQA self-attention through cuDNN's fused kernel (never forms the [T, S] weights).
+    query [B, T, H, D], key / value [B, T, K, D] -> [B, T, H, D]."""
+    if jax.default_backend() != "gpu":
+        raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU; this backend is {jax.default_backend()!r}: "
+                         "use attention_impl='xla'")
+    return jax.nn.dot_product_attention(query, key, value, is_causal=True, implementation="cudnn")
+
+
 class DecoderLayer(nn.Module):
     """One pre-norm decoder layer: x + attn(norm(x)) then + mlp(norm(x)) (or both from x, in parallel).
 
@@ -147,7 +166,9 @@ class DecoderLayer(nn.Module):
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
             layer_cache = (k, v)  # [B, S_max, K, D]
-        if mask is None and layer_cache is None:  # plain causal self-attention without padding
+        if mask is None and layer_cache is None and cfg.attention_impl == "cudnn":  # flash attention, [B, T, H, D]
+            attended = cudnn_causal_attention(q, k.astype(dtype), v.astype(dtype))
+        elif mask is None and layer_cache is None:  # plain causal self-attention without padding
             attended = causal_dot_product_attention(q, k.astype(dtype), v.astype(dtype), bias=bias)
         else:
             attended = dot_product_attention(q, k.astype(dtype), v.astype(dtype), mask=mask, bias=bias)

@@ -27,6 +27,13 @@ def mpt_7b(**overrides) -> LMConfig:
                     mlp_gated=False, position="alibi", tie_word_embeddings=True).replace(**overrides)
 
 
+def tinyllama_1b(**overrides) -> LMConfig:
+    """TinyLlama-1.1B (TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T): Llama-2 architecture, GQA 32 / 4
+    heads; 1.10B parameters. The accelerator benchmark's larger model."""
+    return LMConfig(vocab_size=32000, hidden_size=2048, num_layers=22, num_heads=32, num_kv_heads=4,
+                    intermediate_size=5632, max_position_embeddings=2048, norm_eps=1e-5).replace(**overrides)
+
+
 def llama_100m(**overrides) -> LMConfig:
     """A ~100M-parameter Llama (d 768, 8 layers, vocab 32000) used by the benchmarks."""
     return LMConfig(vocab_size=32000, hidden_size=768, num_layers=8, num_heads=12, num_kv_heads=12,

@@ -152,3 +152,35 @@ def test_bfloat16_compute():
     assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(params))
     logits = model.apply({"params": params}, jnp.zeros((1, 8), jnp.int32))
     assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
+
+
+def test_cudnn_attention_matches_xla_or_names_missing_gpu():
+    """attention_impl='cudnn' (cuDNN flash attention) computes the same logits and gradients as the XLA path
+    on a GPU (bf16 tolerance); elsewhere it says that it needs an NVIDIA GPU. Bad configs are refused."""
+    with pytest.raises(ValueError, match="RoPE"):
+        CFG.replace(attention_impl="cudnn", position="alibi", dtype="bfloat16")
+    with pytest.raises(ValueError, match="bfloat16"):
+        CFG.replace(attention_impl="cudnn")
+    with pytest.raises(ValueError, match="attention_impl"):
+        CFG.replace(attention_impl="flash")
+    cfg = CFG.replace(hidden_size=64, num_heads=4, num_kv_heads=2, max_position_embeddings=128, dtype="bfloat16")
+    ids = jnp.asarray(np.random.RandomState(3).randint(0, cfg.vocab_size, (2, 128)))
+    xla, cudnn = DecoderLM(cfg), DecoderLM(cfg.replace(attention_impl="cudnn"))
+    params = _init(xla)
+    if jax.default_backend() != "gpu":
+        with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+            cudnn.apply({"params": params}, ids)
+        return
+
+    def loss_and_grads(model):
+        return jax.value_and_grad(lambda p: jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, ids))[..., 0]))(
+            params)
+
+    def rel_err(a, b):
+        return float(jnp.linalg.norm((a - b).ravel()) / jnp.linalg.norm(b.ravel()))
+
+    assert rel_err(cudnn.apply({"params": params}, ids), xla.apply({"params": params}, ids)) < 1e-2
+    (loss_c, grads_c), (loss_x, grads_x) = loss_and_grads(cudnn), loss_and_grads(xla)
+    assert abs(float(loss_c) - float(loss_x)) < 1e-2 * abs(float(loss_x))
+    for g_c, g_x in zip(jax.tree.leaves(grads_c), jax.tree.leaves(grads_x)):
+        assert rel_err(g_c, g_x) < 3e-2

@@ -9,6 +9,7 @@ PUBLISHED = {
     "vicuna_7b": 6_738_415_616,  # lmsys/vicuna-7b-v1.5 (Llama-2-7B)
     "qwen2_7b": 7_615_616_512,  # Qwen/Qwen2-7B: 7.62B
     "mpt_7b": 6_649_286_656,  # mosaicml/mpt-7b: 6.7B
+    "tinyllama_1b": 1_100_048_384,  # TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T: 1.1B
 }
 
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One prepared run on a GPU machine: correctness of the core on the accelerator, then train-step MFU.
+#
+# 1. The parity and core tests on the GPU backend (float32 with the highest matmul precision, so that the
+#    1e-4 bounds against PyTorch-on-CPU hold; TF32 would not): LM / CLIP / InternViT / IDEFICS / LLaVA parity,
+#    KV-cache decoding, generation, and cuDNN flash attention against the XLA path (bf16).
+# 2. bench/lm_train_step.py on the GPU in bf16 compute (float32 parameters and AdamW state) next to PyTorch
+#    transformers on CUDA (autocast bf16, sdpa, fused AdamW): the 100M Llama with XLA and with cuDNN attention,
+#    and TinyLlama-1.1B with cuDNN attention. MFU is against the bf16 matmul peak measured in the same run.
+#    The 100M steps alternate in one process; TinyLlama's two steps do not fit the GPU's memory side by side
+#    (JAX keeps its allocator pool), so JAX and PyTorch run one after the other in two processes.
+#
+# Usage (from the repository root; missing pure-Python packages can travel as wheels in .whl/):
+#   bash bench/accelerator_check.sh            # writes tests.log and bench.jsonl under $OUT (default /tmp/accel)
+set -u
+OUT=${OUT:-/tmp/accel}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, \
+'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
+
+# 1. correctness on the GPU (opt level 3 = XLA's default, instead of the test suite's CPU-only level 0)
+JAX_DEFAULT_MATMUL_PRECISION=highest XLA_FLAGS="--xla_backend_optimization_level=3" timeout "${TEST_TIMEOUT:-240}" \
+  $PY -m pytest -q -p no:cacheprovider -n 4 --continue-on-collection-errors -k "not sharding and not mesh" \
+  tests/test_lm_parity.py tests/test_vision_parity.py tests/test_lm_core.py tests/test_generate.py \
+  tests/flamingo/test_idefics_parity.py tests/flamingo/test_model.py tests/llava/test_parity.py \
+  2>&1 | tee "$OUT/tests.log" | tail -25
+
+# 2. train-step MFU, bf16 compute
+bench() { timeout "${BENCH_TIMEOUT:-150}" $PY bench/lm_train_step.py --skip-compile --dtype bfloat16 "$@" 2>&1 \
+  | tee -a "$OUT/bench.log" | grep '^{' | tee -a "$OUT/bench.jsonl"; }
+bench --model llama_100m --batch 16 --seq 2048 --attention cudnn --steps 10
+bench --model tinyllama_1b --batch 4 --seq 2048 --attention cudnn --steps 5 --skip-torch
+bench --model tinyllama_1b --batch 4 --seq 2048 --attention cudnn --steps 5 --skip-jax
+bench --model llama_100m --batch 16 --seq 2048 --attention xla --steps 10
+echo "done"
