@@ -6,6 +6,7 @@ D head dim, F MLP width.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -62,6 +63,50 @@ def dtype_of(name: str | Dtype) -> Dtype:
     return name
 
 
+def row_major_transpose(a: jax.Array) -> jax.Array:
+    """[N, X] -> [X, N]. On the CPU backend the transpose is materialised (behind an optimization barrier) so
+    that a weight-gradient product `row_major_transpose(x) @ dy` stays a canonical [X, N] x [N, Y] matmul:
+    left to itself XLA:CPU folds the transpose into the dot, then transposes the (wider) output gradient
+    instead and runs the dot outside its fast YNNPACK path. Elsewhere (GPU / TPU take transposed operands
+    natively) it is a plain `a.T`."""
+    if jax.default_backend() == "cpu":
+        return jax.lax.optimization_barrier(a.T)
+    return a.T
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense(x: jax.Array, kernel: jax.Array, n_in: int = 1) -> jax.Array:
+    """x [..., *I] contracted with kernel [*I, *O] over the n_in trailing axes of x -> [..., *O].
+
+    The same product as `jax.lax.dot_general`, with a backward pass that computes the weight gradient as
+    x^T dy over the flattened tokens (`row_major_transpose`): on the CPU the whole 100M-Llama train step runs
+    about 1.3x faster this way (bench/lm_train_step.py)."""
+    return _dense_forward(x, kernel, n_in)
+
+
+def _dense_forward(x, kernel, n_in):
+    contract = tuple(range(x.ndim - n_in, x.ndim))
+    return jax.lax.dot_general(x, kernel, ((contract, tuple(range(n_in))), ((), ())))
+
+
+def _dense_fwd(x, kernel, n_in):
+    return _dense_forward(x, kernel, n_in), (x, kernel)
+
+
+def _dense_bwd(n_in, residuals, dy):
+    x, kernel = residuals
+    size_in = math.prod(kernel.shape[:n_in])
+    x2 = x.reshape(-1, size_in)  # [N, I]
+    dy2 = dy.reshape(-1, math.prod(kernel.shape[n_in:])).astype(x.dtype)  # [N, O]
+    kernel2 = kernel.reshape(size_in, -1)  # [I, O]
+    d_kernel = jnp.dot(row_major_transpose(x2), dy2, preferred_element_type=jnp.float32)  # [I, O]
+    d_x = jnp.dot(dy2, kernel2.T, preferred_element_type=jnp.float32)  # [N, I]
+    return d_x.reshape(x.shape).astype(x.dtype), d_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 class Linear(nn.Module):
     """y = x W (+ b) over the last `len(in_axes)` input axes; W carries logical names in_axes + out_axes."""
 
@@ -77,7 +122,6 @@ class Linear(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
-        contract = tuple(range(x.ndim - self.n_in, x.ndim))
         in_shape = x.shape[x.ndim - self.n_in:]
         init = self.kernel_init
         if isinstance(init, str):
@@ -90,7 +134,7 @@ class Linear(nn.Module):
         )
         x = x.astype(self.dtype)
         kernel = kernel.astype(self.dtype)
-        y = jax.lax.dot_general(x, kernel, ((contract, tuple(range(self.n_in))), ((), ())))
+        y = dense(x, kernel, self.n_in)  # [..., *I] -> [..., *features]
         if self.use_bias:
             bias = self.param("bias", with_partitioning(nn.initializers.zeros, tuple(self.out_axes)), features,
                               self.param_dtype)

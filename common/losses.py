@@ -15,6 +15,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from common.layers import row_major_transpose
+
 
 def next_token_loss(logits_or_hidden: jax.Array, targets: jax.Array, mask: jax.Array | None = None, *,
                     kernel: jax.Array | None = None, chunk_size: int = 1024) -> jax.Array:
@@ -85,7 +87,7 @@ def _fused_head_ce_fwd(hidden, kernel, labels, weights, chunk_size):
         loss = loss + chunk_loss
         grad = grad.astype(kernel.dtype)
         d_hidden.append(jnp.dot(grad, kernel.T, preferred_element_type=jnp.float32))  # [c, E]
-        d_kernel = d_kernel + jnp.dot(h.T, grad, preferred_element_type=jnp.float32)  # [E, V]
+        d_kernel = d_kernel + jnp.dot(row_major_transpose(h), grad, preferred_element_type=jnp.float32)  # [E, V]
     d_hidden = d_hidden[0] if len(d_hidden) == 1 else jnp.concatenate(d_hidden, axis=0)
     return loss, (d_hidden.astype(hidden.dtype), d_kernel.astype(kernel.dtype), weights)
 

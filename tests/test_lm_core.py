@@ -184,3 +184,32 @@ def test_cudnn_attention_matches_xla_or_names_missing_gpu():
     assert abs(float(loss_c) - float(loss_x)) < 1e-2 * abs(float(loss_x))
     for g_c, g_x in zip(jax.tree.leaves(grads_c), jax.tree.leaves(grads_x)):
         assert rel_err(g_c, g_x) < 3e-2
+
+
+@pytest.mark.parametrize("n_in,dtype", [(1, jnp.float32), (2, jnp.float32), (1, jnp.bfloat16)])
+def test_dense_custom_gradient_equals_dot_general_autodiff(n_in, dtype):
+    """`common.layers.dense` (every Linear: its backward takes x^T dy from a materialised transpose on the CPU)
+    has the same value and gradients as plain `jax.lax.dot_general` under autodiff."""
+    from common.layers import dense
+    rng = np.random.RandomState(n_in)
+    x = jnp.asarray(rng.randn(2, 5, 3, 4) if n_in == 2 else rng.randn(2, 5, 12), dtype)
+    kernel = jnp.asarray(rng.randn(3, 4, 7) if n_in == 2 else rng.randn(12, 7), dtype)
+    cotangent = jnp.asarray(rng.randn(2, 5, 7), dtype)
+    contract = tuple(range(x.ndim - n_in, x.ndim))
+
+    def reference(x, k):
+        return jax.lax.dot_general(x, k, ((contract, tuple(range(n_in))), ((), ())))
+
+    out, vjp = jax.vjp(lambda x, k: dense(x, k, n_in), x, kernel)
+    ref_out, ref_vjp = jax.vjp(reference, x, kernel)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref_out, np.float32), rtol=tol, atol=tol)
+    for got, want in zip(vjp(cotangent), ref_vjp(cotangent)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol * 10)
+    # under jit and grad as well (the train step's path)
+    grads = jax.jit(jax.grad(lambda x, k: jnp.sum(dense(x, k, n_in).astype(jnp.float32) ** 2), argnums=(0, 1)))(x, kernel)
+    ref_grads = jax.grad(lambda x, k: jnp.sum(reference(x, k).astype(jnp.float32) ** 2), argnums=(0, 1))(x, kernel)
+    for got, want in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol * 3,
+                                   atol=tol * 30)
