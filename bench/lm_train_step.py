@@ -87,16 +87,26 @@ def make_train_step(model, tx, loss: str = "fused"):
     return jax.jit(train_step, donate_argnums=(0, 1))
 
 
+def make_optimizer():
+    """AdamW as PyTorch's step below runs it (torch.optim.AdamW(lr=1e-4, weight_decay=0))."""
+    return optax.adamw(1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
+
+
+def abstract_train_step(config, batch: int, seq: int, loss: str = "fused"):
+    """(jitted train step, its abstract arguments): the step `jax_stepper` runs, to lower + compile without any
+    parameter memory."""
+    model = DecoderLM(config)
+    tx = make_optimizer()
+    params = _unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+    return make_train_step(model, tx, loss), (params, jax.eval_shape(tx.init, params),
+                                              jax.ShapeDtypeStruct((batch, seq), jnp.int32))
+
+
 def compile_seconds(config, batch: int, seq: int, loss: str = "fused") -> float:
     """Time to lower + compile the full train step from abstract shapes (no parameter memory)."""
-    model = DecoderLM(config)
-    tx = optax.adamw(1e-4)
-    ids = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
-    params = _unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
-    opt_state = jax.eval_shape(tx.init, params)
-    step = make_train_step(model, tx, loss)
+    step, args = abstract_train_step(config, batch, seq, loss)
     start = time.perf_counter()
-    step.lower(params, opt_state, ids).compile()
+    step.lower(*args).compile()
     return time.perf_counter() - start
 
 
@@ -109,7 +119,7 @@ def jax_stepper(config, batch: int, seq: int, loss: str = "fused"):
     """Returns (run one train step, seconds of the first step = compile + run)."""
     from common.params import random_params
     model = DecoderLM(config)
-    tx = optax.adamw(1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
+    tx = make_optimizer()
     params = random_params(model, jnp.zeros((1, 8), jnp.int32))
     state = {"params": params, "opt_state": tx.init(params)}
     ids = jnp.asarray(np.random.RandomState(0).randint(0, config.vocab_size, (batch, seq)), jnp.int32)

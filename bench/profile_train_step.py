@@ -22,25 +22,18 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lm_train_step import _unbox, emit, jax_stepper, make_train_step  # noqa: E402
+from lm_train_step import abstract_train_step, emit, jax_stepper  # noqa: E402
 
-from common.lm import DecoderLM  # noqa: E402
 from configs import models  # noqa: E402
 
 
 def op_sources(config, batch: int, seq: int) -> dict[str, str]:
     """HLO instruction name -> its op_name metadata (which jax operation it came from)."""
-    model = DecoderLM(config)
-    tx = optax.adamw(1e-4, weight_decay=0.0)
-    params = _unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
-    hlo = make_train_step(model, tx).lower(params, jax.eval_shape(tx.init, params),
-                                           jax.ShapeDtypeStruct((batch, seq), jnp.int32)).compile().as_text()
+    step, args = abstract_train_step(config, batch, seq)
+    hlo = step.lower(*args).compile().as_text()
     return {m.group(1): m.group(2) for m in re.finditer(r"^\s+(?:ROOT )?%([\w.\-]+) = [^\n]*?op_name=\"([^\"]+)\"",
                                                          hlo, re.M)}
 
