@@ -6,6 +6,8 @@ Sources (config.data.datasets[name].source):
   shapes_captions     LAION-style pairs, `<image>{caption}<|endofchunk|>{eos}` (bundled shapes captions)
   shapes_interleaved  MMC4-style documents, `<image>{text}<|endofchunk|>` per pair (bundled shapes interleaved:
                       'names' documents with made-up per-document names, and caption documents)
+  names_documents     'names' documents only, `<image>This is a dax.<|endofchunk|>` per pair, with the episode sizes
+                      of stage 0's names_text (min/max_pairs, min/max_names in the spec): a names-heavier mix
   names_text          text-only 'names' episodes ("circle This is a dax. ..."): the tiny LM's own pretraining
                       ("stage 0"), standing in for the paper's text-pretrained, frozen Chinchilla LM
   captions_text, vqa_text  text-only captions / "{scene} Question:{q} Short answer:{a}" (stage 0)
@@ -193,6 +195,32 @@ class TextSource:
         return {"text": f"{scene} Question:{q} Short answer:{a}"}
 
 
+class NamesDocumentSource:
+    """Random-access source of Flamingo 'names' documents {images, texts} (`names_episode` rendered): the image-text
+    counterpart of TextSource('names_text') with the same episode sizes."""
+
+    def __init__(self, size: int = 100000, seed: int = 0, min_pairs: int = 3, max_pairs: int = 10, min_names: int = 2,
+                 max_names: int = 6, image_size: int = 64):
+        if not 1 <= min_names <= max_names <= len(shapes.SHAPES):
+            raise ValueError(f"need 1 <= min_names <= max_names <= {len(shapes.SHAPES)}, got {min_names}, {max_names}")
+        if not 1 <= min_pairs <= max_pairs:
+            raise ValueError(f"need 1 <= min_pairs <= max_pairs, got {min_pairs}, {max_pairs}")
+        self.size, self.seed, self.image_size = size, seed, image_size
+        self.min_pairs, self.max_pairs, self.min_names, self.max_names = min_pairs, max_pairs, min_names, max_names
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, 11, int(index)])
+        ep = names_episode(rng, int(rng.integers(self.min_pairs, self.max_pairs + 1)),
+                           int(rng.integers(self.min_names, self.max_names + 1)), self.image_size)
+        return {"index": index, "task": "names", "images": ep["images"],
+                "texts": [NAMES_SENTENCE.format(n) for n in ep["names"]], "mapping": json.dumps(ep["mapping"], sort_keys=True)}
+
+
 class TextTransform:
     """{text} (every token a target) or {segments: [(text, is_target)]} (each piece tokenized on its own) -> bos +
     tokens + eos."""
@@ -216,6 +244,11 @@ def make_source(spec: dict, split: str = "train"):
         kind = source.split("_", 1)[1]
         return shapes.ShapesSource(kind, split, size, int(spec.get("seed", 0)), int(spec.get("raw_image_size", 64)),
                                    spec.get("max_objects"))
+    if source == "names_documents":
+        return NamesDocumentSource(int(size or 100000), int(spec.get("seed", 0)) + (0 if split == "train" else 1000),
+                                   int(spec.get("min_pairs", 3)), int(spec.get("max_pairs", 10)),
+                                   int(spec.get("min_names", 2)), int(spec.get("max_names", 6)),
+                                   int(spec.get("raw_image_size", 64)))
     if source in ("names_text", "captions_text", "vqa_text"):
         seed = int(spec.get("seed", 0)) + (0 if split == "train" else 1000)
         return TextSource(source, int(size or 100000), seed, int(spec.get("min_pairs", 2)),

@@ -24,7 +24,8 @@ import os
 import time
 
 VARIANTS = {"tiny": "gated, every layer (main)", "tiny_ungated": "w/o tanh gating, every layer",
-            "tiny_every4": "gated, every 4th layer"}
+            "tiny_every4": "gated, every 4th layer", "tiny_names": "names-heavier mix (not run by default)"}
+DEFAULT_VARIANTS = ("tiny", "tiny_ungated", "tiny_every4")
 
 
 def _train(config, workdir: str):
@@ -69,7 +70,7 @@ def image_reliance_losses(config, params, num_batches: int = 6) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     p.add_argument("--shots", default="0,4,8")
     p.add_argument("--num_queries", type=int, default=64)
     p.add_argument("--stage0_steps", type=int, default=None)

@@ -1,5 +1,6 @@
 """Flamingo training task (labels, frozen parameters, loss decreasing through common.trainer) and few-shot evaluation
 (OpenFlamingo prompts, RICES order, VQA accuracy, CIDEr, cached-media generation, the CLI)."""
+import json
 import os
 import subprocess
 import sys
@@ -208,7 +209,6 @@ def test_eval_cli_smoke(tmp_path):
            "--support_size", "6", "--batch_size", "4", "--num_beams", "2"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    import json
 
     results = json.loads((tmp_path / "fewshot_results.json").read_text())
     assert set(results["names"]["rices"]) == {"0", "1"} and set(results["vqa"]["rices"]) == {"0", "1"}
@@ -254,6 +254,27 @@ def test_stage0_names_text_key_words_and_name_counts():
     assert all(seg in shapes.SHAPES for i in range(50) for seg, _ in shape_only[i]["segments"][0::3])
     with pytest.raises(ValueError, match="max_names"):
         data_lib.TextSource("names_text", 4, 0, 3, 5, min_names=2, max_names=7)
+
+
+def test_names_documents_have_stage0_episode_sizes_and_one_name_per_shape():
+    """'names_documents': Flamingo names documents (one rendered single-shape image per "This is a {name}.") with
+    stage 0's episode sizes; within a document each shape has one name and each name one shape."""
+    source = data_lib.make_source(dict(source="names_documents", min_pairs=3, max_pairs=10, min_names=2,
+                                       max_names=6, raw_image_size=32))
+    counts = set()
+    for record in (source[i] for i in range(100)):
+        assert 3 <= len(record["images"]) == len(record["texts"]) <= 10
+        assert all(img.shape == (32, 32, 3) and img.dtype == np.uint8 for img in record["images"])
+        mapping = json.loads(record["mapping"])
+        assert 2 <= len(mapping) <= 6 and len(set(mapping.values())) == len(mapping)
+        assert {t[len("This is a "):-1] for t in record["texts"]} <= set(mapping.values())
+        counts.add(len(set(record["texts"])))
+    assert len(counts) >= 4  # the number of distinct names varies
+    assert source[5]["texts"] == source[5]["texts"] and np.array_equal(source[5]["images"][0], source[5]["images"][0])
+    with pytest.raises(ValueError, match="min_pairs"):
+        data_lib.make_source(dict(source="names_documents", min_pairs=5, max_pairs=3))
+    with pytest.raises(IndexError):
+        source[len(source)]
 
 
 # ---------------------------------------------------------------------------------------------------- diagnostics
