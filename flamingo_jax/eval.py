@@ -400,30 +400,69 @@ def names_image_reliance(runner: FlamingoRunner, shots: int = 4, num_episodes: i
     return out
 
 
-def lm_key_binding(lm, params, tokenizer, num_episodes: int = 256, seed: int = 5) -> dict:
+def _key_binding_rows(tokenizer, num_episodes: int, seed: int, wrong_key: bool = False) -> list:
     """Stage 0's text names episodes ("circle|This is a dax.|<|endofchunk|>|star|This is a wug.|..."; 3 names, 3-8
-    pairs, the last key repeated): teacher-forced accuracy (%) on the first token of the last name with its true key
-    and with another of the episode's keys in its place. A key-blind LM (one that guesses a frequent name of the
-    context) scores the same on both; only one that binds names to keys lets a Flamingo's images choose the name."""
+    pairs, the last key repeated), cut after the first token of the last name: [(tokens, that token's position,
+    None)]. wrong_key: another of the episode's keys stands before the last name."""
+    rows = []
+    for e in range(num_episodes):
+        rng = np.random.default_rng([seed, e])
+        keys = [shapes.SHAPES[int(i)] for i in rng.choice(len(shapes.SHAPES), size=3, replace=False)]
+        names = shapes.made_up_names(rng, 3)
+        order = [int(rng.integers(3)) for _ in range(int(rng.integers(2, 8)))]
+        query = order[int(rng.integers(len(order)))]
+        segments = [seg for i in order for seg in ((keys[i], True), (data_lib.NAMES_SENTENCE.format(names[i]), True),
+                                                   (END_OF_CHUNK_TOKEN, True))]
+        key = keys[(query + 1) % 3] if wrong_key else keys[query]
+        ids = list(data_lib.tokenize_segments(tokenizer, segments + [(key, True)], add_bos=tokenizer.bos_id
+                                              is not None, add_eos=False)["input_ids"])
+        prompt_ids = ids + tokenizer.encode(data_lib.NAMES_PROMPT, add_bos=False)
+        full = ids + tokenizer.encode(data_lib.NAMES_SENTENCE.format(names[query]), add_bos=False)
+        rows.append((*_up_to_first_new_token(prompt_ids, full), None))
+    return rows
+
+
+def lm_key_binding(lm, params, tokenizer, num_episodes: int = 256, seed: int = 5) -> dict:
+    """Teacher-forced accuracy (%) of the text-only LM on the first token of a repeated name (`_key_binding_rows`)
+    with its true key and with another of the episode's keys in its place. A key-blind LM (one that guesses a
+    frequent name of the context) scores the same on both; only one that binds names to keys lets a Flamingo's
+    images choose the name."""
     fwd = jax.jit(lambda p, ids: lm.apply({"params": p}, ids))
+    return {mode: _first_token_hits(lambda ids, chunk: fwd(params, jnp.asarray(ids)),
+                                    _key_binding_rows(tokenizer, num_episodes, seed, wrong_key=mode == "wrong_key"))
+            for mode in ("true_key", "wrong_key")}
+
+
+def lm_key_interpolation(lm, params, tokenizer, scales: Sequence[float] = (0.0, 0.1, 0.2, 0.4, 0.7, 1.0),
+                         num_episodes: int = 256, seed: int = 5) -> dict:
+    """How the text-only LM's binding responds to a key that is only partly there: every key's input embedding
+    replaced by base + s * (embedding(key) - base), base = the mean embedding row (where a Flamingo's untrained
+    `<image>` row starts), on `_key_binding_rows` episodes. -> {s: {accuracy %, nll of the name's first token}}.
+
+    At s = 0 every key is the same vector, so the first-order effect of moving one key is the same on all the
+    positions the LM could copy from: a loss that is flat in s near 0 (quadratic, not linear) means the binding
+    gives no gradient towards writing the key until the keys already differ (the Flamingo blocks' start)."""
+    embedding = np.asarray(params["embed"]["embedding"], np.float32)  # [V, E]
+    base = embedding.mean(axis=0)
+    key_ids = np.array([tokenizer.encode(s, add_bos=False)[0] for s in shapes.SHAPES])
+    rows = _key_binding_rows(tokenizer, num_episodes, seed)
+    fwd = jax.jit(lambda p, x: lm.apply({"params": p}, inputs_embeds=x))
     out = {}
-    for mode in ("true_key", "wrong_key"):
-        rows = []
-        for e in range(num_episodes):
-            rng = np.random.default_rng([seed, e])
-            keys = [shapes.SHAPES[int(i)] for i in rng.choice(len(shapes.SHAPES), size=3, replace=False)]
-            names = shapes.made_up_names(rng, 3)
-            order = [int(rng.integers(3)) for _ in range(int(rng.integers(2, 8)))]
-            query = order[int(rng.integers(len(order)))]
-            segments = [seg for i in order for seg in ((keys[i], True), (data_lib.NAMES_SENTENCE.format(names[i]), True),
-                                                       (END_OF_CHUNK_TOKEN, True))]
-            key = keys[query] if mode == "true_key" else keys[(query + 1) % 3]
-            ids = list(data_lib.tokenize_segments(tokenizer, segments + [(key, True)], add_bos=tokenizer.bos_id
-                                                  is not None, add_eos=False)["input_ids"])
-            prompt_ids = ids + tokenizer.encode(data_lib.NAMES_PROMPT, add_bos=False)
-            full = ids + tokenizer.encode(data_lib.NAMES_SENTENCE.format(names[query]), add_bos=False)
-            rows.append((*_up_to_first_new_token(prompt_ids, full), None))
-        out[mode] = _first_token_hits(lambda ids, chunk: fwd(params, jnp.asarray(ids)), rows)
+    for scale in scales:
+        hits, nll = [], []
+        for start in range(0, len(rows), 32):
+            chunk = rows[start:start + 32]
+            ids = np.zeros((len(chunk), max(len(t) for t, _, _ in chunk)), np.int32)
+            for b, (t, _, _) in enumerate(chunk):
+                ids[b, :len(t)] = t
+            x = embedding[ids]  # [b, T, E]
+            is_key = np.isin(ids, key_ids)[..., None]
+            x = np.where(is_key, base + scale * (x - base), x)
+            logp = jax.nn.log_softmax(np.asarray(fwd(params, jnp.asarray(x))), axis=-1)
+            for b, (t, pos, _) in enumerate(chunk):
+                hits.append(int(np.argmax(logp[b, pos - 1]) == t[pos]))
+                nll.append(-float(logp[b, pos - 1, t[pos]]))
+        out[float(scale)] = {"accuracy": 100.0 * float(np.mean(hits)), "nll": float(np.mean(nll))}
     return out
 
 

@@ -312,6 +312,29 @@ def test_lm_key_binding_scores_the_first_name_token():
     assert fl_eval.lm_key_binding(Shifted(), {}, tok, num_episodes=16) == {"true_key": 0.0, "wrong_key": 0.0}
 
 
+def test_lm_key_interpolation_at_full_key_is_the_binding_check():
+    """At scale 1 the interpolated keys are the keys themselves: the accuracy is lm_key_binding's true-key one, and
+    the nll is that of the plain forward pass; smaller scales change the inputs at the key positions only."""
+    from common.data import shapes
+    from common.lm import DecoderLM, LMConfig
+    from common.params import random_params
+
+    tok = data_lib.shapes_tokenizer()
+    lm = DecoderLM(LMConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
+                            intermediate_size=64, max_position_embeddings=128))
+    params = random_params(lm, jnp.zeros((1, 8), jnp.int32))
+    out = fl_eval.lm_key_interpolation(lm, params, tok, scales=(0.0, 0.5, 1.0), num_episodes=12)
+    assert set(out) == {0.0, 0.5, 1.0}
+    assert out[1.0]["accuracy"] == fl_eval.lm_key_binding(lm, params, tok, num_episodes=12)["true_key"]
+    rows = fl_eval._key_binding_rows(tok, 12, 5)
+    nll = [-float(jax.nn.log_softmax(lm.apply({"params": params}, jnp.asarray([t]))[0, pos - 1])[t[pos]])
+           for t, pos, _ in rows]
+    np.testing.assert_allclose(out[1.0]["nll"], np.mean(nll), rtol=1e-5)
+    assert out[0.0]["nll"] != out[1.0]["nll"]
+    key_ids = {tok.encode(s, add_bos=False)[0] for s in shapes.SHAPES}
+    assert all(sum(i in key_ids for i in t) >= 3 for t, _, _ in rows)  # 2+ pairs' keys and the query's
+
+
 def test_resize_vocab_starts_new_and_untrained_rows_at_the_mean():
     """The Flamingo tokenizer's added tokens (and the padding to 64) start at the mean of the LM's rows, as
     transformers' mean-resizing; rows of tokens the LM never trained on (mean_rows) too; fewer rows are refused."""

@@ -205,6 +205,10 @@ def test_multi_dataset_accumulation_and_round_robin(tmp_path, mode):
         iterators = json.load(f)["iterators"]
     expected = 4 if mode == "accumulate" else 2
     assert iterators == {"captions": {"step": expected}, "interleaved": {"step": expected}}
+    if mode == "accumulate":  # resuming the workdir with another dataset mix is refused, naming both mixes
+        more = tiny_test_config(total_steps=6, mesh=dict(data=1, fsdp=1, tensor=1), checkpoint_every=4)
+        with pytest.raises(ValueError, match=r"datasets \['captions', 'interleaved'\], the config has \['text'\]"):
+            run_trainer(more, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ logs, eval
