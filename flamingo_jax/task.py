@@ -23,7 +23,9 @@ Config (ml_collections; configs/flamingo/*.py):
              images are skipped and counted; True: converted to RGB; a dataset spec may override it)}
   init_lm    {workdir: a stage-'lm' training workdir | hf_dir: an HF LM checkpoint}: the frozen LM's weights;
              vocabulary rows it lacks start at the mean of its rows (`resize_vocab`), and so do those of the special
-             tokens named in `mean_init_tokens` (e.g. ('image',): never seen by a text-only LM)
+             tokens named in `mean_init_tokens` (e.g. ('image',): never seen by a text-only LM). In stage 'lm',
+             init_lm.workdir (a stage-'lm' workdir of the same model) is where the text pretraining continues from,
+             e.g. on another data mix
   init_vision {workdir: a stage-'contrastive' training workdir | timm_nfnet: a timm dm_nfnet_f* checkpoint}: the
              frozen vision encoder's weights
   contrastive {text: LMConfig fields of the dual encoder's text tower (vocab_size None = the tokenizer's),
@@ -210,6 +212,19 @@ def load_lm(params, config, cfg: FlamingoConfig, mean_rows=()):
     return graft(params, lm_to_grouped(lm, cfg.lm, cfg.cross_attn_every), prefix=("lm",), strict=True)
 
 
+def continue_lm(params, workdir: str):
+    """Stage 'lm' params <- a stage-'lm' workdir's final params, which must be the same model (every tensor, in
+    both directions)."""
+    source = restore_params(workdir)
+    want = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(params).items()}
+    got = {k: tuple(np.shape(v)) for k, v in flax.traverse_util.flatten_dict(source).items()}
+    if want != got:
+        diff = sorted("/".join(k) for k in set(want) | set(got) if want.get(k) != got.get(k))
+        raise ValueError(f"init_lm.workdir {workdir!r} holds another LM than model.lm: {len(diff)} mismatched "
+                         f"tensors, e.g. {diff[:4]}")
+    return graft(params, source, strict=True)
+
+
 def load_vision(params, config, cfg: FlamingoConfig):
     """init_vision {workdir: a stage-'contrastive' workdir | timm_nfnet: a timm dm_nfnet_f* checkpoint (directory or
     weights file)} -> the Flamingo params with the frozen vision encoder's weights in place (the dual encoder's
@@ -338,6 +353,10 @@ def make_task(config, workdir: str | None = None) -> Task:
         ids = data_lib.special_ids(tokenizer)
         mean_rows = [ids[name] for name in init_lm.get("mean_init_tokens", ())]
         load = lambda params: load_lm(params, config, cfg, mean_rows)  # noqa: E731
+    if stage == "lm" and init_lm.get("workdir"):  # continue an LM's text pretraining (e.g. on another mix)
+        load = lambda params: continue_lm(params, init_lm["workdir"])  # noqa: E731
+    elif stage == "lm" and init_lm.get("hf_dir"):
+        raise ValueError("stage 'lm' continues from init_lm.workdir only; hf_dir initialises a Flamingo's frozen LM")
     if stage == "flamingo" and any((plain(get(config, "init_vision", {}) or {})).values()):
         load_first = load or (lambda params: params)
         load = lambda params: load_vision(load_first(params), config, cfg)  # noqa: E731

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +91,36 @@ def test_train_steps_decrease_loss_and_keep_frozen_params(tmp_path):
         assert moved == trainable or (trainable and not moved and "alpha" not in name), name
     assert not any(m for n, m in changed.items() if "'vision'" in n or "'layer_" in n or "'lm_head'" in n)
     assert any(m for n, m in changed.items() if "alpha_xattn" in n)
+
+
+def test_stage_lm_continues_from_another_mix_and_refuses_another_model(tmp_path):
+    """Stage 'lm' with init_lm.workdir starts from that run's final params (e.g. names text first, then the mix)
+    in a new workdir; a workdir of another LM is refused, naming the mismatched tensors."""
+    from common.train import train
+    from flamingo_jax.task import make_task, restore_params
+
+    def stage0(datasets, steps, **lm):
+        config = _tiny_train_config()
+        config.stage, config.total_steps, config.checkpoint_every = "lm", steps, steps
+        config.model.lm.update(**lm)
+        config.data.datasets = datasets
+        return config
+
+    names = dict(names=dict(source="names_text", max_len=48, batch_size=4, size=64))
+    first = stage0(names, 2)
+    train(first, str(tmp_path / "names"), lambda c: make_task(c, str(tmp_path / "names")))
+    second = stage0(dict(names, captions=dict(source="captions_text", max_len=32, batch_size=4, size=64)), 1)
+    second.optimizer.lr = 0.0  # the continued params stay as loaded
+    second.init_lm = dict(workdir=str(tmp_path / "names"))
+    train(second, str(tmp_path / "mix"), lambda c: make_task(c, str(tmp_path / "mix")))
+    for a, b in zip(jax.tree.leaves(restore_params(str(tmp_path / "names"))),
+                    jax.tree.leaves(restore_params(str(tmp_path / "mix")))):
+        np.testing.assert_array_equal(a, b)
+    other = stage0(names, 1, hidden_size=48)
+    other.init_lm = dict(workdir=str(tmp_path / "names"))
+    with pytest.raises(ValueError, match="holds another LM than model.lm"):
+        task = make_task(other)
+        task.load_pretrained(flax.linen.unbox(task.init_params(jax.random.key(0))))
 
 
 @pytest.mark.parametrize("every", [2, 3])  # 3: 4 layers = one group of 3 + a plain tail layer (Flamingo-80B's 80 / 7)
