@@ -212,14 +212,19 @@ def load_lm(params, config, cfg: FlamingoConfig, mean_rows=()):
     return graft(params, lm_to_grouped(lm, cfg.lm, cfg.cross_attn_every), prefix=("lm",), strict=True)
 
 
+def mismatched_tensors(params, source) -> list[str]:
+    """Paths ("a/b/kernel") of the tensors that only one of the two trees has, or that differ in shape."""
+    want = {k: tuple(np.shape(v)) for k, v in flax.traverse_util.flatten_dict(params).items()}
+    got = {k: tuple(np.shape(v)) for k, v in flax.traverse_util.flatten_dict(source).items()}
+    return sorted("/".join(k) for k in set(want) | set(got) if want.get(k) != got.get(k))
+
+
 def continue_lm(params, workdir: str):
     """Stage 'lm' params <- a stage-'lm' workdir's final params, which must be the same model (every tensor, in
     both directions)."""
     source = restore_params(workdir)
-    want = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(params).items()}
-    got = {k: tuple(np.shape(v)) for k, v in flax.traverse_util.flatten_dict(source).items()}
-    if want != got:
-        diff = sorted("/".join(k) for k in set(want) | set(got) if want.get(k) != got.get(k))
+    diff = mismatched_tensors(params, source)
+    if diff:
         raise ValueError(f"init_lm.workdir {workdir!r} holds another LM than model.lm: {len(diff)} mismatched "
                          f"tensors, e.g. {diff[:4]}")
     return graft(params, source, strict=True)
@@ -232,10 +237,8 @@ def load_vision(params, config, cfg: FlamingoConfig):
     init = plain(get(config, "init_vision", {}) or {})
     if init.get("workdir"):
         vision = restore_params(init["workdir"])["vision"]
-        want = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(params["vision"]).items()}
-        got = {k: tuple(np.shape(v)) for k, v in flax.traverse_util.flatten_dict(vision).items()}
-        if want != got:  # a different tower: refuse rather than leave part of it at its random init
-            diff = sorted("/".join(k) for k in set(want) | set(got) if want.get(k) != got.get(k))
+        diff = mismatched_tensors(params["vision"], vision)
+        if diff:  # a different tower: refuse rather than leave part of it at its random init
             raise ValueError(f"init_vision.workdir {init['workdir']!r} holds a different vision tower than "
                              f"model.vision: {len(diff)} mismatched tensors, e.g. {diff[:4]}")
         return graft(params, vision, prefix=("vision",))
