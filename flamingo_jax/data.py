@@ -218,7 +218,8 @@ class NamesDocumentSource:
         ep = names_episode(rng, int(rng.integers(self.min_pairs, self.max_pairs + 1)),
                            int(rng.integers(self.min_names, self.max_names + 1)), self.image_size)
         return {"index": index, "task": "names", "images": ep["images"],
-                "texts": [NAMES_SENTENCE.format(n) for n in ep["names"]], "mapping": json.dumps(ep["mapping"], sort_keys=True)}
+                "texts": [NAMES_SENTENCE.format(n) for n in ep["names"]],
+                "mapping": json.dumps(ep["mapping"], sort_keys=True)}
 
 
 class TextTransform:
@@ -240,17 +241,16 @@ def make_source(spec: dict, split: str = "train"):
 
     source = spec["source"]
     size = spec.get("size")
+    seed = int(spec.get("seed", 0)) + (0 if split == "train" else 1000)  # names / text sources: a split = its seeds
     if source in ("shapes_captions", "shapes_interleaved"):
         kind = source.split("_", 1)[1]
         return shapes.ShapesSource(kind, split, size, int(spec.get("seed", 0)), int(spec.get("raw_image_size", 64)),
                                    spec.get("max_objects"))
     if source == "names_documents":
-        return NamesDocumentSource(int(size or 100000), int(spec.get("seed", 0)) + (0 if split == "train" else 1000),
-                                   int(spec.get("min_pairs", 3)), int(spec.get("max_pairs", 10)),
-                                   int(spec.get("min_names", 2)), int(spec.get("max_names", 6)),
-                                   int(spec.get("raw_image_size", 64)))
+        return NamesDocumentSource(int(size or 100000), seed, int(spec.get("min_pairs", 3)),
+                                   int(spec.get("max_pairs", 10)), int(spec.get("min_names", 2)),
+                                   int(spec.get("max_names", 6)), int(spec.get("raw_image_size", 64)))
     if source in ("names_text", "captions_text", "vqa_text"):
-        seed = int(spec.get("seed", 0)) + (0 if split == "train" else 1000)
         return TextSource(source, int(size or 100000), seed, int(spec.get("min_pairs", 2)),
                           int(spec.get("max_pairs", 10)), int(spec.get("min_names", 2)), int(spec.get("max_names", 3)),
                           float(spec.get("other_keys", 0.0)))

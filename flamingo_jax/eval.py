@@ -358,9 +358,10 @@ def _up_to_first_new_token(prompt_ids: Sequence[int], full_ids: Sequence[int]) -
     return list(full_ids[:pos + 1]), pos
 
 
-def _first_token_hits(logits_fn, rows, batch_size: int = 32) -> float:
-    """rows: (tokens, position, extra) -> % of rows whose argmax at position-1 is tokens[position]."""
-    hits = []
+def _first_token_scores(logits_fn, rows, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """rows: (tokens, position, extra) -> per row: is the argmax at position-1 tokens[position] (bool), and the
+    negative log-probability of tokens[position] there. logits_fn(ids [b, T] right padded, rows of the batch)."""
+    hits, nll = [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         length = max(len(t) for t, _, _ in chunk)
@@ -368,8 +369,16 @@ def _first_token_hits(logits_fn, rows, batch_size: int = 32) -> float:
         for b, (t, _, _) in enumerate(chunk):
             ids[b, :len(t)] = t
         logits = np.asarray(logits_fn(ids, chunk))
-        hits += [int(np.argmax(logits[b, pos - 1]) == t[pos]) for b, (t, pos, _) in enumerate(chunk)]
-    return 100.0 * float(np.mean(hits))
+        for b, (t, pos, _) in enumerate(chunk):
+            row = logits[b, pos - 1].astype(np.float64)  # [V]
+            hits.append(int(np.argmax(row)) == t[pos])
+            nll.append(float(np.logaddexp.reduce(row - row.max()) - (row[t[pos]] - row.max())))
+    return np.array(hits), np.array(nll)
+
+
+def _first_token_hits(logits_fn, rows, batch_size: int = 32) -> float:
+    """rows: (tokens, position, extra) -> % of rows whose argmax at position-1 is tokens[position]."""
+    return 100.0 * float(np.mean(_first_token_scores(logits_fn, rows, batch_size)[0]))
 
 
 def names_image_reliance(runner: FlamingoRunner, shots: int = 4, num_episodes: int = 256, seed: int = 7) -> dict:
@@ -447,21 +456,15 @@ def lm_key_interpolation(lm, params, tokenizer, scales: Sequence[float] = (0.0, 
     key_ids = np.array([tokenizer.encode(s, add_bos=False)[0] for s in shapes.SHAPES])
     rows = _key_binding_rows(tokenizer, num_episodes, seed)
     fwd = jax.jit(lambda p, x: lm.apply({"params": p}, inputs_embeds=x))
+
+    def logits_fn(ids, chunk, scale):
+        x = embedding[ids]  # [b, T, E]
+        x = np.where(np.isin(ids, key_ids)[..., None], base + scale * (x - base), x)
+        return fwd(params, jnp.asarray(x))
+
     out = {}
     for scale in scales:
-        hits, nll = [], []
-        for start in range(0, len(rows), 32):
-            chunk = rows[start:start + 32]
-            ids = np.zeros((len(chunk), max(len(t) for t, _, _ in chunk)), np.int32)
-            for b, (t, _, _) in enumerate(chunk):
-                ids[b, :len(t)] = t
-            x = embedding[ids]  # [b, T, E]
-            is_key = np.isin(ids, key_ids)[..., None]
-            x = np.where(is_key, base + scale * (x - base), x)
-            logp = jax.nn.log_softmax(np.asarray(fwd(params, jnp.asarray(x))), axis=-1)
-            for b, (t, pos, _) in enumerate(chunk):
-                hits.append(int(np.argmax(logp[b, pos - 1]) == t[pos]))
-                nll.append(-float(logp[b, pos - 1, t[pos]]))
+        hits, nll = _first_token_scores(lambda ids, chunk: logits_fn(ids, chunk, scale), rows)
         out[float(scale)] = {"accuracy": 100.0 * float(np.mean(hits)), "nll": float(np.mean(nll))}
     return out
 
