@@ -5,6 +5,7 @@ Reports tokens/s, analytic matmul FLOPs per step, achieved FLOP/s, MFU against t
 in the same run, compile time with scan vs unrolled layers (8 and 32 layers), peak host memory, and the
 JAX / PyTorch step-rate ratio. Usage: python bench/lm_train_step.py [--steps 5] [--batch 4] [--seq 512]
 [--loss fused|logits] [--model llama_100m|tinyllama_1b] [--dtype float32|bfloat16] [--attention xla|cudnn]
+[--attention-block-size 64]
 
 The JAX loss is the same mean next-token cross-entropy as transformers' `labels=` loss; by default
 (`--loss fused`) it is computed by `common.losses.next_token_loss` fused with the LM head (chunked over
@@ -179,10 +180,12 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype (parameters and optimizer state stay float32)")
     parser.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
+    parser.add_argument("--attention-block-size", type=int, default=64,
+                        help="queries per block of the xla causal path (LMConfig.attention_block_size; 0 = one block)")
     args = parser.parse_args()
 
     config = getattr(models, args.model)(max_position_embeddings=max(args.seq, 2048), dtype=args.dtype,
-                                         attention_impl=args.attention)
+                                         attention_impl=args.attention, attention_block_size=args.attention_block_size)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(_unbox(jax.eval_shape(
         lambda: DecoderLM(config).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))))
     tokens = args.batch * args.seq
@@ -208,7 +211,7 @@ def main() -> None:
     step_s = float(np.median(jax_times)) if jax_times else None
     if jax_times:
         emit({"bench": "lm_train_step", "impl": "jax", "model": args.model, "dtype": args.dtype,
-              "attention": args.attention, "params": n_params, "batch": args.batch, "seq": args.seq,
+              "attention": args.attention, "attention_block_size": args.attention_block_size, "params": n_params, "batch": args.batch, "seq": args.seq,
               "tokens_per_s": tokens / step_s, "step_s": step_s, "model_flops_per_step": step_flops,
               "achieved_flops_per_s": step_flops / step_s, "mfu": step_flops / step_s / peak,
               "first_step_s": first_step_s, "peak_host_memory_mb": rss_after_jax,

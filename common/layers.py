@@ -315,6 +315,8 @@ def causal_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Ar
     query [B, T, H, D], key / value [B, T, K, D], bias float broadcastable to [B, H, T, S]. Returns [B, T, H, D].
     """
     t = query.shape[1]
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
     if key.shape[1] != t:
         raise ValueError(f"causal attention needs as many keys as queries, got {key.shape[1]} and {t}")
     if bias is not None:

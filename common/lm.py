@@ -72,6 +72,9 @@ class LMConfig:
     # backend, exact f32) or "cudnn" (cuDNN's fused flash attention through jax.nn.dot_product_attention:
     # NVIDIA GPUs, bf16 / f16 compute, RoPE models). Padded, windowed or cached attention always takes "xla".
     attention_impl: str = "xla"
+    # Queries per block of the "xla" causal path: each block attends only to the keys up to its last query, so the
+    # masked upper triangle is mostly never formed (fastest on the CPU); 0 = a single block, the masked full softmax.
+    attention_block_size: int = 64
 
     def __post_init__(self):
         if self.num_heads % self.kv_heads:
@@ -86,6 +89,8 @@ class LMConfig:
             raise ValueError("attention_impl='cudnn' needs RoPE positions; ALiBi models use attention_impl='xla'")
         if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
             raise ValueError(f"attention_impl='cudnn' computes in bfloat16 / float16, not dtype={self.dtype!r}")
+        if self.attention_block_size < 0:
+            raise ValueError(f"attention_block_size must be >= 0 (0 = one block), got {self.attention_block_size}")
 
     @property
     def kv_heads(self) -> int:
@@ -169,7 +174,8 @@ class DecoderLayer(nn.Module):
         if mask is None and layer_cache is None and cfg.attention_impl == "cudnn":  # flash attention, [B, T, H, D]
             attended = cudnn_causal_attention(q, k.astype(dtype), v.astype(dtype))
         elif mask is None and layer_cache is None:  # plain causal self-attention without padding
-            attended = causal_dot_product_attention(q, k.astype(dtype), v.astype(dtype), bias=bias)
+            attended = causal_dot_product_attention(q, k.astype(dtype), v.astype(dtype), bias=bias,
+                                                    block_size=cfg.attention_block_size or q.shape[1])
         else:
             attended = dot_product_attention(q, k.astype(dtype), v.astype(dtype), mask=mask, bias=bias)
         attn_out = attention.project_out(attended)  # [B, T, E]

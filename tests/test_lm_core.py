@@ -213,3 +213,23 @@ def test_dense_custom_gradient_equals_dot_general_autodiff(n_in, dtype):
     for got, want in zip(grads, ref_grads):
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol * 3,
                                    atol=tol * 30)
+
+
+@pytest.mark.parametrize("cfg", [CFG, CFG.replace(position="alibi", num_kv_heads=4)])
+def test_block_causal_attention_equals_masked_full_softmax(cfg):
+    """The unpadded training path computes causal attention in query blocks (`attention_block_size`, 0 = one
+    block); every block size, one that does not divide the length included, gives the logits and gradients of the
+    masked full softmax that an all-ones attention_mask takes."""
+    ids = jnp.asarray(np.random.RandomState(4).randint(0, cfg.vocab_size, (2, 23)))
+    params = _init(DecoderLM(cfg))
+
+    def logits_and_grads(model, **kwargs):
+        loss = lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, ids, **kwargs)))  # noqa: E731
+        return model.apply({"params": params}, ids, **kwargs), jax.grad(loss)(params)
+
+    want = logits_and_grads(DecoderLM(cfg), attention_mask=jnp.ones(ids.shape, jnp.int32))
+    for block in (5, 0):  # 5 blocks, the last short; one block
+        got = logits_and_grads(DecoderLM(cfg.replace(attention_block_size=block)))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+    with pytest.raises(ValueError, match="attention_block_size"):
+        cfg.replace(attention_block_size=-1)
