@@ -161,13 +161,14 @@ class TextSource:
     """Random-access source of text-only examples {text} generated from (seed, index)."""
 
     def __init__(self, kind: str, size: int = 100000, seed: int = 0, min_pairs: int = 2, max_pairs: int = 10,
-                 min_names: int = 2, max_names: int = 3, other_keys: float = 0.0):
+                 min_names: int = 2, max_names: int = 3, other_keys: float = 0.0, caption_keys: bool = False):
         if kind not in ("names_text", "captions_text", "vqa_text"):
             raise ValueError(f"unknown text source {kind!r}")
         if not 1 <= min_names <= max_names <= len(shapes.SHAPES):
             raise ValueError(f"need 1 <= min_names <= max_names <= {len(shapes.SHAPES)}, got {min_names}, {max_names}")
         self.kind, self.size, self.seed, self.min_pairs, self.max_pairs = kind, size, seed, min_pairs, max_pairs
         self.min_names, self.max_names, self.other_keys = min_names, max_names, other_keys
+        self.caption_keys = caption_keys
 
     def __len__(self) -> int:
         return self.size
@@ -190,7 +191,12 @@ class TextSource:
         objs = shapes.random_scene(rng)
         scene = shapes.caption(objs)
         if self.kind == "captions_text":
-            return {"text": scene}
+            if not self.caption_keys:
+                return {"text": scene}
+            # The caption's first word that the image alone determines stands where <image> will stand, as the
+            # shape word does in names_text: the LM learns to copy from that position into the caption.
+            key = objs[0].shape if len(objs) == 1 else shapes.NUMBER_WORDS[len(objs)]
+            return {"text": key + scene, "segments": [(key, True), (scene, True)]}
         q, a, _, _ = shapes.vqa_question(objs, rng)
         return {"text": f"{scene} Question:{q} Short answer:{a}"}
 
@@ -200,12 +206,14 @@ class NamesDocumentSource:
     counterpart of TextSource('names_text') with the same episode sizes."""
 
     def __init__(self, size: int = 100000, seed: int = 0, min_pairs: int = 3, max_pairs: int = 10, min_names: int = 2,
-                 max_names: int = 6, image_size: int = 64):
+                 max_names: int = 6, image_size: int = 64, text_keys: float = 0.0):
         if not 1 <= min_names <= max_names <= len(shapes.SHAPES):
             raise ValueError(f"need 1 <= min_names <= max_names <= {len(shapes.SHAPES)}, got {min_names}, {max_names}")
         if not 1 <= min_pairs <= max_pairs:
             raise ValueError(f"need 1 <= min_pairs <= max_pairs, got {min_pairs}, {max_pairs}")
-        self.size, self.seed, self.image_size = size, seed, image_size
+        if not 0.0 <= text_keys < 1.0:
+            raise ValueError(f"text_keys is the share of pairs keyed by their shape word, in [0, 1); got {text_keys}")
+        self.size, self.seed, self.image_size, self.text_keys = size, seed, image_size, text_keys
         self.min_pairs, self.max_pairs, self.min_names, self.max_names = min_pairs, max_pairs, min_names, max_names
 
     def __len__(self) -> int:
@@ -217,8 +225,17 @@ class NamesDocumentSource:
         rng = np.random.default_rng([self.seed, 11, int(index)])
         ep = names_episode(rng, int(rng.integers(self.min_pairs, self.max_pairs + 1)),
                            int(rng.integers(self.min_names, self.max_names + 1)), self.image_size)
-        return {"index": index, "task": "names", "images": ep["images"],
-                "texts": [NAMES_SENTENCE.format(n) for n in ep["names"]],
+        texts = [NAMES_SENTENCE.format(n) for n in ep["names"]]
+        if not self.text_keys:
+            return {"index": index, "task": "names", "images": ep["images"], "texts": texts,
+                    "mapping": json.dumps(ep["mapping"], sort_keys=True)}
+        # Some pairs name their key with the shape word instead of an image (stage 0's layout, "circle|This is a
+        # dax."); the last pair always shows its image.
+        slots = [bool(x) for x in rng.random(len(texts)) >= self.text_keys]
+        slots[-1] = True
+        return {"index": index, "task": "names", "image_slots": slots,
+                "images": [img for img, has in zip(ep["images"], slots) if has],
+                "texts": [t if has else (s, t) for t, s, has in zip(texts, ep["shapes"], slots)],
                 "mapping": json.dumps(ep["mapping"], sort_keys=True)}
 
 
@@ -249,11 +266,12 @@ def make_source(spec: dict, split: str = "train"):
     if source == "names_documents":
         return NamesDocumentSource(int(size or 100000), seed, int(spec.get("min_pairs", 3)),
                                    int(spec.get("max_pairs", 10)), int(spec.get("min_names", 2)),
-                                   int(spec.get("max_names", 6)), int(spec.get("raw_image_size", 64)))
+                                   int(spec.get("max_names", 6)), int(spec.get("raw_image_size", 64)),
+                                   float(spec.get("text_keys", 0.0)))
     if source in ("names_text", "captions_text", "vqa_text"):
         return TextSource(source, int(size or 100000), seed, int(spec.get("min_pairs", 2)),
                           int(spec.get("max_pairs", 10)), int(spec.get("min_names", 2)), int(spec.get("max_names", 3)),
-                          float(spec.get("other_keys", 0.0)))
+                          float(spec.get("other_keys", 0.0)), bool(spec.get("caption_keys", False)))
     if source == "coco_captions":
         return formats.coco_captions(spec["annotations"], spec["image_dir"])
     if source == "tfds_coco_captions":

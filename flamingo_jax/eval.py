@@ -409,10 +409,12 @@ def names_image_reliance(runner: FlamingoRunner, shots: int = 4, num_episodes: i
     return out
 
 
-def _key_binding_rows(tokenizer, num_episodes: int, seed: int, wrong_key: bool = False) -> list:
+def _key_binding_rows(tokenizer, num_episodes: int, seed: int, wrong_key: bool = False,
+                      image_query: bool = False) -> list:
     """Stage 0's text names episodes ("circle|This is a dax.|<|endofchunk|>|star|This is a wug.|..."; 3 names, 3-8
     pairs, the last key repeated), cut after the first token of the last name: [(tokens, that token's position,
-    None)]. wrong_key: another of the episode's keys stands before the last name."""
+    {query_shape, other_shape})]. wrong_key: another of the episode's keys (other_shape) stands before the last
+    name; image_query: an <image> token does, for the caller to show an image of either shape."""
     rows = []
     for e in range(num_episodes):
         rng = np.random.default_rng([seed, e])
@@ -422,12 +424,13 @@ def _key_binding_rows(tokenizer, num_episodes: int, seed: int, wrong_key: bool =
         query = order[int(rng.integers(len(order)))]
         segments = [seg for i in order for seg in ((keys[i], True), (data_lib.NAMES_SENTENCE.format(names[i]), True),
                                                    (END_OF_CHUNK_TOKEN, True))]
-        key = keys[(query + 1) % 3] if wrong_key else keys[query]
+        key = IMAGE_TOKEN if image_query else keys[(query + 1) % 3] if wrong_key else keys[query]
         ids = list(data_lib.tokenize_segments(tokenizer, segments + [(key, True)], add_bos=tokenizer.bos_id
                                               is not None, add_eos=False)["input_ids"])
         prompt_ids = ids + tokenizer.encode(data_lib.NAMES_PROMPT, add_bos=False)
         full = ids + tokenizer.encode(data_lib.NAMES_SENTENCE.format(names[query]), add_bos=False)
-        rows.append((*_up_to_first_new_token(prompt_ids, full), None))
+        rows.append((*_up_to_first_new_token(prompt_ids, full),
+                     {"query_shape": keys[query], "other_shape": keys[(query + 1) % 3]}))
     return rows
 
 
@@ -466,6 +469,33 @@ def lm_key_interpolation(lm, params, tokenizer, scales: Sequence[float] = (0.0, 
     for scale in scales:
         hits, nll = _first_token_scores(lambda ids, chunk: logits_fn(ids, chunk, scale), rows)
         out[float(scale)] = {"accuracy": 100.0 * float(np.mean(hits)), "nll": float(np.mean(nll))}
+    return out
+
+
+def names_image_as_key(runner: FlamingoRunner, num_episodes: int = 256, seed: int = 5) -> dict:
+    """Stage 0's text names episodes (`_key_binding_rows`: the demonstrations' keys are shape words) with the query's
+    key an <image> of a single object of the query's shape (own_image) or of another of the episode's shapes
+    (other_image), or the shape word itself (text_key, as the frozen LM was trained). Teacher-forced accuracy (%)
+    on the first token of the query's name: whether what the blocks write at an <image> works as the key that the
+    frozen LM binds names to, with the other side of the match a real word."""
+    rows = _key_binding_rows(runner.tok, num_episodes, seed, image_query=True)
+    text_rows = _key_binding_rows(runner.tok, num_episodes, seed)
+    images = {}
+    for e, (_, _, shapes_of) in enumerate(rows):
+        rng = np.random.default_rng([seed, 1, e])
+        for mode in ("query_shape", "other_shape"):
+            obj = shapes.Obj(shapes_of[mode], list(shapes.COLOURS)[int(rng.integers(len(shapes.COLOURS)))],
+                             shapes.SIZES[int(rng.integers(2))], int(rng.integers(3)), int(rng.integers(3)))
+            images[e, mode] = runner.preprocess(shapes.render([obj], rng, 64))
+    out = {}
+    for mode, shape_of in (("own_image", "query_shape"), ("other_image", "other_shape")):
+        indexed = [(t, pos, e) for e, (t, pos, _) in enumerate(rows)]
+
+        def logits_fn(ids, chunk, shape_of=shape_of):
+            px = np.stack([images[e, shape_of] for _, _, e in chunk])[:, None]  # [b, 1, S, S, 3]
+            return runner.logits(jnp.asarray(ids), jnp.asarray(px))
+        out[mode] = _first_token_hits(logits_fn, indexed)
+    out["text_key"] = _first_token_hits(lambda ids, chunk: runner.logits(jnp.asarray(ids), None), text_rows)
     return out
 
 

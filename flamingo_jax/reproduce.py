@@ -17,6 +17,7 @@ trainings are reused from their checkpoints.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import logging
@@ -45,24 +46,43 @@ def _final_loss(workdir: str) -> float | None:
 
 def image_reliance_losses(config, params, num_batches: int = 6) -> dict:
     """Mean training loss per dataset on fixed training batches with each sample's own images, with another
-    sample's (rolled along the batch), and with zeros: equal numbers mean the images are ignored."""
+    sample's (rolled along the batch), and with zeros: equal numbers mean the images are ignored. Where the image
+    is read: own images seen only by the <image> tokens themselves (only_at_image) or by every token but them
+    (except_at_image), through the per-token image index (`text_time`; a token that sees no image gets a zero
+    cross-attention output)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from common.lm_task import next_token_loss
     from common.trainer import DataShard
+    from flamingo_jax.gated_cross_attention import text_time_from_ids
     from flamingo_jax.task import make_task
 
     task = make_task(config)
-    loss = jax.jit(lambda p, b: task.loss_fn(p, b, None)[0])
+    image_id = task.model.config.image_token_id
+
+    @functools.partial(jax.jit, static_argnames="where")
+    def loss(p, b, where=None):
+        ids = b["input_ids"]
+        text_time = text_time_from_ids(ids, image_id)
+        if where is not None:  # True: the <image> tokens alone see their image; False: every token but them
+            at_image = ids == image_id
+            text_time = jnp.where(at_image if where else ~at_image, text_time, 0)
+        logits = task.model.apply({"params": p}, ids, pixel_values=b["images"], attention_mask=b["attention_mask"],
+                                  text_time=text_time)
+        return next_token_loss(logits[:, :-1], ids[:, 1:], b["loss_mask"][:, 1:])[0]
+
+    modes = {"own": lambda b: (b, None), "other": lambda b: (dict(b, images=jnp.roll(b["images"], 1, axis=0)), None),
+             "zero": lambda b: (dict(b, images=jnp.zeros_like(b["images"])), None),
+             "only_at_image": lambda b: (b, True), "except_at_image": lambda b: (b, False)}
     out = {}
     for name, it in task.make_train_data(DataShard(0, 1)).items():
-        sums = {"own": [], "other": [], "zero": []}
+        sums = {mode: [] for mode in modes}
         for _ in range(num_batches):
             batch = {k: jnp.asarray(v) for k, v in next(it).items() if isinstance(v, np.ndarray)}
-            images = batch["images"]
-            for mode, imgs in (("own", images), ("other", jnp.roll(images, 1, axis=0)), ("zero", jnp.zeros_like(images))):
-                sums[mode].append(float(loss(params, dict(batch, images=imgs))))
+            for mode, make in modes.items():
+                sums[mode].append(float(loss(params, *make(batch))))
         out[name] = {mode: float(np.mean(v)) for mode, v in sums.items()}
     return out
 
@@ -135,6 +155,7 @@ def main(argv=None) -> dict:
             res["details"].update(extra["details"])
         eval_s = time.time() - t
         reliance = {"names_4shot": fl_eval.names_image_reliance(runner, shots=4),
+                    "names_image_as_key": fl_eval.names_image_as_key(runner),
                     "losses": image_reliance_losses(config, runner.params)}
         logging.info("%s image reliance: %s", variant, reliance)
         report["variants"][variant] = {"description": VARIANTS.get(variant, variant), "results": res,
@@ -166,15 +187,22 @@ def markdown(report: dict, shots) -> str:
         lines.append(f"| {name}: {v['description']} | " + " | ".join(f"{row[str(k)]:.1f}" for k in shots) +
                      f" | {loss:.3f} | {v['train_seconds']:.0f} | {v['eval_seconds']:.0f} |" if loss is not None
                      else f"| {name} | " + " | ".join(f"{row[str(k)]:.1f}" for k in shots) + " | | | |")
-    lines += ["", "| variant | names 4-shot, own / other query image (teacher forced) | captions loss, own / other / "
-              "zero images | documents loss, own / other / zero images |", "| --- | --- | --- | --- |"]
+    lines += ["", "| variant | names 4-shot, own / other query image (teacher forced) | text-key demos, image query: "
+              "own / other image (text key) | captions loss, own / other / zero images | documents loss, own / other / "
+              "zero images | captions loss, image seen only at <image> / everywhere but there |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for name, v in report["variants"].items():
         r = v.get("image_reliance")
         if r:
             losses = [r["losses"].get(d, {}) for d in ("captions", "interleaved")]
             cells = [" / ".join(f"{x[m]:.3f}" for m in ("own", "other", "zero")) if x else "" for x in losses]
+            key = r.get("names_image_as_key")
+            key_cell = f"{key['own_image']:.1f} / {key['other_image']:.1f} ({key['text_key']:.1f})" if key else ""
+            where = r["losses"].get("captions", {})
+            where_cell = (f"{where['only_at_image']:.3f} / {where['except_at_image']:.3f}" if "only_at_image" in where
+                          else "")
             lines.append(f"| {name} | {r['names_4shot']['own_image']:.1f} / {r['names_4shot']['other_image']:.1f} | "
-                         + " | ".join(cells) + " |")
+                         f"{key_cell} | " + " | ".join(cells) + f" | {where_cell} |")
     if report.get("stage0_key_binding"):
         kb = report["stage0_key_binding"]
         lines += ["", f"stage 0 LM, first token of a repeated name (teacher forced): {kb['true_key']:.1f}% with its "

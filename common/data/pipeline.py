@@ -17,7 +17,7 @@ import numpy as np
 
 from common.data import image_ops, prompts
 from common.data.batching import fit_length, pad_batch, tokenize_segments
-from common.data.records import BadRecord, SkipCounter, collect_notes
+from common.data.records import IMAGE_MARKER_MISMATCH, BadRecord, SkipCounter, collect_notes
 
 
 class Skipped:
@@ -233,15 +233,25 @@ class ImageTextPairTransform:
 
 
 class FlamingoInterleavedTransform:
-    """{images, texts} -> images [N, S, S, 3] + `<image>{text}<|endofchunk|>` chunks (at most max_images pairs)."""
+    """{images, texts[, image_slots]} -> images [N, S, S, 3] + `<image>{text}<|endofchunk|>` chunks (at most max_images
+    images; image_slots[i] False: text i has no image, see `prompts.flamingo_interleaved`)."""
 
     def __init__(self, tokenizer, max_len: int = 256, image_size: int = 224, max_images: int = 6, over_length: str = "skip", convert_image_modes: bool = False):
         self.tok, self.max_len, self.image_size, self.max_images, self.over_length = tokenizer, max_len, image_size, max_images, over_length
         self.convert_image_modes = convert_image_modes
 
     def __call__(self, r: dict) -> dict:
-        images, texts = list(r["images"])[: self.max_images], list(r["texts"])[: self.max_images]
-        ex = prompts.flamingo_interleaved(self.tok, texts, num_images=len(images))
+        texts, slots = list(r["texts"]), r.get("image_slots")
+        slots = [True] * len(texts) if slots is None else [bool(x) for x in slots]
+        if len(slots) != len(texts):
+            raise BadRecord(IMAGE_MARKER_MISMATCH, f"{len(slots)} image slots for {len(texts)} texts")
+        images = list(r["images"])
+        if len(images) != sum(slots):
+            raise BadRecord(IMAGE_MARKER_MISMATCH, f"{len(images)} images for {sum(slots)} image chunks")
+        keep = len(texts) if sum(slots) <= self.max_images else int(np.flatnonzero(slots)[self.max_images])
+        texts, slots = texts[:keep], slots[:keep]  # up to the (max_images + 1)-th image chunk
+        images = images[: sum(slots)]
+        ex = prompts.flamingo_interleaved(self.tok, texts, num_images=len(images), image_slots=slots)
         ex = fit_length(ex, self.max_len, self.over_length)
         ex["images"] = np.stack([_clip_image(i, self.image_size, self.convert_image_modes) for i in images])
         return ex

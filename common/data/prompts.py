@@ -34,13 +34,21 @@ def flamingo_caption(tokenizer, caption: str) -> dict:
     return tokenize_segments(tokenizer, segs, add_bos=tokenizer.bos_id is not None, add_eos=True)
 
 
-def flamingo_interleaved(tokenizer, texts: Sequence[str], num_images: int | None = None) -> dict:
-    """One `<image>{text}<|endofchunk|>` chunk per (image, text) pair, then eos."""
-    if num_images is not None and num_images != len(texts):
-        raise BadRecord(IMAGE_MARKER_MISMATCH, f"{num_images} images for {len(texts)} texts")
+def flamingo_interleaved(tokenizer, texts: Sequence[str | Sequence[str]], num_images: int | None = None,
+                         image_slots: Sequence[bool] | None = None) -> dict:
+    """One `<image>{text}<|endofchunk|>` chunk per text, then eos. image_slots[i] False: chunk i is text alone,
+    `{text}<|endofchunk|>` (an MMC4 paragraph without an image; default: every chunk has one). A text given as a
+    sequence of pieces tokenizes each piece on its own."""
+    slots = [True] * len(texts) if image_slots is None else [bool(x) for x in image_slots]
+    if len(slots) != len(texts):
+        raise BadRecord(IMAGE_MARKER_MISMATCH, f"{len(slots)} image slots for {len(texts)} texts")
+    if num_images is not None and num_images != sum(slots):
+        raise BadRecord(IMAGE_MARKER_MISMATCH, f"{num_images} images for {sum(slots)} image chunks")
     segs: list[tuple[str, bool]] = []
-    for t in texts:
-        segs += [(IMAGE_TOKEN, False), (decode_text(t).strip(), True), (END_OF_CHUNK_TOKEN, True)]
+    for t, has_image in zip(texts, slots):
+        pieces = [t] if isinstance(t, str) else list(t)
+        segs += ([(IMAGE_TOKEN, False)] if has_image else []) + [(decode_text(p).strip(), True) for p in pieces]
+        segs.append((END_OF_CHUNK_TOKEN, True))
     return tokenize_segments(tokenizer, segs, add_bos=tokenizer.bos_id is not None, add_eos=True)
 
 

@@ -123,3 +123,28 @@ def test_prepared_source_through_grain(tmp_path, flamingo_tok):
     ds, c = P.build_dataset(src, P.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=8, collate=P.Collate(32, flamingo_tok.pad_id), shard=(1, 2))
     batches = list(P.DataIterator(ds, c))
     assert len(batches) == 1 and batches[0]["images"].shape == (8, 1, 32, 32, 3)
+
+
+def test_flamingo_interleaved_text_only_chunks(flamingo_tok):
+    """`image_slots`: a text without an image is a chunk `{text}<|endofchunk|>` (a text piece sequence tokenizes each
+    piece on its own); max_images cuts before the first image chunk it cannot keep; images that do not match the
+    image chunks are a BadRecord, not silently dropped."""
+    from common.data import prompts
+    from common.data.records import BadRecord
+    from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
+
+    img = np.full((8, 8, 3), 128, np.uint8)
+    record = {"images": [img, img, img], "texts": ["a cat.", ("word", "no image."), "a dog.", "a bird."],
+              "image_slots": [True, False, True, True]}
+    ex = P.FlamingoInterleavedTransform(flamingo_tok, 64, 8, max_images=6)(record)
+    text = flamingo_tok.decode([int(i) for i in ex["input_ids"]])
+    assert text.count(IMAGE_TOKEN) == 3 and ex["images"].shape == (3, 8, 8, 3)
+    assert f"a cat.{END_OF_CHUNK_TOKEN}wordno image.{END_OF_CHUNK_TOKEN}{IMAGE_TOKEN}a dog." in text
+    expected = prompts.flamingo_interleaved(flamingo_tok, record["texts"], 3, record["image_slots"])["input_ids"]
+    assert np.array_equal(ex["input_ids"], expected)
+    cut = P.FlamingoInterleavedTransform(flamingo_tok, 64, 8, max_images=2)(record)  # keeps chunks 0-1-2
+    assert cut["images"].shape[0] == 2
+    assert "a bird" not in flamingo_tok.decode([int(i) for i in cut["input_ids"]])
+    for bad in (dict(record, images=[img, img]), dict(record, image_slots=[True, False, True])):
+        with pytest.raises(BadRecord):
+            P.FlamingoInterleavedTransform(flamingo_tok, 64, 8, max_images=6)(bad)

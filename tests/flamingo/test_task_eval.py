@@ -323,6 +323,32 @@ def test_names_image_reliance_is_blind_with_closed_gates(tmp_path):
     assert set(opened) == {"own_image", "other_image"} and all(0 <= v <= 100 for v in opened.values())
 
 
+def test_names_image_as_key_and_where_the_image_is_read(tmp_path):
+    """`names_image_as_key` (stage 0's text episodes with an <image> as the query's key) and the reproduction's
+    `image_reliance_losses` (own / other / zero images, and own images seen only at the <image> tokens or everywhere
+    but there): with every gate at 0 no image can matter, so every image variant scores the same; open gates make
+    them differ. The image-query rows are the text rows with the query's key tokens replaced by one <image>."""
+    from flamingo_jax.reproduce import image_reliance_losses
+
+    (tmp_path / "cfg.py").write_text(TINY_EVAL_CONFIG)
+    config = fl_eval.load_config(str(tmp_path / "cfg.py"))
+    for spec in config.data.datasets.values():
+        spec["batch_size"] = 2
+    runner = fl_eval.load_runner(config, None, random_init=True, num_beams=1, batch_size=4)
+    closed = fl_eval.names_image_as_key(runner, num_episodes=6)
+    assert set(closed) == {"own_image", "other_image", "text_key"} and closed["own_image"] == closed["other_image"]
+    losses = image_reliance_losses(config, runner.params, num_batches=1)
+    for by_mode in losses.values():
+        assert len({round(v, 6) for v in by_mode.values()}) == 1, by_mode
+    opened = image_reliance_losses(config, with_gates(runner.params, 1.0), num_batches=1)["captions"]
+    assert len({round(v, 4) for v in opened.values()}) == 5, opened
+    image_id = data_lib.special_ids(runner.tok)["image"]
+    image_rows = fl_eval._key_binding_rows(runner.tok, 6, 5, image_query=True)
+    for (text_ids, _, info), (img_ids, _, _) in zip(fl_eval._key_binding_rows(runner.tok, 6, 5), image_rows):
+        key = runner.tok.encode(info["query_shape"], add_bos=False)
+        assert list(img_ids).count(image_id) == 1 and len(text_ids) - len(img_ids) == len(key) - 1
+
+
 class _PeekingLM:
     """Predicts each next token by reading it from the input (an LM that always knows the answer)."""
 
@@ -399,3 +425,63 @@ def test_strict_graft_refuses_tensors_without_a_place():
     np.testing.assert_array_equal(out["lm"]["a"], np.ones(2))
     with pytest.raises(ValueError, match=r"1 tensors have no place of their shape in the model, e.g. \['lm/b'\]"):
         graft(params, {"a": np.ones(2), "b": np.ones((3, 2))}, prefix=("lm",), strict=True)
+
+
+def test_names_documents_with_text_keys_mix_word_and_image_keys():
+    """`text_keys`: that share of a names document's pairs names its key with the shape word (stage 0's layout,
+    "circle|This is a dax.", no image) instead of an image; the last pair always shows its image. Such a pair's
+    name is context, not a target (it follows an <|endofchunk|> with no <image> after it); the image pairs' names are
+    targets, as in the all-image documents, whose tokens are unchanged."""
+    from common.data import shapes
+
+    tok = data_lib.shapes_tokenizer()
+    ids = data_lib.special_ids(tok)
+    spec = dict(source="names_documents", max_len=160, max_images=10, raw_image_size=32, text_keys=0.5)
+    source, transform = data_lib.make_source(spec), data_lib.make_transform(spec, tok, 32)
+    text_pairs = 0
+    for record in (source[i] for i in range(40)):
+        slots = record["image_slots"]
+        assert slots[-1] and len(record["images"]) == sum(slots) and len(slots) == len(record["texts"])
+        ex = transform(record)
+        tokens, mask = ex["input_ids"], ex["loss_mask"]
+        assert ex["images"].shape[0] == sum(slots) and (tokens == ids["image"]).sum() == sum(slots)
+        mapping = json.loads(record["mapping"])
+        for text, has_image in zip(record["texts"], slots):
+            if not has_image:  # (shape word, sentence), the word one of the document's shapes, its name its own
+                word, sentence = text
+                assert word in shapes.SHAPES and sentence == data_lib.NAMES_SENTENCE.format(mapping[word])
+        # targets: exactly the sentences (+ <|endofchunk|>) of the image pairs, and the final eos is not one
+        chunks = np.split(np.arange(len(tokens)), np.flatnonzero(tokens == ids["eoc"]) + 1)[:len(slots)]
+        for chunk, has_image in zip(chunks, slots):
+            assert mask[chunk].any() == has_image
+        text_pairs += len(slots) - sum(slots)
+    assert text_pairs > 40
+    from common.data import prompts
+
+    all_images = dict(spec, text_keys=0.0)
+    plain = data_lib.make_source(all_images)[3]
+    assert "image_slots" not in plain
+    assert np.array_equal(data_lib.make_transform(all_images, tok, 32)(plain)["input_ids"],
+                          prompts.flamingo_interleaved(tok, plain["texts"], len(plain["images"]))["input_ids"])
+    with pytest.raises(ValueError, match="text_keys"):
+        data_lib.make_source(dict(source="names_documents", text_keys=1.0))
+
+
+def test_stage0_caption_keys_put_what_the_image_shows_where_image_will_stand():
+    """`caption_keys`: stage 0's captions start with a word the image alone determines (the shape of a single
+    object, else the number of objects), tokenized on its own where Flamingo's <image> will stand; the caption
+    itself is unchanged and names that word."""
+    from common.data import shapes
+
+    keyed = data_lib.TextSource("captions_text", 100, 0, caption_keys=True)
+    plain = data_lib.TextSource("captions_text", 100, 0)
+    for i in range(100):
+        (key, _), (caption, _) = keyed[i]["segments"]
+        assert caption == plain[i]["text"]
+        single = key in shapes.SHAPES and caption.startswith("a ") and f" {key} at the " in caption
+        assert single or (key in shapes.NUMBER_WORDS[2:] and caption.startswith(f"{key} shapes:"))
+    assert {keyed[i]["segments"][0][0] in shapes.SHAPES for i in range(100)} == {True, False}
+    tok = data_lib.shapes_tokenizer()
+    ex = data_lib.TextTransform(tok, 64)(keyed[0])
+    key = keyed[0]["segments"][0][0]
+    assert ex["input_ids"][1:1 + len(tok.encode(key, add_bos=False))].tolist() == tok.encode(key, add_bos=False)
