@@ -2,10 +2,14 @@
 this machine's CPU (or a GPU), side by side with the identical PyTorch transformers step; JSON lines to stdout.
 
 Reports tokens/s, analytic matmul FLOPs per step, achieved FLOP/s, MFU against the matmul peak measured
-in the same run, compile time with scan vs unrolled layers (8 and 32 layers), peak host memory, and the
-JAX / PyTorch step-rate ratio. Usage: python bench/lm_train_step.py [--steps 5] [--batch 4] [--seq 512]
-[--loss fused|logits] [--model llama_100m|tinyllama_1b] [--dtype float32|bfloat16] [--attention xla|cudnn]
-[--attention-block-size 64]
+in the same run (the better of a measurement before and one after the steps), compile time with scan vs
+unrolled layers (8 and 32 layers), peak host memory, and the JAX / PyTorch step-rate ratio. The two run in
+rounds, JAX then PyTorch; in each round `--settle` steps (default 1) right after the switch are timed apart
+("step_after_switch_s") and the next one is the step reported. `--malloc reuse` (default) restarts the script
+under glibc malloc settings that keep freed buffers for reuse (MALLOC_REUSE below; both frameworks run under
+them), `--malloc default` keeps the process's own. Usage: python bench/lm_train_step.py [--steps 5]
+[--settle 1] [--batch 4] [--seq 512] [--loss fused|logits] [--model llama_100m|tinyllama_1b]
+[--dtype float32|bfloat16] [--attention xla|cudnn] [--attention-block-size 64]
 
 The JAX loss is the same mean next-token cross-entropy as transformers' `labels=` loss; by default
 (`--loss fused`) it is computed by `common.losses.next_token_loss` fused with the LM head (chunked over
@@ -37,6 +41,19 @@ from common.losses import next_token_loss as fused_next_token_loss  # noqa: E402
 from configs import models  # noqa: E402
 
 
+# glibc malloc settings under which XLA:CPU's per-step buffers are reused instead of handed back to the kernel and
+# faulted in again (~750k page faults, ~2 s of system time per step of this benchmark otherwise): no mmap'd chunks,
+# one arena, no trimming. Process-wide, so PyTorch runs under them too. Must be set before the process starts.
+MALLOC_REUSE = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.arena_max=1"
+
+
+def reexec_with_malloc_reuse() -> None:
+    """Restart this script with GLIBC_TUNABLES=MALLOC_REUSE (glibc reads it only at process start); a no-op when
+    it is already set or off Linux."""
+    if sys.platform.startswith("linux") and os.environ.get("GLIBC_TUNABLES") != MALLOC_REUSE:
+        os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, GLIBC_TUNABLES=MALLOC_REUSE))
+
+
 def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
@@ -59,6 +76,13 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def _timed_faults(fn) -> tuple[float, int]:
+    """(seconds, minor page faults of this process) of one call."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = _timed(fn)
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 def next_token_loss(logits, ids):
@@ -168,6 +192,8 @@ def torch_stepper(config, batch: int, seq: int, threads: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--settle", type=int, default=1,
+                        help="untimed steps of the same implementation before each timed one (0 = strict alternation)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--skip-compile", action="store_true", help="skip the 8 / 32-layer compile-time study")
@@ -182,7 +208,12 @@ def main() -> None:
     parser.add_argument("--attention", choices=("xla", "cudnn"), default="xla")
     parser.add_argument("--attention-block-size", type=int, default=64,
                         help="queries per block of the xla causal path (LMConfig.attention_block_size; 0 = one block)")
+    parser.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                        help="reuse: on the CPU, restart under GLIBC_TUNABLES=MALLOC_REUSE (both frameworks); "
+                        "default: as started")
     args = parser.parse_args()
+    if args.malloc == "reuse" and jax.default_backend() == "cpu":
+        reexec_with_malloc_reuse()
 
     config = getattr(models, args.model)(max_position_embeddings=max(args.seq, 2048), dtype=args.dtype,
                                          attention_impl=args.attention, attention_block_size=args.attention_block_size)
@@ -193,7 +224,7 @@ def main() -> None:
     on_gpu = jax.default_backend() == "gpu"
     peak = measure_matmul_peak(8192 if on_gpu else 2048, dtype=jnp.dtype(args.dtype))
     emit({"bench": "matmul_peak", "flops_per_s": peak, "dtype": args.dtype, "devices": str(jax.devices()[0]),
-          "cpus": os.cpu_count()})
+          "cpus": os.cpu_count(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES")})
 
     jax_step, first_step_s = (None, None) if args.skip_jax else jax_stepper(config, args.batch, args.seq, args.loss)
     rss_after_jax = peak_rss_mb()
@@ -201,32 +232,53 @@ def main() -> None:
     jax_device_peak_gb = device_stats.get("peak_bytes_in_use", 0) / 2**30 or None
     torch_step, torch_device = (None, None) if args.skip_torch else (
         torch_stepper(config, args.batch, args.seq, os.cpu_count()) or (None, None))
-    # Interleave the two implementations step by step, so that load from elsewhere hits both alike.
-    jax_times, torch_times = [], []
+    # Interleave the two implementations, so that load from elsewhere hits both alike. Each timed step follows
+    # `settle` steps of its own implementation, timed apart: a step right after the other framework's runs slower
+    # (both keep their own thread pools and allocators in this one process; the cause is not pinned down, and
+    # OMP_WAIT_POLICY=PASSIVE did not remove it), a cost that no single-framework user pays.
+    times = {"jax": ([], []), "pytorch": ([], [])}  # (after a switch, settled)
+    faults = {"jax": [], "pytorch": []}  # minor page faults of the settled steps
     for _ in range(args.steps):
-        if jax_step is not None:
-            jax_times.append(_timed(jax_step))
-        if torch_step is not None:
-            torch_times.append(_timed(torch_step))
-    step_s = float(np.median(jax_times)) if jax_times else None
+        for name, step in (("jax", jax_step), ("pytorch", torch_step)):
+            if step is not None:
+                after_switch, settled = times[name]
+                for k in range(args.settle + 1):
+                    seconds, step_faults = _timed_faults(step)
+                    if k == 0 and args.settle:
+                        after_switch.append(seconds)
+                    else:
+                        settled.append(seconds)
+                        faults[name].append(step_faults)
+    (jax_after_switch, jax_times), (torch_after_switch, torch_times) = times["jax"], times["pytorch"]
+    median = lambda xs: float(np.median(xs)) if xs else None  # noqa: E731
+    step_s = median(jax_times)
+    # The peak again after the steps, the better of the two kept: a burst of load elsewhere during one measurement
+    # would otherwise inflate every MFU of the run.
+    peak = max(peak, measure_matmul_peak(8192 if on_gpu else 2048, dtype=jnp.dtype(args.dtype)))
+    emit({"bench": "matmul_peak", "flops_per_s": peak, "dtype": args.dtype, "best_of": "before and after the steps"})
     if jax_times:
         emit({"bench": "lm_train_step", "impl": "jax", "model": args.model, "dtype": args.dtype,
-              "attention": args.attention, "attention_block_size": args.attention_block_size, "params": n_params, "batch": args.batch, "seq": args.seq,
+              "attention": args.attention, "attention_block_size": args.attention_block_size, "params": n_params,
+              "batch": args.batch, "seq": args.seq,
               "tokens_per_s": tokens / step_s, "step_s": step_s, "model_flops_per_step": step_flops,
               "achieved_flops_per_s": step_flops / step_s, "mfu": step_flops / step_s / peak,
               "first_step_s": first_step_s, "peak_host_memory_mb": rss_after_jax,
-              "peak_device_memory_gb": jax_device_peak_gb, "loss": args.loss})
+              "peak_device_memory_gb": jax_device_peak_gb, "loss": args.loss, "settle": args.settle,
+              "step_after_switch_s": median(jax_after_switch), "minor_page_faults_per_step": median(faults["jax"])})
     if torch_times:
         import torch
-        torch_s = float(np.median(torch_times))
+        torch_s = median(torch_times)
         emit({"bench": "lm_train_step", "impl": "pytorch", "model": args.model, "dtype": args.dtype,
               "batch": args.batch, "seq": args.seq, "tokens_per_s": tokens / torch_s, "step_s": torch_s,
               "achieved_flops_per_s": step_flops / torch_s, "mfu": step_flops / torch_s / peak,
               "device": torch_device, "threads": torch.get_num_threads(),
               "peak_device_memory_gb": (torch.cuda.max_memory_allocated() / 2**30 if torch_device == "cuda"
-                                        else None)})
+                                        else None), "step_after_switch_s": median(torch_after_switch),
+              "minor_page_faults_per_step": median(faults["pytorch"])})
         if jax_times:
-            emit({"bench": "speed_ratio", "jax_over_pytorch": torch_s / step_s})
+            emit({"bench": "speed_ratio", "jax_over_pytorch": torch_s / step_s,
+                  "after_switch": (median(torch_after_switch) / median(jax_after_switch) if jax_after_switch
+                                   else None)})
 
     if not args.skip_compile:
         for layers in (8, 32):
