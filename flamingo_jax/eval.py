@@ -487,10 +487,9 @@ def names_image_as_key(runner: FlamingoRunner, num_episodes: int = 256, seed: in
             obj = shapes.Obj(shapes_of[mode], list(shapes.COLOURS)[int(rng.integers(len(shapes.COLOURS)))],
                              shapes.SIZES[int(rng.integers(2))], int(rng.integers(3)), int(rng.integers(3)))
             images[e, mode] = runner.preprocess(shapes.render([obj], rng, 64))
+    indexed = [(t, pos, e) for e, (t, pos, _) in enumerate(rows)]  # each row's episode picks its images
     out = {}
     for mode, shape_of in (("own_image", "query_shape"), ("other_image", "other_shape")):
-        indexed = [(t, pos, e) for e, (t, pos, _) in enumerate(rows)]
-
         def logits_fn(ids, chunk, shape_of=shape_of):
             px = np.stack([images[e, shape_of] for _, _, e in chunk])[:, None]  # [b, 1, S, S, 3]
             return runner.logits(jnp.asarray(ids), jnp.asarray(px))
