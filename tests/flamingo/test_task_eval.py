@@ -485,3 +485,16 @@ def test_stage0_caption_keys_put_what_the_image_shows_where_image_will_stand():
     ex = data_lib.TextTransform(tok, 64)(keyed[0])
     key = keyed[0]["segments"][0][0]
     assert ex["input_ids"][1:1 + len(tok.encode(key, add_bos=False))].tolist() == tok.encode(key, add_bos=False)
+
+
+def test_keyed_recipe_configs_chain_as_documented():
+    """The keyed recipe's configs: names-only stage 0, its continuation on the mix with caption keys, and the
+    Flamingo stage with text-keyed names documents (README, "The keyed recipe")."""
+    import importlib
+
+    load = lambda name: importlib.import_module(f"configs.flamingo.{name}").get_config()  # noqa: E731
+    names_only, keyed_s0, keyed = load("tiny_stage0_names"), load("tiny_stage0_keyed"), load("tiny_keyed")
+    assert names_only.stage == keyed_s0.stage == "lm" and list(names_only.data.datasets) == ["names"]
+    assert keyed_s0.data.datasets.captions.caption_keys and keyed_s0.total_steps == 1000
+    assert keyed.stage == "flamingo" and keyed.data.datasets.names.text_keys == 0.5 and keyed.total_steps == 6000
+    assert set(keyed.data.datasets) == {"captions", "interleaved", "names"}

@@ -1,0 +1,17 @@
+"""Tiny Flamingo, keyed recipe: the main mix (tiny.py) plus 8 'names' documents per step in which half of the pairs
+name their key with the shape word instead of an image (`text_keys=0.5`), on the keyed stage 0
+(tiny_stage0_names.py then tiny_stage0_keyed.py), 6000 steps. The one recipe so far under which the tiny model
+reads the query image in the names task (README, "Where the link breaks").
+
+python -m flamingo_jax.train --config configs/flamingo/tiny_keyed.py --workdir W/keyed \
+    --config.init_lm.workdir=W/stage0 --config.init_vision.workdir=W/vision
+"""
+from configs.flamingo.tiny_base import base_config
+
+
+def get_config():
+    config = base_config()
+    config.total_steps = 6000
+    config.data.datasets.names = dict(source="names_documents", max_len=96, weight=1.0, max_images=10, batch_size=8,
+                                      min_pairs=3, max_pairs=10, min_names=2, max_names=6, text_keys=0.5)
+    return config
