@@ -222,7 +222,8 @@ def main() -> None:
     tokens = args.batch * args.seq
     step_flops = 3 * matmul_flops_per_token(config, args.seq) * tokens
     on_gpu = jax.default_backend() == "gpu"
-    peak = measure_matmul_peak(8192 if on_gpu else 2048, dtype=jnp.dtype(args.dtype))
+    matmul_peak = lambda: measure_matmul_peak(8192 if on_gpu else 2048, dtype=jnp.dtype(args.dtype))  # noqa: E731
+    peak = matmul_peak()
     emit({"bench": "matmul_peak", "flops_per_s": peak, "dtype": args.dtype, "devices": str(jax.devices()[0]),
           "cpus": os.cpu_count(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES")})
 
@@ -233,9 +234,9 @@ def main() -> None:
     torch_step, torch_device = (None, None) if args.skip_torch else (
         torch_stepper(config, args.batch, args.seq, os.cpu_count()) or (None, None))
     # Interleave the two implementations, so that load from elsewhere hits both alike. Each timed step follows
-    # `settle` steps of its own implementation, timed apart: a step right after the other framework's runs slower
-    # (both keep their own thread pools and allocators in this one process; the cause is not pinned down, and
-    # OMP_WAIT_POLICY=PASSIVE did not remove it), a cost that no single-framework user pays.
+    # `settle` steps of its own implementation, timed apart: under glibc's default malloc a JAX step right after a
+    # PyTorch step spends several more seconds of system time faulting its buffers back in (OMP_WAIT_POLICY=PASSIVE
+    # does not change that; MALLOC_REUSE does), a cost that no single-framework user pays.
     times = {"jax": ([], []), "pytorch": ([], [])}  # (after a switch, settled)
     faults = {"jax": [], "pytorch": []}  # minor page faults of the settled steps
     for _ in range(args.steps):
@@ -254,7 +255,7 @@ def main() -> None:
     step_s = median(jax_times)
     # The peak again after the steps, the better of the two kept: a burst of load elsewhere during one measurement
     # would otherwise inflate every MFU of the run.
-    peak = max(peak, measure_matmul_peak(8192 if on_gpu else 2048, dtype=jnp.dtype(args.dtype)))
+    peak = max(peak, matmul_peak())
     emit({"bench": "matmul_peak", "flops_per_s": peak, "dtype": args.dtype, "best_of": "before and after the steps"})
     if jax_times:
         emit({"bench": "lm_train_step", "impl": "jax", "model": args.model, "dtype": args.dtype,
