@@ -63,18 +63,16 @@ def plot_accuracy_vs_shots(rows: dict[str, dict[int, float]], out_png: str, ylab
     plt.close(fig)
 
 
+MAIN_FLAMINGO = "tiny_keyed"
+
+
 def run_flamingo(workdir: str, scale: float) -> tuple[dict, str]:
     from flamingo_jax import reproduce
 
-    argv = ["--workdir", workdir, "--variants", "tiny", "--main_extra_eval", "1"]
+    # The reproduction's main variant alone: the keyed recipe's stage 0 and Flamingo (no ablations).
+    argv = ["--workdir", workdir, "--recipe", "keyed", "--variants", MAIN_FLAMINGO, "--main_extra_eval", "1"]
     if scale != 1.0:
-        import importlib
-        steps_v = importlib.import_module("configs.flamingo.tiny_vision").get_config().total_steps
-        steps0 = importlib.import_module("configs.flamingo.tiny_stage0").get_config().total_steps
-        steps = importlib.import_module("configs.flamingo.tiny").get_config().total_steps
-        argv += ["--vision_steps", str(max(2, int(steps_v * scale))),
-                 "--stage0_steps", str(max(2, int(steps0 * scale))), "--steps", str(max(2, int(steps * scale))),
-                 "--num_queries", str(max(8, int(64 * scale)))]
+        argv += ["--scale", str(scale), "--num_queries", str(max(8, int(128 * scale)))]
     report = reproduce.main(argv)
     return report, reproduce.markdown(report, [0, 4, 8])
 
@@ -116,8 +114,8 @@ def main(argv=None) -> str:
     os.makedirs(report_dir, exist_ok=True)
     start = time.time()
 
-    print("== Flamingo: contrastive ViT and stage-0 LM, then the tiny Flamingo on captions + interleaved documents ==",
-          flush=True)
+    print("== Flamingo: contrastive ViT and stage-0 LM (names text, then the text mix), then the tiny Flamingo on "
+          "captions + interleaved documents + names documents ==", flush=True)
     flamingo_dir = os.path.join(root, "flamingo")
     flamingo, flamingo_table = run_flamingo(flamingo_dir, args.scale)
     print("== LLaVA: stage 0 (text), stage 1 (feature alignment), stage 2 (instruction tuning) ==", flush=True)
@@ -126,14 +124,15 @@ def main(argv=None) -> str:
 
     # Plots.
     plot_loss_curves({"Flamingo vision (contrastive)": os.path.join(flamingo_dir, "vision"),
-                      "Flamingo stage 0 (LM)": os.path.join(flamingo_dir, "stage0"),
-                      "Flamingo (tiny)": os.path.join(flamingo_dir, "tiny"),
+                      "Flamingo stage 0, names text (LM)": os.path.join(flamingo_dir, "stage0_names"),
+                      "Flamingo stage 0, text mix (LM)": os.path.join(flamingo_dir, "stage0_keyed"),
+                      "Flamingo (tiny_keyed)": os.path.join(flamingo_dir, MAIN_FLAMINGO),
                       "LLaVA stage 0 (LM)": os.path.join(llava_dir, "stage0"),
                       "LLaVA stage 1": os.path.join(llava_dir, "stage1"),
                       "LLaVA stage 2": os.path.join(llava_dir, "stage2")},
                      os.path.join(report_dir, "loss_curves.png"))
     shot_rows = {}
-    names = flamingo["variants"]["tiny"]["results"].get("names", {})
+    names = flamingo["variants"][MAIN_FLAMINGO]["results"].get("names", {})
     for selection, by_shot in names.items():
         if isinstance(by_shot, dict):
             shot_rows[f"in-context names task ({selection})"] = {int(k): float(v) for k, v in by_shot.items()}

@@ -2,15 +2,18 @@
 Table 1 "performance improves with the number of shots", and the Table 3 ablations "w/o tanh gating" and the
 cross-attention frequency "every layer vs every 4th"):
 
-    python -m flamingo_jax.reproduce --workdir DIR [--variants tiny,tiny_ungated,tiny_every4] [--num_queries 100]
+    python -m flamingo_jax.reproduce --workdir DIR [--recipe keyed|plain] [--variants ...] [--num_queries 128]
 
 1. the tiny ViT's contrastive pretraining on shapes captions (configs/flamingo/tiny_vision.py; the paper's NFNet is
-   pretrained as a dual encoder, App. B.1.3) and stage 0, the tiny LM's text-only pretraining
-   (configs/flamingo/tiny_stage0.py); both then frozen;
-2. for each variant (configs/flamingo/<variant>.py): Flamingo training (frozen ViT + frozen stage-0 LM;
-   resampler, gated blocks and input embeddings train; captions + interleaved documents accumulated each step);
-3. few-shot evaluation of the in-context-only 'names' task at 0 / 4 / 8 shots (random demos; the main config also
-   with RICES demos, and captioning / VQA at 0 and 4 shots), beam search 3.
+   pretrained as a dual encoder, App. B.1.3) and stage 0, the tiny LM's text-only pretraining, each part continuing
+   from the one before (`keyed`: tiny_stage0_names.py, names text alone, then tiny_stage0_keyed.py, the text mix with
+   caption keys; `plain`: tiny_stage0.py); both then frozen;
+2. for each variant (configs/flamingo/<variant>.py; `keyed`: tiny_keyed, tiny_keyed_ungated, tiny_keyed_every4;
+   `plain`: tiny, tiny_ungated, tiny_every4): Flamingo training (frozen ViT + frozen stage-0 LM; resampler, gated
+   blocks and input embeddings train; the datasets accumulated each step);
+3. few-shot evaluation of the in-context-only 'names' task at 0 / 4 / 8 shots (random demos; the first variant also
+   with RICES demos, and captioning / VQA at 0 and 4 shots), beam search 3, and the diagnostics of whether and where
+   the images are read.
 Writes DIR/reproduce_results.json and DIR/reproduce_results.md (tables + wall times). Re-running resumes: finished
 trainings are reused from their checkpoints.
 """
@@ -24,9 +27,14 @@ import logging
 import os
 import time
 
-VARIANTS = {"tiny": "gated, every layer (main)", "tiny_ungated": "w/o tanh gating, every layer",
-            "tiny_every4": "gated, every 4th layer", "tiny_names": "names-heavier mix (not run by default)"}
-DEFAULT_VARIANTS = ("tiny", "tiny_ungated", "tiny_every4")
+VARIANTS = {"tiny_keyed": "gated, every layer (main)", "tiny_keyed_ungated": "w/o tanh gating, every layer",
+            "tiny_keyed_every4": "gated, every 4th layer", "tiny": "gated, every layer (main)",
+            "tiny_ungated": "w/o tanh gating, every layer", "tiny_every4": "gated, every 4th layer",
+            "tiny_names": "names-heavier mix"}
+# Stage-0 parts (each continues from the one before through init_lm.workdir) and the variants, the first the main one.
+RECIPES = {"keyed": dict(stage0=("tiny_stage0_names", "tiny_stage0_keyed"),
+                         variants=("tiny_keyed", "tiny_keyed_ungated", "tiny_keyed_every4")),
+           "plain": dict(stage0=("tiny_stage0",), variants=("tiny", "tiny_ungated", "tiny_every4"))}
 
 
 def _train(config, workdir: str):
@@ -90,62 +98,76 @@ def image_reliance_losses(config, params, num_batches: int = 6) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True)
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    p.add_argument("--recipe", default="keyed", choices=sorted(RECIPES))
+    p.add_argument("--variants", default=None, help="comma-separated configs/flamingo names (default: the recipe's)")
     p.add_argument("--shots", default="0,4,8")
-    p.add_argument("--num_queries", type=int, default=64)
-    p.add_argument("--stage0_steps", type=int, default=None)
+    p.add_argument("--num_queries", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage (initialisation and data order)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiplies every training's steps (at least 2 each; 0.05: a smoke run)")
+    p.add_argument("--stage0_steps", type=int, default=None, help="steps of each stage-0 part (default: the configs')")
     p.add_argument("--vision_steps", type=int, default=None,
                    help="contrastive vision pretraining steps (default: the config's; 0 = a frozen random ViT)")
     p.add_argument("--steps", type=int, default=None, help="Flamingo training steps (default: the config's)")
     p.add_argument("--main_extra_eval", type=int, default=1, help="1: RICES + captions / VQA on the main variant")
+    p.add_argument("--eval_batch_size", type=int, default=16)
+    p.add_argument("--diagnostic_episodes", type=int, default=256,
+                   help="episodes of the teacher-forced diagnostics (stage-0 key binding, own vs other query image)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     logging.getLogger().setLevel(logging.INFO)
     from flamingo_jax import eval as fl_eval
+    from flamingo_jax.task import make_task, restore_params
 
+    recipe = RECIPES[args.recipe]
+    variants = [v for v in (args.variants.split(",") if args.variants else recipe["variants"]) if v]
     root = os.path.abspath(args.workdir)
     os.makedirs(root, exist_ok=True)
     shots = [int(s) for s in args.shots.split(",")]
-    report: dict = {"wall_seconds": {}, "variants": {}, "command": "python -m flamingo_jax.reproduce " +
+    report: dict = {"wall_seconds": {}, "variants": {}, "recipe": args.recipe, "main_variant": variants[0],
+                    "seed": args.seed, "stage0_key_binding": {}, "stage0_final_loss": {},
+                    "command": "python -m flamingo_jax.reproduce " +
                     " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     start_all = time.time()
 
-    vision = importlib.import_module("configs.flamingo.tiny_vision").get_config()
-    if args.vision_steps is not None:
-        vision.total_steps = args.vision_steps
+    def load_config(name: str, steps: int | None = None):
+        config = importlib.import_module(f"configs.flamingo.{name}").get_config()
+        config.seed = args.seed
+        config.total_steps = steps if steps is not None else max(2, round(config.total_steps * args.scale))
+        return config
+
+    vision = load_config("tiny_vision", args.vision_steps)
     t = time.time()
     if vision.total_steps:
         _train(vision, os.path.join(root, "vision"))
     report["wall_seconds"]["vision_train"] = time.time() - t
     report["vision_final_loss"] = _final_loss(os.path.join(root, "vision"))
 
-    s0 = importlib.import_module("configs.flamingo.tiny_stage0").get_config()
-    if args.stage0_steps:
-        s0.total_steps = args.stage0_steps
-    t = time.time()
-    _train(s0, os.path.join(root, "stage0"))
-    report["wall_seconds"]["stage0_train"] = time.time() - t
-    report["stage0_final_loss"] = _final_loss(os.path.join(root, "stage0"))
-    from flamingo_jax.task import make_task, restore_params
+    stage0_dir = ""
+    for part in recipe["stage0"]:  # each part continues from the one before
+        s0 = load_config(part, args.stage0_steps)
+        s0.init_lm.workdir = stage0_dir
+        stage0_dir = os.path.join(root, part.removeprefix("tiny_"))
+        t = time.time()
+        _train(s0, stage0_dir)
+        report["wall_seconds"][f"{part}_train"] = time.time() - t
+        report["stage0_final_loss"][part] = _final_loss(stage0_dir)
+        s0_task = make_task(s0)
+        report["stage0_key_binding"][part] = fl_eval.lm_key_binding(s0_task.model, restore_params(stage0_dir),
+                                                                    s0_task.tokenizer, args.diagnostic_episodes)
+        logging.info("%s key binding: %s", part, report["stage0_key_binding"][part])
 
-    s0_task = make_task(s0)
-    report["stage0_key_binding"] = fl_eval.lm_key_binding(s0_task.model, restore_params(os.path.join(root, "stage0")),
-                                                          s0_task.tokenizer)
-    logging.info("stage 0 key binding: %s", report["stage0_key_binding"])
-
-    for variant in [v for v in args.variants.split(",") if v]:
-        config = importlib.import_module(f"configs.flamingo.{variant}").get_config()
-        config.init_lm.workdir = os.path.join(root, "stage0")
+    for variant in variants:
+        config = load_config(variant, args.steps)
+        config.init_lm.workdir = stage0_dir
         config.init_vision.workdir = os.path.join(root, "vision") if vision.total_steps else ""
-        if args.steps:
-            config.total_steps = args.steps
         wd = os.path.join(root, variant)
         t = time.time()
         _train(config, wd)
         train_s = time.time() - t
         t = time.time()
-        runner = fl_eval.load_runner(config, wd, num_beams=3, batch_size=16)
-        main_variant = variant == "tiny" and args.main_extra_eval
+        runner = fl_eval.load_runner(config, wd, num_beams=3, batch_size=args.eval_batch_size)
+        main_variant = variant == variants[0] and args.main_extra_eval
         res = fl_eval.run_evaluation(runner, ["names"], shots, ["random", "rices"] if main_variant else ["random"],
                                      num_queries=args.num_queries, log_fn=logging.info)
         if main_variant:
@@ -154,8 +176,9 @@ def main(argv=None) -> dict:
             res.update({k: extra[k] for k in ("captions", "vqa")})
             res["details"].update(extra["details"])
         eval_s = time.time() - t
-        reliance = {"names_4shot": fl_eval.names_image_reliance(runner, shots=4),
-                    "names_image_as_key": fl_eval.names_image_as_key(runner),
+        episodes = args.diagnostic_episodes
+        reliance = {"names_4shot": fl_eval.names_image_reliance(runner, shots=4, num_episodes=episodes),
+                    "names_image_as_key": fl_eval.names_image_as_key(runner, num_episodes=episodes),
                     "losses": image_reliance_losses(config, runner.params)}
         logging.info("%s image reliance: %s", variant, reliance)
         report["variants"][variant] = {"description": VARIANTS.get(variant, variant), "results": res,
@@ -166,9 +189,8 @@ def main(argv=None) -> dict:
         with open(os.path.join(root, "reproduce_results.json"), "w") as f:
             json.dump(report, f, indent=2)
     report["wall_seconds"]["total"] = time.time() - start_all
-    if "tiny" in report["variants"]:
-        report["wall_seconds"]["main_config_total"] = report["wall_seconds"]["vision_train"] + \
-            report["wall_seconds"]["stage0_train"] + report["wall_seconds"]["tiny"]
+    report["wall_seconds"]["main_config_total"] = sum(
+        report["wall_seconds"][k] for k in ["vision_train", *(f"{part}_train" for part in recipe["stage0"]), variants[0]])
     with open(os.path.join(root, "reproduce_results.json"), "w") as f:
         json.dump(report, f, indent=2)
     md = markdown(report, shots)
@@ -187,14 +209,16 @@ def markdown(report: dict, shots) -> str:
         lines.append(f"| {name}: {v['description']} | " + " | ".join(f"{row[str(k)]:.1f}" for k in shots) +
                      f" | {loss:.3f} | {v['train_seconds']:.0f} | {v['eval_seconds']:.0f} |" if loss is not None
                      else f"| {name} | " + " | ".join(f"{row[str(k)]:.1f}" for k in shots) + " | | | |")
+    datasets = [d for d in ("captions", "interleaved", "names")
+                if any(d in v.get("image_reliance", {}).get("losses", {}) for v in report["variants"].values())]
     lines += ["", "| variant | names 4-shot, own / other query image (teacher forced) | text-key demos, image query: "
-              "own / other image (text key) | captions loss, own / other / zero images | documents loss, own / other / "
-              "zero images | captions loss, image seen only at <image> / everywhere but there |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "own / other image (text key) | " + " | ".join(f"{d} loss, own / other / zero images" for d in datasets) +
+              " | captions loss, image seen only at <image> / everywhere but there |",
+              "| --- | --- | --- | " + " | ".join("---" for _ in datasets) + " | --- |"]
     for name, v in report["variants"].items():
         r = v.get("image_reliance")
         if r:
-            losses = [r["losses"].get(d, {}) for d in ("captions", "interleaved")]
+            losses = [r["losses"].get(d, {}) for d in datasets]
             cells = [" / ".join(f"{x[m]:.3f}" for m in ("own", "other", "zero")) if x else "" for x in losses]
             key = r.get("names_image_as_key")
             key_cell = f"{key['own_image']:.1f} / {key['other_image']:.1f} ({key['text_key']:.1f})" if key else ""
@@ -203,15 +227,14 @@ def markdown(report: dict, shots) -> str:
                           else "")
             lines.append(f"| {name} | {r['names_4shot']['own_image']:.1f} / {r['names_4shot']['other_image']:.1f} | "
                          f"{key_cell} | " + " | ".join(cells) + f" | {where_cell} |")
-    if report.get("stage0_key_binding"):
-        kb = report["stage0_key_binding"]
-        lines += ["", f"stage 0 LM, first token of a repeated name (teacher forced): {kb['true_key']:.1f}% with its "
-                  f"key, {kb['wrong_key']:.1f}% with another of the episode's keys"]
-    main = report["variants"].get("tiny")
+    for part, kb in report.get("stage0_key_binding", {}).items():
+        lines += ["", f"stage 0 LM after {part}, first token of a repeated name (teacher forced): {kb['true_key']:.1f}% "
+                  f"with its key, {kb['wrong_key']:.1f}% with another of the episode's keys"]
+    main = report["variants"].get(report["main_variant"])
     if main is not None:
         from flamingo_jax.eval import markdown_table
 
-        lines += ["", markdown_table(main["results"], "main config (tiny), all few-shot results")]
+        lines += ["", markdown_table(main["results"], f"main config ({report['main_variant']}), all few-shot results")]
     w = report["wall_seconds"]
     lines += ["", "wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in w.items())]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """Tiny Flamingo with a names-heavier mix: the main config's captions and documents plus 'names' documents with
 stage 0's episode sizes (2-6 names over 3-10 pairs), so that reading the image pays on many more tokens.
 
-python -m flamingo_jax.reproduce --workdir DIR --variants tiny_names
+python -m flamingo_jax.reproduce --workdir DIR --recipe plain --variants tiny_names
 """
 from configs.flamingo.tiny_base import base_config
 

@@ -498,3 +498,14 @@ def test_keyed_recipe_configs_chain_as_documented():
     assert keyed_s0.data.datasets.captions.caption_keys and keyed_s0.total_steps == 1000
     assert keyed.stage == "flamingo" and keyed.data.datasets.names.text_keys == 0.5 and keyed.total_steps == 6000
     assert set(keyed.data.datasets) == {"captions", "interleaved", "names"}
+    # The ablations differ from the main variant in the gating or the block frequency alone.
+    ungated, every4 = load("tiny_keyed_ungated"), load("tiny_keyed_every4")
+    assert ungated.model.xattn.gating == "none" and every4.model.cross_attn_every == 4
+    for ablation, field in ((ungated, "xattn"), (every4, "cross_attn_every")):
+        assert ablation.data.to_dict() == keyed.data.to_dict() and ablation.optimizer == keyed.optimizer
+        assert ablation.total_steps == keyed.total_steps
+        assert {k: v for k, v in ablation.model.to_dict().items() if k != field} == \
+            {k: v for k, v in keyed.model.to_dict().items() if k != field}
+    assert keyed.model.xattn.gating == "tanh" and keyed.model.cross_attn_every == 1
+    assert {k: v for k, v in ungated.model.xattn.to_dict().items() if k != "gating"} == \
+        {k: v for k, v in keyed.model.xattn.to_dict().items() if k != "gating"}
