@@ -28,7 +28,8 @@ import os
 import time
 
 VARIANTS = {"tiny_keyed": "gated, every layer (main)", "tiny_keyed_ungated": "w/o tanh gating, every layer",
-            "tiny_keyed_every4": "gated, every 4th layer", "tiny": "gated, every layer (main)",
+            "tiny_keyed_every4": "gated, every 4th layer", "tiny_keyed_middle": "gated, a single block in the middle",
+            "tiny_keyed_first": "gated, a single block before the first layer", "tiny": "gated, every layer (main)",
             "tiny_ungated": "w/o tanh gating, every layer", "tiny_every4": "gated, every 4th layer",
             "tiny_names": "names-heavier mix"}
 # Stage-0 parts (each continues from the one before through init_lm.workdir) and the variants, the first the main one.

@@ -11,9 +11,10 @@ the few-shot evaluation.)
 from configs.flamingo.tiny_base import base_config, model
 
 
-def keyed_config(every: int = 1, gating: str = "tanh"):
+def keyed_config(every: int = 1, gating: str = "tanh", block_position: int | None = None):
     config = base_config()
     config.model = model(every=every, gating=gating)
+    config.model.block_position = block_position
     config.total_steps = 6000
     config.data.datasets.names = dict(source="names_documents", max_len=96, weight=1.0, max_images=10, batch_size=8,
                                       min_pairs=3, max_pairs=10, min_names=2, max_names=6, text_keys=0.5)

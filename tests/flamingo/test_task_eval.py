@@ -500,12 +500,17 @@ def test_keyed_recipe_configs_chain_as_documented():
     assert set(keyed.data.datasets) == {"captions", "interleaved", "names"}
     # The ablations differ from the main variant in the gating or the block frequency alone.
     ungated, every4 = load("tiny_keyed_ungated"), load("tiny_keyed_every4")
+    middle, first = load("tiny_keyed_middle"), load("tiny_keyed_first")
     assert ungated.model.xattn.gating == "none" and every4.model.cross_attn_every == 4
-    for ablation, field in ((ungated, "xattn"), (every4, "cross_attn_every")):
+    assert (middle.model.cross_attn_every, middle.model.block_position) == (4, 2)
+    assert (first.model.cross_attn_every, first.model.block_position) == (4, 0)
+    for ablation, fields in ((ungated, {"xattn"}), (every4, {"cross_attn_every"}),
+                             (middle, {"cross_attn_every", "block_position"}),
+                             (first, {"cross_attn_every", "block_position"})):
         assert ablation.data.to_dict() == keyed.data.to_dict() and ablation.optimizer == keyed.optimizer
         assert ablation.total_steps == keyed.total_steps
-        assert {k: v for k, v in ablation.model.to_dict().items() if k != field} == \
-            {k: v for k, v in keyed.model.to_dict().items() if k != field}
+        assert {k: v for k, v in ablation.model.to_dict().items() if k not in fields} == \
+            {k: v for k, v in keyed.model.to_dict().items() if k not in fields}
     assert keyed.model.xattn.gating == "tanh" and keyed.model.cross_attn_every == 1
     assert {k: v for k, v in ungated.model.xattn.to_dict().items() if k != "gating"} == \
         {k: v for k, v in keyed.model.xattn.to_dict().items() if k != "gating"}
