@@ -1,11 +1,16 @@
 """The optimizer built from a config: warmup + cosine / linear / constant learning-rate schedules, AdamW, and
-per-parameter groups chosen by regex (learning-rate multiplier, weight-decay multiplier, frozen).
+per-parameter groups chosen by regex (learning-rate multiplier, weight-decay multiplier, frozen, trained rows).
 
 Parameters are named by their '/'-joined path ("decoder/layers/attn/q/kernel"). `param_groups` is a sequence
 of (regex, settings) pairs; the first regex that `re.fullmatch`es a path gives that parameter its settings:
-  lr_mult (float, default 1), wd_mult (float, default 1; 0 = no weight decay), frozen (bool, default False).
+  lr_mult (float, default 1), wd_mult (float, default 1; 0 = no weight decay), frozen (bool, default False),
+  rows (a sequence of row indices, or of names the caller resolves through `named_rows`, e.g. a tokenizer's new
+  special tokens; default all): train only these rows (axis 0) of the matched parameters, the rest frozen.
 Frozen parameters get `optax.set_to_zero` inside an `optax.multi_transform`, so they carry no optimizer
-state at all: the state holds exactly 2 x (trainable parameter count) floats (AdamW's mu and nu).
+state at all; a `rows` group's AdamW runs on the gathered rows alone. The state holds exactly
+2 x (trainable parameter count) floats (AdamW's mu and nu). The gradient of the untrained rows is zeroed before
+the global-norm clipping (OpenFlamingo masks its input-embedding gradient to the <image> / <|endofchunk|> rows
+before `clip_grad_norm_`).
 """
 from __future__ import annotations
 
@@ -76,11 +81,13 @@ class ParamGroup:
     lr_mult: float = 1.0
     wd_mult: float = 1.0
     frozen: bool = False
+    rows: tuple[int, ...] | None = None  # train only these rows (axis 0); None = all
 
 
-def parse_param_groups(groups: Sequence[Any] | None) -> list[ParamGroup]:
-    """[(regex, {lr_mult, wd_mult, frozen}), ...] (settings may be a dict / ConfigDict, or None = frozen,
-    big_vision style) -> [ParamGroup]."""
+def parse_param_groups(groups: Sequence[Any] | None, named_rows: Mapping[str, int] | None = None
+                       ) -> list[ParamGroup]:
+    """[(regex, {lr_mult, wd_mult, frozen, rows}), ...] (settings may be a dict / ConfigDict, or None = frozen,
+    big_vision style) -> [ParamGroup]. String entries of `rows` are looked up in `named_rows`."""
     parsed = []
     for entry in groups or ():
         if isinstance(entry, ParamGroup):
@@ -91,14 +98,28 @@ def parse_param_groups(groups: Sequence[Any] | None) -> list[ParamGroup]:
             parsed.append(ParamGroup(pattern, frozen=True))
             continue
         settings = dict(settings)
-        unknown = set(settings) - {"lr_mult", "wd_mult", "frozen"}
+        unknown = set(settings) - {"lr_mult", "wd_mult", "frozen", "rows"}
         if unknown:
             raise ValueError(f"param group {pattern!r}: unknown settings {sorted(unknown)}; "
-                             "use lr_mult, wd_mult, frozen")
+                             "use lr_mult, wd_mult, frozen, rows")
         re.compile(pattern)
+        rows = settings.get("rows")
+        if rows is not None:
+            rows = tuple(_row_index(pattern, r, named_rows) for r in rows)
+            if not rows or len(set(rows)) != len(rows):
+                raise ValueError(f"param group {pattern!r}: rows must be distinct and non-empty, got {rows}")
         parsed.append(ParamGroup(pattern, float(settings.get("lr_mult", 1.0)), float(settings.get("wd_mult", 1.0)),
-                                 bool(settings.get("frozen", False))))
+                                 bool(settings.get("frozen", False)), rows))
     return parsed
+
+
+def _row_index(pattern: str, row: Any, named_rows: Mapping[str, int] | None) -> int:
+    if isinstance(row, str):
+        if not named_rows or row not in named_rows:
+            raise ValueError(f"param group {pattern!r}: row {row!r} is not a known name "
+                             f"(known: {sorted(named_rows or {})})")
+        return int(named_rows[row])
+    return int(row)
 
 
 def group_labels(params: Any, groups: Sequence[ParamGroup]) -> Any:
@@ -117,6 +138,53 @@ def group_labels(params: Any, groups: Sequence[ParamGroup]) -> Any:
 def frozen_mask(labels: Any) -> Any:
     """Tree of bools: True where the parameter is frozen."""
     return jax.tree.map(lambda label: label == FROZEN, labels)
+
+
+def _check_rows(params: Any, labels: Any, groups: Sequence[ParamGroup]) -> None:
+    for name, label, x in zip(jax.tree.leaves(param_names(params)), jax.tree.leaves(labels),
+                              jax.tree.leaves(params)):
+        rows = _group_rows(label, groups)
+        if rows is not None and (not x.shape or not all(0 <= r < x.shape[0] for r in rows)):
+            raise ValueError(f"{name} {tuple(x.shape)}: rows {rows} out of range of its first axis")
+
+
+def _group_rows(label: str, groups: Sequence[ParamGroup]) -> tuple[int, ...] | None:
+    return groups[int(label.split("_")[1])].rows if label.startswith("group_") else None
+
+
+def _keep_rows(x: jax.Array, rows: tuple[int, ...]) -> jax.Array:
+    """x with every row (axis 0) but `rows` zeroed."""
+    index = jnp.asarray(rows)
+    return jnp.zeros_like(x).at[index].set(x[index])
+
+
+def zero_untrained_rows(labels: Any, groups: Sequence[ParamGroup]) -> optax.GradientTransformation:
+    """Stateless: zeroes the gradient of the rows a `rows` group does not train (before clipping)."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, label: u if _group_rows(label, groups) is None else
+                            _keep_rows(u, _group_rows(label, groups)), updates, labels), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def on_rows(inner: optax.GradientTransformation, rows: tuple[int, ...]) -> optax.GradientTransformation:
+    """`inner` run on rows `rows` (axis 0) of every leaf alone: its state holds those rows only, and the update of
+    every other row is exactly zero (no weight decay either)."""
+    index = np.asarray(rows)
+
+    def take(tree):  # boxed (logically partitioned) leaves are unboxed: the rows' state is small, replicated
+        return jax.tree.map(lambda x: nn.unbox(x)[index], tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+    def init(params):
+        return inner.init(take(params))
+
+    def update(updates, state, params=None):
+        new, state = inner.update(take(updates), state, None if params is None else take(params))
+        return jax.tree.map(lambda u, n: jnp.zeros_like(u).at[index].set(n), updates, new), state
+
+    return optax.GradientTransformation(init, update)
 
 
 def count_params(params: Any, mask: Any | None = None) -> int:
@@ -146,23 +214,33 @@ class Optimizer:
     groups: list[ParamGroup]
 
     def trainable_count(self, params: Any) -> int:
-        return count_params(params, jax.tree.map(lambda f: not f, self.frozen))
+        """Trained scalars: every non-frozen parameter, only its trained rows in a `rows` group."""
+        total = 0
+        for label, x in zip(jax.tree.leaves(self.labels), jax.tree.leaves(params)):
+            if label == FROZEN:
+                continue
+            rows = _group_rows(label, self.groups)
+            total += int(np.prod(x.shape)) if rows is None else len(rows) * int(np.prod(x.shape[1:]))
+        return total
 
 
-def make_optimizer(optimizer_config: Mapping[str, Any], params: Any, total_steps: int) -> Optimizer:
+def make_optimizer(optimizer_config: Mapping[str, Any], params: Any, total_steps: int,
+                   named_rows: Mapping[str, int] | None = None) -> Optimizer:
     """AdamW with global-norm clipping and per-group lr / wd multipliers and freezing, from a config mapping:
 
       lr, schedule ('cosine' | 'linear' | 'constant'), warmup_steps, end_lr_ratio, decay_steps (None = total),
       b1, b2, eps, weight_decay, clip_norm (0 = off), param_groups ((regex, settings), ...).
 
-    `params` may be abstract (ShapeDtypeStructs) or boxed; only its structure and names are used.
+    `params` may be abstract (ShapeDtypeStructs) or boxed; only its structure, shapes and names are used.
+    `named_rows` resolves names in a group's `rows` (e.g. {"<image>": 50277}).
     """
     cfg = dict(optimizer_config)
     schedule = make_schedule(float(cfg.get("lr", 1e-3)), total_steps, cfg.get("schedule", "cosine"),
                              int(cfg.get("warmup_steps", 0)), float(cfg.get("end_lr_ratio", 0.0)),
                              cfg.get("decay_steps"))
-    groups = parse_param_groups(cfg.get("param_groups"))
+    groups = parse_param_groups(cfg.get("param_groups"), named_rows)
     labels = group_labels(params, groups)
+    _check_rows(params, labels, groups)
     used = set(jax.tree.leaves(labels))
     settings = {DEFAULT_GROUP: ParamGroup(".*")} | {f"group_{i}": g for i, g in enumerate(groups) if not g.frozen}
     weight_decay = float(cfg.get("weight_decay", 0.0))
@@ -174,13 +252,15 @@ def make_optimizer(optimizer_config: Mapping[str, Any], params: Any, total_steps
             parts.append(optax.add_decayed_weights(weight_decay * group.wd_mult))
         lr_mult = group.lr_mult
         parts.append(optax.scale_by_learning_rate(schedule if lr_mult == 1.0 else (lambda s: lr_mult * schedule(s))))
-        return optax.chain(*parts)
+        return optax.chain(*parts) if group.rows is None else on_rows(optax.chain(*parts), group.rows)
 
     transforms: dict[str, optax.GradientTransformation] = {
         label: group_tx(group) for label, group in settings.items() if label in used}
     if FROZEN in used:
         transforms[FROZEN] = optax.set_to_zero()
     chain = []
+    if any(g.rows is not None for g in groups):
+        chain.append(zero_untrained_rows(labels, groups))
     clip_norm = float(cfg.get("clip_norm", 0.0))
     if clip_norm > 0:
         chain.append(optax.clip_by_global_norm(clip_norm))
@@ -197,7 +277,7 @@ def describe_groups(opt: Optimizer, params: Any) -> list[str]:
     for label in sorted(counts):
         if label.startswith("group_"):
             g = opt.groups[int(label.split("_")[1])]
-            what = f"{g.pattern!r} lr_mult={g.lr_mult} wd_mult={g.wd_mult}"
+            what = f"{g.pattern!r} lr_mult={g.lr_mult} wd_mult={g.wd_mult}" + (f" rows={list(g.rows)}" if g.rows else "")
         else:
             what = "frozen" if label == FROZEN else "unmatched: lr_mult=1.0 wd_mult=1.0"
         lines.append(f"{label}: {what}: {counts[label]:,} params")

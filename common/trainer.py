@@ -82,6 +82,8 @@ class Task:
         init, e.g. to copy in a pretrained LM / vision tower; must keep each array's sharding.
     make_eval_data(shard) -> iterable of host-local batches of a held-out split, scored with loss_fn.
     evaluate(params, step) -> {name: float}: optional family-specific evaluation (CIDEr, accuracy, ...).
+    named_rows: {name: row index} for the optimizer's `rows` param-group setting, e.g. the tokenizer's new
+        special tokens, so a config can train the embedding rows of '<image>' alone.
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -92,6 +94,7 @@ class Task:
     load_pretrained: Callable[[Any], Any] | None = None
     make_eval_data: Callable[[DataShard], Iterable[Batch]] | None = None
     evaluate: Callable[[Any, int], Mapping[str, float]] | None = None
+    named_rows: Mapping[str, int] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -352,7 +355,8 @@ class Trainer:
         # Abstract (boxed) parameters -> optimizer -> abstract state -> shardings from the logical rules.
         key = jax.random.key(int(config.seed))
         abstract_params = jax.eval_shape(task.init_params, key)
-        self.opt = optimizer_lib.make_optimizer(config.optimizer, abstract_params, self.total_steps)
+        self.opt = optimizer_lib.make_optimizer(config.optimizer, abstract_params, self.total_steps,
+                                                named_rows=task.named_rows)
         boxed_state = jax.eval_shape(lambda k: TrainState.create(task.init_params(k), self.opt.tx), key)
         self.state_sharding = logical_sharding(nn.get_partition_spec(boxed_state), self.mesh)
         self.abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

@@ -24,6 +24,7 @@ import numpy as np
 
 from common.lm import DecoderLM, KVCache, LMConfig
 from common.sharding import constrain
+from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 from common.vision import build_vision_tower
 from flamingo_jax.gated_cross_attention import (GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs,
                                                 text_time_from_ids)
@@ -218,21 +219,38 @@ EMBED_PATTERN = r"lm/embed/.*"
 BLOCK_NO_DECAY_PATTERN = r"lm/decoder/groups(_\d+)?/block/(alpha_[^/]*|[^/]*norm/.*|.*/bias)"
 
 
-def trainable_param_patterns(train_embeddings: bool = True) -> list[str]:
+NEW_TOKENS = (IMAGE_TOKEN, END_OF_CHUNK_TOKEN)  # Flamingo's added special tokens (row names: Task.named_rows)
+EMBEDDINGS = ("new_tokens", "all", "frozen")
+
+
+def _embeddings_mode(train_embeddings: bool | str) -> str:
+    mode = {True: "all", False: "frozen"}.get(train_embeddings, train_embeddings)  # type: ignore[arg-type]
+    if mode not in EMBEDDINGS:
+        raise ValueError(f"train_embeddings must be one of {EMBEDDINGS} (or a bool), got {train_embeddings!r}")
+    return mode
+
+
+def trainable_param_patterns(train_embeddings: bool | str = "new_tokens") -> list[str]:
     """Regexes ('/'-joined param paths, `re.fullmatch`) of what Flamingo trains: the resampler, the gated blocks
-    and (OpenFlamingo; optional) the LM input embeddings, which hold the new <image> / <|endofchunk|> rows.
-    Everything else (vision encoder, LM body, LM head) is frozen."""
-    return [RESAMPLER_PATTERN, BLOCK_PATTERN] + ([EMBED_PATTERN] if train_embeddings else [])
+    and (unless 'frozen') the LM input embedding matrix, of which `param_groups` trains only the new <image> /
+    <|endofchunk|> rows by default. Everything else (vision encoder, LM body, LM head) is frozen."""
+    return [RESAMPLER_PATTERN, BLOCK_PATTERN] + ([EMBED_PATTERN] if _embeddings_mode(train_embeddings) != "frozen"
+                                                 else [])
 
 
-def param_groups(train_embeddings: bool = True) -> list[tuple[str, dict | None]]:
+def param_groups(train_embeddings: bool | str = "new_tokens") -> list[tuple[str, dict | None]]:
     """`common.optimizer` param groups for OpenFlamingo's recipe: weight decay (the optimizer's, 0.1 there) on the
     gated blocks' kernels only (not their gates, norms or biases), none on the resampler / embeddings, everything
-    else frozen."""
+    else frozen. train_embeddings: 'new_tokens' (OpenFlamingo, which masks the input-embedding gradient to the
+    <image> and <|endofchunk|> rows, and IDEFICS' decoupled additional embedding: those rows alone train, by name,
+    resolved through the task's tokenizer), 'all' (True) or 'frozen' (False)."""
+    mode = _embeddings_mode(train_embeddings)
     groups: list[tuple[str, dict | None]] = [(BLOCK_NO_DECAY_PATTERN, {"wd_mult": 0.0}), (BLOCK_PATTERN, {"wd_mult": 1.0}),
                                              (RESAMPLER_PATTERN, {"wd_mult": 0.0})]
-    if train_embeddings:
+    if mode == "all":
         groups.append((EMBED_PATTERN, {"wd_mult": 0.0}))
+    elif mode == "new_tokens":
+        groups.append((EMBED_PATTERN, {"wd_mult": 0.0, "rows": NEW_TOKENS}))
     return groups + [(r".*", None)]
 
 

@@ -10,7 +10,7 @@ cross-attention frequency "every layer vs every 4th"):
    caption keys; `plain`: tiny_stage0.py); both then frozen;
 2. for each variant (configs/flamingo/<variant>.py; `keyed`: tiny_keyed, tiny_keyed_ungated, tiny_keyed_every4;
    `plain`: tiny, tiny_ungated, tiny_every4): Flamingo training (frozen ViT + frozen stage-0 LM; resampler, gated
-   blocks and input embeddings train; the datasets accumulated each step);
+   blocks and the <image> / <|endofchunk|> embedding rows train; the datasets accumulated each step);
 3. few-shot evaluation of the in-context-only 'names' task at 0 / 4 / 8 shots (random demos; the first variant also
    with RICES demos, and captioning / VQA at 0 and 4 shots), beam search 3, and the diagnostics of whether and where
    the images are read.

@@ -1,6 +1,7 @@
 """Flamingo training as a `common.trainer.Task` (Alayrac et al. 2022, Sec. 2.4 and App. B.1.2 / OpenFlamingo's
 train.py): the vision encoder and the LM are frozen; the Perceiver Resampler, the GATED XATTN-DENSE blocks and
-(OpenFlamingo, optional) the LM's input embeddings train; weight decay only on the gated blocks. Several datasets
+(OpenFlamingo, optional) the input-embedding rows of the new <image> / <|endofchunk|> tokens train; weight decay
+only on the gated blocks. Several datasets
 (LAION-style image-caption pairs, MMC4-style interleaved documents) are combined by the paper's gradient
 accumulation over all datasets each step (`multi_dataset_mode='accumulate'`, weights `dataset_weights`) or, for the
 paper's ablation, one dataset per step (`'round_robin'`).
@@ -30,7 +31,8 @@ Config (ml_collections; configs/flamingo/*.py):
              frozen vision encoder's weights
   contrastive {text: LMConfig fields of the dual encoder's text tower (vocab_size None = the tokenizer's),
              projection_dim}: stage 'contrastive' only
-  optimizer  common.optimizer fields; param_groups from `flamingo_jax.model.param_groups` (see the configs)
+  optimizer  common.optimizer fields; param_groups from `flamingo_jax.model.param_groups` (see the configs); a
+             group's `rows` may name '<image>' and '<|endofchunk|>' (the task's `named_rows`)
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
 from common.data.pipeline import Collate, DataIterator, build_dataset
 from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
 from common.lm_task import next_token_loss
-from common.tokenizers import padded_vocab_size
+from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
 from common.trainer import DataShard, Task
 from flamingo_jax import data as data_lib
 from flamingo_jax.gated_cross_attention import GatedXAttnConfig
@@ -278,6 +280,12 @@ def example_batch(cfg: FlamingoConfig, length: int = 8, num_media: int = 1):
     return ids, {"pixel_values": jnp.zeros((1, num_media, s, s, cfg.vision.num_channels), jnp.float32)}
 
 
+def new_token_rows(tokenizer) -> dict[str, int]:
+    """{'<image>': id, '<|endofchunk|>': id}: the embedding rows `param_groups('new_tokens')` trains."""
+    ids = data_lib.special_ids(tokenizer)
+    return {IMAGE_TOKEN: ids["image"], END_OF_CHUNK_TOKEN: ids["eoc"]}
+
+
 def make_task(config, workdir: str | None = None) -> Task:
     tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None))
     cfg = flamingo_config_from(config.model, tokenizer)
@@ -367,6 +375,7 @@ def make_task(config, workdir: str | None = None) -> Task:
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
                 flops_per_example=flops, load_pretrained=load,
-                make_eval_data=make_eval_data if int(get(config, "eval_batches", 0)) else None)
+                make_eval_data=make_eval_data if int(get(config, "eval_batches", 0)) else None,
+                named_rows=new_token_rows(tokenizer) if stage == "flamingo" else None)
     task.model, task.flamingo_config, task.tokenizer, task.stage = model, cfg, tokenizer, stage
     return task

@@ -1,7 +1,8 @@
 """OpenFlamingo-9B (Awadalla et al. 2023): CLIP ViT-L/14 + MPT-7B, a gated block every 4th layer; OpenFlamingo's
 recipe: AdamW lr 1e-4, 5000 warmup steps then constant, weight decay 0.1 on the gated cross-attention only; trains
-the resampler, the blocks and the input embeddings; LAION-2B `<image>{caption}<|endofchunk|>{eos}` (32 tokens) and
-MMC4 documents (up to 6 images, 256 tokens) with gradients accumulated over both datasets each step.
+the resampler, the blocks and the <image> / <|endofchunk|> input-embedding rows; LAION-2B
+`<image>{caption}<|endofchunk|>{eos}` (32 tokens) and MMC4 documents (up to 6 images, 256 tokens) with gradients
+accumulated over both datasets each step.
 
 Point the datasets at your data (coco_captions / interleaved_jsonl sources, see flamingo_jax/data.py), the tokenizer
 at the MPT-7B checkpoint directory and init_lm.hf_dir at its weights (CLIP weights: extend init_lm or convert with
@@ -40,5 +41,5 @@ def get_config():
     config.init_lm = dict(workdir="", hf_dir="/path/to/mpt-7b")
     config.optimizer = dict(lr=1e-4, schedule="constant", warmup_steps=5000, b1=0.9, b2=0.999, eps=1e-8,
                             weight_decay=0.1, clip_norm=1.0, param_groups=tuple(
-                                (p, dict(frozen=True) if s is None else s) for p, s in param_groups(True)))
+                                (p, dict(frozen=True) if s is None else s) for p, s in param_groups()))
     return config

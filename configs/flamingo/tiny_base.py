@@ -22,7 +22,9 @@ def model(every: int = 1, gating: str = "tanh") -> dict:
         preset=None,
         lm=dict(vocab_size=None, hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=128,
                 max_position_embeddings=512, norm="rms", mlp_act="silu", dtype="float32", param_dtype="float32",
-                scan_layers=True, remat_policy="none"),
+                # Recomputing each layer in the backward pass is faster here than keeping its activations, which
+                # XLA:CPU stacks into [layers, ...] buffers it zero-fills and copies each step (bench/remat_step.py).
+                scan_layers=True, remat_policy="full"),
         vision=dict(image_size=IMAGE_SIZE, patch_size=16, hidden_size=96, intermediate_size=192, num_layers=2,
                     num_heads=4, scan_layers=True),
         resampler=dict(depth=2, num_heads=4, head_dim=24, num_latents=8, ff_mult=2, ff_act="gelu"),
@@ -57,8 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.init_lm = dict(workdir="", hf_dir="")
     config.init_vision = dict(workdir="", timm_nfnet="")
     # OpenFlamingo: AdamW, constant lr after warmup, weight decay 0.1 on the gated blocks only; the resampler, the
-    # blocks and the input embeddings train, the rest is frozen. The tiny run uses lr 1e-3 (1e-4 at paper scale).
+    # blocks and the <image> / <|endofchunk|> embedding rows train, the rest is frozen. The tiny run uses lr 1e-3
+    # (1e-4 at paper scale).
     config.optimizer = dict(lr=1e-3, schedule="constant", warmup_steps=50, b1=0.9, b2=0.999, eps=1e-8,
                             weight_decay=0.1, clip_norm=1.0, param_groups=tuple(
-                                (p, dict(frozen=True) if s is None else s) for p, s in param_groups(True)))
+                                (p, dict(frozen=True) if s is None else s) for p, s in param_groups()))
     return config

@@ -150,6 +150,12 @@ def test_trainable_patterns_and_groups(tiny):
     no_embed = [re.compile(p) for p in trainable_param_patterns(train_embeddings=False)]
     assert not any(p.fullmatch("lm/embed/embedding") for p in no_embed)
     assert param_groups()[-1] == (".*", None)
+    embed = [settings for pattern, settings in param_groups() if re.fullmatch(pattern, "lm/embed/embedding")][0]
+    assert embed == {"wd_mult": 0.0, "rows": ("<image>", "<|endofchunk|>")}  # OpenFlamingo's new-token rows
+    assert [s for p, s in param_groups("all") if re.fullmatch(p, "lm/embed/embedding")][0] == {"wd_mult": 0.0}
+    assert [s for p, s in param_groups(False) if re.fullmatch(p, "lm/embed/embedding")][0] is None
+    with pytest.raises(ValueError, match="train_embeddings"):
+        param_groups("some")
 
 
 def test_bad_inputs(tiny):

@@ -76,7 +76,8 @@ def test_train_steps_decrease_loss_and_keep_frozen_params(tmp_path):
     from flamingo_jax.task import make_task
 
     config = _tiny_train_config()
-    trainer = Trainer(config, make_task(config), str(tmp_path))
+    task = make_task(config)
+    trainer = Trainer(config, task, str(tmp_path))
     init = jax.device_get(trainer.init_state().params)
     result = trainer.run()
     trainer.close()
@@ -91,6 +92,10 @@ def test_train_steps_decrease_loss_and_keep_frozen_params(tmp_path):
         assert moved == trainable or (trainable and not moved and "alpha" not in name), name
     assert not any(m for n, m in changed.items() if "'vision'" in n or "'layer_" in n or "'lm_head'" in n)
     assert any(m for n, m in changed.items() if "alpha_xattn" in n)
+    # OpenFlamingo: of the input embedding only the new <image> / <|endofchunk|> rows train (both occur in the data).
+    new_rows = sorted(task.named_rows.values())
+    moved_rows = np.flatnonzero(np.any(final["lm"]["embed"]["embedding"] != init["lm"]["embed"]["embedding"], axis=1))
+    assert moved_rows.tolist() == new_rows
 
 
 def test_stage_lm_continues_from_another_mix_and_refuses_another_model(tmp_path):

@@ -84,3 +84,43 @@ def test_global_norm_clipping():
     clipped, _ = optax.clip_by_global_norm(1.0).update({"w": jnp.full((4,), 10.0)}, clip_state)
     np.testing.assert_allclose(optax.tree.norm(clipped), 1.0, rtol=1e-6)
     assert isinstance(opt.tx.init(params)[0], optax.EmptyState)  # the clip is the first link of the chain
+
+
+def test_rows_group_trains_only_its_rows():
+    """OpenFlamingo's input-embedding gradient mask: a `rows` group trains those rows alone (state for them only, the
+    other rows' update exactly zero even under weight decay), and their gradient is zeroed before the clipping."""
+    params = {"embed": jnp.ones((5, 4)), "w": jnp.ones((3,))}
+    config = {"lr": 0.1, "schedule": "constant", "weight_decay": 0.5, "b1": 0.0, "b2": 0.0, "eps": 1e-12,
+              "clip_norm": 1.0, "param_groups": [("embed", {"rows": ("<new>", 1)})]}
+    opt = optimizer_lib.make_optimizer(config, params, total_steps=10, named_rows={"<new>": 3})
+    assert opt.groups[0].rows == (3, 1)
+    assert opt.trainable_count(params) == 2 * 4 + 3
+    state = opt.tx.init(params)
+    assert optimizer_lib.state_size(state) == 2 * (2 * 4 + 3)
+    # Gradient 10 on the untrained rows, 1e-3 on the trained ones and w: the clip sees only the trained rows.
+    grads = {"embed": jnp.full((5, 4), 10.0).at[jnp.array([1, 3])].set(1e-3), "w": jnp.full((3,), 1e-3)}
+    updates, state = opt.tx.update(grads, state, params)
+    untrained = np.asarray(updates["embed"])[[0, 2, 4]]
+    assert np.all(untrained == 0)
+    # Adam with b1 = b2 = 0 steps by lr * sign(g), plus the decay lr * wd * p: -0.1 - 0.05.
+    np.testing.assert_allclose(np.asarray(updates["embed"])[[1, 3]], -0.15, rtol=1e-5)
+    np.testing.assert_allclose(updates["w"], -0.15, rtol=1e-5)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(np.asarray(new["embed"])[[0, 2, 4]], 1.0)
+    # eps = 1 makes Adam's step scale with the gradient: unclipped, -lr * g / (g + 1); had the clip seen the
+    # untrained rows (global norm ~35), the step would be ~35x smaller.
+    opt = optimizer_lib.make_optimizer(config | {"weight_decay": 0.0, "eps": 1.0}, params, 10, named_rows={"<new>": 3})
+    updates, _ = opt.tx.update(grads, opt.tx.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["embed"])[[1, 3]], -0.1 * 1e-3 / (1e-3 + 1.0), rtol=1e-4)
+
+
+def test_rows_group_bad_settings_raise():
+    params = {"embed": jnp.ones((5, 4))}
+    make = lambda rows, named=None: optimizer_lib.make_optimizer(  # noqa: E731
+        {"param_groups": [("embed", {"rows": rows})]}, params, 10, named_rows=named)
+    with pytest.raises(ValueError, match="not a known name"):
+        make(("<image>",), {"<eoc>": 1})
+    with pytest.raises(ValueError, match=r"out of range"):
+        make((5,))
+    with pytest.raises(ValueError, match="distinct"):
+        make((1, 1))
