@@ -38,11 +38,20 @@ RECIPES = {"keyed": dict(stage0=("tiny_stage0_names", "tiny_stage0_keyed"),
            "plain": dict(stage0=("tiny_stage0",), variants=("tiny", "tiny_ungated", "tiny_every4"))}
 
 
+class Preempted(SystemExit):
+    """A training stopped early on SIGTERM / a preemption notice (its checkpoint saved): the reproduction stops
+    too, rather than evaluate a half-trained model; running the same command again resumes."""
+
+
 def _train(config, workdir: str):
     from common.train import train
     from flamingo_jax.task import make_task
 
-    return train(config, workdir, lambda c: make_task(c, workdir))
+    result = train(config, workdir, lambda c: make_task(c, workdir))
+    if result.preempted:
+        raise Preempted(f"{workdir}: preempted at step {result.final_step} of {config.total_steps}; the checkpoint is "
+                        "saved, run the same command again to resume")
+    return result
 
 
 def _final_loss(workdir: str) -> float | None:

@@ -41,3 +41,21 @@ def test_reproduce_keyed_recipe_chains_stages_and_reports(tmp_path):
     assert "main_config_total" in report["wall_seconds"]
     md = (tmp_path / "reproduce_results.md").read_text()
     assert "| tiny_keyed: gated, every layer (main) |" in md and "names loss, own / other / zero images" in md
+
+
+def test_a_preempted_training_stops_the_reproduction(monkeypatch, tmp_path):
+    """SIGTERM mid-training saves a checkpoint and returns early; the driver must stop there (re-running resumes)
+    rather than evaluate the half-trained model as if it were finished."""
+    import ml_collections
+    import pytest
+
+    import common.train
+    from common.trainer import RunResult
+    from flamingo_jax import reproduce
+
+    config = ml_collections.ConfigDict({"total_steps": 3000})
+    monkeypatch.setattr(common.train, "train", lambda *a, **k: RunResult(final_step=504, preempted=True, metrics=[]))
+    with pytest.raises(reproduce.Preempted, match="preempted at step 504 of 3000"):
+        reproduce._train(config, str(tmp_path))
+    monkeypatch.setattr(common.train, "train", lambda *a, **k: RunResult(final_step=3000, preempted=False, metrics=[]))
+    assert reproduce._train(config, str(tmp_path)).final_step == 3000

@@ -501,7 +501,7 @@ def test_keyed_recipe_configs_chain_as_documented():
     names_only, keyed_s0, keyed = load("tiny_stage0_names"), load("tiny_stage0_keyed"), load("tiny_keyed")
     assert names_only.stage == keyed_s0.stage == "lm" and list(names_only.data.datasets) == ["names"]
     assert keyed_s0.data.datasets.captions.caption_keys and keyed_s0.total_steps == 1000
-    assert keyed.stage == "flamingo" and keyed.data.datasets.names.text_keys == 0.5 and keyed.total_steps == 6000
+    assert keyed.stage == "flamingo" and keyed.data.datasets.names.text_keys == 0.5 and keyed.total_steps == 3000
     assert set(keyed.data.datasets) == {"captions", "interleaved", "names"}
     # The ablations differ from the main variant in the gating or the block frequency alone.
     ungated, every4 = load("tiny_keyed_ungated"), load("tiny_keyed_every4")
