@@ -376,6 +376,6 @@ def make_task(config, workdir: str | None = None) -> Task:
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
                 flops_per_example=flops, load_pretrained=load,
                 make_eval_data=make_eval_data if int(get(config, "eval_batches", 0)) else None,
-                named_rows=new_token_rows(tokenizer) if stage == "flamingo" else None)
+                named_rows=new_token_rows(tokenizer))
     task.model, task.flamingo_config, task.tokenizer, task.stage = model, cfg, tokenizer, stage
     return task
