@@ -148,14 +148,19 @@ def _check_rows(params: Any, labels: Any, groups: Sequence[ParamGroup]) -> None:
             raise ValueError(f"{name} {tuple(x.shape)}: rows {rows} out of range of its first axis")
 
 
+def _group_of(label: str, groups: Sequence[ParamGroup]) -> ParamGroup | None:
+    """The ParamGroup behind a 'group_<i>' label (None for FROZEN / DEFAULT_GROUP)."""
+    return groups[int(label.split("_")[1])] if label.startswith("group_") else None
+
+
 def _group_rows(label: str, groups: Sequence[ParamGroup]) -> tuple[int, ...] | None:
-    return groups[int(label.split("_")[1])].rows if label.startswith("group_") else None
+    group = _group_of(label, groups)
+    return group.rows if group is not None else None
 
 
-def _keep_rows(x: jax.Array, rows: tuple[int, ...]) -> jax.Array:
-    """x with every row (axis 0) but `rows` zeroed."""
-    index = jnp.asarray(rows)
-    return jnp.zeros_like(x).at[index].set(x[index])
+def _scatter_rows(like: jax.Array, values: jax.Array, rows) -> jax.Array:
+    """Zeros shaped like `like` with `values` in rows `rows` (axis 0)."""
+    return jnp.zeros_like(like).at[jnp.asarray(rows)].set(values)
 
 
 def zero_untrained_rows(labels: Any, groups: Sequence[ParamGroup]) -> optax.GradientTransformation:
@@ -163,8 +168,11 @@ def zero_untrained_rows(labels: Any, groups: Sequence[ParamGroup]) -> optax.Grad
 
     def update(updates, state, params=None):
         del params
-        return jax.tree.map(lambda u, label: u if _group_rows(label, groups) is None else
-                            _keep_rows(u, _group_rows(label, groups)), updates, labels), state
+        def keep(u, label):
+            rows = _group_rows(label, groups)
+            return u if rows is None else _scatter_rows(u, u[jnp.asarray(rows)], rows)
+
+        return jax.tree.map(keep, updates, labels), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
@@ -182,7 +190,7 @@ def on_rows(inner: optax.GradientTransformation, rows: tuple[int, ...]) -> optax
 
     def update(updates, state, params=None):
         new, state = inner.update(take(updates), state, None if params is None else take(params))
-        return jax.tree.map(lambda u, n: jnp.zeros_like(u).at[index].set(n), updates, new), state
+        return jax.tree.map(lambda u, n: _scatter_rows(u, n, index), updates, new), state
 
     return optax.GradientTransformation(init, update)
 
@@ -275,8 +283,8 @@ def describe_groups(opt: Optimizer, params: Any) -> list[str]:
         counts[label] = counts.get(label, 0) + int(np.prod(x.shape))
     lines = []
     for label in sorted(counts):
-        if label.startswith("group_"):
-            g = opt.groups[int(label.split("_")[1])]
+        g = _group_of(label, opt.groups)
+        if g is not None:
             what = f"{g.pattern!r} lr_mult={g.lr_mult} wd_mult={g.wd_mult}" + (f" rows={list(g.rows)}" if g.rows else "")
         else:
             what = "frozen" if label == FROZEN else "unmatched: lr_mult=1.0 wd_mult=1.0"
