@@ -4,15 +4,19 @@
 # 1. The parity and core tests on the GPU backend (float32 with the highest matmul precision, so that the
 #    1e-4 bounds against PyTorch-on-CPU hold; TF32 would not): LM / CLIP / InternViT / IDEFICS / LLaVA parity,
 #    KV-cache decoding, generation, and cuDNN flash attention against the XLA path (bf16).
-# 2. bench/lm_train_step.py on the GPU in bf16 compute (float32 parameters and AdamW state) next to PyTorch
+# 2. (LM=1) bench/lm_train_step.py on the GPU in bf16 compute (float32 parameters and AdamW state) next to PyTorch
 #    transformers on CUDA (autocast bf16, sdpa, fused AdamW): the 100M Llama with cuDNN attention, then alone
 #    with the XLA attention path (64-query blocks; as one masked softmax, attention_block_size 0, this batch
 #    does not fit an 80 GB GPU), and (TINYLLAMA=1) TinyLlama-1.1B with cuDNN attention. MFU is against the bf16 matmul peak measured
 #    in the same run. The 100M steps alternate in one process; TinyLlama's two steps do not fit the GPU's memory
 #    side by side (JAX keeps its allocator pool), so JAX and PyTorch run one after the other in two processes.
 #
-# Usage (from the repository root; missing packages can travel as wheels in .whl/: soundfile, cffi, pycparser):
+# 3. (FLAMINGO=1) bench/flamingo_train_step.py: OpenFlamingo-4B's architecture, JAX vs open_flamingo's PyTorch model.
+#
+# Usage (from the repository root; missing packages can travel as wheels in .whl/: soundfile, cffi, pycparser,
+# open-flamingo, einops-exts, flamingo-pytorch):
 #   bash bench/accelerator_check.sh            # writes tests.log and bench.jsonl under $OUT (default /tmp/accel)
+#   LM=0 TESTS="tests/flamingo/test_model.py" bash bench/accelerator_check.sh   # a part of it
 set -u
 OUT=${OUT:-/tmp/accel}
 mkdir -p "$OUT"
@@ -29,17 +33,29 @@ $PY -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version
 # 1. correctness on the GPU (opt level 3 = XLA's default, instead of the test suite's CPU-only level 0)
 JAX_DEFAULT_MATMUL_PRECISION=highest XLA_FLAGS="--xla_backend_optimization_level=3" timeout "${TEST_TIMEOUT:-330}" \
   $PY -m pytest -q -p no:cacheprovider -n 14 --continue-on-collection-errors -k "not sharding and not mesh" \
-  tests/test_lm_parity.py tests/test_vision_parity.py tests/test_lm_core.py tests/test_generate.py tests/test_losses.py \
-  tests/flamingo/test_idefics_parity.py tests/flamingo/test_model.py tests/llava/test_parity.py \
+  ${TESTS:-tests/test_lm_parity.py tests/test_vision_parity.py tests/test_lm_core.py tests/test_generate.py \
+  tests/test_losses.py tests/flamingo/test_idefics_parity.py tests/flamingo/test_open_flamingo_parity.py \
+  tests/flamingo/test_model.py tests/flamingo/test_flops.py tests/llava/test_parity.py} \
   2>&1 | tee "$OUT/tests.log" | tail -25
 
 # 2. train-step MFU, bf16 compute
 bench() { timeout "${BENCH_TIMEOUT:-150}" $PY bench/lm_train_step.py --skip-compile --dtype bfloat16 "$@" 2>&1 \
   | tee -a "$OUT/bench.log" | grep '^{' | tee -a "$OUT/bench.jsonl"; }
-bench --model llama_100m --batch 16 --seq 2048 --attention cudnn --steps 10
-bench --model llama_100m --batch 16 --seq 2048 --attention xla --attention-block-size 64 --steps 5 --skip-torch
+if [ "${LM:-1}" = 1 ]; then
+  bench --model llama_100m --batch 16 --seq 2048 --attention cudnn --steps 10
+  bench --model llama_100m --batch 16 --seq 2048 --attention xla --attention-block-size 64 --steps 5 --skip-torch
+fi
 if [ "${TINYLLAMA:-0}" = 1 ]; then
   bench --model tinyllama_1b --batch 4 --seq 2048 --attention cudnn --steps 5 --skip-torch
   bench --model tinyllama_1b --batch 4 --seq 2048 --attention cudnn --steps 5 --skip-jax
+fi
+# 3. (FLAMINGO=1) the Flamingo train step, bf16: JAX (cuDNN attention in the LM) and OpenFlamingo's PyTorch model, one
+#    process each (two 4B models do not fit side by side)
+if [ "${FLAMINGO:-1}" = 1 ]; then
+  fbench() { timeout "${BENCH_TIMEOUT:-150}" $PY bench/flamingo_train_step.py --config "${FLAMINGO_CONFIG:-open-flamingo-4b}" \
+    --batch "${FLAMINGO_BATCH:-16}" --seq 256 --images 6 --dtype bfloat16 --steps 10 "$@" 2>&1 \
+    | tee -a "$OUT/bench.log" | grep '^{' | tee -a "$OUT/bench.jsonl"; }
+  fbench --impl jax --attention cudnn
+  fbench --impl pytorch
 fi
 echo "done"

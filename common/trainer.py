@@ -110,8 +110,9 @@ class TrainState:
 
     @classmethod
     def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
-        zero = jnp.zeros((), jnp.int32)
-        return cls(step=zero, params=params, opt_state=tx.init(params), nonfinite_streak=zero, nonfinite_total=zero)
+        zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (distinct buffers: a donated state may not alias)
+        return cls(step=zero(), params=params, opt_state=tx.init(params), nonfinite_streak=zero(),
+                   nonfinite_total=zero())
 
 
 class NonFiniteError(RuntimeError):

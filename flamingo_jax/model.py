@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.lm import DecoderLM, KVCache, LMConfig
+from common.lm import DecoderLM, KVCache, LMConfig, matmul_flops_per_token
 from common.sharding import constrain
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 from common.vision import build_vision_tower
@@ -262,6 +262,78 @@ def block_param_location(config: FlamingoConfig, index: int) -> tuple[tuple[str,
     if config.lm.scan_layers:
         return ("lm", "decoder", "groups", "block"), (index,)
     return ("lm", "decoder", f"groups_{index}", "block"), ()
+
+
+def vision_forward_flops(vision_config) -> float:
+    """Forward FLOPs of one image (frame) through the vision tower: the matmul count for a CLIP ViT, the count from
+    the forward's jaxpr (`common.flops`) for any other tower (an NFNet's convolutions)."""
+    from common.flops import matmul_flops
+    from common.vision.clip import CLIPVisionConfig, matmul_flops_per_image
+    if isinstance(vision_config, CLIPVisionConfig):
+        return matmul_flops_per_image(vision_config)
+    tower = build_vision_tower(vision_config)
+    size = vision_config.image_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    x = jax.ShapeDtypeStruct((1, h, w, vision_config.num_channels), jnp.float32)
+    return matmul_flops(tower.apply, jax.eval_shape(tower.init, jax.random.key(0), x), x)
+
+
+def train_flops_per_example(config: FlamingoConfig, seq_len: int, num_media: int, frames: int = 1) -> dict[str, float]:
+    """Model FLOPs of one training example (seq_len tokens, num_media images of `frames` frames each) under the
+    Flamingo recipe, by part, a multiply-add counted as 2 (matmuls only, recomputation not counted, as MFU is):
+
+      vision: the frozen tower's forward alone (no gradient flows into it);
+      resampler, blocks: trained, forward + backward (activations and weights) = 3x forward;
+      lm: the frozen LM's forward, plus the backward to its activations for the head and every layer from the first
+        gated block up (the layers below it carry no gradient): 1x forward for the weight matmuls (no weight
+        gradients), 2x for attention's scores and values (their four backward products all reach activations);
+      total: their sum.
+    """
+    lm = config.lm
+    per_token = matmul_flops_per_token(lm, seq_len)
+    head = 2.0 * lm.hidden_size * lm.vocab_size
+    layer = (per_token - head) / lm.num_layers
+    attention_core = 2 * 2 * lm.num_heads * lm.dim_per_head * seq_len  # QK^T and AV per token, as per_token counts
+    layer_backward = layer + attention_core  # activations only
+    layers_with_grad = lm.num_layers - min(config.position, lm.num_layers)
+    width = config.media_width
+    vision_tokens = frames * _vision_tokens(config)  # per medium, all frames
+    out = {"vision": 0.0, "resampler": 0.0}
+    if config.vision is not None:
+        out["vision"] = vision_forward_flops(config.vision) * num_media * frames
+    tokens_per_medium = vision_tokens
+    if config.resampler is not None:
+        rc = config.resampler
+        inner, latents = rc.num_heads * rc.head_dim, rc.num_latents
+        keys = vision_tokens + latents  # keys / values: concat(media, latents)
+        per_layer = (2 * latents * width * inner + 2 * keys * width * 2 * inner + 2 * 2 * latents * keys * inner
+                     + 2 * latents * inner * width + 2 * 2 * latents * width * rc.ff_mult * width)
+        out["resampler"] = 3.0 * num_media * rc.depth * per_layer
+        tokens_per_medium = latents
+    x, e = config.xattn, lm.hidden_size
+    inner = x.num_heads * x.head_dim
+    media_tokens = num_media * tokens_per_medium
+    ff = x.ff_intermediate_size or x.ff_mult * e
+    per_block = (2 * media_tokens * width * 2 * inner + 2 * seq_len * e * inner + 2 * 2 * seq_len * media_tokens * inner
+                 + 2 * seq_len * inner * e + 2 * seq_len * e * ff * (3 if x.ff_gated else 2))
+    out["blocks"] = 3.0 * config.num_blocks * per_block
+    out["lm"] = seq_len * (lm.num_layers * layer + head) + seq_len * (layers_with_grad * layer_backward + head)
+    out["total"] = sum(out.values())
+    return out
+
+
+def _vision_tokens(config: FlamingoConfig) -> int:
+    """Tokens per frame the vision side hands on (S), from the tower's abstract output."""
+    if config.vision is None:
+        raise ValueError("without a vision tower the number of vision tokens per frame is not known; "
+                         "FLOPs need a vision config")
+    tower = build_vision_tower(config.vision)
+    size = config.vision.image_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    x = jnp.zeros((1, h, w, config.vision.num_channels), jnp.float32)
+    out = jax.eval_shape(lambda: tower.init_with_output(jax.random.key(0), x)[0])
+    tokens = out.tokens if config.vision_features == "feature_map" else out.last_hidden_state
+    return int(np.prod(tokens.shape[1:-1])) - (config.vision_features in ("post_norm_patches", "patches"))
 
 
 def example_inputs(config: FlamingoConfig, batch: int = 1, length: int = 8, num_media: int = 1,

@@ -53,7 +53,7 @@ from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
 from common.trainer import DataShard, Task
 from flamingo_jax import data as data_lib
 from flamingo_jax.gated_cross_attention import GatedXAttnConfig
-from flamingo_jax.model import Flamingo, FlamingoConfig
+from flamingo_jax.model import Flamingo, FlamingoConfig, train_flops_per_example
 from flamingo_jax.perceiver_resampler import ResamplerConfig
 
 log = logging.getLogger("flamingo_jax.task")
@@ -353,10 +353,14 @@ def make_task(config, workdir: str | None = None) -> Task:
         return (next(it) for _ in range(int(get(config, "eval_batches", 0))))
 
     flops = {}
-    text_lm = model.config.text if stage == "contrastive" else cfg.lm  # LM FLOPs only (the vision side is small)
+    text_lm = model.config.text if stage == "contrastive" else cfg.lm
     for name, spec in datasets.items():
         length = int(spec["max_len"])
-        flops[name] = 3.0 * matmul_flops_per_token(text_lm, length) * length
+        if stage == "flamingo" and cfg.vision is not None:  # frozen parts: forward (+ activation backward) only
+            media = 0 if "text" in spec["source"] else int(spec.get("max_images", 1))
+            flops[name] = train_flops_per_example(cfg, length, media)["total"]
+        else:  # the LM (stage lm), the text tower (contrastive; its vision side not counted)
+            flops[name] = 3.0 * matmul_flops_per_token(text_lm, length) * length
 
     load = None
     init_lm = plain(get(config, "init_lm", {}) or {})

@@ -98,6 +98,17 @@ def clip_vit_l14(**overrides) -> CLIPVisionConfig:
     return clip_vit_l14_336(**{"image_size": 224, **overrides})
 
 
+def matmul_flops_per_image(config: CLIPVisionConfig) -> float:
+    """Forward FLOPs of one image through the tower's matmuls (patch embedding, attention projections, scores and
+    values, MLP, the projection if any), a multiply-add counted as 2, as `common.lm.matmul_flops_per_token`."""
+    s, e, i = config.num_patches + 1, config.hidden_size, config.intermediate_size  # tokens incl. CLS
+    ph, pw = as_pair(config.patch_size)
+    layer = 2 * s * 4 * e * e + 2 * s * 2 * e * i + 2 * 2 * s * s * e
+    patches = 2 * config.num_patches * ph * pw * config.num_channels * e
+    projection = 2 * e * config.projection_dim if config.projection_dim else 0
+    return float(config.num_layers * layer + patches + projection)
+
+
 class CLIPVisionTransformer(nn.Module):
     """`__call__(pixels [B, H, W, C]) -> VisionOutput` (see common/vision/vit.py)."""
 
