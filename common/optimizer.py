@@ -168,13 +168,18 @@ def zero_untrained_rows(labels: Any, groups: Sequence[ParamGroup]) -> optax.Grad
 
     def update(updates, state, params=None):
         del params
-        def keep(u, label):
-            rows = _group_rows(label, groups)
-            return u if rows is None else _scatter_rows(u, u[jnp.asarray(rows)], rows)
-
-        return jax.tree.map(keep, updates, labels), state
+        return trained_rows_only(updates, labels, groups), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def trained_rows_only(grads: Any, labels: Any, groups: Sequence[ParamGroup]) -> Any:
+    """grads with the rows a `rows` group does not train set to zero (other leaves unchanged)."""
+    def keep(g, label):
+        rows = _group_rows(label, groups)
+        return g if rows is None else _scatter_rows(g, g[jnp.asarray(rows)], rows)
+
+    return jax.tree.map(keep, grads, labels)
 
 
 def on_rows(inner: optax.GradientTransformation, rows: tuple[int, ...]) -> optax.GradientTransformation:
@@ -220,6 +225,13 @@ class Optimizer:
     labels: Any  # tree of group labels, structure of the params
     frozen: Any  # tree of bools, structure of the params
     groups: list[ParamGroup]
+
+    def trained_grads(self, grads: Any) -> Any:
+        """The part of `grads` the optimizer uses (what it clips and applies): the untrained rows of a `rows` group
+        zeroed. Frozen parameters' gradients are already zero under the trainer's stop_gradient."""
+        if not any(g.rows is not None for g in self.groups):
+            return grads
+        return trained_rows_only(grads, self.labels, self.groups)
 
     def trainable_count(self, params: Any) -> int:
         """Trained scalars: every non-frozen parameter, only its trained rows in a `rows` group."""
@@ -279,8 +291,12 @@ def make_optimizer(optimizer_config: Mapping[str, Any], params: Any, total_steps
 def describe_groups(opt: Optimizer, params: Any) -> list[str]:
     """One line per group: label, settings, parameter count (for the start-of-run log)."""
     counts: dict[str, int] = {}
+    trained: dict[str, int] = {}  # a rows group: the scalars of its trained rows
     for label, x in zip(jax.tree.leaves(opt.labels), jax.tree.leaves(params)):
         counts[label] = counts.get(label, 0) + int(np.prod(x.shape))
+        rows = _group_rows(label, opt.groups)
+        if rows is not None:
+            trained[label] = trained.get(label, 0) + len(rows) * int(np.prod(x.shape[1:]))
     lines = []
     for label in sorted(counts):
         g = _group_of(label, opt.groups)
@@ -288,6 +304,7 @@ def describe_groups(opt: Optimizer, params: Any) -> list[str]:
             what = f"{g.pattern!r} lr_mult={g.lr_mult} wd_mult={g.wd_mult}" + (f" rows={list(g.rows)}" if g.rows else "")
         else:
             what = "frozen" if label == FROZEN else "unmatched: lr_mult=1.0 wd_mult=1.0"
-        lines.append(f"{label}: {what}: {counts[label]:,} params")
+        count = f"{trained[label]:,} of {counts[label]:,}" if label in trained else f"{counts[label]:,}"
+        lines.append(f"{label}: {what}: {count} params")
     return lines
 

@@ -222,7 +222,7 @@ def make_train_step(task: Task, opt: optimizer_lib.Optimizer, seed: int, grad_ac
                 metrics[f"loss/{name}"] = loss
             metrics.update({(k if len(dataset_weights) == 1 else f"{k}/{name}"): v
                             for k, v in aux.items() if k != "tokens"})
-        grad_norm = optax.tree.norm(grads)
+        grad_norm = optax.tree.norm(opt.trained_grads(grads))  # the gradient the optimizer clips and applies
         finite = jnp.isfinite(total_loss) & jnp.isfinite(grad_norm)  # else keep params and optimizer state
         updates, new_opt_state = opt.tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)

@@ -99,6 +99,10 @@ def test_rows_group_trains_only_its_rows():
     assert optimizer_lib.state_size(state) == 2 * (2 * 4 + 3)
     # Gradient 10 on the untrained rows, 1e-3 on the trained ones and w: the clip sees only the trained rows.
     grads = {"embed": jnp.full((5, 4), 10.0).at[jnp.array([1, 3])].set(1e-3), "w": jnp.full((3,), 1e-3)}
+    trained = opt.trained_grads(grads)  # what the trainer logs as grad_norm and checks for finiteness
+    np.testing.assert_array_equal(np.asarray(trained["embed"])[[0, 2, 4]], 0.0)
+    np.testing.assert_allclose(np.asarray(trained["embed"])[[1, 3]], 1e-3, rtol=1e-6)
+    assert any("rows=[3, 1]: 8 of 20 params" in line for line in optimizer_lib.describe_groups(opt, params))
     updates, state = opt.tx.update(grads, state, params)
     untrained = np.asarray(updates["embed"])[[0, 2, 4]]
     assert np.all(untrained == 0)
