@@ -42,6 +42,7 @@ from common.lm_task import next_token_loss  # noqa: E402
 from common.optimizer import make_optimizer  # noqa: E402
 from common.vision.clip import CLIPVisionConfig  # noqa: E402
 from flamingo_jax import configs as fl_configs  # noqa: E402
+from flamingo_jax.convert import open_clip_style_encoder  # noqa: E402
 from flamingo_jax.model import Flamingo, param_groups, train_flops_per_example  # noqa: E402
 
 END_OF_CHUNK = 1  # token ids of the synthetic documents (any ids below the vocabulary do)
@@ -167,17 +168,7 @@ def torch_stepper(cfg, ids, pixels, dtype: str, remat: str):
                 max_position_embeddings=2048, attn_implementation="sdpa"))
             layers_attr = "gpt_neox.layers"
 
-        class Visual(torch.nn.Module):  # open_clip's visual with output_tokens=True: (pooled, patch tokens)
-            def __init__(self):
-                super().__init__()
-                self.clip = clip
-
-            def forward(self, x):
-                h = self.clip(pixel_values=x).last_hidden_state
-                return h[:, 0], h[:, 1:]
-
-        encoder = torch.nn.Module()
-        encoder.visual = Visual()
+        encoder = open_clip_style_encoder(clip)
         extend_instance(hf_lm, FlamingoLMMixin)
         hf_lm.set_decoder_layers_attr_name(layers_attr)
         model = OFFlamingo(encoder, hf_lm, eoc_token_id=END_OF_CHUNK, media_token_id=cfg.image_token_id,

@@ -446,3 +446,23 @@ def load_open_flamingo(checkpoint_pt: str, lm_dir: str, clip_dir: str, *, cross_
         shardings = params_sharding(boxed, mesh)
     params = fill_params(stream(), rule, nn.unbox(boxed), dtype=dtype, shardings=shardings, source=checkpoint_pt)
     return model, params
+
+
+def open_clip_style_encoder(hf_clip_vision_model):
+    """A torch module with `.visual` as open_clip builds it with `output_tokens=True` (forward -> (pooled, patch
+    tokens)) around a transformers `CLIPVisionModel`: the vision encoder OpenFlamingo's PyTorch `Flamingo` expects,
+    for building that reference model without open_clip (parity tests, bench/flamingo_train_step.py). Needs torch."""
+    import torch
+
+    class Visual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.clip = hf_clip_vision_model
+
+        def forward(self, x):
+            hidden = self.clip(pixel_values=x).last_hidden_state  # [B, 1 + S, Dv]
+            return hidden[:, 0], hidden[:, 1:]
+
+    encoder = torch.nn.Module()
+    encoder.visual = Visual()
+    return encoder

@@ -17,7 +17,7 @@ from flamingo_pytorch import PerceiverResampler as FPResampler  # noqa: E402
 from open_flamingo.src import helpers as of_helpers  # noqa: E402
 
 from flamingo_jax import load_open_flamingo  # noqa: E402
-from flamingo_jax.convert import block_names, resampler_rule, torch_params  # noqa: E402
+from flamingo_jax.convert import block_names, open_clip_style_encoder, resampler_rule, torch_params  # noqa: E402
 from flamingo_jax.gated_cross_attention import GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs  # noqa: E402
 from flamingo_jax.perceiver_resampler import PerceiverResampler, ResamplerConfig  # noqa: E402
 from common.hf.checkpoint import Target  # noqa: E402
@@ -126,17 +126,7 @@ def test_load_open_flamingo_matches_the_reference_model(tmp_path, save_hf):
                                             num_attention_heads=4, image_size=16, patch_size=8)).eval()
     clip_dir = save_hf(clip)
 
-    class Visual(torch.nn.Module):  # open_clip's visual with output_tokens=True: (pooled, patch tokens)
-        def __init__(self):
-            super().__init__()
-            self.clip = clip
-
-        def forward(self, x):
-            h = self.clip(pixel_values=x).last_hidden_state
-            return h[:, 0], h[:, 1:]
-
-    encoder = torch.nn.Module()
-    encoder.visual = Visual()
+    encoder = open_clip_style_encoder(clip)
     extend_instance(lm, FlamingoLMMixin)
     lm.set_decoder_layers_attr_name("gpt_neox.layers")
     lm.resize_token_embeddings(vocab + 3)  # <|endofchunk|>, <image>, <PAD>
