@@ -271,11 +271,14 @@ def vision_forward_flops(vision_config) -> float:
     from common.vision.clip import CLIPVisionConfig, matmul_flops_per_image
     if isinstance(vision_config, CLIPVisionConfig):
         return matmul_flops_per_image(vision_config)
-    tower = build_vision_tower(vision_config)
+    tower, x = build_vision_tower(vision_config), _one_image(vision_config)
+    return matmul_flops(tower.apply, jax.eval_shape(tower.init, jax.random.key(0), x), x)
+
+
+def _one_image(vision_config) -> jax.ShapeDtypeStruct:
     size = vision_config.image_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
-    x = jax.ShapeDtypeStruct((1, h, w, vision_config.num_channels), jnp.float32)
-    return matmul_flops(tower.apply, jax.eval_shape(tower.init, jax.random.key(0), x), x)
+    return jax.ShapeDtypeStruct((1, h, w, vision_config.num_channels), jnp.float32)
 
 
 def train_flops_per_example(config: FlamingoConfig, seq_len: int, num_media: int, frames: int = 1) -> dict[str, float]:
@@ -327,11 +330,8 @@ def _vision_tokens(config: FlamingoConfig) -> int:
     if config.vision is None:
         raise ValueError("without a vision tower the number of vision tokens per frame is not known; "
                          "FLOPs need a vision config")
-    tower = build_vision_tower(config.vision)
-    size = config.vision.image_size
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    x = jnp.zeros((1, h, w, config.vision.num_channels), jnp.float32)
-    out = jax.eval_shape(lambda: tower.init_with_output(jax.random.key(0), x)[0])
+    tower, x = build_vision_tower(config.vision), _one_image(config.vision)
+    out = jax.eval_shape(lambda x: tower.init_with_output(jax.random.key(0), x)[0], x)
     tokens = out.tokens if config.vision_features == "feature_map" else out.last_hidden_state
     return int(np.prod(tokens.shape[1:-1])) - (config.vision_features in ("post_norm_patches", "patches"))
 
