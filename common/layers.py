@@ -34,11 +34,12 @@ def kernel_initializer(scheme: str, n_in: int = 1, n_out: int = 1) -> Callable:
                                                 out_axis=tuple(range(n_in, n_in + n_out)))
     raise ValueError(f"unknown kernel init {scheme!r}; known: {KERNEL_INITS}")
 
+
 @jax.custom_jvp
 def gelu_exact(x: jax.Array) -> jax.Array:
     """Exact (erf) GELU, torch's default, as `jax.nn.gelu(x, approximate=False)`, but differentiated through one
-    saved tensor (its derivative) instead of the four intermediates (x / sqrt 2, erfc, exp, ...) that autodiff of
-    the erf formula keeps for the backward pass: 4x less activation memory in every exact-GELU MLP."""
+    saved tensor (its derivative, [..., F]) instead of the four [..., F] intermediates (erfc, exp, products) that
+    autodiff of the erf formula keeps for the backward pass."""
     return jax.nn.gelu(x, approximate=False)
 
 
