@@ -233,3 +233,15 @@ def test_block_causal_attention_equals_masked_full_softmax(cfg):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4), got, want)  # GPU: 2e-5
     with pytest.raises(ValueError, match="attention_block_size"):
         cfg.replace(attention_block_size=-1)
+
+
+def test_gelu_exact_matches_autodiff_of_the_erf_formula():
+    """common.layers.gelu_exact (a custom JVP that saves one tensor) has jax.nn.gelu's exact value and derivatives."""
+    from common.layers import gelu_exact
+    x = jnp.linspace(-8.0, 8.0, 4001, dtype=jnp.float32)
+    reference = lambda v: jax.nn.gelu(v, approximate=False)  # noqa: E731
+    np.testing.assert_array_equal(gelu_exact(x), reference(x))
+    grad = lambda f: jax.vmap(jax.grad(f))(x)  # noqa: E731
+    np.testing.assert_allclose(grad(gelu_exact), grad(reference), atol=1e-6)
+    second = lambda f: jax.vmap(jax.grad(jax.grad(f)))(x)  # noqa: E731
+    np.testing.assert_allclose(second(gelu_exact), second(reference), atol=1e-5)
