@@ -17,7 +17,9 @@ resampler and blocks 3x forward; recomputation not counted).
 Usage: python bench/flamingo_train_step.py [--config open-flamingo-4b|tiny] [--batch 8] [--seq 256] [--images 6]
        [--dtype bfloat16] [--attention cudnn|xla] [--steps 10] [--impl jax|pytorch|both] [--remat none|full]
 (`tiny`: a 2-layer stand-in that runs on the CPU, to check the script.) On a GPU one 4B model of each framework
-does not fit 80 GB side by side: run `--impl jax` and `--impl pytorch` as two processes.
+does not fit 80 GB side by side: run `--impl jax` and `--impl pytorch` as two processes. The JAX step's XLA buffer
+sizes are printed before its first step ("flamingo_memory_analysis"); `XLA_FLAGS=--xla_dump_to=DIR` adds the
+compiled module's buffer assignment (`*buffer-assignment.txt`: which values hold the temporaries).
 """
 from __future__ import annotations
 
@@ -122,10 +124,19 @@ def jax_stepper(cfg, ids, pixels):
         return next_token_loss(logits[:, :-1], batch["input_ids"][:, 1:], mask[:, 1:])
 
     task = trainer_lib.Task(init_params=None, loss_fn=loss_fn, make_train_data=None)
-    step = jax.jit(trainer_lib.make_train_step(task, opt, seed=0, grad_accum_steps=1, dataset_weights={"docs": 1.0}),
-                   donate_argnums=0)
     holder = {"state": trainer_lib.TrainState.create(params, opt.tx)}
     batches = {"docs": {"input_ids": jnp.asarray(ids), "images": jnp.asarray(pixels)}}
+    start = time.perf_counter()
+    step = jax.jit(trainer_lib.make_train_step(task, opt, seed=0, grad_accum_steps=1, dataset_weights={"docs": 1.0}),
+                   donate_argnums=0).lower(holder["state"], batches).compile()
+    compile_s = time.perf_counter() - start
+    # XLA's buffer sizes, before the first step (which may run out of memory): temp = activations and other
+    # temporaries, argument / output = the state (aliased when donated) and the batch.
+    memory = step.memory_analysis()
+    if memory is not None:
+        emit({"bench": "flamingo_memory_analysis", "compile_s": compile_s, **{
+            f"{k}_gb": getattr(memory, f"{k}_size_in_bytes") / 2**30
+            for k in ("temp", "argument", "output", "alias", "generated_code")}})
 
     def run():
         holder["state"], metrics = step(holder["state"], batches)
