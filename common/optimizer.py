@@ -158,6 +158,15 @@ def _group_rows(label: str, groups: Sequence[ParamGroup]) -> tuple[int, ...] | N
     return group.rows if group is not None else None
 
 
+def _has_rows(groups: Sequence[ParamGroup]) -> bool:
+    return any(g.rows is not None for g in groups)
+
+
+def _trained_size(x: Any, rows: tuple[int, ...] | None) -> int:
+    """Scalars of `x` that train: all of them, or those of the rows a `rows` group trains."""
+    return int(np.prod(x.shape)) if rows is None else len(rows) * int(np.prod(x.shape[1:]))
+
+
 def _scatter_rows(like: jax.Array, values: jax.Array, rows) -> jax.Array:
     """Zeros shaped like `like` with `values` in rows `rows` (axis 0)."""
     return jnp.zeros_like(like).at[jnp.asarray(rows)].set(values)
@@ -229,7 +238,7 @@ class Optimizer:
     def trained_grads(self, grads: Any) -> Any:
         """The part of `grads` the optimizer uses (what it clips and applies): the untrained rows of a `rows` group
         zeroed. Frozen parameters' gradients are already zero under the trainer's stop_gradient."""
-        if not any(g.rows is not None for g in self.groups):
+        if not _has_rows(self.groups):
             return grads
         return trained_rows_only(grads, self.labels, self.groups)
 
@@ -239,8 +248,7 @@ class Optimizer:
         for label, x in zip(jax.tree.leaves(self.labels), jax.tree.leaves(params)):
             if label == FROZEN:
                 continue
-            rows = _group_rows(label, self.groups)
-            total += int(np.prod(x.shape)) if rows is None else len(rows) * int(np.prod(x.shape[1:]))
+            total += _trained_size(x, _group_rows(label, self.groups))
         return total
 
 
@@ -279,7 +287,7 @@ def make_optimizer(optimizer_config: Mapping[str, Any], params: Any, total_steps
     if FROZEN in used:
         transforms[FROZEN] = optax.set_to_zero()
     chain = []
-    if any(g.rows is not None for g in groups):
+    if _has_rows(groups):
         chain.append(zero_untrained_rows(labels, groups))
     clip_norm = float(cfg.get("clip_norm", 0.0))
     if clip_norm > 0:
@@ -296,7 +304,7 @@ def describe_groups(opt: Optimizer, params: Any) -> list[str]:
         counts[label] = counts.get(label, 0) + int(np.prod(x.shape))
         rows = _group_rows(label, opt.groups)
         if rows is not None:
-            trained[label] = trained.get(label, 0) + len(rows) * int(np.prod(x.shape[1:]))
+            trained[label] = trained.get(label, 0) + _trained_size(x, rows)
     lines = []
     for label in sorted(counts):
         g = _group_of(label, opt.groups)

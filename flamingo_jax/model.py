@@ -264,6 +264,7 @@ def block_param_location(config: FlamingoConfig, index: int) -> tuple[tuple[str,
     return ("lm", "decoder", f"groups_{index}", "block"), ()
 
 
+@functools.lru_cache(maxsize=16)  # traces the tower (seconds for an NFNet); asked once per dataset of a task
 def vision_forward_flops(vision_config) -> float:
     """Forward FLOPs of one image (frame) through the vision tower: the matmul count for a CLIP ViT, the count from
     the forward's jaxpr (`common.flops`) for any other tower (an NFNet's convolutions)."""
@@ -300,10 +301,11 @@ def train_flops_per_example(config: FlamingoConfig, seq_len: int, num_media: int
     layer_backward = layer + attention_core  # activations only
     layers_with_grad = lm.num_layers - min(config.position, lm.num_layers)
     width = config.media_width
-    vision_tokens = frames * _vision_tokens(config)  # per medium, all frames
-    out = {"vision": 0.0, "resampler": 0.0}
-    if config.vision is not None:
-        out["vision"] = vision_forward_flops(config.vision) * num_media * frames
+    if config.vision is None:
+        raise ValueError("without a vision tower the number of vision tokens per frame is not known; "
+                         "FLOPs need a vision config")
+    vision_tokens = frames * _vision_tokens(config.vision, config.vision_features)  # per medium, all frames
+    out = {"vision": vision_forward_flops(config.vision) * num_media * frames, "resampler": 0.0}
     tokens_per_medium = vision_tokens
     if config.resampler is not None:
         rc = config.resampler
@@ -325,15 +327,13 @@ def train_flops_per_example(config: FlamingoConfig, seq_len: int, num_media: int
     return out
 
 
-def _vision_tokens(config: FlamingoConfig) -> int:
+@functools.lru_cache(maxsize=16)
+def _vision_tokens(vision_config, vision_features: str) -> int:
     """Tokens per frame the vision side hands on (S), from the tower's abstract output."""
-    if config.vision is None:
-        raise ValueError("without a vision tower the number of vision tokens per frame is not known; "
-                         "FLOPs need a vision config")
-    tower, x = build_vision_tower(config.vision), _one_image(config.vision)
+    tower, x = build_vision_tower(vision_config), _one_image(vision_config)
     out = jax.eval_shape(lambda x: tower.init_with_output(jax.random.key(0), x)[0], x)
-    tokens = out.tokens if config.vision_features == "feature_map" else out.last_hidden_state
-    return int(np.prod(tokens.shape[1:-1])) - (config.vision_features in ("post_norm_patches", "patches"))
+    tokens = out.tokens if vision_features == "feature_map" else out.last_hidden_state
+    return int(np.prod(tokens.shape[1:-1])) - (vision_features in ("post_norm_patches", "patches"))
 
 
 def example_inputs(config: FlamingoConfig, batch: int = 1, length: int = 8, num_media: int = 1,
