@@ -35,7 +35,7 @@ from common.hf.vision import clip_config_to_hf, clip_rule
 from common.sharding import params_sharding
 from common.vision.clip import CLIPVisionConfig, clip_vit_l14_336
 from llava_jax.model import Llava, LlavaConfig, example_inputs
-from llava_jax.projector import parse_projector_type
+from common.projector import parse_projector_type
 
 # transformers' defaults for the fields hub configs leave out of `text_config` (they store only non-defaults).
 TEXT_DEFAULTS: dict[str, dict[str, Any]] = {

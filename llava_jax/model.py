@@ -33,7 +33,7 @@ from common.lm import DecoderLM, KVCache, LMConfig
 from common.sharding import constrain, with_partitioning
 from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer, select_features
 from llava_jax import anyres
-from llava_jax.projector import Projector, parse_projector_type
+from common.projector import Projector, parse_projector_type
 
 
 @dataclasses.dataclass(frozen=True)
