@@ -25,11 +25,12 @@ END_OF_CHUNK_TOKEN = "<|endofchunk|>"
 AUDIO_TOKEN = "<audio>"
 VIDEO_TOKEN = "<video>"
 # VITA's answer-state tokens, prefixed to every assistant answer: answer to an audio query, answer to a text
-# query, and "noise / not addressed to me: do not answer". The glyphs are the released ones; any three strings
-# work because they are new tokens whose embeddings are learned.
+# query, and "noise / not addressed to me: do not answer" (the release's data_utils_video_audio_neg_patch.py:
+# ☞ after a human turn holding <audio>, ☜ after a text turn, ☟ for the inserted noise sample). In the release they
+# are plain characters through the Qwen BPE; our tokenizers may also add them as tokens.
 VITA_STATE_AUDIO_QUERY = "☞"
-VITA_STATE_TEXT_QUERY = "☟"
-VITA_STATE_NOISE = "☜"
+VITA_STATE_TEXT_QUERY = "☜"
+VITA_STATE_NOISE = "☟"
 VITA_STATE_TOKENS = (VITA_STATE_AUDIO_QUERY, VITA_STATE_TEXT_QUERY, VITA_STATE_NOISE)
 FLAMINGO_PAD_TOKEN = "<PAD>"
 ENCODE_CACHE_SIZE = 1 << 16  # memoised encode() results per tokenizer (template pieces repeat in every sample)

@@ -17,6 +17,7 @@ the speech encoder from train.yaml, else from the shapes (heads from pos_bias_u 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -277,7 +278,7 @@ def original_config(model_dir: str, *, audio_dir: str | None = None, vision_towe
         vision = vision_config_from_shapes(vision_shapes, dtype=name, param_dtype=name)
     else:
         raise CheckpointError(f"{model_dir}: no vision tower tensors ({VISION_PREFIX}*) and no vision_tower_dir")
-    vision = vision.replace(downsample_ratio=float(hf.get("downsample_ratio", 0.5)), feature_layer=-1)
+    vision = dataclasses.replace(vision, downsample_ratio=float(hf.get("downsample_ratio", 0.5)), feature_layer=-1)
 
     audio_dir = audio_dir or _find_audio_dir(model_dir, hf)
     yaml_path = os.path.join(audio_dir, "train.yaml") if audio_dir else None

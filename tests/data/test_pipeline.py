@@ -110,7 +110,7 @@ def test_family_pipelines_on_shapes(llama_dir, flamingo_tok, tmp_path):
     ds, c = P.build_dataset(S.ShapesSource("spoken_qa", "train", size=8, image_size=32), P.VitaSpokenQATransform(vtok, 96, 28), batch_size=4, collate=P.Collate(96, 0))
     b = next(iter(ds))
     assert b["audio_features"].shape[0] == 4 and b["audio_features"].shape[2] == 80 and b["images"].shape == (4, 1, 28, 28, 3)
-    states = {vtok.token_to_id(t) for t in ("☞", "☜")}
+    states = {vtok.token_to_id(t) for t in ("☞", "☟")}  # audio-query answers, noise
     assert all(bool(set(row[m].tolist()) & states) for row, m in zip(b["input_ids"], b["loss_mask"]))
 
 
