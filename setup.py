@@ -33,6 +33,7 @@ setup(
         "pycocoevalcap>=1.2",
         "jiwer>=3.0",
         "soundfile>=0.12",
+        "soxr>=0.5",  # resampling speech to 16 kHz (VITA), 16k <-> 24k for the codec
         "psutil>=5.9",
     ],
     extras_require={
