@@ -1,0 +1,100 @@
+"""Helpers every family's training task shares: plain values from ml_collections configs, copying a pretrained
+(or earlier-stage) parameter tree into a fresh one by path and shape (`graft`), reading a training workdir's
+latest parameters (`restore_params`), and the LoRA settings of a config."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common import lora as lora_lib
+
+log = logging.getLogger("common.task_utils")
+
+
+def plain(x):
+    """ConfigDict / FrozenConfigDict / tuples of them -> plain dicts / tuples."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return tuple(plain(v) for v in x)
+    return x
+
+
+def get(config, name, default=None):
+    try:
+        value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
+    except (AttributeError, KeyError):
+        return default
+    return default if value is None else value
+
+
+def lora_config_from(config, prefix: str = "lm/") -> lora_lib.LoraConfig | None:
+    """config.lora {rank (0 = off), alpha, targets} -> LoraConfig for the LLM under `prefix`, or None."""
+    lcfg = plain(get(config, "lora", {}) or {})
+    if not int(lcfg.get("rank", 0) or 0):
+        return None
+    return lora_lib.LoraConfig(rank=int(lcfg["rank"]), alpha=float(lcfg.get("alpha", 2 * int(lcfg["rank"]))),
+                               targets=tuple(lcfg.get("targets") or lora_lib.ALL_LINEAR), prefix=prefix)
+
+
+def _flat(tree) -> dict[str, object]:
+    return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(tree).items()}
+
+
+def graft(params, source, prefix: str = "", exclude=(), what: str = "checkpoint") -> dict:
+    """Copies every leaf of `source` (a param tree) whose path (prefixed) and shape match `params`, onto the
+    sharding of the leaf it replaces. Returns the new tree; logs what was copied and what was not."""
+    dst = _flat(params)
+    src = _flat(source)
+    excluded = [re.compile(p) for p in exclude]
+    copied, skipped = 0, []
+    for path, value in src.items():
+        full = prefix + path
+        if any(r.fullmatch(full) for r in excluded):
+            continue
+        if full not in dst:
+            skipped.append(f"{full} (not in the model)")
+            continue
+        old = dst[full]
+        if tuple(np.shape(value)) != tuple(old.shape):
+            skipped.append(f"{full} {np.shape(value)} != {old.shape}")
+            continue
+        sharding = getattr(old, "sharding", None)
+        new = jnp.asarray(value, old.dtype)
+        dst[full] = jax.device_put(new, sharding) if sharding is not None else new
+        copied += 1
+    if copied == 0:
+        raise ValueError(f"nothing copied from {what}: no matching parameter paths / shapes ({skipped[:5]})")
+    log.info("copied %d tensors from %s; not copied: %d %s", copied, what, len(skipped), skipped[:8])
+    return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in dst.items()})
+
+
+def restore_params(workdir: str, step: int | None = None):
+    """Host (numpy) params of a training workdir's checkpoint (latest by default), without its optimizer state."""
+    import orbax.checkpoint as ocp
+
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"no checkpoints in {workdir} (expected {root}/<step>/state)")
+    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"no finished checkpoint in {root}")
+    step = steps[-1] if step is None else step
+    path = os.path.join(root, str(step), "state")
+    with ocp.PyTreeCheckpointer() as ckpt:
+        tree = ckpt.metadata(path).item_metadata.tree  # {step, params, opt_state, ...}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])
+        out = ckpt.restore(path, args=ocp.args.PyTreeRestore(item={"params": tree["params"]},
+                                                             restore_args={"params": restore_args},
+                                                             partial_restore=True))
+    return out["params"]
+
+

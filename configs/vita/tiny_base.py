@@ -1,0 +1,57 @@
+"""Shared fields of the tiny VITA configs (CPU, bundled shapes scenes and their espeak speech): a 2-layer 64-wide
+Qwen2-style LM, a 2-layer InternViT on 56 px tiles (16 patches -> 4 tokens per tile after the pixel shuffle), a
+2-layer 64-wide speech encoder, the shapes BPE tokenizer with ChatML specials and the state characters."""
+import ml_collections
+
+from vita_jax.model import STAGE_TRAINABLE
+
+IMAGE_SIZE = 56
+
+
+def model() -> dict:
+    return dict(
+        preset=None,
+        text=dict(vocab_size=None, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+                  max_position_embeddings=512, norm_eps=1e-6, rope_theta=1e6, qkv_bias=True),
+        vision=dict(image_size=IMAGE_SIZE, patch_size=14, hidden_size=32, intermediate_size=64, num_layers=2,
+                    num_heads=2),
+        audio=dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, dropout_rate=0.0,
+                   positional_dropout_rate=0.0))
+
+
+def shapes(kind: str, max_len: int, **extra) -> dict:
+    return dict(source="shapes", kind=kind, max_len=max_len, image_size=IMAGE_SIZE, **extra)
+
+
+def stage_groups(stage: str) -> tuple:
+    """The optimizer param groups of a stage: its trainable parameters, everything else frozen."""
+    return tuple((pattern, dict()) for pattern in STAGE_TRAINABLE[stage]) + ((r".*", dict(frozen=True)),)
+
+
+def base_config(stage: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.total_steps = 200
+    config.batch_size = 16
+    config.grad_accum_steps = 1
+    config.log_every = 20
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 1
+    config.async_checkpoints = False
+    config.eval_every = 0
+    config.eval_batches = 0
+    config.mesh = dict(data=-1, fsdp=1, tensor=1)
+    config.multi_dataset_mode = "accumulate"
+    config.max_nonfinite_in_a_row = 10
+    config.peak_flops = 0.0
+    config.model = model()
+    config.tokenizer = dict(kind="shapes_bpe", vocab_size=1024)
+    config.data = dict(max_tiles=1, max_audio_seconds=8.0, over_length="skip", num_threads=0,
+                       max_skip_fraction=0.05, convert_image_modes=False, datasets={})
+    config.init_from = ""
+    config.init_exclude = ()
+    config.init_checkpoint = ""
+    config.lora = dict(rank=0, alpha=0.0, targets=())
+    config.optimizer = dict(lr=1e-3, schedule="cosine", warmup_steps=10, end_lr_ratio=0.1, b1=0.9, b2=0.98,
+                            weight_decay=0.0, clip_norm=1.0, param_groups=stage_groups(stage))
+    return config

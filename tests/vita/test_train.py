@@ -1,0 +1,138 @@
+"""VITA-1.5 training stages through the one trainer (configs/vita/tiny_stage*.py at micro size): each stage trains
+exactly its parameter groups (the rest bit-identical, the CMVN statistics never), chains from the previous stage's
+workdir, and the data transform expands placeholders, masks answers only and skips bad audio per reason."""
+import importlib.util
+import os
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from common.data.records import BadRecord
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(f"vita_cfg_{name}", os.path.join(REPO, "configs", "vita", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def micro(config, steps: int = 2, batch: int = 2):
+    config.model.text.update(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=48)
+    config.model.vision.update(image_size=28, patch_size=14, hidden_size=16, intermediate_size=32, num_layers=1,
+                               num_heads=1)
+    config.model.audio.update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=48)
+    for spec in config.data.datasets.values():
+        spec.image_size = 28
+        spec.size = 64
+    config.total_steps, config.batch_size, config.log_every, config.checkpoint_every = steps, batch, 1, steps
+    config.mesh = dict(data=1, fsdp=1, tensor=1)
+    return config
+
+
+def flat(params):
+    return {"/".join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(nn.unbox(params)).items()}
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """1.1 -> 2.1 -> 2.2 (each from the previous workdir); the initial params of each are recorded."""
+    from common.train import train
+    from vita_jax.task import make_task, restore_params
+
+    root = tmp_path_factory.mktemp("vita_train")
+    out = {}
+    previous = None
+    for stage in ("1_1", "2_1", "2_2"):
+        config = micro(load_config(f"tiny_stage{stage}"))
+        config.init_from = str(previous) if previous else ""
+        workdir = root / stage
+        task = make_task(config, workdir=str(workdir))
+        start = jax.jit(task.init_params)(jax.random.key(config.seed))
+        if task.load_pretrained is not None:
+            start = task.load_pretrained(nn.unbox(start))
+        result = train(config, str(workdir), lambda c, w=str(workdir): make_task(c, workdir=w))
+        out[stage] = (flat(start), flat(restore_params(str(workdir))), result)
+        previous = workdir
+    return out
+
+
+@pytest.mark.parametrize("stage,trained", [("1_1", ("projector",)), ("2_1", ("audio_encoder", "audio_adapter")),
+                                           ("2_2", ("audio_adapter", "projector", "lm"))])
+def test_each_stage_trains_its_groups_only(stages, stage, trained):
+    start, end, result = stages[stage]
+    assert all(np.isfinite(row["loss"]) for row in result.metrics if "loss" in row)
+    for path in start:
+        changed = not np.array_equal(start[path], end[path])
+        expect = path.split("/")[0] in trained and "global_cmvn" not in path
+        if expect:
+            assert changed or path.endswith("bias") and "lm/" in path, f"stage {stage}: {path} did not train"
+        else:
+            assert not changed, f"stage {stage}: {path} changed but is frozen"
+
+
+def test_stages_chain_from_the_previous_workdir(stages):
+    end_11, start_21 = stages["1_1"][1], stages["2_1"][0]
+    assert all(np.array_equal(end_11[p], start_21[p]) for p in end_11 if p.startswith("projector/"))
+
+
+def test_transform_expands_masks_and_states():
+    from vita_jax import data
+    from vita_jax.configs import tiny
+
+    tok = data.shapes_tokenizer(1024)
+    cfg = tiny(vocab_size=1024)
+    transform = data.VitaSampleTransform(tok, cfg, max_len=256)
+    src = data.ShapesVitaSource("spoken_qa", size=40, image_size=56)
+    kinds = set()
+    for i in range(40):
+        record = src[i]
+        ex = transform(record)
+        kinds.add(record["kind"])
+        ids, mask = ex["input_ids"], ex["loss_mask"]
+        assert (ids == cfg.image_token_index).sum() == cfg.tokens_per_tile and ex["images"].shape == (1, 56, 56, 3)
+        answer = tok.decode([int(t) for t in ids[mask]])
+        if record["kind"] == "noise":
+            assert answer == "☟<|im_end|>" and (ids == cfg.audio_token_index).sum() > 0
+        elif record["kind"] == "spoken":
+            assert answer.startswith("☞") and (ids == cfg.audio_token_index).sum() == cfg.audio_tokens(
+                len(ex["audio_features"]))
+        else:
+            assert answer.startswith("☜") and len(ex["audio_features"]) == 0
+    assert kinds == {"noise", "spoken", "typed"}
+
+
+def test_bad_audio_is_skipped_per_reason(tmp_path):
+    import soundfile as sf
+
+    from vita_jax import data
+
+    wave = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32) * 0.5
+    sf.write(tmp_path / "rate.wav", wave, 8000)
+    cases = {"wrong_sample_rate": str(tmp_path / "rate.wav"), "empty_audio": np.zeros(100, np.float32),
+             "clipped_audio": np.clip(wave * 10, -1, 1), "too_long": np.tile(wave, 12),
+             "missing_audio": str(tmp_path / "nope.wav")}
+    for reason, audio in cases.items():
+        with pytest.raises(BadRecord) as e:
+            data.checked_waveform(audio, max_seconds=10.0)
+        assert e.value.reason == reason
+    assert data.checked_waveform(wave, 10.0).shape == (16000,)
+
+
+def test_librispeech_layout(tmp_path):
+    import soundfile as sf
+
+    from vita_jax import data
+
+    chapter = tmp_path / "19" / "198"
+    chapter.mkdir(parents=True)
+    (chapter / "19-198.trans.txt").write_text("19-198-0000 RED CIRCLE\n19-198-0001 HOW MANY SHAPES\n")
+    for uid in ("19-198-0000", "19-198-0001"):
+        sf.write(chapter / f"{uid}.flac", np.zeros(16000, np.float32) + 0.01, 16000)
+    src = data.LibriSpeechSource(str(tmp_path))
+    assert len(src) == 2 and src[0]["text"] == "red circle" and src[1]["audio"][0].endswith("19-198-0001.flac")

@@ -1,0 +1,157 @@
+"""VITA-1.5 training as a `common.trainer.Task` (Fu et al. 2025, Sec. 3.2 and Fig. 3, "progressive training"):
+  1.1 vision alignment: the projector (captions);            1.2 vision understanding: tower + projector + LLM;
+  1.3 vision SFT: projector + LLM (QA / conversations);       2.1 audio alignment: speech encoder + adapter on ASR,
+      LLM frozen (the release has no code for it);            2.2 audio SFT: adapter + projector + LLM on spoken and
+      typed questions, noise samples answered with ☟ alone (the release's finetuneTaskNeg script).
+The stage's trainable parameters are the optimizer's param groups (`vita_jax.model.STAGE_TRAINABLE`; everything else
+frozen, no optimizer state), set by the stage configs in configs/vita/. LoRA on the LLM is optional (config.lora).
+
+Config (ml_collections; configs/vita/*.py):
+  model      {preset: None | 'vita_1_5', text: LMConfig fields (vocab_size None = the tokenizer's), vision:
+             InternViTConfig fields, audio: SpeechEncoderConfig fields}
+  tokenizer  {kind: 'shapes_bpe' (vocab_size) | 'dir' (path: a release folder)}; saved to WORKDIR at the first start.
+  data       {max_tiles, max_audio_seconds, max_audio_frames, over_length, num_threads, max_skip_fraction,
+              convert_image_modes, datasets: {name: {source: shapes (kind, size, seed, image_size, typed_fraction)
+              | vita_json (json, image_dir, audio_dir) | librispeech (root), max_len, weight?, batch_size?}}}
+  init_from  a workdir of the previous stage (its params copied in by path and shape); init_checkpoint: a released
+             VITA-1.5 folder (vita_jax.load_original) for paper-scale fine-tuning.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+
+import flax.linen as nn
+import jax
+
+from common import lora as lora_lib
+from common.data.pipeline import Collate, DataIterator, build_dataset
+from common.lm import LMConfig, matmul_flops_per_token
+from common.lm_task import next_token_loss
+from common.task_utils import get, graft, lora_config_from, plain, restore_params
+from common.tokenizers import padded_vocab_size
+from common.trainer import DataShard, Task
+from common.vision.intern_vit import InternViTConfig
+from vita_jax import data as data_lib
+from vita_jax.model import Vita, VitaConfig, example_inputs
+from vita_jax.speech_encoder import SpeechEncoderConfig
+
+
+def vita_config_from(model_config, tokenizer=None) -> VitaConfig:
+    m = plain(model_config)
+    text, vision, audio = (dict(m.get(k) or {}) for k in ("text", "vision", "audio"))
+    if m.get("preset"):
+        from vita_jax import configs as presets
+
+        base = getattr(presets, m["preset"])()
+        return base.replace(text=base.text.replace(**text),
+                            vision=InternViTConfig(**{**vars(base.vision), **vision}),
+                            audio=base.audio.replace(**audio))
+    if text.get("vocab_size") is None:
+        if tokenizer is None:
+            raise ValueError("model.text.vocab_size is None: a tokenizer is needed to size the vocabulary")
+        text["vocab_size"] = padded_vocab_size(tokenizer)
+    return VitaConfig(text=LMConfig(**text), vision=InternViTConfig(**vision), audio=SpeechEncoderConfig(**audio))
+
+
+def model_inputs(batch) -> dict:
+    """Collated batch -> keyword inputs of Vita (no audio input for a batch collated without audio frames)."""
+    kwargs = dict(attention_mask=batch["attention_mask"], pixel_values=batch["images"], image_mask=batch["image_mask"])
+    if batch["audio_features"].shape[1]:
+        kwargs.update(input_features=batch["audio_features"], feature_attention_mask=batch["audio_mask"])
+    return kwargs
+
+
+def has_audio(spec) -> bool:
+    """Whether a dataset's records carry speech (its batches then hold a fixed number of audio frames)."""
+    spec = plain(spec)
+    return spec.get("source", "shapes") != "shapes" or spec.get("kind") in ("asr", "spoken_qa")
+
+
+def make_transform(config, tokenizer, cfg: VitaConfig, spec) -> data_lib.VitaSampleTransform:
+    d, spec = plain(config.data), plain(spec)
+    return data_lib.VitaSampleTransform(
+        tokenizer, cfg, int(spec["max_len"]), max_tiles=int(spec.get("max_tiles", d.get("max_tiles", 1))),
+        max_audio_seconds=float(d.get("max_audio_seconds", 30.0)),
+        over_length=spec.get("over_length", d.get("over_length", "skip")),
+        convert_image_modes=bool(d.get("convert_image_modes", False)))
+
+
+def load_pretrained_weights(params, config):
+    init_from = get(config, "init_from", "")
+    if init_from:
+        params = graft(params, restore_params(init_from), exclude=tuple(get(config, "init_exclude", ()) or ()),
+                       what=f"workdir {init_from}")
+    release = get(config, "init_checkpoint", "")
+    if release:
+        from vita_jax.hf import load_original
+
+        _, released = load_original(release)
+        params = graft(params, released, what=f"VITA-1.5 folder {release}")
+    return params
+
+
+def make_task(config, workdir: str | None = None) -> Task:
+    tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None), workdir)
+    if workdir and not os.path.isfile(os.path.join(workdir, data_lib.TOKENIZER_FILE)) and jax.process_index() == 0:
+        data_lib.save_tokenizer(tokenizer, workdir)
+    cfg = vita_config_from(config.model, tokenizer)
+    model = Vita(cfg)
+    lcfg = lora_config_from(config)
+    datasets = plain(config.data.get("datasets") or {})
+    if not datasets:
+        raise ValueError("no training data: set config.data.datasets")
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    dcfg = plain(config.data)
+    # fixed audio frames per batch (static shapes): at least max_audio_seconds of fbank frames (longer clips are
+    # skipped as too_long by the transform, never cut by the collation)
+    max_frames = max(int(dcfg.get("max_audio_frames", 0) or 0), int(float(dcfg.get("max_audio_seconds", 30.0)) * 100))
+    dropout = cfg.audio.dropout_rate > 0 or cfg.audio.positional_dropout_rate > 0 or cfg.vision.drop_path_rate > 0
+
+    def init_params(rng):
+        params = model.init(rng, *example_inputs(cfg))["params"]
+        if lcfg is not None:
+            params = dict(params)
+            params["lora"] = lora_lib.init(nn.unbox(params), lcfg, jax.random.fold_in(rng, 1))
+        return params
+
+    def loss_fn(params, batch, rng):
+        params = lora_lib.merge_in_tree(params, lcfg)
+        ids = batch["input_ids"]
+        logits = model.apply({"params": params}, ids, **model_inputs(batch), deterministic=not dropout,
+                             rngs={"dropout": rng} if dropout else None)  # [B, T, V]
+        return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
+
+    def iterator(name, spec, shard: DataShard, split: str, shuffle: bool, epochs):
+        source = data_lib.make_source(spec, split)
+        transform = make_transform(config, tokenizer, cfg, spec)
+        batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
+        collate = Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_tiles_per_sample", 1)),
+                          max_audio_frames=max_frames if has_audio(spec) else None)
+        ds, counter = build_dataset(source, transform, batch_size=batch, collate=collate,
+                                    seed=int(config.seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle,
+                                    num_epochs=epochs, shard=(shard.index, shard.count),
+                                    max_skip_fraction=float(dcfg.get("max_skip_fraction", 0.05)),
+                                    num_threads=int(dcfg.get("num_threads", 0)))
+        counter.name = name
+        return DataIterator(ds, counter)
+
+    def make_train_data(shard: DataShard):
+        return {name: iterator(name, spec, shard, "train", True, None) for name, spec in datasets.items()}
+
+    def make_eval_data(shard: DataShard):
+        name, spec = sorted(datasets.items())[0]
+        it = iterator(name, spec, shard, "validation", False, None)
+        return (next(it) for _ in range(int(get(config, "eval_batches", 0) or 0)))
+
+    flops = {name: 3.0 * matmul_flops_per_token(cfg.text, int(spec["max_len"])) * int(spec["max_len"])
+             for name, spec in datasets.items()}
+    load = None
+    if get(config, "init_from", "") or get(config, "init_checkpoint", ""):
+        load = lambda params: load_pretrained_weights(params, config)  # noqa: E731
+    task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
+                dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
+                flops_per_example=flops, load_pretrained=load,
+                make_eval_data=make_eval_data if int(get(config, "eval_batches", 0) or 0) else None)
+    task.model, task.vita_config, task.tokenizer, task.lora_config = model, cfg, tokenizer, lcfg
+    return task
