@@ -131,8 +131,9 @@ class ShapesVitaSource:
             q, a, _, _ = shapes.vqa_question(objs, rng)
             return _record([("<image>\n" + q.capitalize(), a)], image=shapes.render(objs, rng, size))
         if self.kind == "asr":
-            objs = shapes.random_scene(rng, 1, 2)  # a question or a one-to-two object caption: 1-5 s of speech
-            text = spoken_words(shapes.vqa_question(objs, rng)[0] if rng.random() < 0.5 else shapes.caption(objs, rng))
+            objs = shapes.random_scene(rng)  # a question about a scene, or a one-object caption: 1-7 s of speech
+            one = shapes.random_scene(rng, 1, 1)
+            text = spoken_words(shapes.vqa_question(objs, rng)[0] if rng.random() < 0.5 else shapes.caption(one, rng))
             return _record([(ASR_PROMPT + "<audio>", text)], audio=[load_word_bank().say(text, rng)], text=text)
         ex = shapes.gen_spoken_qa(rng, size, index)
         if ex["kind"] == "noise":

@@ -8,5 +8,5 @@ def get_config():
     config = base_config("2.1")
     config.init_from = "workdirs/vita_tiny_s1_3"
     config.optimizer.lr = 2e-3
-    config.data.datasets = dict(asr=shapes("asr", 264))
+    config.data.datasets = dict(asr=shapes("asr", 184))
     return config

@@ -1,0 +1,169 @@
+"""VITA-1.5 evaluation: ASR (word error rate for English, character error rate for Chinese, with jiwer; the paper's
+LibriSpeech / AISHELL numbers were measured after stage 2.1, issue #86), spoken question answering (accuracy of
+spoken questions vs the same questions typed), image QA accuracy, and the state-token decision of non-awakening
+interaction (answer vs stay silent on noise: precision / recall of ☟).
+
+    python -m vita_jax.eval --task asr --workdir W | --model_dir VITA-1.5 [--librispeech DIR] [--num 200]
+    python -m vita_jax.eval --task spoken_qa --workdir W [--num 200]
+    python -m vita_jax.eval --task image_qa --workdir W
+
+Without --librispeech the ASR set is the bundled held-out espeak speech (`vita_jax.data` 'asr', validation split).
+Prints one JSON line of metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from vita_jax import conversation, data as data_lib
+from vita_jax.inference import Request, generate_batch
+
+
+def _normalize(text: str) -> str:
+    return " ".join(data_lib.load_word_bank().tokenize(text)) if text else ""
+
+
+def _norm_en(text: str) -> str:
+    import re
+
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _batched(items, size):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _answers(model, params, tokenizer, requests, batch_size, max_new_tokens):
+    out = []
+    for chunk in _batched(list(requests), batch_size):
+        out += generate_batch(model, params, tokenizer, chunk, max_new_tokens=max_new_tokens, tile_slots=1,
+                              audio_slots=1)
+    return out
+
+
+def evaluate_asr(model, params, tokenizer, records: Sequence[dict], *, language: str = "en", batch_size: int = 16,
+                 max_new_tokens: int = 48, prompt: str = data_lib.ASR_PROMPT) -> dict:
+    """records {audio: [wave or path], text} -> {'wer' or 'cer' (%), 'count', 'predictions'}."""
+    import jiwer
+
+    requests = [Request(question=prompt, audio=r["audio"][:1]) for r in records]
+    hyps = [conversation.strip_states(a) for a in _answers(model, params, tokenizer, requests, batch_size,
+                                                           max_new_tokens)]
+    refs = [r["text"] for r in records]
+    if language == "zh":
+        strip = lambda s: "".join(s.split())  # noqa: E731
+        score = jiwer.cer([strip(r) for r in refs], [strip(h) or "-" for h in hyps])
+        return {"cer": 100.0 * score, "count": len(refs), "predictions": hyps}
+    refs_n, hyps_n = [_norm_en(r) for r in refs], [_norm_en(h) for h in hyps]
+    score = jiwer.wer(refs_n, [h if h else "<empty>" for h in hyps_n])
+    return {"wer": 100.0 * score, "count": len(refs), "predictions": hyps}
+
+
+def state_decisions(states: Sequence[str | None], is_noise: Sequence[bool]) -> dict:
+    """Precision / recall of staying silent (☟) on noise, and the share of real queries answered."""
+    silent = np.array([s == "noise" for s in states])
+    noise = np.asarray(is_noise, bool)
+    tp = int((silent & noise).sum())
+    return {"noise_precision": 100.0 * tp / max(int(silent.sum()), 1),
+            "noise_recall": 100.0 * tp / max(int(noise.sum()), 1),  # the noise-rejection rate
+            "query_answered": 100.0 * float((~silent[~noise]).mean()) if (~noise).any() else 0.0}
+
+
+def evaluate_spoken_qa(model, params, tokenizer, records: Sequence[dict], *, batch_size: int = 16,
+                       max_new_tokens: int = 8) -> dict:
+    """Shapes spoken-QA records (image, audio, question, answer, kind): every query asked spoken and typed, every
+    noise utterance spoken. -> accuracy (exact answer after normalisation) spoken / typed, the state decisions,
+    and whether answers carry the state of their query (☞ spoken, ☜ typed)."""
+    queries = [r for r in records if r["kind"] != "noise"]
+    spoken = [Request(images=[r["image"]], audio=r["audio"][:1]) for r in records]
+    typed = [Request(question=r["question"].capitalize(), images=[r["image"]]) for r in queries]
+    spoken_out = _answers(model, params, tokenizer, spoken, batch_size, max_new_tokens)
+    typed_out = _answers(model, params, tokenizer, typed, batch_size, max_new_tokens)
+    states = [conversation.answer_state(a) for a in spoken_out]
+    is_noise = [r["kind"] == "noise" for r in records]
+    spoken_q = [a for a, r in zip(spoken_out, records) if r["kind"] != "noise"]
+    acc = lambda outs: 100.0 * float(np.mean([_normalize(conversation.strip_states(a)) == _normalize(r["answer"])  # noqa
+                                              for a, r in zip(outs, queries)])) if queries else 0.0
+    return {"spoken_accuracy": acc(spoken_q), "typed_accuracy": acc(typed_out), **state_decisions(states, is_noise),
+            "spoken_state_ok": 100.0 * float(np.mean([conversation.answer_state(a) == "audio" for a in spoken_q]))
+            if queries else 0.0,
+            "typed_state_ok": 100.0 * float(np.mean([conversation.answer_state(a) == "text" for a in typed_out]))
+            if queries else 0.0,
+            "count": len(records), "queries": len(queries),
+            "predictions": {"spoken": spoken_out, "typed": typed_out}}
+
+
+def evaluate_image_qa(model, params, tokenizer, records: Sequence[dict], *, batch_size: int = 16,
+                      max_new_tokens: int = 8) -> dict:
+    """Shapes VQA records (typed question about the image) -> exact-match accuracy."""
+    requests = [Request(question=r["conversations"][0]["value"].replace("<image>\n", ""), images=[r["image"]])
+                for r in records]
+    outs = _answers(model, params, tokenizer, requests, batch_size, max_new_tokens)
+    gold = [r["conversations"][1]["value"] for r in records]
+    score = [_normalize(conversation.strip_states(a)) == _normalize(g) for a, g in zip(outs, gold)]
+    return {"accuracy": 100.0 * float(np.mean(score)), "count": len(records), "predictions": outs}
+
+
+def load_model(workdir: str | None = None, model_dir: str | None = None):
+    """-> (Vita, params, tokenizer) from a training workdir of ours or a released VITA-1.5 folder."""
+    from common.tokenizers import load_tokenizer
+
+    if model_dir:
+        from vita_jax import load_original
+
+        module, params = load_original(model_dir)
+        return module, params, load_tokenizer(model_dir)
+    import ml_collections
+
+    from common import lora as lora_lib
+    from common.task_utils import lora_config_from, restore_params
+    from vita_jax.model import Vita
+    from vita_jax.task import vita_config_from
+
+    with open(f"{workdir}/config.json") as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    tokenizer = data_lib.build_tokenizer(config.get("tokenizer"), workdir)
+    params = lora_lib.merge_in_tree(restore_params(workdir), lora_config_from(config))
+    return Vita(vita_config_from(config.model, tokenizer)), params, tokenizer
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Evaluate a VITA-1.5 model (ASR, spoken QA, image QA).")
+    parser.add_argument("--task", required=True, choices=("asr", "spoken_qa", "image_qa"))
+    parser.add_argument("--workdir", default=None, help="a training workdir of ours")
+    parser.add_argument("--model_dir", default=None, help="a released VITA-1.5 folder")
+    parser.add_argument("--librispeech", default=None, help="LibriSpeech-layout folder (ASR); default: bundled")
+    parser.add_argument("--language", default="en", choices=("en", "zh"), help="en: WER, zh: CER")
+    parser.add_argument("--num", type=int, default=200)
+    parser.add_argument("--image_size", type=int, default=None, help="shapes images (default: the tower's)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    args = parser.parse_args(argv)
+    if bool(args.workdir) == bool(args.model_dir):
+        parser.error("give exactly one of --workdir and --model_dir")
+    model, params, tokenizer = load_model(args.workdir, args.model_dir)
+    size = args.image_size or model.config.vision.image_size
+    if args.task == "asr":
+        source = data_lib.LibriSpeechSource(args.librispeech) if args.librispeech else \
+            data_lib.ShapesVitaSource("asr", "validation", args.num, image_size=size)
+        records = [source[i] for i in range(min(args.num, len(source)))]
+        res = evaluate_asr(model, params, tokenizer, records, language=args.language, batch_size=args.batch_size)
+    elif args.task == "spoken_qa":
+        source = data_lib.ShapesVitaSource("spoken_qa", "validation", args.num, image_size=size, typed_fraction=0.0)
+        res = evaluate_spoken_qa(model, params, tokenizer, [source[i] for i in range(args.num)],
+                                 batch_size=args.batch_size)
+    else:
+        source = data_lib.ShapesVitaSource("vqa", "validation", args.num, image_size=size)
+        res = evaluate_image_qa(model, params, tokenizer, [source[i] for i in range(args.num)],
+                                batch_size=args.batch_size)
+    res.pop("predictions", None)
+    print(json.dumps({"task": args.task, **res}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The VITA-1.5 miniature (paper Fig. 3, progressive training, at toy scale on 2 CPU cores): a tiny VITA trained
+through stages 1.1 -> 1.2 -> 1.3 -> 2.1 -> 2.2 on the bundled shapes scenes and their real espeak speech, then
+measured: ASR word error rate on held-out spoken utterances (after 2.1, where the paper measures it, and after 2.2),
+spoken-question accuracy against the same questions typed, image-QA accuracy after stage 1.3, and the state-token
+decision on noise (the noise-rejection rate = recall of ☟).
+
+    python -m vita_jax.reproduce --workdir workdirs/vita_mini [--scale 1.0] [--num_eval 96]
+
+Each stage runs the configs/vita/tiny_stage*.py config (steps x scale), from the previous stage's workdir. Writes
+WORKDIR/report.json and prints a table; docs/reproductions/vita.md records a run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = (("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_1", 150), ("2_2", 100))
+
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(f"vita_cfg_{name}", os.path.join(REPO, "configs", "vita", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def run_stages(workdir: str, scale: float = 1.0, seed: int = 0, stages=STAGES) -> dict:
+    from common.train import train
+    from vita_jax.task import make_task
+
+    times, previous = {}, None
+    for name, steps in stages:
+        config = load_config(f"tiny_stage{name}")
+        config.seed = seed
+        config.total_steps = max(2, int(round(steps * scale)))
+        config.checkpoint_every = config.total_steps
+        config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, config.total_steps // 4)
+        config.init_from = previous or ""
+        stage_dir = os.path.join(workdir, f"stage{name}")
+        start = time.time()
+        result = train(config, stage_dir, lambda c, w=stage_dir: make_task(c, workdir=w))
+        if result.preempted:
+            raise SystemExit(f"stage {name} was preempted: not evaluating a half-trained model")
+        times[name] = time.time() - start
+        previous = stage_dir
+    return times
+
+
+def evaluate(workdir: str, num_eval: int = 96) -> dict:
+    from vita_jax import data as data_lib
+    from vita_jax.eval import evaluate_asr, evaluate_image_qa, evaluate_spoken_qa, load_model
+
+    out = {}
+    model, params, tok = load_model(os.path.join(workdir, "stage1_3"))
+    size = model.config.vision.image_size
+    vqa = data_lib.ShapesVitaSource("vqa", "validation", num_eval, image_size=size)
+    out["image_qa_after_1.3"] = evaluate_image_qa(model, params, tok, [vqa[i] for i in range(num_eval)])["accuracy"]
+    asr = data_lib.ShapesVitaSource("asr", "validation", num_eval, image_size=size)
+    asr_records = [asr[i] for i in range(num_eval)]
+    for stage in ("2_1", "2_2"):
+        model, params, tok = load_model(os.path.join(workdir, f"stage{stage}"))
+        res = evaluate_asr(model, params, tok, asr_records)
+        out[f"asr_wer_after_{stage.replace('_', '.')}"] = res["wer"]
+        out[f"asr_examples_{stage}"] = list(zip([r["text"] for r in asr_records[:3]], res["predictions"][:3]))
+    qa = data_lib.ShapesVitaSource("spoken_qa", "validation", num_eval, image_size=size, typed_fraction=0.0)
+    res = evaluate_spoken_qa(model, params, tok, [qa[i] for i in range(num_eval)])
+    res.pop("predictions")
+    out["spoken_qa_after_2.2"] = res
+    out["image_qa_after_2.2"] = evaluate_image_qa(model, params, tok, [vqa[i] for i in range(num_eval)])["accuracy"]
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Train the tiny VITA through stages 1.1-2.2 and measure it.")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_eval", type=int, default=96)
+    args = parser.parse_args(argv)
+    start = time.time()
+    times = run_stages(args.workdir, args.scale, args.seed)
+    report = {"stage_seconds": times, **evaluate(args.workdir, args.num_eval), "total_seconds": time.time() - start,
+              "scale": args.scale, "seed": args.seed}
+    with open(os.path.join(args.workdir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    qa = report["spoken_qa_after_2.2"]
+    rows = [("image QA accuracy after 1.3 / 2.2 (%)", f"{report['image_qa_after_1.3']:.1f} / {report['image_qa_after_2.2']:.1f}"),
+            ("ASR WER after 2.1 / 2.2 (%)", f"{report['asr_wer_after_2.1']:.1f} / {report['asr_wer_after_2.2']:.1f}"),
+            ("spoken vs typed question accuracy (%)", f"{qa['spoken_accuracy']:.1f} vs {qa['typed_accuracy']:.1f}"),
+            ("noise rejection: recall / precision of ☟ (%)", f"{qa['noise_recall']:.1f} / {qa['noise_precision']:.1f}"),
+            ("real queries answered (%)", f"{qa['query_answered']:.1f}"),
+            ("total time (min)", f"{report['total_seconds'] / 60:.1f}")]
+    print("| measure | value |\n|---|---|")
+    for k, v in rows:
+        print(f"| {k} | {v} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
