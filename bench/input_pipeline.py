@@ -1,8 +1,8 @@
 """Input-pipeline throughput next to the training step's consumption, per tiny training config, one JSON line each.
 Target: the pipeline delivers >= 2x the examples/s the jitted train step consumes.
 
-    python bench/input_pipeline.py [--configs flamingo/tiny,llava/tiny_stage1,llava/tiny_stage2,lm/tiny]
-                                   [--seconds 5] [--steps 5] [--threads N] [--out FILE] [--standalone]
+    python bench/input_pipeline.py [--configs flamingo/tiny,llava/tiny_stage1,...,vita/tiny_stage2_2,lm/tiny]
+                                   [--seconds 5] [--steps 5] [--threads N] [--out FILE]
 
 For each config the task and trainer are built as the train CLIs build them (`<family>.task.make_task(config)`,
 `common.trainer.Trainer`; random init, no `init_from` / `init_lm` weights), then:
@@ -12,8 +12,6 @@ For each config the task and trainer are built as the train CLIs build them (`<f
   loop_examples_per_s      the trainer's loop as it runs (next batch + device transfer + step, dispatch overlapping);
   ratio = pipeline / step, meets_2x = ratio >= 2.
 The load average (/proc/loadavg) at the start and end of each measurement is included: this machine is shared.
-`--standalone` also times the four family pipelines (Flamingo captions / interleaved, LLaVA, VITA spoken QA) on
-64 px shapes with a real Llama tokenizer, which have no tiny training step (step fields null).
 """
 from __future__ import annotations
 
@@ -28,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_CONFIGS = "flamingo/tiny,llava/tiny_stage1,llava/tiny_stage2,lm/tiny"
+DEFAULT_CONFIGS = "flamingo/tiny,llava/tiny_stage1,llava/tiny_stage2,vita/tiny_stage2_1,vita/tiny_stage2_2,lm/tiny"
 
 
 def loadavg() -> list[float] | None:
@@ -51,6 +49,10 @@ def make_task(name: str, config, workdir: str):
         return mk(config, workdir)
     if family == "llava":
         from llava_jax.task import make_task as mk
+
+        return mk(config, workdir=workdir)
+    if family == "vita":
+        from vita_jax.task import make_task as mk
 
         return mk(config, workdir=workdir)
     from common.lm_task import make_task as mk
@@ -142,73 +144,18 @@ def bench_config(name: str, seconds: float, steps: int, threads: int | None) -> 
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# --standalone: the family pipelines on 64 px shapes with a real Llama tokenizer (no tiny training step for VITA)
-# ----------------------------------------------------------------------------------------------------------------
-def _default_tokenizer_dir() -> str:
-    """A Llama tokenizer for benchmarking: mistral-common's tokenizer.model.v1 copied into a temp checkpoint dir."""
-    import importlib.resources
-    import shutil
-
-    src = importlib.resources.files("mistral_common") / "data" / "tokenizer.model.v1"
-    d = tempfile.mkdtemp(prefix="bench_tok_")
-    shutil.copy(str(src), os.path.join(d, "tokenizer.model"))
-    return d
-
-
-def standalone(seconds: float, threads: int, image_size: int = 64, batch_size: int = 8):
-    from common.data import pipeline as P
-    from common.data import shapes as S
-    from common.tokenizers import load_tokenizer
-
-    tok_dir = _default_tokenizer_dir()
-
-    def tok(family):
-        t = load_tokenizer(tok_dir)
-        t.add_family_tokens(family)
-        if family == "vita":
-            t.add_special_tokens(["<|im_start|>", "<|im_end|>"])
-        return t
-
-    ft, lt, vt = tok("flamingo"), tok("llava"), tok("vita")
-    lpad = lt.pad_id if lt.pad_id is not None else 0
-    specs = {
-        "flamingo_captions": ("captions", P.FlamingoCaptionTransform(ft, 32, image_size), P.Collate(32, ft.pad_id)),
-        "flamingo_interleaved": ("interleaved", P.FlamingoInterleavedTransform(ft, 256, image_size, 6), P.Collate(256, ft.pad_id, max_images=6)),
-        "llava_conversations": ("conversations", P.LlavaTransform(lt, 512, image_size), P.Collate(512, lpad)),
-        "vita_spoken_qa": ("spoken_qa", P.VitaSpokenQATransform(vt, 128, image_size), P.Collate(128, 0)),
-    }
-    for name, (kind, transform, collate) in specs.items():
-        src = S.ShapesSource(kind, "train", size=100_000, image_size=image_size)
-        ds, c = P.build_dataset(src, transform, batch_size=batch_size, collate=collate, num_epochs=None, num_threads=threads)
-        it = P.DataIterator(ds, c)
-        next(it)
-        load0 = loadavg()
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            n += _examples(next(it))
-        yield {"bench": "input_pipeline", "pipeline": name, "pipeline_examples_per_s": round(n / (time.perf_counter() - t0), 1),
-               "batch_size": batch_size, "image_size": image_size, "num_threads": threads, "step_examples_per_s": None,
-               "ratio": None, "skipped": c.num_skipped, "loadavg_pipeline": [load0, loadavg()], "cpus": os.cpu_count()}
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated config names under configs/")
     ap.add_argument("--seconds", type=float, default=5.0, help="pipeline measurement time per config")
     ap.add_argument("--steps", type=int, default=5, help="timed train steps per config (median reported)")
     ap.add_argument("--threads", type=int, default=None, help="transform threads (default: config.data.num_threads)")
-    ap.add_argument("--standalone", action="store_true", help="also time the family pipelines without a step")
     ap.add_argument("--out", default=None, help="append the JSON lines to this file too")
     args = ap.parse_args(argv)
     lines = []
     for name in filter(None, args.configs.split(",")):
         lines.append(bench_config(name, args.seconds, args.steps, args.threads))
         print(json.dumps(lines[-1]), flush=True)
-    if args.standalone:
-        for rec in standalone(args.seconds, 2 if args.threads is None else args.threads):
-            lines.append(rec)
-            print(json.dumps(rec), flush=True)
     if args.out:
         with open(args.out, "a") as f:
             for rec in lines:

@@ -28,13 +28,91 @@ import numpy as np
 
 from common.data import shapes
 from common.data.batching import fit_length, tokenize_segments
-from common.data.pipeline import FlamingoCaptionTransform, FlamingoInterleavedTransform, ImageTextPairTransform
+from common.data.pipeline import ImageTextPairTransform, clip_image
+from common.data.records import IMAGE_MARKER_MISMATCH, BadRecord, decode_text
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer, load_tokenizer
 
 SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN, END_OF_CHUNK_TOKEN)
 NAMES_SENTENCE = "This is a {}."
 CAPTION_SOURCES = ("shapes_captions", "coco_captions", "tfds_coco_captions")  # image-caption pairs
 NAMES_PROMPT = "This is a"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompt formats (OpenFlamingo) and the per-record transforms
+# ----------------------------------------------------------------------------------------------------------------
+def flamingo_caption(tokenizer, caption: str) -> dict:
+    segs = [(IMAGE_TOKEN, False), (decode_text(caption, "caption").strip(), True), (END_OF_CHUNK_TOKEN, True)]
+    return tokenize_segments(tokenizer, segs, add_bos=tokenizer.bos_id is not None, add_eos=True)
+
+
+def flamingo_interleaved(tokenizer, texts: Sequence[str | Sequence[str]], num_images: int | None = None,
+                         image_slots: Sequence[bool] | None = None) -> dict:
+    """One `<image>{text}<|endofchunk|>` chunk per text, then eos. image_slots[i] False: chunk i is text alone,
+    `{text}<|endofchunk|>` (an MMC4 paragraph without an image; default: every chunk has one). A text given as a
+    sequence of pieces tokenizes each piece on its own."""
+    slots = [True] * len(texts) if image_slots is None else [bool(x) for x in image_slots]
+    if len(slots) != len(texts):
+        raise BadRecord(IMAGE_MARKER_MISMATCH, f"{len(slots)} image slots for {len(texts)} texts")
+    if num_images is not None and num_images != sum(slots):
+        raise BadRecord(IMAGE_MARKER_MISMATCH, f"{num_images} images for {sum(slots)} image chunks")
+    segs: list[tuple[str, bool]] = []
+    for t, has_image in zip(texts, slots):
+        pieces = [t] if isinstance(t, str) else list(t)
+        segs += ([(IMAGE_TOKEN, False)] if has_image else []) + [(decode_text(p).strip(), True) for p in pieces]
+        segs.append((END_OF_CHUNK_TOKEN, True))
+    return tokenize_segments(tokenizer, segs, add_bos=tokenizer.bos_id is not None, add_eos=True)
+
+
+def flamingo_vqa_prompt(demos: Sequence[tuple[str, str]], question: str) -> str:
+    """Few-shot VQA prompt: each demo `<image>Question:{q} Short answer:{a}<|endofchunk|>`, joined by newlines;
+    the query is left open."""
+    parts = [f"{IMAGE_TOKEN}Question:{q} Short answer:{a}{END_OF_CHUNK_TOKEN}" for q, a in demos]
+    return "\n".join(parts + [f"{IMAGE_TOKEN}Question:{question} Short answer:"])
+
+
+def flamingo_caption_prompt(demos: Sequence[str]) -> str:
+    parts = [f"{IMAGE_TOKEN}Output:{c}{END_OF_CHUNK_TOKEN}" for c in demos]
+    return "\n".join(parts + [f"{IMAGE_TOKEN}Output:"])
+
+
+class FlamingoCaptionTransform:
+    """{image, caption} -> images [1, S, S, 3] + tokens of `<image>{caption}<|endofchunk|>{eos}`."""
+
+    def __init__(self, tokenizer, max_len: int = 32, image_size: int = 224, over_length: str = "truncate", convert_image_modes: bool = False):
+        self.tok, self.max_len, self.image_size, self.over_length = tokenizer, max_len, image_size, over_length
+        self.convert_image_modes = convert_image_modes
+
+    def __call__(self, r: dict) -> dict:
+        ex = flamingo_caption(self.tok, r["caption"])
+        ex = fit_length(ex, self.max_len, self.over_length)
+        ex["images"] = clip_image(r["image"], self.image_size, self.convert_image_modes)[None]
+        return ex
+
+
+class FlamingoInterleavedTransform:
+    """{images, texts[, image_slots]} -> images [N, S, S, 3] + `<image>{text}<|endofchunk|>` chunks (at most max_images
+    images; image_slots[i] False: text i has no image, see `flamingo_interleaved`)."""
+
+    def __init__(self, tokenizer, max_len: int = 256, image_size: int = 224, max_images: int = 6, over_length: str = "skip", convert_image_modes: bool = False):
+        self.tok, self.max_len, self.image_size, self.max_images, self.over_length = tokenizer, max_len, image_size, max_images, over_length
+        self.convert_image_modes = convert_image_modes
+
+    def __call__(self, r: dict) -> dict:
+        texts, slots = list(r["texts"]), r.get("image_slots")
+        slots = [True] * len(texts) if slots is None else [bool(x) for x in slots]
+        if len(slots) != len(texts):
+            raise BadRecord(IMAGE_MARKER_MISMATCH, f"{len(slots)} image slots for {len(texts)} texts")
+        images = list(r["images"])
+        if len(images) != sum(slots):
+            raise BadRecord(IMAGE_MARKER_MISMATCH, f"{len(images)} images for {sum(slots)} image chunks")
+        keep = len(texts) if sum(slots) <= self.max_images else int(np.flatnonzero(slots)[self.max_images])
+        texts, slots = texts[:keep], slots[:keep]  # up to the (max_images + 1)-th image chunk
+        images = images[: sum(slots)]
+        ex = flamingo_interleaved(self.tok, texts, num_images=len(images), image_slots=slots)
+        ex = fit_length(ex, self.max_len, self.over_length)
+        ex["images"] = np.stack([clip_image(i, self.image_size, self.convert_image_modes) for i in images])
+        return ex
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from common.data import image_ops, shapes
+from common.data import formats, image_ops, shapes
 from common.data.audio import SAMPLE_RATE, load_audio, speech_fbank
 from common.data.batching import fit_length
 from common.data.records import (CORRUPT_AUDIO, MALFORMED, MISSING_AUDIO, TOO_LONG, WRONG_SAMPLE_RATE, BadRecord,
@@ -185,31 +185,22 @@ class VitaJsonSource:
 
 
 class LibriSpeechSource:
-    """ASR records from a LibriSpeech-layout folder: {conversations, audio: [flac path], text}."""
+    """ASR records from a LibriSpeech-layout folder (read by `common.data.formats.librispeech`): {conversations,
+    audio: [flac path], text}; a transcript line that is not UTF-8 stays a bad record, counted by the pipeline."""
 
     def __init__(self, root: str, prompt: str = ASR_PROMPT):
-        root = require_path(root, "LibriSpeech folder", "dir")
-        self.items = []
-        for dirpath, _, files in sorted(os.walk(root)):
-            for name in sorted(files):
-                if not name.endswith(".trans.txt"):
-                    continue
-                with open(os.path.join(dirpath, name)) as f:
-                    for line in f:
-                        if line.strip():
-                            uid, _, text = line.strip().partition(" ")
-                            self.items.append((os.path.join(dirpath, uid + ".flac"), text))
-        if not self.items:
-            raise ValueError(f"{root}: no *.trans.txt transcripts found (LibriSpeech layout)")
+        self.items = formats.librispeech(root)
         self.prompt = prompt
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        path, text = self.items[index]
-        text = text.lower()
-        return _record([(self.prompt + "<audio>", text)], audio=[path], text=text, id=os.path.basename(path))
+        item = self.items[index]
+        if "_bad" in item:
+            return item
+        text = item["text"].lower()
+        return _record([(self.prompt + "<audio>", text)], audio=[item["audio"]], text=text, id=item["id"])
 
 
 def make_source(spec: dict, split: str = "train"):

@@ -15,9 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from common.data import image_ops, prompts
+from common.data import image_ops
 from common.data.batching import fit_length, pad_batch, tokenize_segments
-from common.data.records import IMAGE_MARKER_MISMATCH, BadRecord, SkipCounter, collect_notes
+from common.data.records import BadRecord, SkipCounter, collect_notes
 
 
 class Skipped:
@@ -198,23 +198,9 @@ class Collate:
 # Every image transform takes `convert_image_modes` (default False): greyscale / RGBA / CMYK / 16-bit / palette
 # images are skipped and counted per reason, or, when True, converted to RGB and counted as conversions.
 # ----------------------------------------------------------------------------------------------------------------
-def _clip_image(img, size: int, convert_image_modes: bool = False) -> np.ndarray:
+def clip_image(img, size: int, convert_image_modes: bool = False) -> np.ndarray:
     img = image_ops.decode_image(img, convert_image_modes=convert_image_modes)
     return image_ops.clip_preprocess(img, size) if img.shape[:2] != (size, size) else image_ops.normalize(img)
-
-
-class FlamingoCaptionTransform:
-    """{image, caption} -> images [1, S, S, 3] + tokens of `<image>{caption}<|endofchunk|>{eos}`."""
-
-    def __init__(self, tokenizer, max_len: int = 32, image_size: int = 224, over_length: str = "truncate", convert_image_modes: bool = False):
-        self.tok, self.max_len, self.image_size, self.over_length = tokenizer, max_len, image_size, over_length
-        self.convert_image_modes = convert_image_modes
-
-    def __call__(self, r: dict) -> dict:
-        ex = prompts.flamingo_caption(self.tok, r["caption"])
-        ex = fit_length(ex, self.max_len, self.over_length)
-        ex["images"] = _clip_image(r["image"], self.image_size, self.convert_image_modes)[None]
-        return ex
 
 
 class ImageTextPairTransform:
@@ -228,94 +214,5 @@ class ImageTextPairTransform:
     def __call__(self, r: dict) -> dict:
         ex = tokenize_segments(self.tok, [(r["caption"], True)], add_bos=self.tok.bos_id is not None, add_eos=True)
         ex = fit_length(ex, self.max_len, self.over_length)
-        ex["images"] = _clip_image(r["image"], self.image_size, self.convert_image_modes)[None]
-        return ex
-
-
-class FlamingoInterleavedTransform:
-    """{images, texts[, image_slots]} -> images [N, S, S, 3] + `<image>{text}<|endofchunk|>` chunks (at most max_images
-    images; image_slots[i] False: text i has no image, see `prompts.flamingo_interleaved`)."""
-
-    def __init__(self, tokenizer, max_len: int = 256, image_size: int = 224, max_images: int = 6, over_length: str = "skip", convert_image_modes: bool = False):
-        self.tok, self.max_len, self.image_size, self.max_images, self.over_length = tokenizer, max_len, image_size, max_images, over_length
-        self.convert_image_modes = convert_image_modes
-
-    def __call__(self, r: dict) -> dict:
-        texts, slots = list(r["texts"]), r.get("image_slots")
-        slots = [True] * len(texts) if slots is None else [bool(x) for x in slots]
-        if len(slots) != len(texts):
-            raise BadRecord(IMAGE_MARKER_MISMATCH, f"{len(slots)} image slots for {len(texts)} texts")
-        images = list(r["images"])
-        if len(images) != sum(slots):
-            raise BadRecord(IMAGE_MARKER_MISMATCH, f"{len(images)} images for {sum(slots)} image chunks")
-        keep = len(texts) if sum(slots) <= self.max_images else int(np.flatnonzero(slots)[self.max_images])
-        texts, slots = texts[:keep], slots[:keep]  # up to the (max_images + 1)-th image chunk
-        images = images[: sum(slots)]
-        ex = prompts.flamingo_interleaved(self.tok, texts, num_images=len(images), image_slots=slots)
-        ex = fit_length(ex, self.max_len, self.over_length)
-        ex["images"] = np.stack([_clip_image(i, self.image_size, self.convert_image_modes) for i in images])
-        return ex
-
-
-class LlavaTransform:
-    """{image, conversations} -> images [1, S, S, 3] (pad-to-square + CLIP) + vicuna_v1 (or plain) tokens."""
-
-    def __init__(self, tokenizer, max_len: int = 512, image_size: int = 336, template: str = "vicuna_v1", pad_to_square: bool = True, over_length: str = "skip", convert_image_modes: bool = False):
-        self.tok, self.max_len, self.image_size, self.template, self.pad, self.over_length = tokenizer, max_len, image_size, template, pad_to_square, over_length
-        self.convert_image_modes = convert_image_modes
-
-    def __call__(self, r: dict) -> dict:
-        has_image = r.get("image") is not None
-        ex = prompts.llava_conversation(self.tok, r["conversations"], num_images=int(has_image), template=self.template)
-        ex = fit_length(ex, self.max_len, self.over_length)
-        if not has_image:  # text-only conversation (part of mix665k)
-            ex["images"] = np.zeros((0, self.image_size, self.image_size, 3), np.float32)
-            return ex
-        img = image_ops.decode_image(r["image"], convert_image_modes=self.convert_image_modes)
-        if self.pad:
-            img = image_ops.expand_to_square(img, "mean")
-        ex["images"] = image_ops.clip_preprocess(img, self.image_size)[None]
-        return ex
-
-
-class VitaSpokenQATransform:
-    """{image, audio, answer, kind} -> images [1, S, S, 3] (ImageNet norm.) + audio_features [T, 80] + ChatML tokens."""
-
-    def __init__(self, tokenizer, max_len: int = 128, image_size: int = 448, sample_rate: int = 16000, over_length: str = "skip", convert_image_modes: bool = False):
-        self.tok, self.max_len, self.image_size, self.sample_rate, self.over_length = tokenizer, max_len, image_size, sample_rate, over_length
-        self.convert_image_modes = convert_image_modes
-
-    def __call__(self, r: dict) -> dict:
-        from common.data.audio import load_audio, speech_fbank
-
-        ex = fit_length(prompts.vita_spoken_qa(self.tok, r), self.max_len, self.over_length)
-        audio = r["audio"]
-        if not isinstance(audio, np.ndarray):
-            audio, _ = load_audio(audio, self.sample_rate)
-        ex["audio_features"] = speech_fbank(audio, self.sample_rate)
-        ex["images"] = image_ops.square_resize_preprocess(image_ops.decode_image(r["image"], convert_image_modes=self.convert_image_modes), self.image_size)[None]
-        return ex
-
-
-class AsrTransform:
-    """{audio (path / bytes / array), text} -> audio_features [T, 80] + ChatML tokens with the transcript as the answer
-    (VITA stage 2.1, audio-text alignment)."""
-
-    def __init__(self, tokenizer, max_len: int = 128, sample_rate: int = 16000, max_seconds: float = 30.0, prompt: str = "Transcribe the audio.", over_length: str = "skip"):
-        self.tok, self.max_len, self.sample_rate, self.max_seconds, self.prompt, self.over_length = tokenizer, max_len, sample_rate, max_seconds, prompt, over_length
-
-    def __call__(self, r: dict) -> dict:
-        from common.data.audio import load_audio, speech_fbank
-        from common.data.records import TOO_LONG
-        from common.tokenizers import AUDIO_TOKEN, VITA_STATE_AUDIO_QUERY
-
-        text = r["text"].lower() if r["text"].isupper() else r["text"]
-        turns = [(f"{AUDIO_TOKEN}\n{self.prompt}", text)]
-        ex = fit_length(prompts.vita_chatml(self.tok, turns, state=VITA_STATE_AUDIO_QUERY), self.max_len, self.over_length)
-        audio = r["audio"]
-        if not isinstance(audio, np.ndarray):
-            audio, _ = load_audio(audio, self.sample_rate)
-        if len(audio) > self.max_seconds * self.sample_rate:
-            raise BadRecord(TOO_LONG, f"{len(audio) / self.sample_rate:.1f} s of audio > {self.max_seconds} s")
-        ex["audio_features"] = speech_fbank(audio, self.sample_rate)
+        ex["images"] = clip_image(r["image"], self.image_size, self.convert_image_modes)[None]
         return ex

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from flamingo_jax import data as FD
 from common.data import image_ops, pipeline as P
 from common.data.records import BadRecord, SkipCounter, TooManyBadRecords
 
@@ -76,16 +77,16 @@ def test_decode_image_arrays(real_images):
 def test_pipeline_counts_per_reason_and_stops_with_a_hint(mode_images, real_images, flamingo_tok):
     good = _png(Image.fromarray(real_images["chelsea"][::4, ::4].copy()))
     records = [{"image": good, "caption": "a cat"}] * 4 + [{"image": d, "caption": "x"} for d, _ in mode_images.values()]
-    ds, c = P.build_dataset(records, P.FlamingoCaptionTransform(flamingo_tok, 16, 32), batch_size=1,
+    ds, c = P.build_dataset(records, FD.FlamingoCaptionTransform(flamingo_tok, 16, 32), batch_size=1,
                             collate=P.Collate(16, 0), shuffle=False, counter=SkipCounter(1.0))
     assert len(list(P.DataIterator(ds, c))) == 4
     assert c.summary()["by_reason"] == {"greyscale_image": 1, "rgba_image": 1, "cmyk_image": 1, "16bit_image": 2,
                                         "palette_image": 1}
-    ds, c = P.build_dataset(records, P.FlamingoCaptionTransform(flamingo_tok, 16, 32, convert_image_modes=True),
+    ds, c = P.build_dataset(records, FD.FlamingoCaptionTransform(flamingo_tok, 16, 32, convert_image_modes=True),
                             batch_size=1, collate=P.Collate(16, 0), shuffle=False, counter=SkipCounter(0.0))
     assert len(list(P.DataIterator(ds, c))) == len(records) and c.num_skipped == 0
     assert sum(c.summary()["converted"].values()) == len(mode_images)
-    ds, c = P.build_dataset(records, P.FlamingoCaptionTransform(flamingo_tok, 16, 32), batch_size=1,
+    ds, c = P.build_dataset(records, FD.FlamingoCaptionTransform(flamingo_tok, 16, 32), batch_size=1,
                             collate=P.Collate(16, 0), shuffle=False, counter=SkipCounter(0.2, min_records=5))
     with pytest.raises(TooManyBadRecords, match="convert_image_modes=True"):
         list(P.DataIterator(ds, c))

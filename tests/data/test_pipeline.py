@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from flamingo_jax import data as FD
 from common.data import batching as B, pipeline as P, shapes as S
 from common.data.records import SkipCounter
 
@@ -45,7 +46,7 @@ def test_shuffle_differs_per_epoch_and_seed():
 def test_checkpoint_resume_gives_identical_stream(tmp_path, flamingo_tok):
     def make():
         src = S.ShapesSource("captions", "train", size=64, image_size=32)
-        ds, c = P.build_dataset(src, P.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=4, collate=P.Collate(32, flamingo_tok.pad_id), seed=5, num_epochs=None, num_threads=2)
+        ds, c = P.build_dataset(src, FD.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=4, collate=P.Collate(32, flamingo_tok.pad_id), seed=5, num_epochs=None, num_threads=2)
         return P.DataIterator(ds, c)
 
     it = make()
@@ -92,26 +93,20 @@ def test_family_pipelines_on_shapes(llama_dir, flamingo_tok, tmp_path):
     from common.tokenizers import load_tokenizer
 
     src = S.ShapesSource("interleaved", "train", size=16, image_size=32)
-    ds, c = P.build_dataset(src, P.FlamingoInterleavedTransform(flamingo_tok, 128, 32, max_images=6), batch_size=4, collate=P.Collate(128, flamingo_tok.pad_id, max_images=6))
+    ds, c = P.build_dataset(src, FD.FlamingoInterleavedTransform(flamingo_tok, 128, 32, max_images=6), batch_size=4, collate=P.Collate(128, flamingo_tok.pad_id, max_images=6))
     b = next(iter(ds))
     assert b["images"].shape == (4, 6, 32, 32, 3)
     img_id = flamingo_tok.token_to_id("<image>")
     assert np.array_equal((b["input_ids"] == img_id).sum(1), b["image_mask"].sum(1))
     assert not b["loss_mask"][b["input_ids"] == img_id].any()
 
-    ds, c = P.build_dataset(S.ShapesSource("conversations", "train", size=8, image_size=32), P.LlavaTransform(flamingo_tok, 256, 28), batch_size=4, collate=P.Collate(256, flamingo_tok.pad_id))
+    from llava_jax.data import LlavaSampleTransform
+
+    llava = LlavaSampleTransform(flamingo_tok, "vicuna_v1", image_token_id=img_id, tokens_per_image=1, image_size=28, max_len=256)
+    ds, c = P.build_dataset(S.ShapesSource("conversations", "train", size=8, image_size=32), llava, batch_size=4, collate=P.Collate(256, flamingo_tok.pad_id))
     b = next(iter(ds))
     assert b["images"].shape == (4, 1, 28, 28, 3) and c.num_skipped == 0
     assert 0 < b["loss_mask"].sum() < b["attention_mask"].sum()
-
-    vtok = load_tokenizer(llama_dir)
-    vtok.add_family_tokens("vita")
-    vtok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
-    ds, c = P.build_dataset(S.ShapesSource("spoken_qa", "train", size=8, image_size=32), P.VitaSpokenQATransform(vtok, 96, 28), batch_size=4, collate=P.Collate(96, 0))
-    b = next(iter(ds))
-    assert b["audio_features"].shape[0] == 4 and b["audio_features"].shape[2] == 80 and b["images"].shape == (4, 1, 28, 28, 3)
-    states = {vtok.token_to_id(t) for t in ("☞", "☟")}  # audio-query answers, noise
-    assert all(bool(set(row[m].tolist()) & states) for row, m in zip(b["input_ids"], b["loss_mask"]))
 
 
 def test_prepared_source_through_grain(tmp_path, flamingo_tok):
@@ -120,7 +115,7 @@ def test_prepared_source_through_grain(tmp_path, flamingo_tok):
 
     T.prepare_shapes(str(tmp_path), kinds=["captions"], image_size=32, split_sizes={"train": 16, "validation": 4, "test": 4})
     src = T.PreparedShapesSource("captions", "train", str(tmp_path), image_size=32)
-    ds, c = P.build_dataset(src, P.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=8, collate=P.Collate(32, flamingo_tok.pad_id), shard=(1, 2))
+    ds, c = P.build_dataset(src, FD.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=8, collate=P.Collate(32, flamingo_tok.pad_id), shard=(1, 2))
     batches = list(P.DataIterator(ds, c))
     assert len(batches) == 1 and batches[0]["images"].shape == (8, 1, 32, 32, 3)
 
@@ -129,22 +124,22 @@ def test_flamingo_interleaved_text_only_chunks(flamingo_tok):
     """`image_slots`: a text without an image is a chunk `{text}<|endofchunk|>` (a text piece sequence tokenizes each
     piece on its own); max_images cuts before the first image chunk it cannot keep; images that do not match the
     image chunks are a BadRecord, not silently dropped."""
-    from common.data import prompts
+
     from common.data.records import BadRecord
     from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 
     img = np.full((8, 8, 3), 128, np.uint8)
     record = {"images": [img, img, img], "texts": ["a cat.", ("word", "no image."), "a dog.", "a bird."],
               "image_slots": [True, False, True, True]}
-    ex = P.FlamingoInterleavedTransform(flamingo_tok, 64, 8, max_images=6)(record)
+    ex = FD.FlamingoInterleavedTransform(flamingo_tok, 64, 8, max_images=6)(record)
     text = flamingo_tok.decode([int(i) for i in ex["input_ids"]])
     assert text.count(IMAGE_TOKEN) == 3 and ex["images"].shape == (3, 8, 8, 3)
     assert f"a cat.{END_OF_CHUNK_TOKEN}wordno image.{END_OF_CHUNK_TOKEN}{IMAGE_TOKEN}a dog." in text
-    expected = prompts.flamingo_interleaved(flamingo_tok, record["texts"], 3, record["image_slots"])["input_ids"]
+    expected = FD.flamingo_interleaved(flamingo_tok, record["texts"], 3, record["image_slots"])["input_ids"]
     assert np.array_equal(ex["input_ids"], expected)
-    cut = P.FlamingoInterleavedTransform(flamingo_tok, 64, 8, max_images=2)(record)  # keeps chunks 0-1-2
+    cut = FD.FlamingoInterleavedTransform(flamingo_tok, 64, 8, max_images=2)(record)  # keeps chunks 0-1-2
     assert cut["images"].shape[0] == 2
     assert "a bird" not in flamingo_tok.decode([int(i) for i in cut["input_ids"]])
     for bad in (dict(record, images=[img, img]), dict(record, image_slots=[True, False, True])):
         with pytest.raises(BadRecord):
-            P.FlamingoInterleavedTransform(flamingo_tok, 64, 8, max_images=6)(bad)
+            FD.FlamingoInterleavedTransform(flamingo_tok, 64, 8, max_images=6)(bad)

@@ -254,7 +254,7 @@ def test_eval_cli_smoke(tmp_path):
 def test_stage0_names_text_is_a_flamingo_document_with_shape_words():
     """Stage 0's text episodes are token for token the Flamingo names documents, each <image> replaced by the tokens
     of its shape word (so "This" after it is the same token the Flamingo LM will see after <image>)."""
-    from common.data import prompts
+
 
     tok = data_lib.shapes_tokenizer()
     image = data_lib.special_ids(tok)["image"]
@@ -262,7 +262,7 @@ def test_stage0_names_text_is_a_flamingo_document_with_shape_words():
     text_ids = data_lib.TextTransform(tok, 128)(record)["input_ids"]
     shape_words = [seg for seg, _ in record["segments"][0::3]]
     sentences = [seg for seg, _ in record["segments"][1::3]]
-    doc = prompts.flamingo_interleaved(tok, sentences, num_images=len(sentences))["input_ids"]
+    doc = data_lib.flamingo_interleaved(tok, sentences, num_images=len(sentences))["input_ids"]
     expected, shapes_left = [], list(shape_words)
     for token in doc.tolist():
         expected += list(tok.encode(shapes_left.pop(0))) if token == image else [token]
@@ -461,13 +461,13 @@ def test_names_documents_with_text_keys_mix_word_and_image_keys():
             assert mask[chunk].any() == has_image
         text_pairs += len(slots) - sum(slots)
     assert text_pairs > 40
-    from common.data import prompts
+
 
     all_images = dict(spec, text_keys=0.0)
     plain = data_lib.make_source(all_images)[3]
     assert "image_slots" not in plain
     assert np.array_equal(data_lib.make_transform(all_images, tok, 32)(plain)["input_ids"],
-                          prompts.flamingo_interleaved(tok, plain["texts"], len(plain["images"]))["input_ids"])
+                          data_lib.flamingo_interleaved(tok, plain["texts"], len(plain["images"]))["input_ids"])
     with pytest.raises(ValueError, match="text_keys"):
         data_lib.make_source(dict(source="names_documents", text_keys=1.0))
 

@@ -7,6 +7,7 @@ import pytest
 from common.data import pipeline as P
 from common.data.records import BadRecord, SkipCounter
 from llava_jax import conversation as C
+from llava_jax.data import LlavaSampleTransform
 
 SAMPLE = [{"from": "human", "value": "What is this?\n<image>"}, {"from": "gpt", "value": "A cup."},
           {"from": "human", "value": "Why?"}, {"from": "gpt", "value": "Because."}]
@@ -98,7 +99,7 @@ def test_tokenization_mismatch_is_counted_not_zeroed(chatml_tok):
         C.tokenize_conversation(chatml_tok, bad, "qwen_2", num_images=0)
     records = [{"image": None, "conversations": c} for c in (good, bad, good, good)]
     counter = SkipCounter(max_skip_fraction=1.0)
-    ds, counter = P.build_dataset(records, P.LlavaTransform(chatml_tok, max_len=64, template="qwen_2"), batch_size=3,
+    ds, counter = P.build_dataset(records, LlavaSampleTransform(chatml_tok, "qwen_2", image_token_id=-1, tokens_per_image=1, max_len=64), batch_size=3,
                                   collate=P.Collate(64, chatml_tok.pad_id), shuffle=False, counter=counter)
     batches = list(ds)
     assert counter.summary()["by_reason"] == {"tokenization_mismatch": 1}

@@ -124,15 +124,36 @@ def test_bad_audio_is_skipped_per_reason(tmp_path):
     assert data.checked_waveform(wave, 10.0).shape == (16000,)
 
 
-def test_librispeech_layout(tmp_path):
+def test_librispeech_layout_through_the_pipeline(tmp_path):
+    """A LibriSpeech-layout folder (real espeak speech) -> ASR batches; a file at 8 kHz and a transcript line that is
+    not UTF-8 are skipped and counted per reason; the transcript (lower-cased) is the only target."""
     import soundfile as sf
 
+    from common.data import pipeline as P
+    from common.data.records import SkipCounter
+    from common.data.speech import load_word_bank
     from vita_jax import data
+    from vita_jax.configs import tiny
 
+    bank, rng = load_word_bank(), np.random.default_rng(0)
     chapter = tmp_path / "19" / "198"
     chapter.mkdir(parents=True)
-    (chapter / "19-198.trans.txt").write_text("19-198-0000 RED CIRCLE\n19-198-0001 HOW MANY SHAPES\n")
-    for uid in ("19-198-0000", "19-198-0001"):
-        sf.write(chapter / f"{uid}.flac", np.zeros(16000, np.float32) + 0.01, 16000)
+    texts = ["red circle", "how many shapes", "blue square"]
+    for i, text in enumerate(texts):
+        sf.write(chapter / f"19-198-{i:04d}.flac", bank.say(text, rng), 16000)
+    sf.write(chapter / "19-198-0003.flac", bank.say("yes", rng)[::2], 8000)
+    lines = [f"19-198-{i:04d} {t.upper()}".encode() for i, t in enumerate(texts)] + [b"19-198-0003 YES",
+                                                                                      b"19-198-0004 CAF\xc9"]
+    (chapter / "19-198.trans.txt").write_bytes(b"\n".join(lines) + b"\n")
     src = data.LibriSpeechSource(str(tmp_path))
-    assert len(src) == 2 and src[0]["text"] == "red circle" and src[1]["audio"][0].endswith("19-198-0001.flac")
+    assert len(src) == 5 and src[0]["text"] == "red circle" and src[1]["audio"][0].endswith("19-198-0001.flac")
+
+    tok, cfg = data.shapes_tokenizer(1024), tiny(vocab_size=1024)
+    transform = data.VitaSampleTransform(tok, cfg, max_len=256)
+    ds, counter = P.build_dataset([src[i] for i in range(len(src))], transform, batch_size=1, shuffle=False,
+                                  collate=P.Collate(256, 0), counter=SkipCounter(1.0))
+    batches = list(ds)
+    assert counter.summary()["by_reason"] == {"wrong_sample_rate": 1, "non_utf8_text": 1} and len(batches) == 3
+    b = batches[0]
+    assert b["audio_features"].shape[2] == 80 and b["audio_mask"].sum() > 50
+    assert tok.decode([int(t) for t in b["input_ids"][0][b["loss_mask"][0]]]) == "☞red circle<|im_end|>"
