@@ -1,4 +1,4 @@
-"""One distribution installing the five top-level packages: common, flamingo_jax, llava_jax, vita_jax, configs."""
+"""One distribution installing the six top-level packages: common, flamingo_jax, llava_jax, vita_jax, configs, and mmlm_jax (the main job above the families)."""
 from setuptools import find_packages, setup
 
 setup(
@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Flamingo, LLaVA and VITA-1.5 in JAX/Flax on one shared core, proven equal to the public references.",
     python_requires=">=3.11",
-    packages=find_packages(include=["common*", "flamingo_jax*", "llava_jax*", "vita_jax*", "configs*"]),
+    packages=find_packages(include=["common*", "flamingo_jax*", "llava_jax*", "vita_jax*", "configs*", "mmlm_jax*"]),
     include_package_data=True,
     package_data={"": ["*.json", "*.txt", "*.npz", "*.flac", "*.model", "assets/*", "assets/**/*"]},
     install_requires=[

@@ -22,6 +22,29 @@ default_kernel_init = nn.initializers.normal(stddev=0.02)
 KERNEL_INITS = ("normal_0.02", "torch_linear")
 
 
+# Named rematerialisation policies, shared by every stacked module (LM layers, vision towers, speech encoder).
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,  # no rematerialisation: keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute elementwise ops
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmuls only
+}
+
+
+def check_remat_policy(name: str) -> None:
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {name!r}; known: {sorted(REMAT_POLICIES)}")
+
+
+def remat(module_cls, policy: str, scan_layers: bool, static_argnums=()):
+    """`module_cls` under the named policy ('none': unchanged). Under nn.scan CSE is harmless, so allowed."""
+    check_remat_policy(policy)
+    if policy == "none":
+        return module_cls
+    return nn.remat(module_cls, policy=REMAT_POLICIES[policy], prevent_cse=not scan_layers,
+                    static_argnums=static_argnums)
+
+
 def kernel_initializer(scheme: str, n_in: int = 1, n_out: int = 1) -> Callable:
     """A kernel initializer by name, for a kernel whose first `n_in` axes are contracted and last `n_out` produced:
     'normal_0.02' (HF transformers' initializer_range) or 'torch_linear' (torch.nn.Linear's default,

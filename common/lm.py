@@ -21,16 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.layers import (MLP, MultiHeadAttention, alibi_slopes, apply_rope, causal_dot_product_attention,
-                           dot_product_attention, dtype_of, make_norm, rope_inverse_frequencies)
+from common.layers import (MLP, REMAT_POLICIES, MultiHeadAttention, alibi_slopes, apply_rope,  # noqa: F401
+                           causal_dot_product_attention, check_remat_policy, dot_product_attention, dtype_of,
+                           make_norm, remat, rope_inverse_frequencies)
 from common.sharding import constrain, with_partitioning
 
-REMAT_POLICIES: dict[str, Any] = {
-    "none": None,  # no rematerialisation: keep every activation
-    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer in the backward pass
-    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute elementwise ops
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmuls only
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +76,7 @@ class LMConfig:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.kv_heads}")
         if self.position not in ("rope", "alibi"):
             raise ValueError(f"position must be 'rope' or 'alibi', got {self.position!r}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; known: {sorted(REMAT_POLICIES)}")
+        check_remat_policy(self.remat_policy)
         if self.attention_impl not in ("xla", "cudnn"):
             raise ValueError(f"attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
         if self.attention_impl == "cudnn" and self.position == "alibi":
@@ -216,10 +210,7 @@ class LayerGroup(nn.Module):
 
 
 def _remat(module_cls, config: LMConfig, static_argnums=()):
-    policy = REMAT_POLICIES[config.remat_policy]
-    if config.remat_policy == "none":
-        return module_cls
-    return nn.remat(module_cls, policy=policy, prevent_cse=not config.scan_layers, static_argnums=static_argnums)
+    return remat(module_cls, config.remat_policy, config.scan_layers, static_argnums)
 
 
 class DecoderStack(nn.Module):

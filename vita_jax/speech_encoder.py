@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.layers import LayerNorm, Linear, MultiHeadAttention, activation, dot_product_attention, dtype_of
-from common.lm import REMAT_POLICIES
+from common.layers import (LayerNorm, Linear, MultiHeadAttention, activation, check_remat_policy, dot_product_attention,
+                           dtype_of, remat)
 from common.sharding import constrain, with_partitioning
 
 CHUNK_MODES = ("full", "static", "dynamic")
@@ -76,8 +76,7 @@ class SpeechEncoderConfig:
             raise ValueError(f"chunk_mode 'static' needs chunk_size >= 1, got {self.chunk_size}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"unknown remat_policy {self.remat_policy!r}; known: {sorted(REMAT_POLICIES)}")
+        check_remat_policy(self.remat_policy)
 
     @property
     def head_dim(self) -> int:
@@ -256,10 +255,7 @@ class SpeechEncoder(nn.Module):
             chunk, left = dynamic_chunk_params(self.make_rng("dropout"), t_out)
             mask = mask & chunk_attention_mask(t_out, chunk, left)[None, None]
 
-        layer_cls = EncoderLayer
-        if cfg.remat_policy != "none":
-            layer_cls = nn.remat(EncoderLayer, policy=REMAT_POLICIES[cfg.remat_policy],
-                                 prevent_cse=not cfg.scan_layers)
+        layer_cls = remat(EncoderLayer, cfg.remat_policy, cfg.scan_layers)
         if cfg.scan_layers:
             x, _ = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                            in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,

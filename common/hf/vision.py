@@ -124,7 +124,7 @@ def clip_config_to_hf(config: CLIPVisionConfig) -> dict:
               layer_norm_eps=config.layer_norm_eps)
     if config.projection_dim:
         hf["projection_dim"] = config.projection_dim
-    keep = {k: getattr(config, k) for k in ("scan_layers", "remat", "remat_policy", "dtype", "param_dtype")}
+    keep = {k: getattr(config, k) for k in ("scan_layers", "remat_policy", "dtype", "param_dtype")}
     back = CLIPVisionConfig.from_hf(hf, **keep)
     if back != config:
         diff = [f"{f.name}: {getattr(config, f.name)!r} would load as {getattr(back, f.name)!r}"

@@ -39,8 +39,7 @@ class CLIPVisionConfig:
     layer_norm_eps: float = 1e-5
     projection_dim: int | None = None  # visual_projection width; None = no projection (CLIPVisionModel)
     scan_layers: bool = True
-    remat: bool = False
-    remat_policy: str | None = None
+    remat_policy: str = "none"  # common.layers.REMAT_POLICIES: none | full | dots | dots_no_batch
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
 
@@ -128,7 +127,7 @@ class CLIPVisionTransformer(nn.Module):
                             intermediate_size=cfg.intermediate_size, act=cfg.act, norm="layer",
                             norm_eps=cfg.layer_norm_eps, qkv_bias=True, out_bias=True, dtype=dtype,
                             param_dtype=param_dtype)
-        last, hidden_states = ViTEncoder(cfg.num_layers, layer_kwargs, scan_layers=cfg.scan_layers, remat=cfg.remat,
+        last, hidden_states = ViTEncoder(cfg.num_layers, layer_kwargs, scan_layers=cfg.scan_layers,
                                          remat_policy=cfg.remat_policy, name="encoder")(
             x, deterministic=deterministic, output_hidden_states=output_hidden_states)  # [B, T, D], [L+1, B, T, D]
         post_ln = ln("post_layernorm")

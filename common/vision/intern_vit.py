@@ -50,8 +50,7 @@ class InternViTConfig:
     downsample_ratio: float = 0.5
     ps_version: str = "v2"  # "v2" (InternVL 1.5+, HF) or "v1" (no final transpose)
     scan_layers: bool = True
-    remat: bool = False
-    remat_policy: str | None = None
+    remat_policy: str = "none"  # common.layers.REMAT_POLICIES: none | full | dots | dots_no_batch
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -156,7 +155,7 @@ class InternViT(nn.Module):
                             qk_norm_eps=cfg.qk_norm_eps, layer_scale=cfg.layer_scale_init, dtype=dtype,
                             param_dtype=param_dtype)
         last, hidden_states = ViTEncoder(cfg.num_layers, layer_kwargs, drop_path_rate=cfg.drop_path_rate,
-                                         scan_layers=cfg.scan_layers, remat=cfg.remat, remat_policy=cfg.remat_policy,
+                                         scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy,
                                          name="encoder")(
             x, deterministic=deterministic, output_hidden_states=output_hidden_states)  # [B, T, D], [L+1, B, T, D]
         if cfg.final_norm:

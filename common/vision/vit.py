@@ -1,6 +1,6 @@
 """Shared pre-LN Vision Transformer core (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words", Sec. 3.1):
 patchify, one encoder layer with optional layer scale / qk-norm / stochastic depth, and the layer stack
-(`nn.scan` or unrolled, optional `nn.remat`) returning every layer's hidden state.
+(`nn.scan` or unrolled, under a named remat policy) returning every layer's hidden state.
 
 CLIP's vision tower (common/vision/clip.py) and InternViT (common/vision/intern_vit.py) are thin wrappers
 around `ViTEncoder`; they differ only in embeddings, norms, layer scale and final norms.
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.layers import MLP, Dtype, Linear, MultiHeadAttention, RMSNorm, dot_product_attention, make_norm
+from common.layers import MLP, Dtype, Linear, MultiHeadAttention, RMSNorm, dot_product_attention, make_norm, remat
 from common.sharding import constrain, with_partitioning
 
 ACT_TOKENS = ("act_batch", "act_length", "act_embed")
@@ -145,17 +145,6 @@ class ViTEncoderLayer(nn.Module):
         return h
 
 
-def remat_policy(name: str | None):
-    """None / 'full' -> save nothing (recompute the whole layer); otherwise a `jax.checkpoint_policies` name,
-    e.g. 'dots_with_no_batch_dims_saveable' or 'nothing_saveable'."""
-    if name in (None, "full", "nothing_saveable"):
-        return None
-    policy = getattr(jax.checkpoint_policies, name, None)
-    if policy is None:
-        raise ValueError(f"unknown remat policy {name!r}; see jax.checkpoint_policies")
-    return policy
-
-
 class ViTEncoder(nn.Module):
     """L `ViTEncoderLayer`s, stacked with `nn.scan` (params under `layers` with a leading [L] axis named
     'layers') or unrolled (params under `layers_0` ... `layers_{L-1}`), optionally rematerialised.
@@ -167,15 +156,13 @@ class ViTEncoder(nn.Module):
     layer_kwargs: dict  # ViTEncoderLayer fields other than deterministic / output_hidden_states / use_drop_path
     drop_path_rate: float = 0.0  # rates linearly spaced 0 .. drop_path_rate over the layers (timm / InternViT)
     scan_layers: bool = True
-    remat: bool = False
-    remat_policy: str | None = None
+    remat_policy: str = "none"  # a common.layers.REMAT_POLICIES name, as the LM core's
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True, output_hidden_states: bool = True):
         x = constrain(x, ACT_TOKENS)  # [B, T, D]
         layer_cls: Any = ViTEncoderLayer
-        if self.remat:
-            layer_cls = nn.remat(layer_cls, prevent_cse=not self.scan_layers, policy=remat_policy(self.remat_policy))
+        layer_cls = remat(layer_cls, self.remat_policy, self.scan_layers)
         kwargs = dict(self.layer_kwargs, deterministic=deterministic, output_hidden_states=output_hidden_states,
                       use_drop_path=self.drop_path_rate > 0)
         rates = jnp.linspace(0.0, self.drop_path_rate, self.num_layers, dtype=jnp.float32)  # [L]
