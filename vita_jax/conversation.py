@@ -155,6 +155,24 @@ def training_example(tokenizer, conversation: Sequence[dict], tokens_per_tile: i
     return {"input_ids": np.asarray(ids, np.int32), "loss_mask": np.asarray(mask, bool)}
 
 
+def decode_answer(tokenizer, token_ids) -> str:
+    """Generated ids -> text with the state tokens kept (they are added special tokens, which a plain
+    `skip_special_tokens` decode would drop) and every other special token dropped."""
+    states = {tokenizer.token_to_id(t): t for t in STATE_TOKENS.values()}
+    states.pop(None, None)
+    text, run = [], []
+    for t in list(token_ids) + [None]:
+        if t is None or t in states:
+            if run:
+                text.append(tokenizer.decode(run, skip_special_tokens=True))
+                run = []
+            if t is not None:
+                text.append(states[t])
+        else:
+            run.append(int(t))
+    return "".join(text).strip()
+
+
 def answer_state(text: str) -> str | None:
     """'audio' / 'text' / 'noise' from the state character a generated answer starts with (None: none)."""
     text = text.lstrip()

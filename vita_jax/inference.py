@@ -147,5 +147,5 @@ def generate_batch(model: Vita, params, tokenizer, requests: Sequence[Request], 
         toks = [int(t) for t in tokens[b, :lengths[b]]]
         if toks and toks[-1] in config.eos_token_ids:
             toks = toks[:-1]
-        results.append(toks if return_tokens else tokenizer.decode(toks, skip_special_tokens=True).strip())
+        results.append(toks if return_tokens else conversation.decode_answer(tokenizer, toks))
     return results

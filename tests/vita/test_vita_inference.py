@@ -43,7 +43,7 @@ def test_chat_prompt_is_the_release_format():
     assert "you are seeing the video, not the image." in video
 
 
-def test_state_tokens_and_answer_only_loss(qwen):
+def test_state_tokens_and_answer_only_loss(qwen, qwen_dir):
     conv = [{"from": "human", "value": "<image>\n<audio>\n"}, {"from": "gpt", "value": "A red circle."},
             {"from": "human", "value": "And the colour?"}, {"from": "gpt", "value": "Red."},
             {"from": "human", "value": "<audio>\n"}, {"from": "gpt", "value": "ignored"}]
@@ -59,6 +59,19 @@ def test_state_tokens_and_answer_only_loss(qwen):
     assert conversation.answer_state("☟") == "noise" and conversation.strip_states("☞Red.<|im_end|>") == "Red."
     with pytest.raises(Exception, match="audio"):
         conversation.training_example(qwen, conv, 4, 2, audio_tokens=[5])
+    # Generated ids -> text: the state token (an added special token) survives, other specials do not.
+    tok = load_tokenizer(str(qwen_dir))  # a copy: the module's tokenizer keeps its vocabulary
+    tok.add_family_tokens("vita")
+    generated = [tok.token_to_id("☟")] + list(tok.encode("Red.")) + [tok.token_to_id("<|im_end|>")]
+    assert conversation.decode_answer(tok, generated) == "☟Red." and conversation.answer_state("☟Red.") == "noise"
+
+
+def test_state_decisions_are_precision_and_recall_of_silence():
+    from vita_jax.eval import state_decisions
+
+    res = state_decisions(["noise", "audio", "noise", "text", None, "noise"], [True, True, False, False, False, True])
+    assert res["noise_recall"] == pytest.approx(200 / 3) and res["noise_precision"] == pytest.approx(200 / 3)
+    assert res["query_answered"] == pytest.approx(200 / 3)  # of the three real queries, one was met with silence
 
 
 def test_batched_generation_equals_one_at_a_time(qwen):

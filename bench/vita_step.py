@@ -1,0 +1,152 @@
+"""VITA-1.5 speed: the stage-2.2 training step (adapter + projector + LLM trained on spoken questions about an image;
+InternViT and the speech encoder frozen, forward only) through the trainer's own jitted step, and prefill + decode of
+a spoken query (one image tile + one spoken question) through `vita_jax.inference.generate_batch`. One JSON line each.
+
+    python bench/vita_step.py [--size tiny|1b] [--batch 16] [--steps 3] [--decode_batches 1,8] [--new_tokens 16]
+
+  tiny  configs/vita/tiny_stage2_2.py as the miniature trains it (56 px tiles, 64-wide parts).
+  1b    a ~1B stand-in of VITA-1.5's shape on the same data: a Qwen2-0.5B-shaped LM (24 x 896, GQA 14 / 2, MLP
+        4864; the shapes vocabulary), InternViT-300M's widths (24 x 1024) on 224 px tiles (64 tokens per tile),
+        and the full 24 x 1024 speech encoder with its adapter: 1.0B parameters.
+Model FLOPs per step are the matmuls / convolutions of the compiled step's jaxpr (`common.flops.matmul_flops`: the
+frozen towers' forward, the trained parts' forward and backward); MFU = those / step time / the matmul peak measured
+in the same process (f32 on the CPU, bf16 on a GPU with --dtype bfloat16). Decode tokens/s = (new tokens - 1) x
+batch / (time of the full generation - time of a one-token generation, i.e. the prefill).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from lm_train_step import emit, measure_matmul_peak  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stage2_2_config(size: str, batch: int, dtype: str):
+    spec = importlib.util.spec_from_file_location("vita_tiny_stage2_2", os.path.join(REPO, "configs", "vita",
+                                                                                     "tiny_stage2_2.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.init_from = ""
+    config.batch_size = batch
+    config.mesh = dict(data=-1, fsdp=1, tensor=1)
+    spoken = dict(config.data.datasets["spoken_qa"])
+    if size == "1b":
+        config.model.text.update(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
+                                 intermediate_size=4864, max_position_embeddings=2048)
+        config.model.vision.update(image_size=224, patch_size=14, hidden_size=1024, intermediate_size=4096,
+                                   num_layers=24, num_heads=16)
+        config.model.audio.update(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096)
+        spoken.update(image_size=224, max_len=int(spoken["max_len"]) + 60)  # 64 instead of 4 tokens per tile
+    elif size != "tiny":
+        raise SystemExit(f"unknown --size {size!r}: tiny or 1b")
+    for part in ("text", "vision", "audio"):
+        config.model[part]["dtype"] = dtype
+    config.data.datasets = dict(spoken_qa=spoken)
+    return config
+
+
+def bench_train_step(config, steps: int, peak: float) -> tuple[dict, object, object]:
+    from common.flops import matmul_flops
+    from common.sharding import activate
+    from common.trainer import Trainer
+    from vita_jax.model import param_counts
+    from vita_jax.task import make_task
+
+    with tempfile.TemporaryDirectory(prefix="bench_vita_") as workdir:
+        task = make_task(config, workdir=workdir)
+        trainer = Trainer(config, task, workdir)
+        iterators = dict(task.make_train_data(trainer.data_shard))
+        names = tuple(sorted(iterators))
+        trainer._dataset_names = list(names)
+        state = trainer.init_state()
+        with activate(trainer.mesh):
+            batches = {k: trainer._global_batch(next(iterators[k])) for k in names}
+            step = trainer._step_fn(names, batches)
+            flops = matmul_flops(step, state, batches)
+            t = time.perf_counter()
+            state, metrics = step(state, batches)
+            jax.block_until_ready(metrics)
+            first = time.perf_counter() - t
+            times = []
+            for _ in range(steps):
+                t = time.perf_counter()
+                state, metrics = step(state, batches)
+                jax.block_until_ready(metrics)
+                times.append(time.perf_counter() - t)
+        step_s = sorted(times)[len(times) // 2]
+        tokens = int(sum(int(b["attention_mask"].sum()) for b in batches.values()))
+        counts = param_counts(task.vita_config)
+        trainer.close()
+    record = {"bench": "vita_train_step", "stage": "2.2", "params": counts, "batch": config.batch_size,
+              "seq_len": int(config.data.datasets["spoken_qa"]["max_len"]), "step_s": step_s, "first_step_s": first,
+              "tokens_per_s": tokens / step_s, "model_flops_per_step": flops, "mfu": flops / step_s / peak,
+              "loss": float(metrics["loss"])}
+    return record, task, state.params
+
+
+def bench_generation(task, params, batch_sizes, new_tokens: int) -> list[dict]:
+    import flax.linen as nn
+
+    from vita_jax import data as data_lib
+    from vita_jax.inference import Request, generate_batch
+
+    params = nn.unbox(params)
+    cfg = task.vita_config
+    source = data_lib.ShapesVitaSource("spoken_qa", "validation", 64, image_size=cfg.vision.image_size,
+                                       typed_fraction=0.0)
+    records = [r for r in (source[i] for i in range(64)) if r["kind"] == "spoken"]
+    out = []
+    for batch in batch_sizes:
+        requests = [Request(images=[r["image"]], audio=r["audio"][:1]) for r in records[:batch]]
+
+        def run(n):
+            t = time.perf_counter()
+            generate_batch(task.model, params, task.tokenizer, requests, max_new_tokens=n, tile_slots=1,
+                           audio_slots=1, return_tokens=True)
+            return time.perf_counter() - t
+
+        run(1), run(new_tokens)  # compile both lengths
+        prefill = min(run(1) for _ in range(2))
+        full = min(run(new_tokens) for _ in range(2))
+        out.append({"bench": "vita_spoken_query", "batch": batch, "prefill_s": prefill,
+                    "decode_tokens_per_s": (new_tokens - 1) * batch / max(full - prefill, 1e-9),
+                    "new_tokens": new_tokens, "audio_seconds": [round(len(r["audio"][0]) / 16000, 2)
+                                                                for r in records[:batch]]})
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="tiny", choices=("tiny", "1b"))
+    parser.add_argument("--batch", type=int, default=None, help="train batch (default: 16 tiny, 2 for 1b)")
+    parser.add_argument("--steps", type=int, default=3, help="timed train steps (median reported)")
+    parser.add_argument("--decode_batches", default="1,8")
+    parser.add_argument("--new_tokens", type=int, default=16)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    args = parser.parse_args(argv)
+    batch = args.batch or (16 if args.size == "tiny" else 2)
+    peak = measure_matmul_peak(8192 if jax.default_backend() == "gpu" else 2048, dtype=jnp.dtype(args.dtype))
+    common = {"size": args.size, "dtype": args.dtype, "device": str(jax.devices()[0]), "cpus": os.cpu_count(),
+              "machine": platform.machine(), "matmul_peak_flops": peak}
+    record, task, params = bench_train_step(stage2_2_config(args.size, batch, args.dtype), args.steps, peak)
+    emit({**record, **common})
+    for rec in bench_generation(task, params, [int(b) for b in args.decode_batches.split(",")], args.new_tokens):
+        emit({**rec, **common})
+
+
+if __name__ == "__main__":
+    main()
