@@ -102,9 +102,11 @@ def bench_generation(task, params, batch_sizes, new_tokens: int) -> list[dict]:
     import flax.linen as nn
 
     from vita_jax import data as data_lib
+    from common.generate import GenerationConfig
     from vita_jax.inference import Request, generate_batch
 
     params = nn.unbox(params)
+    pad = task.tokenizer.pad_id if task.tokenizer.pad_id is not None else 0
     cfg = task.vita_config
     source = data_lib.ShapesVitaSource("spoken_qa", "validation", 64, image_size=cfg.vision.image_size,
                                        typed_fraction=0.0)
@@ -113,10 +115,12 @@ def bench_generation(task, params, batch_sizes, new_tokens: int) -> list[dict]:
     for batch in batch_sizes:
         requests = [Request(images=[r["image"]], audio=r["audio"][:1]) for r in records[:batch]]
 
-        def run(n):
+        def run(n):  # no stop tokens: every row decodes exactly n tokens (random weights would stop anywhere)
+            gen = GenerationConfig(max_new_tokens=n, eos_token_ids=(), pad_token_id=pad)
             t = time.perf_counter()
-            generate_batch(task.model, params, task.tokenizer, requests, max_new_tokens=n, tile_slots=1,
-                           audio_slots=1, return_tokens=True)
+            out = generate_batch(task.model, params, task.tokenizer, requests, config=gen, tile_slots=1,
+                                 audio_slots=1, return_tokens=True)
+            assert all(len(o) == n for o in out), [len(o) for o in out]
             return time.perf_counter() - t
 
         run(1), run(new_tokens)  # compile both lengths

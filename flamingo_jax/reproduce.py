@@ -105,6 +105,16 @@ def image_reliance_losses(config, params, num_batches: int = 6) -> dict:
     return out
 
 
+def config_module(name: str):
+    """configs/flamingo/<name>.py, else configs/flamingo/experiments/<name>.py (the ablations)."""
+    try:
+        return importlib.import_module(f"configs.flamingo.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"configs.flamingo.{name}":
+            raise
+        return importlib.import_module(f"configs.flamingo.experiments.{name}")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True)
@@ -141,7 +151,7 @@ def main(argv=None) -> dict:
     start_all = time.time()
 
     def load_config(name: str, steps: int | None = None):
-        config = importlib.import_module(f"configs.flamingo.{name}").get_config()
+        config = config_module(name).get_config()
         config.seed = args.seed
         config.total_steps = steps if steps is not None else max(2, round(config.total_steps * args.scale))
         return config

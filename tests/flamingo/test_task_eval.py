@@ -497,7 +497,9 @@ def test_keyed_recipe_configs_chain_as_documented():
     Flamingo stage with text-keyed names documents (README, "The keyed recipe")."""
     import importlib
 
-    load = lambda name: importlib.import_module(f"configs.flamingo.{name}").get_config()  # noqa: E731
+    from flamingo_jax.reproduce import config_module
+
+    load = lambda name: config_module(name).get_config()  # noqa: E731
     names_only, keyed_s0, keyed = load("tiny_stage0_names"), load("tiny_stage0_keyed"), load("tiny_keyed")
     assert names_only.stage == keyed_s0.stage == "lm" and list(names_only.data.datasets) == ["names"]
     assert keyed_s0.data.datasets.captions.caption_keys and keyed_s0.total_steps == 1000
