@@ -196,6 +196,7 @@ def test_lora_stage_trains_the_adapters_and_the_projector_only(tmp_path):
     from vita_jax.task import make_task, restore_params
 
     config = micro(load_config("tiny_stage2_2"))
+    config.init_from = ""
     config.lora = dict(rank=4, alpha=8.0, targets=("q", "v", "gate"))
     config.optimizer.param_groups = ((r"lora/.*", dict()), (r"projector/.*", dict()), (r"audio_adapter/.*", dict()),
                                      (r".*", dict(frozen=True)))
