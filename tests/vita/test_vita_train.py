@@ -41,25 +41,38 @@ def flat(params):
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
-    """1.1 -> 2.1 -> 2.2 (each from the previous workdir); the initial params of each are recorded."""
+    """1.1 -> 2.1 -> 2.2 (each from the previous workdir); the initial params of each are recorded. Trained once per
+    test session: under xdist the workers share the base temp dir, and the first one trains while the others wait."""
+    import pickle
+
+    from filelock import FileLock
+
     from common.train import train
     from vita_jax.task import make_task, restore_params
 
-    root = tmp_path_factory.mktemp("vita_train")
-    out = {}
-    previous = None
-    for stage in ("1_1", "2_1", "2_2"):
-        config = micro(load_config(f"tiny_stage{stage}"))
-        config.init_from = str(previous) if previous else ""
-        workdir = root / stage
-        task = make_task(config, workdir=str(workdir))
-        start = jax.jit(task.init_params)(jax.random.key(config.seed))
-        if task.load_pretrained is not None:
-            start = task.load_pretrained(nn.unbox(start))
-        result = train(config, str(workdir), lambda c, w=str(workdir): make_task(c, workdir=w))
-        out[stage] = (flat(start), flat(restore_params(str(workdir))), result)
-        previous = workdir
-    out["root"] = root
+    base = tmp_path_factory.getbasetemp()  # under xdist: this run's gw<N> folder, whose parent is the run's
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, done = shared / "vita_train_stages", shared / "vita_train_stages.pkl"
+    with FileLock(str(shared / "vita_train_stages.lock")):
+        if done.exists():
+            with open(done, "rb") as f:
+                return pickle.load(f)
+        out = {}
+        previous = None
+        for stage in ("1_1", "2_1", "2_2"):
+            config = micro(load_config(f"tiny_stage{stage}"))
+            config.init_from = str(previous) if previous else ""
+            workdir = root / stage
+            task = make_task(config, workdir=str(workdir))
+            start = jax.jit(task.init_params)(jax.random.key(config.seed))
+            if task.load_pretrained is not None:
+                start = task.load_pretrained(nn.unbox(start))
+            result = train(config, str(workdir), lambda c, w=str(workdir): make_task(c, workdir=w))
+            out[stage] = (flat(start), flat(restore_params(str(workdir))), result)
+            previous = workdir
+        out["root"] = root
+        with open(done, "wb") as f:
+            pickle.dump(out, f)
     return out
 
 
