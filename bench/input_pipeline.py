@@ -73,6 +73,47 @@ def load_config(name: str, threads: int | None):
     return config
 
 
+def compiled_step(trainer, iterators) -> dict:
+    """The trainer's own jitted step on one prefetched batch of every dataset, compiled and run once:
+    {trainer, step, state, batches, names, compile_s, examples (per step), metrics}."""
+    import jax
+
+    from common.sharding import activate
+
+    names = tuple(sorted(iterators))
+    trainer._dataset_names = list(names)
+    state = trainer.init_state()
+    with activate(trainer.mesh):
+        batches = {k: trainer._global_batch(next(iterators[k])) for k in names}
+        step = trainer._step_fn(names, batches)
+        t = time.perf_counter()
+        state, metrics = step(state, batches)
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - t
+    return dict(trainer=trainer, step=step, state=state, batches=batches, names=names, compile_s=compile_s,
+                examples=sum(_examples(b) for b in batches.values()), metrics=metrics)
+
+
+def timed_steps(entry: dict, steps: int) -> list[float]:
+    """Seconds of each of `steps` steps of a `compiled_step` entry, after one settling step (its state and last
+    metrics are kept in the entry)."""
+    import jax
+
+    from common.sharding import activate
+
+    times = []
+    with activate(entry["trainer"].mesh):
+        entry["state"], metrics = entry["step"](entry["state"], entry["batches"])  # settle (after a switch)
+        jax.block_until_ready(metrics)
+        for _ in range(steps):
+            t = time.perf_counter()
+            entry["state"], metrics = entry["step"](entry["state"], entry["batches"])
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t)
+    entry["metrics"] = metrics
+    return times
+
+
 def bench_config(name: str, seconds: float, steps: int, threads: int | None) -> dict:
     import jax
 
@@ -101,27 +142,15 @@ def bench_config(name: str, seconds: float, steps: int, threads: int | None) -> 
         load1 = loadavg()
 
         # 2. The jitted train step alone, on prefetched batches.
-        state = trainer.init_state()
-        with activate(trainer.mesh):
-            batches = {k: trainer._global_batch(next(iterators[k])) for k in names}
-            per_step = sum(_examples(b) for b in batches.values())
-            step = trainer._step_fn(names, batches)
-            t = time.perf_counter()
-            state, metrics = step(state, batches)
-            jax.block_until_ready(metrics)
-            compile_s = time.perf_counter() - t
-            state, metrics = step(state, batches)  # one more warm step
-            jax.block_until_ready(metrics)
-            times = []
-            for _ in range(steps):
-                t = time.perf_counter()
-                state, metrics = step(state, batches)
-                jax.block_until_ready(metrics)
-                times.append(time.perf_counter() - t)
-            step_s = sorted(times)[len(times) // 2]
+        entry = compiled_step(trainer, iterators)
+        per_step, compile_s = entry["examples"], entry["compile_s"]
+        times = timed_steps(entry, steps)
+        step_s = sorted(times)[len(times) // 2]
 
-            # 3. The trainer's loop: next batch of each dataset, device transfer, step (dispatch is asynchronous,
-            # so the host builds the next batch while the device runs the step, as in Trainer.run).
+        # 3. The trainer's loop: next batch of each dataset, device transfer, step (dispatch is asynchronous,
+        # so the host builds the next batch while the device runs the step, as in Trainer.run).
+        step, state = entry["step"], entry["state"]
+        with activate(trainer.mesh):
             t = time.perf_counter()
             for _ in range(steps):
                 b = {k: trainer._global_batch(next(iterators[k])) for k in names}
@@ -134,7 +163,7 @@ def bench_config(name: str, seconds: float, steps: int, threads: int | None) -> 
     skips = {k: it.counter.summary()["by_reason"] for k, it in iterators.items() if hasattr(it, "counter")}
     dcfg = config.data
     return {
-        "bench": "input_pipeline", "config": f"configs/{name}.py", "datasets": {k: _examples(batches[k]) for k in names},
+        "bench": "input_pipeline", "config": f"configs/{name}.py", "datasets": {k: _examples(entry["batches"][k]) for k in names},
         "examples_per_step": per_step, "pipeline_examples_per_s": round(pipeline_rate, 1),
         "step_s": round(step_s, 4), "step_examples_per_s": round(step_rate, 1), "ratio": round(pipeline_rate / step_rate, 2),
         "meets_2x": pipeline_rate >= 2 * step_rate, "loop_examples_per_s": round(loop_rate, 1),

@@ -22,54 +22,21 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from input_pipeline import _examples, load_config, loadavg, make_task  # noqa: E402
+from input_pipeline import compiled_step, load_config, loadavg, make_task, timed_steps  # noqa: E402
 
 
 def build_step(name: str, policy: str, workdir: str):
-    import jax
-
-    from common.sharding import activate
     from common.trainer import Trainer
 
     config = load_config(name, None)
     config.model.lm.remat_policy = policy
     task = make_task(name, config, workdir)
     trainer = Trainer(config, task, workdir)
-    iterators = dict(task.make_train_data(trainer.data_shard))
-    names = tuple(sorted(iterators))
-    trainer._dataset_names = list(names)
-    state = trainer.init_state()
-    with activate(trainer.mesh):
-        batches = {k: trainer._global_batch(next(iterators[k])) for k in names}
-        step = trainer._step_fn(names, batches)
-        t = time.perf_counter()
-        state, metrics = step(state, batches)
-        jax.block_until_ready(metrics)
-        compile_s = time.perf_counter() - t
-    return dict(trainer=trainer, step=step, state=state, batches=batches, compile_s=compile_s,
-                examples=sum(_examples(b) for b in batches.values()))
-
-
-def timed_steps(entry: dict, steps: int) -> list[float]:
-    import jax
-
-    from common.sharding import activate
-
-    times = []
-    with activate(entry["trainer"].mesh):
-        entry["state"], metrics = entry["step"](entry["state"], entry["batches"])  # settle after the switch
-        jax.block_until_ready(metrics)
-        for _ in range(steps):
-            t = time.perf_counter()
-            entry["state"], metrics = entry["step"](entry["state"], entry["batches"])
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - t)
-    return times
+    return compiled_step(trainer, dict(task.make_train_data(trainer.data_shard)))
 
 
 def main(argv=None):

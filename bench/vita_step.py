@@ -16,7 +16,6 @@ batch / (time of the full generation - time of a one-token generation, i.e. the 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import sys
@@ -29,17 +28,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from input_pipeline import compiled_step, timed_steps  # noqa: E402
 from lm_train_step import emit, measure_matmul_peak  # noqa: E402
+from vita_jax.reproduce import load_config  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def stage2_2_config(size: str, batch: int, dtype: str):
-    spec = importlib.util.spec_from_file_location("vita_tiny_stage2_2", os.path.join(REPO, "configs", "vita",
-                                                                                     "tiny_stage2_2.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config("tiny_stage2_2")
     config.init_from = ""
     config.batch_size = batch
     config.mesh = dict(data=-1, fsdp=1, tensor=1)
@@ -61,7 +57,6 @@ def stage2_2_config(size: str, batch: int, dtype: str):
 
 def bench_train_step(config, steps: int, peak: float) -> tuple[dict, object, object]:
     from common.flops import matmul_flops
-    from common.sharding import activate
     from common.trainer import Trainer
     from vita_jax.model import param_counts
     from vita_jax.task import make_task
@@ -69,33 +64,17 @@ def bench_train_step(config, steps: int, peak: float) -> tuple[dict, object, obj
     with tempfile.TemporaryDirectory(prefix="bench_vita_") as workdir:
         task = make_task(config, workdir=workdir)
         trainer = Trainer(config, task, workdir)
-        iterators = dict(task.make_train_data(trainer.data_shard))
-        names = tuple(sorted(iterators))
-        trainer._dataset_names = list(names)
-        state = trainer.init_state()
-        with activate(trainer.mesh):
-            batches = {k: trainer._global_batch(next(iterators[k])) for k in names}
-            step = trainer._step_fn(names, batches)
-            flops = matmul_flops(step, state, batches)
-            t = time.perf_counter()
-            state, metrics = step(state, batches)
-            jax.block_until_ready(metrics)
-            first = time.perf_counter() - t
-            times = []
-            for _ in range(steps):
-                t = time.perf_counter()
-                state, metrics = step(state, batches)
-                jax.block_until_ready(metrics)
-                times.append(time.perf_counter() - t)
-        step_s = sorted(times)[len(times) // 2]
-        tokens = int(sum(int(b["attention_mask"].sum()) for b in batches.values()))
-        counts = param_counts(task.vita_config)
+        entry = compiled_step(trainer, dict(task.make_train_data(trainer.data_shard)))
+        flops = matmul_flops(entry["step"], entry["state"], entry["batches"])
+        times = timed_steps(entry, steps)
         trainer.close()
-    record = {"bench": "vita_train_step", "stage": "2.2", "params": counts, "batch": config.batch_size,
-              "seq_len": int(config.data.datasets["spoken_qa"]["max_len"]), "step_s": step_s, "first_step_s": first,
-              "tokens_per_s": tokens / step_s, "model_flops_per_step": flops, "mfu": flops / step_s / peak,
-              "loss": float(metrics["loss"])}
-    return record, task, state.params
+    step_s = sorted(times)[len(times) // 2]
+    tokens = int(sum(int(b["attention_mask"].sum()) for b in entry["batches"].values()))
+    record = {"bench": "vita_train_step", "stage": "2.2", "params": param_counts(task.vita_config),
+              "batch": config.batch_size, "seq_len": int(config.data.datasets["spoken_qa"]["max_len"]),
+              "step_s": step_s, "first_step_s": entry["compile_s"], "tokens_per_s": tokens / step_s,
+              "model_flops_per_step": flops, "mfu": flops / step_s / peak, "loss": float(entry["metrics"]["loss"])}
+    return record, task, entry["state"].params
 
 
 def bench_generation(task, params, batch_sizes, new_tokens: int) -> list[dict]:

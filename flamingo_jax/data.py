@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from typing import Sequence
 
 import numpy as np
 

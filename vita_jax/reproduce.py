@@ -12,21 +12,18 @@ WORKDIR/report.json and prints a table; docs/reproductions/vita.md records a run
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = (("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_1", 150), ("2_2", 100))
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"vita_cfg_{name}", os.path.join(REPO, "configs", "vita", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    """configs/vita/<name>.py's get_config()."""
+    return importlib.import_module(f"configs.vita.{name}").get_config()
 
 
 def run_stages(workdir: str, scale: float = 1.0, seed: int = 0, stages=STAGES) -> dict:

@@ -89,9 +89,7 @@ def test_packing_keeps_examples_apart():
     assert (p["segment_ids"][r, i] == p["segment_ids"][r, j]).all() and (j <= i).all()
 
 
-def test_family_pipelines_on_shapes(llama_dir, flamingo_tok, tmp_path):
-    from common.tokenizers import load_tokenizer
-
+def test_family_pipelines_on_shapes(flamingo_tok, tmp_path):
     src = S.ShapesSource("interleaved", "train", size=16, image_size=32)
     ds, c = P.build_dataset(src, FD.FlamingoInterleavedTransform(flamingo_tok, 128, 32, max_images=6), batch_size=4, collate=P.Collate(128, flamingo_tok.pad_id, max_images=6))
     b = next(iter(ds))

@@ -1,7 +1,6 @@
 """VITA-1.5 training stages through the one trainer (configs/vita/tiny_stage*.py at micro size): each stage trains
 exactly its parameter groups (the rest bit-identical, the CMVN statistics never), chains from the previous stage's
 workdir, and the data transform expands placeholders, masks answers only and skips bad audio per reason."""
-import importlib.util
 import os
 
 import flax
@@ -12,14 +11,7 @@ import pytest
 
 from common.data.records import BadRecord
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"vita_cfg_{name}", os.path.join(REPO, "configs", "vita", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from vita_jax.reproduce import load_config
 
 
 def micro(config, steps: int = 2, batch: int = 2):
