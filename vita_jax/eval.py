@@ -151,7 +151,10 @@ def main(argv=None) -> int:
         source = data_lib.LibriSpeechSource(args.librispeech) if args.librispeech else \
             data_lib.ShapesVitaSource("asr", "validation", args.num, image_size=size)
         records = [source[i] for i in range(min(args.num, len(source)))]
+        bad = [r["_bad"][0] for r in records if "_bad" in r]  # unreadable transcript lines: counted, not scored
+        records = [r for r in records if "_bad" not in r]
         res = evaluate_asr(model, params, tokenizer, records, language=args.language, batch_size=args.batch_size)
+        res["skipped"] = {reason: bad.count(reason) for reason in sorted(set(bad))}
     elif args.task == "spoken_qa":
         source = data_lib.ShapesVitaSource("spoken_qa", "validation", args.num, image_size=size, typed_fraction=0.0)
         res = evaluate_spoken_qa(model, params, tokenizer, [source[i] for i in range(args.num)],

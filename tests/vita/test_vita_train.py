@@ -100,6 +100,18 @@ def test_eval_cli_and_metrics_on_a_trained_workdir(stages, capsys):
         assert vita_eval.main(["--task", task, "--workdir", workdir, "--num", "4", "--batch_size", "4"]) == 0
         res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert res["task"] == task and all(0.0 <= res[k] <= 100.0 or k == "wer" and res[k] >= 0 for k in keys)
+    # A LibriSpeech-layout folder: the unreadable transcript line is counted as skipped, the rest scored.
+    import soundfile as sf
+
+    from common.data.speech import load_word_bank
+
+    chapter = stages["root"] / "libri" / "7" / "70"
+    chapter.mkdir(parents=True, exist_ok=True)
+    sf.write(chapter / "7-70-0000.flac", load_word_bank().say("red circle", np.random.default_rng(0)), 16000)
+    (chapter / "7-70.trans.txt").write_bytes(b"7-70-0000 RED CIRCLE\n7-70-0001 CAF\xc9\n")
+    assert vita_eval.main(["--task", "asr", "--workdir", workdir, "--librispeech", str(stages["root"] / "libri")]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["count"] == 1 and res["skipped"] == {"non_utf8_text": 1}
     refs = [{"text": "a red circle", "audio": [np.zeros(16000, np.float32)]}]
 
     class Echo:  # stands in for the model: generation is monkeypatched below
