@@ -342,7 +342,7 @@ def pad_to_tokens(wav: np.ndarray, hop: int = 600) -> np.ndarray:
 def init_params(config: CodecConfig, rng: jax.Array, num_tokens: int = 4) -> Any:
     codec = Codec(config)
     wav = jnp.zeros((2, num_tokens * config.hop_length), jnp.float32)
-    return codec.init(rng, wav)["params"]
+    return jax.jit(codec.init)(rng, wav)["params"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
