@@ -1,6 +1,8 @@
-"""VITA-1.5 training entry point (stages 1.1 .. 2.2; configs/vita/):
+"""VITA-1.5 training entry point (stages 1.1 .. 3.2; configs/vita/):
 `python -m vita_jax.train --config configs/vita/<name>.py --workdir DIR [--config.x=y]`. Running it again with the
-same workdir resumes; `--config.init_from=PREVIOUS_STAGE_WORKDIR` starts from the previous stage's params.
+same workdir resumes; `--config.init_from=PREVIOUS_STAGE_WORKDIR` starts from the previous stage's params. A config's
+`stage` picks the task: 3.1 the codec (vita_jax.codec_train), 3.2 the speech decoders (vita_jax.speech_train),
+anything else the VITA model (vita_jax.task).
 """
 from __future__ import annotations
 
@@ -11,10 +13,19 @@ from common.train import run
 FLAGS = flags.FLAGS
 
 
-def _make_task(config):
-    from vita_jax.task import make_task
+def make_task_for(config, workdir=None):
+    stage = str(config.get("stage", "") or "")
+    if stage == "3.1":
+        from vita_jax.codec_train import make_task
+    elif stage == "3.2":
+        from vita_jax.speech_train import make_task
+    else:
+        from vita_jax.task import make_task
+    return make_task(config, workdir=workdir)
 
-    return make_task(config, workdir=FLAGS.workdir)
+
+def _make_task(config):
+    return make_task_for(config, FLAGS.workdir)
 
 
 def main() -> None:

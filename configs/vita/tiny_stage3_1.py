@@ -1,0 +1,42 @@
+"""Tiny VITA stage 3.1, the speech codec (the release ships no trainer): a 128-wide HiFi-GAN V1 generator and its
+mirrored encoder at 24 kHz / 40 Hz tokens, one codebook of 512, 8 style codebooks; HiFi-GAN's discriminators at 1/16
+width (the multi-scale one at its first scale, dense convs: fast on a CPU); trained on the bundled espeak speech (the shapes ASR utterances, resampled 16 -> 24 kHz)."""
+import ml_collections
+
+
+def codec() -> dict:
+    return dict(upsample_initial_channel=128, encoder_channels=8, n_codes=512, global_code_num=8,
+                global_feature_conv=(32, 16, 32, 3, 1), global_tokens=(0,) * 8)
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.stage = "3.1"
+    config.seed = 0
+    config.total_steps = 300
+    config.batch_size = 8
+    config.grad_accum_steps = 1
+    config.log_every = 25
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 1
+    config.async_checkpoints = False
+    config.eval_every = 0
+    config.eval_batches = 0
+    config.mesh = dict(data=-1, fsdp=1, tensor=1)
+    config.multi_dataset_mode = "accumulate"
+    config.max_nonfinite_in_a_row = 10
+    config.peak_flops = 0.0
+    config.codec = codec()
+    config.discriminator = dict(periods=(2, 3, 5, 7, 11), channel_scale=1 / 16, num_scales=1, grouped=False)
+    config.loss = dict(mel=45.0, stft=1.0, vq=1.0, adversarial=1.0, feature=2.0,
+                       stft_resolutions=((1024, 120, 600), (2048, 240, 1200), (512, 50, 240)))
+    config.data = dict(segment_seconds=0.5, num_threads=0, max_skip_fraction=0.05,
+                       datasets=dict(speech=dict(source="shapes", kind="asr", size=2000)))
+    config.init_from = ""
+    config.codebook_init_clips = 64  # codebooks seeded from the encoder's outputs on these clips (0: random init)
+    # HiFi-GAN's AdamW (lr 2e-4, betas 0.8 / 0.99); the style norm's running statistics are measured, not trained
+    config.optimizer = dict(lr=2e-3, schedule="cosine", warmup_steps=20, end_lr_ratio=0.1, b1=0.8, b2=0.99,
+                            weight_decay=0.0, clip_norm=10.0,
+                            param_groups=((r"codec/encoder/global_encoder/fn_2/running_.*", dict(frozen=True)),
+                                          (r".*", dict())))
+    return config

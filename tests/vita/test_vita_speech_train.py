@@ -1,0 +1,84 @@
+"""Stages 3.1 (codec GAN) and 3.2 (speech decoders) through the shared trainer, end to end on the bundled speech:
+train -> calibrate / export the codec in the release layout -> train the decoder on it -> speak."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")  # the release layout's final.pt
+
+from common.trainer import Trainer  # noqa: E402
+from configs.vita import tiny_stage3_1, tiny_stage3_2  # noqa: E402
+from vita_jax import codec as codec_lib  # noqa: E402
+from vita_jax import codec_train, speech_train  # noqa: E402
+from vita_jax.train import make_task_for  # noqa: E402
+
+FAST_CODEC = dict(upsample_initial_channel=32, encoder_channels=2, n_codes=64, global_code_num=4,
+                  global_feature_conv=(8, 4, 8, 3, 1), global_tokens=(0, 0, 0, 0), resblock_kernel_sizes=(3,),
+                  resblock_dilation_sizes=((1,),))
+
+
+def codec_config():
+    c = tiny_stage3_1.get_config()
+    c.codec = FAST_CODEC
+    c.discriminator = dict(periods=(2, 3), channel_scale=1 / 32, num_scales=1, grouped=False)
+    c.loss.stft_resolutions = ((256, 64, 256),)
+    c.data.segment_seconds = 0.1
+    c.batch_size, c.total_steps, c.log_every, c.codebook_init_clips = 8, 2, 1, 4
+    return c
+
+
+def test_one_gradient_is_each_players_update():
+    """d(total)/d(codec) is the generator's loss gradient alone; d(total)/d(discriminator) the discriminator's."""
+    task = codec_train.make_task(codec_config())
+    params = jax.tree.map(jnp.asarray, __import__("flax").linen.unbox(jax.jit(task.init_params)(jax.random.key(0))))
+    wav = jnp.asarray(0.1 * np.random.default_rng(0).standard_normal((2, task.segment)), jnp.float32)
+    batch = {"wav": wav}
+    disc = codec_train.discriminators_from(codec_config())
+
+    def generator_only(codec_params):
+        total, aux = task.loss_fn({**params, "codec": codec_params}, batch, None)
+        return total - aux["discriminator"]
+
+    def discriminator_only(d):
+        recon = task.codec.apply({"params": params["codec"]}, wav, True)[0]
+        return codec_train.discriminator_loss(disc.apply({"params": d}, wav), disc.apply({"params": d}, recon))
+
+    grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, batch, None)[0]))(params)
+    want_codec = jax.jit(jax.grad(generator_only))(params["codec"])
+    want_disc = jax.jit(jax.grad(discriminator_only))(params["discriminator"])
+    close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)  # noqa: E731
+    jax.tree.map(close, grads["codec"], want_codec)
+    jax.tree.map(close, grads["discriminator"], want_disc)
+
+
+def test_codec_then_decoder_stages_end_to_end(tmp_path):
+    c31 = codec_config()
+    run31 = Trainer(c31, make_task_for(c31), str(tmp_path / "s3_1")).run()
+    assert np.isfinite(run31.metrics[-1]["loss"]) and run31.metrics[-1]["codebook_usage"] > 1 / 64
+    cfg, params = codec_train.export(str(tmp_path / "s3_1"), str(tmp_path / "codec"), num_clips=4)
+    assert float(np.abs(np.asarray(params["encoder"]["global_encoder"]["fn_2"]["running_mean"])).sum()) > 0
+    codec, loaded = codec_lib.load_original(str(tmp_path / "codec"))
+    assert codec.config.global_tokens == cfg.global_tokens
+    codes, _ = codec.apply({"params": loaded}, jnp.zeros((1, 1200)), method="encode")
+    assert codes.shape == (1, 2)
+
+    c32 = tiny_stage3_2.get_config()
+    c32.codec_from, c32.text_from, c32.text_width = str(tmp_path / "codec"), "", 64
+    c32.decoder = dict(idim=16, num_codes=64, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2)
+    c32.data.max_speech_seconds, c32.batch_size, c32.total_steps, c32.log_every = 4.0, 8, 2, 1
+    wd = str(tmp_path / "s3_2")
+    run32 = Trainer(c32, make_task_for(c32, wd), wd).run()
+    assert np.isfinite(run32.metrics[-1]["loss"]) and run32.metrics[-1]["tokens"] > 0
+    speaker = speech_train.load_speaker(wd, max_tokens=12)
+    audio = speaker.say("a red circle.")
+    assert audio.dtype == np.float32 and 0 < len(audio) <= 12 * 600 and np.all(np.abs(audio) <= 1)
+
+
+def test_bad_pairs_are_named():
+    t = speech_train.SpeechPairTransform(type("Tok", (), {"encode": lambda self, s: list(s.encode())})(), 24000, 600,
+                                         max_text=4, max_seconds=1.0)
+    with pytest.raises(Exception, match="too_long|text tokens"):
+        t({"text": "a long sentence", "audio": [np.ones(16000, np.float32) * 0.1]})
+    with pytest.raises(Exception, match="silent|empty"):
+        t({"text": "ok", "audio": [np.zeros(1600, np.float32)]})

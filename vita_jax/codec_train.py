@@ -1,0 +1,451 @@
+"""Stage 3.1 of VITA-1.5 (Fu et al. 2025, Sec. 3.1 "codec"): training the speech codec, which the release ships no
+trainer for (only its discriminators and GAN losses in `ticodec/models.py`). HiFi-GAN-style:
+
+  generator side: 45 x L1 of log-mels (80 bins, n_fft 1024, hop 240 at 24 kHz) + multi-resolution STFT (spectral
+      convergence + log magnitude) + VQ (codebook + 0.25 commitment, both quantizers) + LSGAN adversarial
+      + 2 x feature matching, against
+  discriminator side: multi-period (periods 2, 3, 5, 7, 11) + multi-scale (3 scales) discriminators, LSGAN.
+
+One optimizer trains both through `common.trainer`: the generator's adversarial terms see the discriminator's params
+through stop_gradient and the discriminator's loss sees the reconstruction through stop_gradient, so one gradient of
+the summed loss is the simultaneous update of each player (HiFi-GAN alternates D then G within a step; both use
+AdamW with the same settings there too). The style BatchNorm's running statistics are not trained: after training
+`calibrate` measures them over the data (precise BN), and `export` writes the release layout (codec/model.json +
+final.pt) with the voice = the most frequent global tokens of the data.
+
+Config (configs/vita/tiny_stage3_1.py): codec {CodecConfig fields}, discriminator {channel_scale, periods},
+loss {mel, stft, vq, adversarial, feature, stft_resolutions}, data {segment_seconds, datasets: {name: {source:
+shapes (kind asr | spoken_qa) | librispeech (root) | audio_dir (dir), ...}}}.
+"""
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.data.audio import load_audio, mel_banks
+from common.data.pipeline import DataIterator, build_dataset
+from common.data.records import CORRUPT_AUDIO, BadRecord
+from common.task_utils import get, plain
+from common.trainer import DataShard, Task
+from vita_jax import data as data_lib
+from vita_jax.codec import Codec, CodecConfig, LRELU_SLOPE
+from vita_jax.tts import resample
+
+STYLE_STATS = r"codec/encoder/global_encoder/fn_2/running_.*"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Spectral losses
+# ----------------------------------------------------------------------------------------------------------------
+def stft_magnitude(wav: jax.Array, n_fft: int, hop: int, win: int) -> jax.Array:
+    """[B, N] -> |STFT| [B, frames, n_fft / 2 + 1] (reflect padding (n_fft - hop) / 2, periodic Hann of `win`)."""
+    p = (n_fft - hop) // 2
+    x = jnp.pad(wav, ((0, 0), (p, p)), mode="reflect")
+    frames = 1 + (x.shape[1] - n_fft) // hop
+    idx = np.arange(frames)[:, None] * hop + np.arange(n_fft)[None]
+    window = np.zeros(n_fft, np.float32)
+    off = (n_fft - win) // 2
+    window[off:off + win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)
+    spec = jnp.fft.rfft(x[:, idx] * window, axis=-1)
+    return jnp.sqrt(jnp.real(spec) ** 2 + jnp.imag(spec) ** 2 + 1e-9)
+
+
+def log_mel(wav: jax.Array, cfg: CodecConfig) -> jax.Array:
+    """[B, N] -> log mel [B, frames, num_mels] (Kaldi's triangular filters from common.data.audio)."""
+    banks = mel_banks(cfg.num_mels, cfg.n_fft, cfg.sampling_rate, cfg.fmin, cfg.fmax or cfg.sampling_rate / 2)
+    mag = stft_magnitude(wav, cfg.n_fft, cfg.hop_size, cfg.win_size)
+    return jnp.log(jnp.maximum(mag @ jnp.asarray(banks.T, jnp.float32), 1e-5))
+
+
+def multi_resolution_stft_loss(wav, recon, resolutions: Sequence[Sequence[int]]) -> jax.Array:
+    """Mean over (n_fft, hop, win) of spectral convergence + L1 of log magnitudes (Parallel WaveGAN)."""
+    total = 0.0
+    for n_fft, hop, win in resolutions:
+        s, s_hat = stft_magnitude(wav, n_fft, hop, win), stft_magnitude(recon, n_fft, hop, win)
+        sc = jnp.linalg.norm((s - s_hat).reshape(s.shape[0], -1), axis=-1) / jnp.linalg.norm(
+            s.reshape(s.shape[0], -1), axis=-1)
+        total = total + jnp.mean(sc) + jnp.mean(jnp.abs(jnp.log(s) - jnp.log(s_hat)))
+    return total / len(resolutions)
+
+
+def mel_distance(wav, recon, cfg: CodecConfig) -> jax.Array:
+    """Mean |log mel - log mel'| per example [B] (the reconstruction metric of the reports)."""
+    return jnp.mean(jnp.abs(log_mel(wav, cfg) - log_mel(recon, cfg)), axis=(1, 2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Discriminators (HiFi-GAN's, as in the release's ticodec/models.py; widths scalable for small runs)
+# ----------------------------------------------------------------------------------------------------------------
+def _scaled(ch: int, scale: float) -> int:
+    return max(1, int(round(ch * scale)))
+
+
+class PeriodDiscriminator(nn.Module):
+    """The waveform folded into [N / p, p] columns, 2-D convs over time only."""
+
+    period: int
+    channel_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, wav):  # [B, N] -> (logits [B, *], feature maps)
+        b, n = wav.shape
+        if n % self.period:
+            wav = jnp.pad(wav, ((0, 0), (0, self.period - n % self.period)), mode="reflect")
+        x = wav.reshape(b, -1, self.period, 1)  # [B, N / p, p, 1]
+        fmaps = []
+        for i, ch in enumerate((32, 128, 512, 1024, 1024)):
+            stride = 3 if i < 4 else 1
+            x = nn.Conv(_scaled(ch, self.channel_scale), (5, 1), strides=(stride, 1), padding=((2, 2), (0, 0)),
+                        name=f"convs_{i}")(x)
+            x = jax.nn.leaky_relu(x, LRELU_SLOPE)
+            fmaps.append(x)
+        x = nn.Conv(1, (3, 1), padding=((1, 1), (0, 0)), name="conv_post")(x)
+        fmaps.append(x)
+        return x.reshape(b, -1), fmaps
+
+
+class ScaleDiscriminator(nn.Module):
+    channel_scale: float = 1.0
+    grouped: bool = True  # HiFi-GAN's grouped convs; False: dense convs (XLA's CPU grouped convs are slow)
+
+    @nn.compact
+    def __call__(self, wav):  # [B, N] -> (logits [B, *], feature maps)
+        x = wav[..., None]
+        fmaps = []
+        specs = ((128, 15, 1, 1), (128, 41, 2, 4), (256, 41, 2, 16), (512, 41, 4, 16), (1024, 41, 4, 16),
+                 (1024, 41, 1, 16), (1024, 5, 1, 1))
+        for i, (ch, k, s, g) in enumerate(specs):
+            out = _scaled(ch, self.channel_scale)
+            groups = math.gcd(math.gcd(g, x.shape[-1]), out) if self.grouped else 1
+            x = nn.Conv(out, (k,), strides=(s,), padding=[((k - 1) // 2, (k - 1) // 2)], feature_group_count=groups,
+                        name=f"convs_{i}")(x)
+            x = jax.nn.leaky_relu(x, LRELU_SLOPE)
+            fmaps.append(x)
+        x = nn.Conv(1, (3,), padding=[(1, 1)], name="conv_post")(x)
+        fmaps.append(x)
+        return x.reshape(x.shape[0], -1), fmaps
+
+
+class Discriminators(nn.Module):
+    """Multi-period + multi-scale (average-pooled x2, x4) discriminators -> lists of (logits, feature maps)."""
+
+    periods: Sequence[int] = (2, 3, 5, 7, 11)
+    channel_scale: float = 1.0
+    num_scales: int = 3
+    grouped: bool = True
+
+    @nn.compact
+    def __call__(self, wav):
+        outs = [PeriodDiscriminator(p, self.channel_scale, name=f"mpd_{p}")(wav) for p in self.periods]
+        x = wav
+        for i in range(self.num_scales):
+            if i:
+                x = nn.avg_pool(x[..., None], (4,), (2,), padding=((2, 2),), count_include_pad=True)[..., 0]
+            outs.append(ScaleDiscriminator(self.channel_scale, self.grouped, name=f"msd_{i}")(x))
+        return outs
+
+
+def discriminator_loss(real, fake) -> jax.Array:
+    return sum(jnp.mean((1 - r) ** 2) + jnp.mean(f**2) for (r, _), (f, _) in zip(real, fake))
+
+
+def generator_adversarial_loss(fake) -> jax.Array:
+    return sum(jnp.mean((1 - f) ** 2) for f, _ in fake)
+
+
+def feature_matching_loss(real, fake) -> jax.Array:
+    return sum(jnp.mean(jnp.abs(jax.lax.stop_gradient(r) - f)) for (_, rs), (_, fs) in zip(real, fake)
+               for r, f in zip(rs, fs))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: speech segments at the codec's rate
+# ----------------------------------------------------------------------------------------------------------------
+class AudioDirSource:
+    """Every .wav / .flac under a folder (any rate; resampled by the transform)."""
+
+    def __init__(self, root: str):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"audio folder {root!r} does not exist")
+        self.files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                            if f.lower().endswith((".wav", ".flac")))
+        if not self.files:
+            raise ValueError(f"no .wav / .flac files under {root!r}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"audio": [self.files[index]]}
+
+
+def make_speech_source(spec: dict, split: str = "train"):
+    if spec.get("source") == "audio_dir":
+        return AudioDirSource(spec["root"])
+    return data_lib.make_source(spec, split)
+
+
+def record_waveform(record: dict, rate: int) -> np.ndarray:
+    """A record's first clip (waveform at 16 kHz, or a file at any rate) -> float32 [N] at `rate`."""
+    audio = (record.get("audio") or [None])[0]
+    if audio is None:
+        raise BadRecord(data_lib.EMPTY_AUDIO, "the record has no audio")
+    if isinstance(audio, np.ndarray):
+        wave, src_rate = audio.astype(np.float32).reshape(-1), data_lib.SAMPLE_RATE
+    else:
+        wave, src_rate = load_audio(audio, expected_rate=None)
+    if wave.size == 0 or float(np.abs(wave).max()) <= 1e-6:
+        raise BadRecord(data_lib.EMPTY_AUDIO, "silent or empty audio")
+    if not np.isfinite(wave).all():
+        raise BadRecord(CORRUPT_AUDIO, "non-finite samples")
+    return resample(wave, src_rate, rate)
+
+
+class SegmentTransform:
+    """record -> {"wav": float32 [segment]}: a crop (deterministic per clip) at the codec's rate, zero-padded when
+    the clip is shorter."""
+
+    def __init__(self, cfg: CodecConfig, segment: int):
+        if segment % cfg.hop_length:
+            raise ValueError(f"segment of {segment} samples is not a multiple of the {cfg.hop_length}-sample token")
+        self.cfg, self.segment = cfg, segment
+
+    def __call__(self, record: dict) -> dict:
+        wave = record_waveform(record, self.cfg.sampling_rate)
+        if wave.size > self.segment:
+            start = zlib.crc32(wave[:64].tobytes()) % (wave.size - self.segment + 1)
+            wave = wave[start:start + self.segment]
+        return {"wav": np.pad(wave, (0, self.segment - wave.size)).astype(np.float32)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The task
+# ----------------------------------------------------------------------------------------------------------------
+def codec_config_from(config) -> CodecConfig:
+    fields = dict(plain(get(config, "codec", {}) or {}))
+    for k in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes", "global_feature_conv",
+              "global_tokens"):
+        if k in fields:
+            fields[k] = tuple(int(x) for x in fields[k])
+    if "resblock_dilation_sizes" in fields:
+        fields["resblock_dilation_sizes"] = tuple(tuple(int(x) for x in d) for d in fields["resblock_dilation_sizes"])
+    return CodecConfig(**fields)
+
+
+def discriminators_from(config) -> Discriminators:
+    d = plain(get(config, "discriminator", {}) or {})
+    return Discriminators(tuple(d.get("periods", (2, 3, 5, 7, 11))), float(d.get("channel_scale", 1.0)),
+                          int(d.get("num_scales", 3)), bool(d.get("grouped", True)))
+
+
+def segment_samples(config, cfg: CodecConfig) -> int:
+    seconds = float(get(config.data, "segment_seconds", cfg.segment_size / cfg.sampling_rate))
+    return int(round(seconds * cfg.sampling_rate / cfg.hop_length)) * cfg.hop_length
+
+
+def make_losses(codec: Codec, disc: Discriminators, loss_cfg: dict):
+    cfg = codec.config
+    w = {"mel": 45.0, "stft": 1.0, "vq": 1.0, "adversarial": 1.0, "feature": 2.0, **loss_cfg}
+    resolutions = tuple(tuple(r) for r in w.get("stft_resolutions", ((1024, 120, 600), (2048, 240, 1200),
+                                                                     (512, 50, 240))))
+    adversarial = float(w["adversarial"]) > 0
+
+    def loss_fn(params, batch, rng):
+        del rng
+        sg = jax.lax.stop_gradient
+        wav = batch["wav"]  # [B, N]
+        recon, vq, codes = codec.apply({"params": params["codec"]}, wav, True)
+        mel = jnp.mean(jnp.abs(log_mel(wav, cfg) - log_mel(recon, cfg)))
+        stft = multi_resolution_stft_loss(wav, recon, resolutions) if float(w["stft"]) else jnp.zeros(())
+        total = float(w["mel"]) * mel + float(w["stft"]) * stft + float(w["vq"]) * vq
+        aux = {"tokens": jnp.asarray(wav.shape[0], jnp.float32), "mel_l1": mel, "stft": stft, "vq": vq,
+               "codebook_usage": jnp.mean(jnp.zeros(cfg.n_codes).at[codes.reshape(-1)].set(1.0))}
+        if adversarial:
+            d = params["discriminator"]
+            real = disc.apply({"params": d}, wav)
+            fake_for_d = disc.apply({"params": d}, sg(recon))
+            fake_for_g = disc.apply({"params": sg(d)}, recon)
+            d_loss = discriminator_loss(real, fake_for_d)
+            adv = generator_adversarial_loss(fake_for_g)
+            fm = feature_matching_loss(real, fake_for_g)
+            total = total + float(w["adversarial"]) * adv + float(w["feature"]) * fm + d_loss
+            aux.update(adversarial=adv, feature=fm, discriminator=d_loss)
+        return total, aux
+
+    return loss_fn
+
+
+def make_task(config, workdir: str | None = None) -> Task:
+    cfg = codec_config_from(config)
+    codec, disc = Codec(cfg), discriminators_from(config)
+    segment = segment_samples(config, cfg)
+    loss_cfg = plain(get(config, "loss", {}) or {})
+    adversarial = float(loss_cfg.get("adversarial", 1.0)) > 0
+    datasets = plain(config.data.get("datasets") or {})
+    if not datasets:
+        raise ValueError("no training data: set config.data.datasets")
+    dcfg = plain(config.data)
+
+    def init_params(rng):
+        wav = jnp.zeros((2, segment), jnp.float32)
+        params = {"codec": codec.init(jax.random.fold_in(rng, 0), wav)["params"]}
+        if adversarial:
+            params["discriminator"] = disc.init(jax.random.fold_in(rng, 1), wav)["params"]
+        return params
+
+    def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
+        ds, counter = build_dataset(make_speech_source(spec, split), SegmentTransform(cfg, segment),
+                                    batch_size=shard.local_batch(int(spec.get("batch_size") or config.batch_size)),
+                                    seed=int(config.seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle,
+                                    num_epochs=None, shard=(shard.index, shard.count),
+                                    max_skip_fraction=float(dcfg.get("max_skip_fraction", 0.05)),
+                                    num_threads=int(dcfg.get("num_threads", 0)))
+        counter.name = name
+        return DataIterator(ds, counter)
+
+    def make_train_data(shard: DataShard):
+        return {name: iterator(name, spec, shard, "train", True) for name, spec in datasets.items()}
+
+    def load(params):
+        if get(config, "init_from", ""):
+            from common.task_utils import graft, restore_params
+
+            return graft(params, restore_params(config.init_from), what=config.init_from)
+        clips = int(get(config, "codebook_init_clips", 0) or 0)
+        if not clips:
+            return params
+        name, spec = sorted(datasets.items())[0]
+        source, transform = make_speech_source(spec, "train"), SegmentTransform(cfg, segment)
+        waves = []
+        for i in range(len(source)):
+            try:
+                waves.append(transform(source[i])["wav"])
+            except BadRecord:
+                continue
+            if len(waves) == clips:
+                break
+        return {**params, "codec": init_codebooks_from_data(codec, params["codec"], np.stack(waves),
+                                                            int(config.seed))}
+    task = Task(init_params=init_params, loss_fn=make_losses(codec, disc, loss_cfg), make_train_data=make_train_data,
+                dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()}, load_pretrained=load)
+    task.codec, task.codec_config, task.segment = codec, cfg, segment
+    return task
+
+
+def init_codebooks_from_data(codec: Codec, params, waves: np.ndarray, seed: int = 0) -> dict:
+    """Codebooks initialised from the encoder's outputs on `waves` [n, N] (random latent vectors, and style pieces
+    with a little noise: a one-pass k-means seeding as SoundStream / EnCodec do), so training does not start with
+    every frame on the one code nearest the origin (the release's U(-1/K, 1/K) init collapses this way at first)."""
+    rng = np.random.default_rng(seed)
+    latent, style = jax.jit(lambda p, w: codec.apply({"params": p}, w, method=lambda m, x: m.encoder(x, True)))(
+        params, jnp.asarray(waves, jnp.float32))
+    vectors = np.asarray(latent).reshape(-1, latent.shape[-1])  # [n T, D]
+    k = params["codebook"].shape[0]
+    pick = rng.choice(len(vectors), k, replace=len(vectors) < k)
+    codebook = vectors[pick] + 1e-3 * vectors.std() * rng.standard_normal((k, vectors.shape[1]))
+    g = params["global_codebooks"]  # [G, K, d]
+    pieces = np.asarray(style).reshape(style.shape[0], g.shape[0], g.shape[2])  # [n, G, d]
+    rows = rng.integers(0, len(pieces), (g.shape[0], k))
+    style_books = np.stack([pieces[rows[i], i] for i in range(g.shape[0])])
+    style_books = style_books + 0.1 * pieces.std() * rng.standard_normal(style_books.shape)
+    put = lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding)  # noqa: E731
+    return {**params, "codebook": put(codebook, params["codebook"]),
+            "global_codebooks": put(style_books, params["global_codebooks"])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# After training: style statistics, the voice, the release layout
+# ----------------------------------------------------------------------------------------------------------------
+def calibrate_style_norm(codec: Codec, params, waves: Sequence[np.ndarray]) -> dict:
+    """Sets the style BatchNorm's running mean / variance to the statistics of its inputs over `waves` (each
+    [N] at the codec's rate, N a multiple of hop) -> new codec params."""
+    def features(p, wav):  # the style Dense's output after its LeakyReLU = the norm's input, [B, C]
+        _, state = codec.apply({"params": p}, wav, method=lambda m, w: m.encoder(w),
+                               capture_intermediates=_is_style_dense, mutable=["intermediates"])
+        out = state["intermediates"]["encoder"]["global_encoder"]["fn_0"]["__call__"][0]
+        return jax.nn.leaky_relu(out, LRELU_SLOPE)
+
+    feats = jax.jit(features)
+    rows = np.concatenate([np.asarray(feats(params, jnp.asarray(w[None], jnp.float32))) for w in waves])  # [n, C]
+    norm = dict(params["encoder"]["global_encoder"]["fn_2"])
+    norm["running_mean"] = jnp.asarray(rows.mean(0))
+    norm["running_var"] = jnp.asarray(rows.var(0, ddof=1) if len(rows) > 1 else np.ones(rows.shape[1], np.float32))
+    encoder = dict(params["encoder"])
+    encoder["global_encoder"] = {**params["encoder"]["global_encoder"], "fn_2": norm}
+    return {**params, "encoder": encoder}
+
+
+def _is_style_dense(module, method_name) -> bool:
+    return module.name == "fn_0" and method_name == "__call__"
+
+
+def dominant_voice(codec: Codec, params, waves: Sequence[np.ndarray]) -> tuple[int, ...]:
+    """The most frequent global token of each style codebook over `waves`: one fixed voice, as VITA-1.5 speaks."""
+    enc = jax.jit(lambda p, w: codec.apply({"params": p}, w, method="encode")[1])
+    tokens = np.concatenate([np.asarray(enc(params, jnp.asarray(w[None], jnp.float32))) for w in waves])  # [n, G]
+    return tuple(int(np.bincount(tokens[:, g]).argmax()) for g in range(tokens.shape[1]))
+
+
+def export(workdir: str, out_dir: str, num_clips: int = 64, step: int | None = None) -> tuple[CodecConfig, dict]:
+    """A stage-3.1 workdir -> the release layout `out_dir/{model.json, final.pt}` (style norm calibrated, the voice
+    picked from the training data) -> (config, params)."""
+    from common.task_utils import restore_params
+    from common.trainer import CONFIG_FILE
+    import json
+
+    import ml_collections
+
+    from vita_jax.codec import save_original
+
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    task = make_task(config, None)
+    codec, cfg = task.codec, task.codec_config
+    params = restore_params(workdir, step)["codec"]
+    waves = clips_for_calibration(config, cfg, num_clips)
+    params = calibrate_style_norm(codec, params, waves)
+    cfg = cfg.replace(global_tokens=dominant_voice(codec, params, waves))
+    save_original(out_dir, params, cfg)
+    return cfg, params
+
+
+def clips_for_calibration(config, cfg: CodecConfig, num_clips: int) -> list[np.ndarray]:
+    from vita_jax.codec import pad_to_tokens
+
+    waves = []
+    for spec in plain(config.data.get("datasets") or {}).values():
+        source = make_speech_source(spec, "train")
+        for i in range(min(len(source), num_clips)):
+            try:
+                waves.append(pad_to_tokens(record_waveform(source[i], cfg.sampling_rate), cfg.hop_length))
+            except BadRecord:
+                continue
+        if len(waves) >= num_clips:
+            break
+    if not waves:
+        raise ValueError("no usable clips to calibrate the codec's style statistics")
+    return waves[:num_clips]
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Stage 3.1 codec: export a trained workdir in the release layout "
+                                            "(training: python -m vita_jax.train --config configs/vita/tiny_stage3_1.py)")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="folder for model.json + final.pt (the release's vita_tts_ckpt/codec)")
+    p.add_argument("--num_clips", type=int, default=64)
+    args = p.parse_args(argv)
+    cfg, _ = export(args.workdir, args.out, args.num_clips)
+    print(f"wrote {args.out}/model.json and final.pt (voice {list(cfg.global_tokens)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Stage 3.2 of VITA-1.5 (Fu et al. 2025, Sec. 3.1 / Fig. 3 "NAR + AR speech decoder training", LLM frozen): the
+speech decoders learn to turn the LLM's text embeddings into the codec's tokens of that text spoken. The release ships
+the loss (`LLM2TTSCodecAR.forward`: CE over codes + eos, pad ignored) but no trainer or data.
+
+  text --clean, LLM tokenizer--> ids [B, n] --frozen LLM embedding table--> [B, n, D] --pieces--> [B, n D/idim, idim]
+  speech (24 kHz) --frozen codec encoder--> codes [B, T]         --decoder (teacher forcing)--> CE(codes + eos)
+
+The parameter tree holds the decoder (trained) and, frozen, the LLM's embedding table and the codec, so a workdir is
+everything `vita_jax.tts.Speaker` needs. Config (configs/vita/tiny_stage3_2.py): decoder {SpeechDecoderConfig
+fields}, codec_from (a codec folder in the release layout: `python -m vita_jax.codec_train --out`), text_from (a VITA
+workdir: its LLM embedding table and tokenizer), data {max_text_tokens, max_speech_seconds, datasets: {name: {source:
+shapes (sentences and short answers with their espeak speech) | librispeech (root: transcripts + flac) |
+tts_json (json: [{"text", "audio"}], audio_dir)}}}.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.data import shapes
+from common.data.pipeline import DataIterator, build_dataset
+from common.data.records import MALFORMED, TOO_LONG, BadRecord
+from common.data.speech import load_word_bank
+from common.task_utils import get, plain, restore_params
+from common.trainer import DataShard, Task
+from vita_jax import data as data_lib
+from vita_jax.codec import Codec, load_original as load_codec
+from vita_jax.codec_train import record_waveform
+from vita_jax.speech_decoder import SpeechDecoder, SpeechDecoderConfig, init_params as init_decoder
+from vita_jax.tts import clean_for_speech
+
+
+class ShapesSpeechSource:
+    """(text, speech) pairs from the shapes world: a caption of one object, or a short spoken answer ('yes',
+    'two', 'red'), said by the bundled espeak word bank (16 kHz)."""
+
+    def __init__(self, split: str = "train", size: int = 2000, seed: int = 0):
+        self.size, self.seed = size, seed
+        self._offset = {"train": 0, "validation": 10_000_000, "test": 20_000_000}[split]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self._offset + int(index), 77])
+        objs = shapes.random_scene(rng, 1, 1)
+        if rng.random() < 0.5:
+            text = shapes.caption(objs, rng)
+        else:
+            text = shapes.vqa_question(shapes.random_scene(rng), rng)[1]
+        spoken = " ".join(shapes.NUMBER_WORDS[int(w)] if w.isdigit() else w for w in text.split())
+        return {"text": text, "audio": [load_word_bank().say(data_lib.spoken_words(spoken), rng)]}
+
+
+class TtsJsonSource:
+    """A JSON list of {"text": ..., "audio": path (relative to audio_dir)}."""
+
+    def __init__(self, path: str, audio_dir: str = ""):
+        with open(path) as f:
+            self.items = json.load(f)
+        self.audio_dir = audio_dir
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        if not isinstance(item, dict) or "text" not in item or "audio" not in item:
+            return {"_bad": MALFORMED, "_detail": f"item {index} lacks text / audio"}
+        return {"text": item["text"], "audio": [os.path.join(self.audio_dir, item["audio"])]}
+
+
+def make_source(spec: dict, split: str = "train"):
+    source = spec.get("source", "shapes")
+    if source == "shapes":
+        return ShapesSpeechSource(split, int(spec.get("size", 2000)), int(spec.get("seed", 0)))
+    if source == "librispeech":
+        return data_lib.LibriSpeechSource(spec["root"])  # records carry `text` (the transcript) and the flac
+    if source == "tts_json":
+        return TtsJsonSource(spec["json"], spec.get("audio_dir", ""))
+    raise ValueError(f"unknown stage-3.2 data source {source!r}; use shapes, librispeech or tts_json")
+
+
+class SpeechPairTransform:
+    """record -> {text_ids [max_text], text_len, wav [max_samples] at 24 kHz, wav_len}; too long text or speech is
+    skipped as too_long, silent audio as empty_audio."""
+
+    def __init__(self, tokenizer, sample_rate: int, hop: int, max_text: int, max_seconds: float):
+        self.tokenizer, self.rate, self.hop, self.max_text = tokenizer, sample_rate, hop, max_text
+        self.max_samples = int(max_seconds * sample_rate) // hop * hop
+
+    def __call__(self, record: dict) -> dict:
+        if "_bad" in record:
+            raise BadRecord(record["_bad"], record.get("_detail", ""))
+        ids = self.tokenizer.encode(clean_for_speech(str(record.get("text", ""))))
+        if not len(ids):
+            raise BadRecord(MALFORMED, "no text")
+        if len(ids) > self.max_text:
+            raise BadRecord(TOO_LONG, f"{len(ids)} text tokens > {self.max_text}")
+        wave = record_waveform(record, self.rate)
+        if wave.size > self.max_samples:
+            raise BadRecord(TOO_LONG, f"{wave.size / self.rate:.1f} s of speech > {self.max_samples / self.rate} s")
+        text = np.zeros(self.max_text, np.int32)
+        text[:len(ids)] = ids
+        wav = np.zeros(self.max_samples, np.float32)
+        wav[:wave.size] = wave
+        return {"text_ids": text, "text_len": np.int32(len(ids)), "wav": wav, "wav_len": np.int32(wave.size)}
+
+
+def decoder_config_from(config) -> SpeechDecoderConfig:
+    return SpeechDecoderConfig(**plain(get(config, "decoder", {}) or {}))
+
+
+def code_targets(codes, code_lengths, cfg: SpeechDecoderConfig):
+    """codes [B, T], lengths [B] -> targets [B, T + 1] (codes, eos at the length, pad after) and their mask."""
+    b, t = codes.shape
+    slots = jnp.arange(t + 1)[None]
+    padded = jnp.concatenate([codes, jnp.zeros((b, 1), codes.dtype)], axis=1)
+    targets = jnp.where(slots < code_lengths[:, None], padded, cfg.pad)
+    targets = jnp.where(slots == code_lengths[:, None], cfg.eos, targets)
+    return targets, slots <= code_lengths[:, None]
+
+
+def make_task(config, workdir: str | None = None) -> Task:
+    tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None), workdir)
+    text_from = get(config, "text_from", "")
+    if text_from and os.path.isfile(os.path.join(text_from, data_lib.TOKENIZER_FILE)):
+        tokenizer = data_lib.build_tokenizer(None, text_from)  # the LLM's own vocabulary
+    if workdir and not os.path.isfile(os.path.join(workdir, data_lib.TOKENIZER_FILE)) and jax.process_index() == 0:
+        data_lib.save_tokenizer(tokenizer, workdir)
+    cfg = decoder_config_from(config)
+    decoder = SpeechDecoder(cfg)
+    codec_from = get(config, "codec_from", "")
+    if codec_from:
+        codec, codec_params = load_codec(codec_from)
+    else:  # a random codec: for tests of the plumbing only
+        from configs.vita.tiny_stage3_1 import codec as tiny_codec
+        from vita_jax.codec import CodecConfig, init_params as init_codec
+
+        codec = Codec(CodecConfig(**tiny_codec()))
+        codec_params = init_codec(codec.config, jax.random.key(1))
+    codec_params = jax.tree.map(np.asarray, codec_params)
+    if cfg.num_codes != codec.config.n_codes:
+        raise ValueError(f"decoder.num_codes={cfg.num_codes} but the codec has {codec.config.n_codes} codes")
+    width = int(get(config, "text_width", 0) or 0)
+    if text_from:
+        table = np.asarray(restore_params(text_from)["lm"]["embed"]["embedding"], np.float32)
+    else:
+        table = np.random.default_rng(0).standard_normal((tokenizer.vocab_size, width or cfg.idim)).astype(np.float32)
+    if table.shape[1] % cfg.idim:
+        raise ValueError(f"the LLM's embedding width {table.shape[1]} is not a multiple of decoder.idim {cfg.idim}")
+    pieces_per_token = table.shape[1] // cfg.idim
+    dcfg = plain(config.data)
+    max_text = int(dcfg.get("max_text_tokens", 32))
+    datasets = plain(dcfg.get("datasets") or {})
+    if not datasets:
+        raise ValueError("no training data: set config.data.datasets")
+
+    def init_params(rng):
+        return {"decoder": init_decoder(cfg, rng), "text_embed": jnp.asarray(table),
+                "codec": jax.tree.map(jnp.asarray, codec_params)}
+
+    def loss_fn(params, batch, rng):
+        del rng
+        sg = jax.lax.stop_gradient
+        emb = sg(params["text_embed"])[batch["text_ids"]]  # [B, n, D]
+        b, n, d = emb.shape
+        text = emb.reshape(b, n * pieces_per_token, cfg.idim)  # the release's reshape(-1, idim)
+        text_len = batch["text_len"] * pieces_per_token
+        codes, _ = codec.apply({"params": sg(params["codec"])}, batch["wav"], method="encode")  # [B, T]
+        code_len = -(-batch["wav_len"] // codec.config.hop_length)
+        logits = decoder.apply({"params": params["decoder"]}, text, text_len, codes, code_len)  # [B, T + 1, V]
+        targets, mask = code_targets(codes, code_len, cfg)
+        logp = jax.nn.log_softmax(logits)
+        nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+        tokens = jnp.maximum(mask.sum(), 1)
+        loss = jnp.sum(nll * mask) / tokens
+        accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * mask) / tokens
+        return loss, {"tokens": mask.sum().astype(jnp.float32), "accuracy": accuracy}
+
+    def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
+        transform = SpeechPairTransform(tokenizer, codec.config.sampling_rate, codec.config.hop_length, max_text,
+                                        float(dcfg.get("max_speech_seconds", 4.0)))
+        ds, counter = build_dataset(make_source(spec, split), transform,
+                                    batch_size=shard.local_batch(int(spec.get("batch_size") or config.batch_size)),
+                                    seed=int(config.seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle,
+                                    num_epochs=None, shard=(shard.index, shard.count),
+                                    max_skip_fraction=float(dcfg.get("max_skip_fraction", 0.05)),
+                                    num_threads=int(dcfg.get("num_threads", 0)))
+        counter.name = name
+        return DataIterator(ds, counter)
+
+    def make_train_data(shard: DataShard):
+        return {name: iterator(name, spec, shard, "train", True) for name, spec in datasets.items()}
+
+    task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
+                dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()})
+    task.decoder, task.codec, task.tokenizer = decoder, codec, tokenizer
+    return task
+
+
+def load_speaker(workdir: str, step: int | None = None, stream_config=None, max_tokens: int = 400):
+    """A stage-3.2 workdir -> `vita_jax.tts.Speaker` (decoder, the frozen LLM embedding table and codec it holds)."""
+    import ml_collections
+
+    from common.trainer import CONFIG_FILE
+    from vita_jax.tts import ChunkedCodecDecoder, Speaker, StreamConfig
+    from vita_jax.speech_decoder import CodeGenerator
+
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    cfg = decoder_config_from(config)
+    codec_from = get(config, "codec_from", "")
+    codec = load_codec(codec_from)[0] if codec_from else make_task(config, None).codec
+    params = restore_params(workdir, step)
+    table = np.asarray(params["text_embed"], np.float32)
+    stream_config = stream_config or StreamConfig()
+    return Speaker(CodeGenerator(SpeechDecoder(cfg), params["decoder"], max_tokens),
+                   ChunkedCodecDecoder(codec, params["codec"], config=stream_config), lambda ids: table[ids],
+                   data_lib.build_tokenizer(None, workdir), stream_config)
