@@ -5,6 +5,7 @@ spoken-question accuracy against the same questions typed, image-QA accuracy aft
 decision on noise (the noise-rejection rate = recall of ☟).
 
     python -m vita_jax.reproduce --workdir workdirs/vita_mini [--scale 1.0] [--num_eval 96]
+    python -m vita_jax.reproduce --workdir workdirs/vita_mini --speech   # then stages 3.1-3.2 (speech output)
 
 Each stage runs the configs/vita/tiny_stage*.py config (steps x scale), from the previous stage's workdir. Writes
 WORKDIR/report.json and prints a table; docs/reproductions/vita.md records a run.
@@ -19,6 +20,7 @@ import sys
 import time
 
 STAGES = (("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_1", 150), ("2_2", 100))
+SPEECH_STAGES = (("3_1", 250), ("3_2", 250))  # the codec, then the speech decoders on the stage-2.2 LLM
 
 
 def load_config(name: str):
@@ -46,6 +48,90 @@ def run_stages(workdir: str, scale: float = 1.0, seed: int = 0, stages=STAGES) -
         times[name] = time.time() - start
         previous = stage_dir
     return times
+
+
+def run_speech_stages(workdir: str, scale: float = 1.0, seed: int = 0) -> dict:
+    """Stages 3.1 (codec, exported to stage3_1/codec in the release layout) and 3.2 (decoders reading stage 2.2's
+    LLM embeddings)."""
+    from common.train import train
+    from vita_jax.codec_train import export
+    from vita_jax.train import make_task_for
+
+    times = {}
+    for name, steps in SPEECH_STAGES:
+        config = load_config(f"tiny_stage{name}")
+        config.seed = seed
+        config.total_steps = max(2, int(round(steps * scale)))
+        config.checkpoint_every = config.total_steps
+        config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, config.total_steps // 4)
+        if name == "3_2":
+            config.codec_from = os.path.join(workdir, "stage3_1", "codec")
+            config.text_from = os.path.join(workdir, "stage2_2")
+        stage_dir = os.path.join(workdir, f"stage{name}")
+        start = time.time()
+        result = train(config, stage_dir, lambda c, w=stage_dir: make_task_for(c, w))
+        if result.preempted:
+            raise SystemExit(f"stage {name} was preempted: not evaluating a half-trained model")
+        if name == "3_1":
+            export(stage_dir, os.path.join(stage_dir, "codec"))
+        times[name] = time.time() - start
+    return times
+
+
+def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
+    """Codec: mel distance of resynthesised held-out speech, and our stage-2.2 ASR's WER on it vs on the original.
+    Speech out: spoken questions answered by stage 2.2, spoken by stage 3.2, transcribed by the same ASR: WER of the
+    transcript against the text answer."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vita_jax import codec as codec_lib
+    from vita_jax import conversation
+    from vita_jax import data as data_lib
+    from vita_jax.codec_train import mel_distance
+    from vita_jax.eval import evaluate_asr, load_model
+    from vita_jax.inference import Request, generate_batch
+    from vita_jax.speech_train import load_speaker
+    from vita_jax.tts import resample
+
+    out = {}
+    codec, cparams = codec_lib.load_original(os.path.join(workdir, "stage3_1", "codec"))
+    rate, hop = codec.config.sampling_rate, codec.config.hop_length
+    model, params, tok = load_model(os.path.join(workdir, "stage2_2"))
+    size = model.config.vision.image_size
+    asr = data_lib.ShapesVitaSource("asr", "validation", num_eval, image_size=size)
+    records = [asr[i] for i in range(num_eval)]
+    import jax
+
+    roundtrip = jax.jit(lambda p, w: codec.apply({"params": p}, codec.apply({"params": p}, w, method="encode")[0],
+                                                  method="decode"))
+    resynth, mels = [], []
+    for r in records:
+        wav = codec_lib.pad_to_tokens(resample(r["audio"][0], data_lib.SAMPLE_RATE, rate)[None], hop)
+        rec = roundtrip(cparams, jnp.asarray(wav))
+        mels.append(float(mel_distance(jnp.asarray(wav), rec, codec.config)[0]))
+        back = resample(np.asarray(rec[0]), rate, data_lib.SAMPLE_RATE)[:len(r["audio"][0])]
+        resynth.append({**r, "audio": [back]})
+    out["codec_mel_distance"] = float(np.mean(mels))
+    out["asr_wer_original"] = evaluate_asr(model, params, tok, records)["wer"]
+    out["asr_wer_resynthesised"] = evaluate_asr(model, params, tok, resynth)["wer"]
+
+    speaker = load_speaker(os.path.join(workdir, "stage3_2"), max_tokens=300)
+    qa = data_lib.ShapesVitaSource("spoken_qa", "validation", 4 * num_eval, image_size=size, typed_fraction=0.0)
+    queries = [r for r in (qa[i] for i in range(4 * num_eval)) if r.get("kind") == "spoken"][:num_eval // 2]
+    answers = [conversation.strip_states(a) for a in generate_batch(
+        model, params, tok, [Request(images=[r["image"]], audio=r["audio"][:1]) for r in queries], max_new_tokens=16)]
+    spoken, durations = [], []
+    for i, answer in enumerate(answers):
+        audio = speaker.say(answer, rng=jax.random.key(i)) if answer.strip() else np.zeros(0, np.float32)
+        durations.append(len(audio) / rate)
+        wave = resample(audio, rate, data_lib.SAMPLE_RATE) if len(audio) else np.zeros(1600, np.float32)
+        spoken.append({"audio": [np.pad(wave, (0, max(0, 1600 - len(wave))))], "text": answer or "-"})
+    res = evaluate_asr(model, params, tok, spoken)
+    out["spoken_answer_transcript_wer"] = res["wer"]
+    out["spoken_answer_seconds"] = float(np.mean(durations)) if durations else 0.0
+    out["spoken_answer_examples"] = list(zip(answers[:4], res["predictions"][:4]))
+    return out
 
 
 def evaluate(workdir: str, num_eval: int = 96) -> dict:
@@ -78,8 +164,26 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_eval", type=int, default=96)
+    parser.add_argument("--speech", action="store_true",
+                        help="run stages 3.1-3.2 (speech output) on WORKDIR's trained stage 2.2 and measure them")
     args = parser.parse_args(argv)
     start = time.time()
+    if args.speech:
+        times = run_speech_stages(args.workdir, args.scale, args.seed)
+        report = {"stage_seconds": times, **evaluate_speech(args.workdir, min(args.num_eval, 48)),
+                  "total_seconds": time.time() - start, "scale": args.scale, "seed": args.seed}
+        with open(os.path.join(args.workdir, "report_speech.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        rows = [("codec mel distance (mean |log-mel diff|)", f"{report['codec_mel_distance']:.3f}"),
+                ("ASR WER original / resynthesised (%)",
+                 f"{report['asr_wer_original']:.1f} / {report['asr_wer_resynthesised']:.1f}"),
+                ("spoken answer: transcript WER vs text answer (%)", f"{report['spoken_answer_transcript_wer']:.1f}"),
+                ("spoken answer length (s)", f"{report['spoken_answer_seconds']:.2f}"),
+                ("total time (min)", f"{report['total_seconds'] / 60:.1f}")]
+        print("| measure | value |\n|---|---|")
+        for k, v in rows:
+            print(f"| {k} | {v} |")
+        return 0
     times = run_stages(args.workdir, args.scale, args.seed)
     report = {"stage_seconds": times, **evaluate(args.workdir, args.num_eval), "total_seconds": time.time() - start,
               "scale": args.scale, "seed": args.seed}
