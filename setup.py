@@ -35,6 +35,7 @@ setup(
         "soundfile>=0.12",
         "soxr>=0.5",  # resampling speech to 16 kHz (VITA), 16k <-> 24k for the codec
         "psutil>=5.9",
+        "webrtcvad-wheels>=2.0.14",  # voice activity for the duplex engine (WebRTC's VAD, no torch)
     ],
     extras_require={
         # Parity oracles and the test runner: never needed at run time. Two more oracles are installed with

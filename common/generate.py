@@ -179,6 +179,55 @@ def _sample(model, config: GenerationConfig, lm_config, params, ids, mask, rng, 
     return {"tokens": tokens, "lengths": lengths, "scores": scores}
 
 
+class TokenStreamer:
+    """Token-by-token generation for one prompt at a time (streaming answers, barge-in): the same prefill and
+    one-token decode as `generate`, each its own compiled call, so the caller sees every token as it is made and can
+    stop between any two (`should_stop`). Greedy or sampled (top-k / top-p) as `config` says; no beams."""
+
+    def __init__(self, model: nn.Module, params: Any, config: GenerationConfig, lm_config: LMConfig | None = None):
+        if config.num_beams > 1:
+            raise ValueError("TokenStreamer does not do beam search; use generate")
+        self.model, self.params, self.config = model, params, config
+        self.lm_config = lm_config or _lm_config(model)
+        self._prefill = jax.jit(functools.partial(_prefill, model))
+        self._step = jax.jit(functools.partial(_decode_one, model))
+        cfg = config
+        self._choose = jax.jit(lambda logits, key: (
+            jax.random.categorical(key, filter_logits(logits.astype(jnp.float32), cfg.temperature, cfg.top_k,
+                                                      cfg.top_p)) if cfg.do_sample
+            else jnp.argmax(logits, axis=-1)).astype(jnp.int32))
+
+    def stream(self, input_ids, attention_mask=None, *, prefill_inputs: dict | None = None,
+               decode_inputs: dict | None = None, rng: jax.Array | None = None, should_stop=None):
+        """input_ids [1, T] -> yields token ids (the stop token is not yielded); ends at a stop token, after
+        max_new_tokens, or as soon as `should_stop()` is true."""
+        input_ids = np.asarray(input_ids)
+        if input_ids.ndim != 2 or input_ids.shape[0] != 1:
+            raise ValueError(f"TokenStreamer takes one prompt [1, T], got {input_ids.shape}")
+        mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
+        cfg = self.config
+        ids, mask = _bucketed(input_ids, mask, cfg.bucket, cfg.pad_token_id)
+        if ids.shape[1] + cfg.max_new_tokens > self.lm_config.max_position_embeddings:
+            raise ValueError(f"prompt bucket {ids.shape[1]} + max_new_tokens {cfg.max_new_tokens} exceeds "
+                             f"max_position_embeddings {self.lm_config.max_position_embeddings}")
+        decode_inputs = decode_inputs or {}
+        cache = KVCache.create(self.lm_config, 1, ids.shape[1] + cfg.max_new_tokens)
+        logits, cache, position = self._prefill(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32),
+                                                cache, prefill_inputs or {}, decode_inputs)
+        rng = jax.random.key(0) if rng is None else rng
+        for i in range(cfg.max_new_tokens):
+            if should_stop is not None and should_stop():
+                return
+            token = self._choose(logits, jax.random.fold_in(rng, i))
+            value = int(token[0])
+            if value in cfg.eos_token_ids:
+                return
+            yield value
+            if i + 1 < cfg.max_new_tokens:
+                logits, cache = self._step(self.params, token, position, cache, decode_inputs, {})
+                position = position + 1
+
+
 def _beam_search(model, config: GenerationConfig, lm_config, params, ids, mask, rng, prefill_inputs,
                  decode_inputs, step_inputs):
     """Beam search keeping `num_beams` alive and `num_beams` finished hypotheses per prompt (HF semantics:

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import common.hf as hf  # noqa: E402
-from common.generate import GenerationConfig, filter_logits, generate  # noqa: E402
+from common.generate import GenerationConfig, TokenStreamer, filter_logits, generate  # noqa: E402
 
 
 def tiny(kind):
@@ -55,6 +55,21 @@ def test_greedy_equals_transformers_and_full_recompute(kind, save_hf):
         nxt = np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]
         seq, mask = np.concatenate([seq, nxt], 1), np.concatenate([mask, np.ones_like(nxt)], 1)
     np.testing.assert_array_equal(seq[:, PROMPTS.shape[1]:], ours["tokens"])
+
+
+def test_token_streamer_equals_generate_and_stops_between_tokens(save_hf):
+    module, params = hf.load(save_hf(tiny("qwen2")))
+    config = GenerationConfig(max_new_tokens=8, bucket=16)
+    batch = generate(module, params, PROMPTS, MASK, config=config)
+    streamer = TokenStreamer(module, params, config)
+    for row in range(2):
+        ids, mask = PROMPTS[row:row + 1], MASK[row:row + 1]
+        assert list(streamer.stream(ids, mask)) == list(batch["tokens"][row])
+    stop = int(batch["tokens"][1, 3])  # a stop token ends the stream before it (generate counts it in lengths)
+    stopping = TokenStreamer(module, params, GenerationConfig(max_new_tokens=8, bucket=16, eos_token_ids=(stop,)))
+    assert list(stopping.stream(PROMPTS[1:], MASK[1:])) == list(batch["tokens"][1, :list(batch["tokens"][1]).index(stop)])
+    asked = iter(range(100))
+    assert len(list(streamer.stream(PROMPTS[1:], MASK[1:], should_stop=lambda: next(asked) >= 3))) == 3
 
 
 def test_stop_tokens_and_padding(save_hf):
