@@ -135,6 +135,7 @@ class DuplexEngine:
         self.cancel: dict[int, threading.Event] = {}
         self.workers: dict[int, threading.Thread] = {}
         self.model_lock = threading.Lock()  # one answer computes at a time: the one model, one cache
+        self.ended_at: dict[int, float] = {}  # answer id -> perf_counter() when its worker stopped computing
 
     @property
     def now(self) -> float:
@@ -224,6 +225,8 @@ class DuplexEngine:
                     put("done", text=text if text or spoken else "")
             except Exception as e:  # reported as an event, never a silent dead thread
                 put("error", text=f"{type(e).__name__}: {e}")
+            finally:
+                self.ended_at[answer_id] = time.perf_counter()
 
     def finish(self, timeout: float = 120.0) -> list[Event]:
         """Waits for the running answer to end -> its remaining events."""

@@ -1,0 +1,183 @@
+"""VITA-1.5 duplex latency: a spoken question streamed into `vita_jax.duplex.DuplexEngine` as real-time 80 ms frames,
+then a second question barging in while the answer plays. One JSON line per trial:
+
+  first_audio_s     end of the user's speech (the last voiced frame) -> the first audio packet of the answer; it
+                    includes the VAD's end-of-speech wait (min_silence_ms, the release's 500 ms), the prefill of the
+                    spoken query, the answer's first text segment and 30 codec tokens of the speech decoder
+  after_endpoint_s  the same from the frame that closed the utterance (what the model and speaker add)
+  stop_frames       frames from the one where the barge-in was detected to the last old-answer packet let out
+                    (the engine drops them from that frame on: 0 = output stopped within that 80 ms frame)
+  worker_stop_s     detection -> the old answer's worker has stopped computing (at its next token / codec step)
+
+    python bench/vita_latency.py [--vita_workdir W --speech_workdir S] [--trials 3] [--warmup 2]
+
+Without workdirs: the tiny VITA and speaker with random weights, the answer teacher-forced (`--answer`, through the
+real decode step, so the compute is the generation's). Numbers are wall-clock on this machine; on a GPU run it with a
+bigger stand-in when one is lent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+class ForcedAnswer:
+    """The engine's token streamer with the answer's tokens forced: the real prefill and one real decode step per
+    token (the same compute as generating them), so the latency does not depend on what random weights say."""
+
+    def __init__(self, streamer, token_ids):
+        self.inner, self.ids = streamer, list(token_ids)
+
+    def stream(self, input_ids, attention_mask=None, *, prefill_inputs=None, should_stop=None, **_):
+        from common.generate import _bucketed
+        from common.lm import KVCache
+
+        s = self.inner
+        ids, mask = _bucketed(np.asarray(input_ids), np.asarray(attention_mask), s.config.bucket, s.config.pad_token_id)
+        cache = KVCache.create(s.lm_config, 1, ids.shape[1] + len(self.ids) + 1)
+        logits, cache, position = s._prefill(s.params, jnp.asarray(ids), jnp.asarray(mask), cache, prefill_inputs or {},
+                                             {})
+        jax.block_until_ready(logits)
+        for t in self.ids:
+            if should_stop is not None and should_stop():
+                return
+            yield t
+            logits, cache = s._step(s.params, jnp.asarray([t], jnp.int32), position, cache, {}, {})
+            jax.block_until_ready(logits)
+            position = position + 1
+
+
+def build(args):
+    from vita_jax import data as data_lib
+    from vita_jax import duplex
+
+    if args.vita_workdir:
+        from vita_jax.eval import load_model
+        from vita_jax.speech_train import load_speaker
+
+        model, params, tok = load_model(args.vita_workdir)
+        speaker = load_speaker(args.speech_workdir)
+    else:
+        from configs.vita import tiny_base, tiny_stage3_1, tiny_stage3_2
+        from vita_jax import codec as codec_lib
+        from vita_jax import speech_decoder as sd
+        from vita_jax import tts
+        from vita_jax.model import Vita, init_params
+        from vita_jax.task import vita_config_from
+
+        tok = data_lib.build_tokenizer({"kind": "shapes_bpe", "vocab_size": 1024})
+        model = Vita(vita_config_from(tiny_base.model(), tok))
+        import flax.linen as nn
+
+        params = nn.unbox(init_params(model, jax.random.key(0)))
+        ccfg = codec_lib.CodecConfig(**tiny_stage3_1.codec())
+        if args.quick_codec:
+            ccfg = ccfg.replace(resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
+        dcfg = sd.SpeechDecoderConfig(**tiny_stage3_2.get_config().decoder)
+        table = np.asarray(params["lm"]["embed"]["embedding"], np.float32)
+        speaker = tts.Speaker(sd.CodeGenerator(sd.SpeechDecoder(dcfg), sd.init_params(dcfg, jax.random.key(1)),
+                                               max_tokens=args.max_codes, max_text_pieces=64),
+                              tts.ChunkedCodecDecoder(codec_lib.Codec(ccfg), codec_lib.init_params(ccfg, jax.random.key(2))),
+                              lambda ids: table[ids], tok)
+    engine = duplex.DuplexEngine(model, params, tok, speaker, duplex.DuplexConfig(max_new_tokens=args.max_new_tokens))
+    if not args.vita_workdir:
+        engine.streamer = ForcedAnswer(engine.streamer, tok.encode(args.answer))
+    return engine
+
+
+def trial(engine, q1, q2, frame_s: float) -> dict:
+    from vita_jax import duplex
+
+    silence = lambda s: np.zeros(int(16000 * s), np.float32)  # noqa: E731
+    first = duplex.frames_of(np.concatenate([silence(0.4), q1]))
+    speech_end = time.perf_counter()
+    events = []
+    start = time.perf_counter()
+    i = 0
+
+    def feed(frame):
+        nonlocal i
+        delay = start + i * frame_s - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        i += 1
+        out = engine.feed(frame)
+        events.extend(out)
+        return out
+
+    for f in first:
+        feed(f)
+    speech_end = time.perf_counter()  # the last frame holding speech has been fed
+    answer = None
+    limit = time.perf_counter() + 600
+    while time.perf_counter() < limit:
+        out = feed(silence(frame_s))
+        ended = [e for e in out if e.kind == "speech_end"]
+        if ended and answer is None:
+            answer, endpoint = engine.current, ended[0].wall
+        audio = [e for e in events if e.kind == "audio" and e.answer == answer and answer]
+        if audio:
+            first_audio = audio[0].wall
+            break
+        if any(e.kind in ("done", "error") and e.answer == answer for e in events if answer):
+            raise SystemExit(f"the answer ended without audio: {[(e.kind, e.text) for e in events]}")
+    else:
+        raise SystemExit("no audio within 600 s")
+    old = answer
+    barge = None
+    for f in duplex.frames_of(np.concatenate([q2, silence(0.6)])):
+        out = feed(f)
+        if barge is None and any(e.kind == "interrupted" for e in out):
+            barge = (i, time.perf_counter())
+    worker = engine.workers[old]
+    worker.join(60)
+    late = [e for e in events if e.kind == "audio" and e.answer == old and e.wall > barge[1]]
+    engine.finish()
+    return {"first_audio_s": first_audio - speech_end, "after_endpoint_s": first_audio - endpoint,
+            "stop_frames": len(late),
+            "worker_stop_s": max(0.0, engine.ended_at[old] - barge[1]) if old in engine.ended_at else None}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--vita_workdir", default="")
+    p.add_argument("--speech_workdir", default="")
+    p.add_argument("--answer", default="☞yes, there is a red circle. it is large.")
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2, help="untimed trials first (they compile every shape)")
+    p.add_argument("--max_new_tokens", type=int, default=32)
+    p.add_argument("--max_codes", type=int, default=120)
+    p.add_argument("--quick_codec", action="store_true",
+                   help="one resblock per codec stage (quick to compile: the bench's own test)")
+    args = p.parse_args(argv)
+    if bool(args.vita_workdir) != bool(args.speech_workdir):
+        raise SystemExit("pass both --vita_workdir and --speech_workdir, or neither")
+    from common.data.speech import load_word_bank
+
+    words = load_word_bank()
+    rng = np.random.default_rng(0)
+    q1, q2 = words.say("what color is the circle", rng), words.say("how many shapes are there", rng)
+    engine = build(args)
+    for _ in range(args.warmup):
+        trial(engine, q1, q2, 0.08)
+    for n in range(args.trials):
+        row = trial(engine, q1, q2, 0.08)
+        print(json.dumps({"bench": "vita_duplex_latency", "trial": n, "backend": jax.default_backend(),
+                          "device": jax.devices()[0].device_kind, "host": platform.node(),
+                          "model": args.vita_workdir or "tiny-random", **{k: (round(v, 4) if isinstance(v, float)
+                                                                                else v) for k, v in row.items()}}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
