@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["common*", "flamingo_jax*", "llava_jax*", "vita_jax*", "configs*", "mmlm_jax*"]),
     include_package_data=True,
-    package_data={"": ["*.json", "*.txt", "*.npz", "*.flac", "*.model", "assets/*", "assets/**/*"]},
+    package_data={"": ["*.json", "*.txt", "*.npz", "*.flac", "*.model", "*.html", "assets/*", "assets/**/*"]},
     install_requires=[
         "jax>=0.10,<0.11",
         "flax>=0.12",
@@ -36,6 +36,7 @@ setup(
         "soxr>=0.5",  # resampling speech to 16 kHz (VITA), 16k <-> 24k for the codec
         "psutil>=5.9",
         "webrtcvad-wheels>=2.0.14",  # voice activity for the duplex engine (WebRTC's VAD, no torch)
+        "websockets>=13",  # vita_jax.serve: the voice-chat page and its WebSocket
     ],
     extras_require={
         # Parity oracles and the test runner: never needed at run time. Two more oracles are installed with

@@ -9,7 +9,8 @@ query (+ the current image), streams text tokens (`common.generate.TokenStreamer
 token, decides: ☟ = not addressed to the assistant, stay silent; ☞ / ☜ = answer, and the text is spoken as it comes
 (`vita_jax.tts.Speaker`: first packet after 30 codec tokens).
 
-Interruption: a new utterance starting while an answer plays cancels it in the very frame the speech is detected
+Interruption: a new utterance starting while an answer is computed or still playing (its audio sent so far, at real
+time) cancels it in the very frame the speech is detected
 (its audio is dropped from then on, as the release drops a stale llm_id's audio), and its worker stops at the next
 token or codec step; the same model and parameters then answer the new utterance with a fresh KV cache. One model,
 one set of weights, no second copy.
@@ -136,6 +137,8 @@ class DuplexEngine:
         self.workers: dict[int, threading.Thread] = {}
         self.model_lock = threading.Lock()  # one answer computes at a time: the one model, one cache
         self.ended_at: dict[int, float] = {}  # answer id -> perf_counter() when its worker stopped computing
+        self.playing_until = 0.0  # perf_counter() when the current answer's audio sent so far ends, played in real time
+        self.audio_rate = speaker.codec_decoder.codec.config.sampling_rate
 
     @property
     def now(self) -> float:
@@ -150,8 +153,9 @@ class DuplexEngine:
         for kind, value in self.vad.feed(frame):
             if kind == "start":
                 events.append(Event("speech_start", self.now))
-                playing = self.current and self.workers[self.current].is_alive()
-                if playing and not self.cancel[self.current].is_set():
+                busy = self.current and (self.workers[self.current].is_alive()
+                                         or time.perf_counter() < self.playing_until)
+                if busy and not self.cancel[self.current].is_set():
                     self.cancel[self.current].set()  # its audio is dropped from this frame on
                     events.append(Event("interrupted", self.now, self.current))
                 self.current = 0  # nothing plays while the user speaks
@@ -174,6 +178,9 @@ class DuplexEngine:
                 return out
             if ev.answer == self.current and not self.cancel[ev.answer].is_set():
                 ev.time = self.now
+                if ev.kind == "audio":
+                    start = max(self.playing_until, time.perf_counter())
+                    self.playing_until = start + len(ev.audio) / self.audio_rate
                 out.append(ev)
 
     def _start_answer(self, utterance: np.ndarray) -> None:
