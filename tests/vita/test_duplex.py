@@ -1,6 +1,7 @@
 """The duplex engine: utterances cut by voice activity from 80 ms frames, an answer streamed as speech, a new
 utterance interrupting it in the frame it is detected (nothing of the old answer after), a noise decision staying
-silent, and the real model path (prefill + token streaming) on a tiny VITA."""
+silent. (The real model path through the engine, prefill + one decode step per token, runs in
+tests/vita/test_bench_vita_latency.py.)"""
 import time
 
 import jax
@@ -16,7 +17,7 @@ from vita_jax import data as data_lib  # noqa: E402
 from vita_jax import duplex, tts  # noqa: E402
 from vita_jax import speech_decoder as sd  # noqa: E402
 from vita_jax.task import vita_config_from  # noqa: E402
-from vita_jax.model import Vita, init_params  # noqa: E402
+from vita_jax.model import Vita  # noqa: E402
 from configs.vita import tiny_base  # noqa: E402
 
 
@@ -106,13 +107,3 @@ def test_noise_stays_silent(parts):
     events = list(engine.run(duplex.frames_of(np.concatenate([silence(0.3), q1, silence(0.7)]))))
     assert [e.text for e in events if e.kind == "state"] == ["noise"]
     assert not [e for e in events if e.kind == "audio"]
-
-
-def test_the_real_model_answers_through_the_token_streamer(parts):
-    tok, model, speaker, q1, _ = parts
-    params = init_params(model, jax.random.key(0))
-    engine = duplex.DuplexEngine(model, params, tok, speaker, duplex.DuplexConfig(max_new_tokens=6))
-    events = list(engine.run(duplex.frames_of(np.concatenate([silence(0.3), q1, silence(0.7)]))))
-    kinds = [e.kind for e in events]
-    assert "error" not in kinds, [e.text for e in events if e.kind == "error"]
-    assert kinds[:2] == ["speech_start", "speech_end"] and "state" in kinds
