@@ -116,7 +116,7 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     out["asr_wer_original"] = evaluate_asr(model, params, tok, records)["wer"]
     out["asr_wer_resynthesised"] = evaluate_asr(model, params, tok, resynth)["wer"]
 
-    speaker = load_speaker(os.path.join(workdir, "stage3_2"), max_tokens=300)
+    speaker = load_speaker(os.path.join(workdir, "stage3_2"), max_tokens=160)  # 4 s: answers are 1-3 words
     qa = data_lib.ShapesVitaSource("spoken_qa", "validation", 4 * num_eval, image_size=size, typed_fraction=0.0)
     queries = [r for r in (qa[i] for i in range(4 * num_eval)) if r.get("kind") == "spoken"][:num_eval // 2]
     answers = [conversation.strip_states(a) for a in generate_batch(
