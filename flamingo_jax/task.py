@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 
 import flax
 import jax
@@ -46,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
-from common.data.pipeline import Collate, DataIterator, build_dataset
+from common.data.pipeline import Collate, task_iterator
 from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
 from common.lm_task import next_token_loss
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
@@ -336,13 +335,8 @@ def make_task(config, workdir: str | None = None) -> Task:
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
         collate = Collate(int(spec["max_len"]), pad_id, max_images=spec.get("max_images", 1) if
                           "text" not in spec["source"] else None)
-        ds, counter = build_dataset(source, transform, batch_size=batch, collate=collate,
-                                    seed=int(config.seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle,
-                                    num_epochs=None, shard=(shard.index, shard.count),
-                                    max_skip_fraction=float(dcfg.get("max_skip_fraction", 0.05)),
-                                    num_threads=int(dcfg.get("num_threads", 0)))
-        counter.name = name
-        return DataIterator(ds, counter)
+        return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
+                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=None)
 
     def make_train_data(shard: DataShard):
         return {name: iterator(name, spec, shard, "train", True) for name, spec in datasets.items()}

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.data.audio import load_audio, mel_banks
-from common.data.pipeline import DataIterator, build_dataset
+from common.data.pipeline import task_iterator
 from common.data.records import CORRUPT_AUDIO, BadRecord
 from common.task_utils import get, plain
 from common.trainer import DataShard, Task
@@ -301,14 +301,9 @@ def make_task(config, workdir: str | None = None) -> Task:
         return params
 
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
-        ds, counter = build_dataset(make_speech_source(spec, split), SegmentTransform(cfg, segment),
-                                    batch_size=shard.local_batch(int(spec.get("batch_size") or config.batch_size)),
-                                    seed=int(config.seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle,
-                                    num_epochs=None, shard=(shard.index, shard.count),
-                                    max_skip_fraction=float(dcfg.get("max_skip_fraction", 0.05)),
-                                    num_threads=int(dcfg.get("num_threads", 0)))
-        counter.name = name
-        return DataIterator(ds, counter)
+        batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
+        return task_iterator(name, make_speech_source(spec, split), SegmentTransform(cfg, segment), batch_size=batch, shard=(shard.index, shard.count),
+                             seed=config.seed, data_config=dcfg, shuffle=shuffle, num_epochs=None)
 
     def make_train_data(shard: DataShard):
         return {name: iterator(name, spec, shard, "train", True) for name, spec in datasets.items()}

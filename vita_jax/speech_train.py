@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from common.data import shapes
-from common.data.pipeline import DataIterator, build_dataset
+from common.data.pipeline import task_iterator
 from common.data.records import MALFORMED, TOO_LONG, BadRecord
 from common.data.speech import load_word_bank
 from common.task_utils import get, plain, restore_params
@@ -186,14 +185,9 @@ def make_task(config, workdir: str | None = None) -> Task:
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
         transform = SpeechPairTransform(tokenizer, codec.config.sampling_rate, codec.config.hop_length, max_text,
                                         float(dcfg.get("max_speech_seconds", 4.0)))
-        ds, counter = build_dataset(make_source(spec, split), transform,
-                                    batch_size=shard.local_batch(int(spec.get("batch_size") or config.batch_size)),
-                                    seed=int(config.seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle,
-                                    num_epochs=None, shard=(shard.index, shard.count),
-                                    max_skip_fraction=float(dcfg.get("max_skip_fraction", 0.05)),
-                                    num_threads=int(dcfg.get("num_threads", 0)))
-        counter.name = name
-        return DataIterator(ds, counter)
+        batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
+        return task_iterator(name, make_source(spec, split), transform, batch_size=batch, shard=(shard.index, shard.count),
+                             seed=config.seed, data_config=dcfg, shuffle=shuffle, num_epochs=None)
 
     def make_train_data(shard: DataShard):
         return {name: iterator(name, spec, shard, "train", True) for name, spec in datasets.items()}

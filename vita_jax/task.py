@@ -19,13 +19,12 @@ Config (ml_collections; configs/vita/*.py):
 from __future__ import annotations
 
 import os
-import zlib
 
 import flax.linen as nn
 import jax
 
 from common import lora as lora_lib
-from common.data.pipeline import Collate, DataIterator, build_dataset
+from common.data.pipeline import Collate, task_iterator
 from common.lm import LMConfig, matmul_flops_per_token
 from common.lm_task import next_token_loss
 from common.task_utils import get, graft, lora_config_from, plain, restore_params
@@ -128,13 +127,8 @@ def make_task(config, workdir: str | None = None) -> Task:
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
         collate = Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_tiles_per_sample", 1)),
                           max_audio_frames=max_frames if has_audio(spec) else None)
-        ds, counter = build_dataset(source, transform, batch_size=batch, collate=collate,
-                                    seed=int(config.seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle,
-                                    num_epochs=epochs, shard=(shard.index, shard.count),
-                                    max_skip_fraction=float(dcfg.get("max_skip_fraction", 0.05)),
-                                    num_threads=int(dcfg.get("num_threads", 0)))
-        counter.name = name
-        return DataIterator(ds, counter)
+        return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
+                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=epochs)
 
     def make_train_data(shard: DataShard):
         return {name: iterator(name, spec, shard, "train", True, None) for name, spec in datasets.items()}

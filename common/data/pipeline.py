@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from typing import Callable
 
 import numpy as np
@@ -122,6 +123,20 @@ def build_dataset(
     ds = ds.filter(CountingFilter(counter))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
     return ds, counter
+
+
+def task_iterator(name: str, source, transform: Callable[[dict], dict], *, batch_size: int, shard: tuple[int, int],
+                  seed: int, data_config, collate: Callable | None = None, shuffle: bool = True,
+                  num_epochs: int | None = None) -> "DataIterator":
+    """One named dataset of a training task as a resumable `DataIterator`: `build_dataset` seeded per dataset name,
+    with the data config's `max_skip_fraction` and `num_threads`, its skip counter named after the dataset."""
+    ds, counter = build_dataset(source, transform, batch_size=batch_size, collate=collate,
+                                seed=int(seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle,
+                                num_epochs=num_epochs, shard=shard,
+                                max_skip_fraction=float(data_config.get("max_skip_fraction", 0.05)),
+                                num_threads=int(data_config.get("num_threads", 0)))
+    counter.name = name
+    return DataIterator(ds, counter)
 
 
 class DataIterator:

@@ -28,13 +28,14 @@ def stage_groups(stage: str) -> tuple:
     return tuple((pattern, dict()) for pattern in STAGE_TRAINABLE[stage]) + ((r".*", dict(frozen=True)),)
 
 
-def base_config(stage: str) -> ml_collections.ConfigDict:
+def trainer_config(total_steps: int = 200, batch_size: int = 16, log_every: int = 20) -> ml_collections.ConfigDict:
+    """The trainer's fields every tiny VITA stage shares (CPU, data-parallel mesh, one checkpoint at the end)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.total_steps = 200
-    config.batch_size = 16
+    config.total_steps = total_steps
+    config.batch_size = batch_size
     config.grad_accum_steps = 1
-    config.log_every = 20
+    config.log_every = log_every
     config.checkpoint_every = 1000
     config.keep_checkpoints = 1
     config.async_checkpoints = False
@@ -44,6 +45,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
     config.multi_dataset_mode = "accumulate"
     config.max_nonfinite_in_a_row = 10
     config.peak_flops = 0.0
+    return config
+
+
+def base_config(stage: str) -> ml_collections.ConfigDict:
+    config = trainer_config()
     config.model = model()
     config.tokenizer = dict(kind="shapes_bpe", vocab_size=1024)
     config.data = dict(max_tiles=1, max_audio_seconds=8.0, over_length="skip", num_threads=0,

@@ -1,7 +1,7 @@
 """Tiny VITA stage 3.1, the speech codec (the release ships no trainer): a 128-wide HiFi-GAN V1 generator and its
 mirrored encoder at 24 kHz / 40 Hz tokens, one codebook of 512, 8 style codebooks; HiFi-GAN's discriminators at 1/16
 width (the multi-scale one at its first scale, dense convs: fast on a CPU); trained on the bundled espeak speech (the shapes ASR utterances, resampled 16 -> 24 kHz)."""
-import ml_collections
+from configs.vita.tiny_base import trainer_config
 
 
 def codec() -> dict:
@@ -10,22 +10,8 @@ def codec() -> dict:
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
+    config = trainer_config(total_steps=300, batch_size=8, log_every=25)
     config.stage = "3.1"
-    config.seed = 0
-    config.total_steps = 300
-    config.batch_size = 8
-    config.grad_accum_steps = 1
-    config.log_every = 25
-    config.checkpoint_every = 1000
-    config.keep_checkpoints = 1
-    config.async_checkpoints = False
-    config.eval_every = 0
-    config.eval_batches = 0
-    config.mesh = dict(data=-1, fsdp=1, tensor=1)
-    config.multi_dataset_mode = "accumulate"
-    config.max_nonfinite_in_a_row = 10
-    config.peak_flops = 0.0
     config.codec = codec()
     config.discriminator = dict(periods=(2, 3, 5, 7, 11), channel_scale=1 / 16, num_scales=1, grouped=False)
     config.loss = dict(mel=45.0, stft=1.0, vq=1.0, adversarial=1.0, feature=2.0,

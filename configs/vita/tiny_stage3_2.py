@@ -1,28 +1,13 @@
 """Tiny VITA stage 3.2, the NAR + AR speech decoders (LLM frozen; the release ships no trainer): a 4-layer AR / 2-layer
 NAR decoder of width 32 reading the tiny LLM's 64-d embeddings as two 32-d pieces per token (the release: 3584 as
 4 x 896), predicting the stage-3.1 codec's 512 codes of the bundled espeak speech of shapes sentences and answers."""
-import ml_collections
-
+from configs.vita.tiny_base import trainer_config
 from configs.vita.tiny_stage3_1 import codec
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
+    config = trainer_config(total_steps=300, batch_size=8, log_every=25)
     config.stage = "3.2"
-    config.seed = 0
-    config.total_steps = 300
-    config.batch_size = 8
-    config.grad_accum_steps = 1
-    config.log_every = 25
-    config.checkpoint_every = 1000
-    config.keep_checkpoints = 1
-    config.async_checkpoints = False
-    config.eval_every = 0
-    config.eval_batches = 0
-    config.mesh = dict(data=-1, fsdp=1, tensor=1)
-    config.multi_dataset_mode = "accumulate"
-    config.max_nonfinite_in_a_row = 10
-    config.peak_flops = 0.0
     config.decoder = dict(idim=32, num_codes=codec()["n_codes"], hidden_size=32, intermediate_size=128,
                           num_layers=4, num_heads=4, max_position_embeddings=1024)
     config.tokenizer = dict(kind="shapes_bpe", vocab_size=1024)
