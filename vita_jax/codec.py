@@ -100,14 +100,19 @@ class CodecConfig:
         if str(conf.get("resblock", "1")) != "1":
             raise ValueError(f"only resblock '1' (HiFi-GAN V1) is supported, got {conf.get('resblock')!r}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in conf.items() if k in fields}
+        return cls.from_fields({**{k: v for k, v in conf.items() if k in fields}, **overrides})
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "CodecConfig":
+        """Field values as JSON or a ConfigDict gives them (lists) -> CodecConfig (tuples); unknown names raise."""
+        kw = dict(fields)
         for k in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes", "global_feature_conv",
                   "global_tokens"):
             if k in kw:
                 kw[k] = tuple(int(x) for x in kw[k])
         if "resblock_dilation_sizes" in kw:
             kw["resblock_dilation_sizes"] = tuple(tuple(int(x) for x in d) for d in kw["resblock_dilation_sizes"])
-        return cls(**{**kw, **overrides})
+        return cls(**kw)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

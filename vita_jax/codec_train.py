@@ -229,14 +229,7 @@ class SegmentTransform:
 # The task
 # ----------------------------------------------------------------------------------------------------------------
 def codec_config_from(config) -> CodecConfig:
-    fields = dict(plain(get(config, "codec", {}) or {}))
-    for k in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes", "global_feature_conv",
-              "global_tokens"):
-        if k in fields:
-            fields[k] = tuple(int(x) for x in fields[k])
-    if "resblock_dilation_sizes" in fields:
-        fields["resblock_dilation_sizes"] = tuple(tuple(int(x) for x in d) for d in fields["resblock_dilation_sizes"])
-    return CodecConfig(**fields)
+    return CodecConfig.from_fields(plain(get(config, "codec", {}) or {}))
 
 
 def discriminators_from(config) -> Discriminators:

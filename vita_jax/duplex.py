@@ -31,9 +31,9 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from common.data.audio import SAMPLE_RATE
-from common.generate import GenerationConfig, TokenStreamer
+from common.generate import TokenStreamer
 from vita_jax import conversation
-from vita_jax.inference import GenerationAdapter, Request, build_batch
+from vita_jax.inference import GenerationAdapter, Request, answer_generation_config, build_batch, prefill_inputs
 
 FRAME_MS = 80
 
@@ -122,13 +122,9 @@ class DuplexEngine:
         self.model, self.params, self.tokenizer, self.speaker, self.config = model, params, tokenizer, speaker, config
         self.image = image
         self.vad = VoiceActivity(config)
-        stops = {tokenizer.token_to_id(t) for t in ("<|im_end|>", "<|im_start|>", "<|endoftext|>")}
-        stops |= {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
-        pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        gen = GenerationConfig(max_new_tokens=config.max_new_tokens, pad_token_id=pad,
-                               eos_token_ids=tuple(sorted(s for s in stops if s is not None)))
+        gen = answer_generation_config(tokenizer, config.max_new_tokens)
         self.streamer = TokenStreamer(GenerationAdapter(model), params, gen, model.config.text)
-        self.pad_id = pad
+        self.pad_id = gen.pad_token_id
         self.frames = 0
         self.outputs: queue.Queue = queue.Queue()
         self.current = 0  # id of the answer allowed to emit
@@ -201,8 +197,7 @@ class DuplexEngine:
                 request = Request(images=[image] if image is not None else [], audio=[utterance])
                 batch = build_batch(self.model, self.tokenizer, [request], max_tiles=self.config.max_tiles,
                                     pad_id=self.pad_id)
-                prefill = {k: batch[k] for k in ("pixel_values", "image_mask", "input_features",
-                                                 "feature_attention_mask")}
+                prefill = prefill_inputs(batch)
                 tokens: list[int] = []
                 text = ""
                 state_seen = False

@@ -122,6 +122,23 @@ def build_batch(module: Vita, tokenizer, requests: Sequence[Request], *, max_til
     return out
 
 
+PREFILL_KEYS = ("pixel_values", "image_mask", "input_features", "feature_attention_mask")
+
+
+def prefill_inputs(batch: dict) -> dict:
+    """The media of a `build_batch` batch, which only the prefill reads."""
+    return {k: jnp.asarray(batch[k]) for k in PREFILL_KEYS}
+
+
+def answer_generation_config(tokenizer, max_new_tokens: int = 64, bucket: int = 64) -> GenerationConfig:
+    """Greedy decoding of an answer: stops at `<|im_end|>` / eos (and the release's stop string `<|im_start|>`)."""
+    stops = {tokenizer.token_to_id(t) for t in ("<|im_end|>", "<|im_start|>", "<|endoftext|>")}
+    stops |= {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=tuple(sorted(s for s in stops if s is not None)),
+                            bucket=bucket, pad_token_id=pad)
+
+
 def generate_batch(model: Vita, params, tokenizer, requests: Sequence[Request], *, max_new_tokens: int = 64,
                    max_tiles: int = 1, config: GenerationConfig | None = None, rng=None, bucket: int = 64,
                    tile_slots: int | None = None, audio_slots: int | None = None, return_tokens: bool = False) -> list:
@@ -130,15 +147,10 @@ def generate_batch(model: Vita, params, tokenizer, requests: Sequence[Request], 
     if not requests:
         return []
     if config is None:
-        stops = {tokenizer.token_to_id(t) for t in ("<|im_end|>", "<|im_start|>", "<|endoftext|>")}
-        stops |= {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
-        pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-        config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=tuple(sorted(s for s in stops if s is not None)),
-                                  bucket=bucket, pad_token_id=pad)
+        config = answer_generation_config(tokenizer, max_new_tokens, bucket)
     batch = build_batch(model, tokenizer, requests, max_tiles=max_tiles, pad_id=config.pad_token_id,
                         tile_slots=tile_slots, audio_slots=audio_slots)
-    prefill = {k: jnp.asarray(batch[k]) for k in ("pixel_values", "image_mask", "input_features",
-                                                  "feature_attention_mask")}
+    prefill = prefill_inputs(batch)
     out = generate(GenerationAdapter(model), params, batch["input_ids"], batch["attention_mask"], config=config,
                    rng=rng, prefill_inputs=prefill, lm_config=model.config.text)
     tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])

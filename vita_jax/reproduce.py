@@ -28,17 +28,24 @@ def load_config(name: str):
     return importlib.import_module(f"configs.vita.{name}").get_config()
 
 
+def stage_config(name: str, steps: int, scale: float, seed: int):
+    """configs/vita/tiny_stage<name>.py for a miniature run: steps x scale, one checkpoint at the end, warm-up at
+    most a quarter of the run."""
+    config = load_config(f"tiny_stage{name}")
+    config.seed = seed
+    config.total_steps = max(2, int(round(steps * scale)))
+    config.checkpoint_every = config.total_steps
+    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, config.total_steps // 4)
+    return config
+
+
 def run_stages(workdir: str, scale: float = 1.0, seed: int = 0, stages=STAGES) -> dict:
     from common.train import train
     from vita_jax.task import make_task
 
     times, previous = {}, None
     for name, steps in stages:
-        config = load_config(f"tiny_stage{name}")
-        config.seed = seed
-        config.total_steps = max(2, int(round(steps * scale)))
-        config.checkpoint_every = config.total_steps
-        config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, config.total_steps // 4)
+        config = stage_config(name, steps, scale, seed)
         config.init_from = previous or ""
         stage_dir = os.path.join(workdir, f"stage{name}")
         start = time.time()
@@ -59,11 +66,7 @@ def run_speech_stages(workdir: str, scale: float = 1.0, seed: int = 0) -> dict:
 
     times = {}
     for name, steps in SPEECH_STAGES:
-        config = load_config(f"tiny_stage{name}")
-        config.seed = seed
-        config.total_steps = max(2, int(round(steps * scale)))
-        config.checkpoint_every = config.total_steps
-        config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, config.total_steps // 4)
+        config = stage_config(name, steps, scale, seed)
         if name == "3_2":
             config.codec_from = os.path.join(workdir, "stage3_1", "codec")
             config.text_from = os.path.join(workdir, "stage2_2")
