@@ -12,6 +12,7 @@
 #    side by side (JAX keeps its allocator pool), so JAX and PyTorch run one after the other in two processes.
 #
 # 3. (FLAMINGO=1) bench/flamingo_train_step.py: OpenFlamingo-4B's architecture, JAX vs open_flamingo's PyTorch model.
+# 4. (VITA=1) VITA-1.5 on the GPU: parity tests, the 1B stand-in's train step, the 7B duplex latency.
 #
 # Usage (from the repository root; missing packages can travel as wheels in .whl/: soundfile, cffi, pycparser,
 # open-flamingo, einops-exts, flamingo-pytorch):
@@ -57,5 +58,17 @@ if [ "${FLAMINGO:-1}" = 1 ]; then
     | tee -a "$OUT/bench.log" | grep '^{' | tee -a "$OUT/bench.jsonl"; }
   fbench --impl jax --attention cudnn
   fbench --impl pytorch
+fi
+# 4. (VITA=1) VITA-1.5: its parity tests on the GPU (model, speech encoder, codec, speech decoder), the 1B stand-in's
+#    stage-2.2 step MFU, and the duplex latency at VITA-1.5's size (random weights, bf16; target: first audio
+#    packet <= 300 ms after the endpoint, barge-in within one 80 ms frame)
+if [ "${VITA:-1}" = 1 ]; then
+  JAX_DEFAULT_MATMUL_PRECISION=highest XLA_FLAGS="--xla_backend_optimization_level=3" timeout "${TEST_TIMEOUT:-330}" \
+    $PY -m pytest -q -p no:cacheprovider -n 8 tests/vita/test_vita_model.py tests/vita/test_speech_encoder.py \
+    tests/vita/test_codec.py tests/vita/test_speech_decoder.py tests/vita/test_tts.py 2>&1 | tee "$OUT/vita_tests.log" | tail -8
+  timeout "${BENCH_TIMEOUT:-150}" $PY bench/vita_step.py --size 1b --dtype bfloat16 --batch 16 --steps 5 2>&1 \
+    | tee -a "$OUT/bench.log" | grep '^{' | tee -a "$OUT/bench.jsonl"
+  timeout "${LATENCY_TIMEOUT:-300}" $PY bench/vita_latency.py --size 7b --dtype bfloat16 --trials 3 --warmup 1 2>&1 \
+    | tee -a "$OUT/bench.log" | grep '^{' | tee -a "$OUT/bench.jsonl"
 fi
 echo "done"

@@ -11,9 +11,9 @@ then a second question barging in while the answer plays. One JSON line per tria
 
     python bench/vita_latency.py [--vita_workdir W --speech_workdir S] [--trials 3] [--warmup 2]
 
-Without workdirs: the tiny VITA and speaker with random weights, the answer teacher-forced (`--answer`, through the
-real decode step, so the compute is the generation's). Numbers are wall-clock on this machine; on a GPU run it with a
-bigger stand-in when one is lent.
+Without workdirs: a VITA and speaker with random weights (`--size tiny`: the miniature's shapes; `--size 7b`:
+VITA-1.5's, for a GPU: `--size 7b --dtype bfloat16`), the answer teacher-forced (`--answer`, through the real decode
+step, so the compute is the generation's). Numbers are wall-clock on this machine.
 """
 from __future__ import annotations
 
@@ -27,34 +27,52 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 
 class ForcedAnswer:
-    """The engine's token streamer with the answer's tokens forced: the real prefill and one real decode step per
-    token (the same compute as generating them), so the latency does not depend on what random weights say."""
+    """The engine's token streamer with the answer's tokens forced (`TokenStreamer.stream(forced_tokens=...)`: the
+    real prefill and one real decode step per token), so the latency does not depend on what random weights say."""
 
     def __init__(self, streamer, token_ids):
         self.inner, self.ids = streamer, list(token_ids)
 
-    def stream(self, input_ids, attention_mask=None, *, prefill_inputs=None, should_stop=None, **_):
-        from common.generate import _bucketed
-        from common.lm import KVCache
+    def stream(self, input_ids, attention_mask=None, **kwargs):
+        return self.inner.stream(input_ids, attention_mask, forced_tokens=self.ids, **kwargs)
 
-        s = self.inner
-        ids, mask = _bucketed(np.asarray(input_ids), np.asarray(attention_mask), s.config.bucket, s.config.pad_token_id)
-        cache = KVCache.create(s.lm_config, 1, ids.shape[1] + len(self.ids) + 1)
-        logits, cache, position = s._prefill(s.params, jnp.asarray(ids), jnp.asarray(mask), cache, prefill_inputs or {},
-                                             {})
-        jax.block_until_ready(logits)
-        for t in self.ids:
-            if should_stop is not None and should_stop():
-                return
-            yield t
-            logits, cache = s._step(s.params, jnp.asarray([t], jnp.int32), position, cache, {}, {})
-            jax.block_until_ready(logits)
-            position = position + 1
+
+def stand_in_configs(size: str, dtype: str = "float32", quick_codec: bool = False):
+    """Random-weights stand-ins -> (VitaConfig, SpeechDecoderConfig, CodecConfig).
+
+      tiny  the miniature's shapes (configs/vita/tiny_*.py), shapes vocabulary
+      7b    VITA-1.5's: Qwen2.5-7B (vocab 152064) + InternViT-300M + the 24-layer speech encoder
+            (vita_jax.configs.vita_1_5), the decoder at the release's reported size (NAR 2 + AR 4 layers of 896,
+            14 heads, MLP 4864, reading 3584-d embeddings as 4 pieces) and the release codec (HiFi-GAN V1, 512 wide)
+    """
+    from configs.vita import tiny_base, tiny_stage3_1, tiny_stage3_2
+    from vita_jax import codec as codec_lib
+    from vita_jax import configs as presets
+    from vita_jax import speech_decoder as sd
+    from vita_jax.task import vita_config_from
+
+    if size == "tiny":
+        from vita_jax import data as data_lib
+
+        tok = data_lib.build_tokenizer({"kind": "shapes_bpe", "vocab_size": 1024})
+        vita = vita_config_from(tiny_base.model(), tok)
+        vita = vita.replace(text=vita.text.replace(dtype=dtype, param_dtype=dtype))
+        decoder = sd.SpeechDecoderConfig(**{**tiny_stage3_2.get_config().decoder, "dtype": dtype,
+                                            "param_dtype": dtype})
+        codec = codec_lib.CodecConfig(**tiny_stage3_1.codec())
+    elif size == "7b":
+        vita = presets.vita_1_5(dtype)
+        decoder = sd.SpeechDecoderConfig(dtype=dtype, param_dtype=dtype)
+        codec = codec_lib.CodecConfig()
+    else:
+        raise SystemExit(f"unknown --size {size!r}: tiny or 7b")
+    if quick_codec:
+        codec = codec.replace(resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
+    return vita, decoder, codec
 
 
 def build(args):
@@ -68,27 +86,22 @@ def build(args):
         model, params, tok = load_model(args.vita_workdir)
         speaker = load_speaker(args.speech_workdir)
     else:
-        from configs.vita import tiny_base, tiny_stage3_1, tiny_stage3_2
+        import flax.linen as nn
+
         from vita_jax import codec as codec_lib
         from vita_jax import speech_decoder as sd
         from vita_jax import tts
         from vita_jax.model import Vita, init_params
-        from vita_jax.task import vita_config_from
 
-        tok = data_lib.build_tokenizer({"kind": "shapes_bpe", "vocab_size": 1024})
-        model = Vita(vita_config_from(tiny_base.model(), tok))
-        import flax.linen as nn
-
-        params = nn.unbox(init_params(model, jax.random.key(0)))
-        ccfg = codec_lib.CodecConfig(**tiny_stage3_1.codec())
-        if args.quick_codec:
-            ccfg = ccfg.replace(resblock_kernel_sizes=(3,), resblock_dilation_sizes=((1,),))
-        dcfg = sd.SpeechDecoderConfig(**tiny_stage3_2.get_config().decoder)
-        table = np.asarray(params["lm"]["embed"]["embedding"], np.float32)
-        speaker = tts.Speaker(sd.CodeGenerator(sd.SpeechDecoder(dcfg), sd.init_params(dcfg, jax.random.key(1)),
-                                               max_tokens=args.max_codes, max_text_pieces=64),
-                              tts.ChunkedCodecDecoder(codec_lib.Codec(ccfg), codec_lib.init_params(ccfg, jax.random.key(2))),
-                              lambda ids: table[ids], tok)
+        vita_cfg, dcfg, ccfg = stand_in_configs(args.size, args.dtype, args.quick_codec)
+        tok = data_lib.build_tokenizer({"kind": "shapes_bpe", "vocab_size": 1024})  # ids < every stand-in's vocab
+        model = Vita(vita_cfg)
+        params = jax.jit(lambda key: nn.unbox(init_params(model, key)))(jax.random.key(0))  # made on the device
+        decoder_params = jax.jit(lambda key: sd.init_params(dcfg, key))(jax.random.key(1))
+        speaker = tts.Speaker.from_params(params["lm"]["embed"]["embedding"], sd.SpeechDecoder(dcfg), decoder_params,
+                                          codec_lib.Codec(ccfg), codec_lib.init_params(ccfg, jax.random.key(2)), tok,
+                                          max_tokens=args.max_codes,  # segments of up to 32 LLM tokens:
+                                          max_text_pieces=32 * (vita_cfg.text.hidden_size // dcfg.idim))
     engine = duplex.DuplexEngine(model, params, tok, speaker, duplex.DuplexConfig(max_new_tokens=args.max_new_tokens))
     if not args.vita_workdir:
         engine.streamer = ForcedAnswer(engine.streamer, tok.encode(args.answer))
@@ -157,6 +170,9 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed trials first (they compile every shape)")
     p.add_argument("--max_new_tokens", type=int, default=32)
     p.add_argument("--max_codes", type=int, default=120)
+    p.add_argument("--size", default="tiny", choices=("tiny", "7b"), help="random-weights stand-in (no workdirs)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="stand-in LLM and decoder compute / parameter dtype (bfloat16 on a GPU, as the release)")
     p.add_argument("--quick_codec", action="store_true",
                    help="one resblock per codec stage (quick to compile: the bench's own test)")
     args = p.parse_args(argv)
@@ -174,7 +190,7 @@ def main(argv=None) -> None:
         row = trial(engine, q1, q2, 0.08)
         print(json.dumps({"bench": "vita_duplex_latency", "trial": n, "backend": jax.default_backend(),
                           "device": jax.devices()[0].device_kind, "host": platform.node(),
-                          "model": args.vita_workdir or "tiny-random", **{k: (round(v, 4) if isinstance(v, float)
+                          "model": args.vita_workdir or f"{args.size}-random", "dtype": args.dtype, **{k: (round(v, 4) if isinstance(v, float)
                                                                                 else v) for k, v in row.items()}}),
               flush=True)
 

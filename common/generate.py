@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -198,9 +198,12 @@ class TokenStreamer:
             else jnp.argmax(logits, axis=-1)).astype(jnp.int32))
 
     def stream(self, input_ids, attention_mask=None, *, prefill_inputs: dict | None = None,
-               decode_inputs: dict | None = None, rng: jax.Array | None = None, should_stop=None):
+               decode_inputs: dict | None = None, rng: jax.Array | None = None, should_stop=None,
+               forced_tokens: Sequence[int] | None = None):
         """input_ids [1, T] -> yields token ids (the stop token is not yielded); ends at a stop token, after
-        max_new_tokens, or as soon as `should_stop()` is true."""
+        max_new_tokens, or as soon as `should_stop()` is true. `forced_tokens`: yield these (at most max_new_tokens)
+        instead of choosing, each still fed through the real decode step (waited for), so the compute and timing are
+        generation's whatever the weights say (benchmarks on random weights)."""
         input_ids = np.asarray(input_ids)
         if input_ids.ndim != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"TokenStreamer takes one prompt [1, T], got {input_ids.shape}")
@@ -215,13 +218,19 @@ class TokenStreamer:
         logits, cache, position = self._prefill(self.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32),
                                                 cache, prefill_inputs or {}, decode_inputs)
         rng = jax.random.key(0) if rng is None else rng
-        for i in range(cfg.max_new_tokens):
+        forced = None if forced_tokens is None else [int(t) for t in forced_tokens][:cfg.max_new_tokens]
+        for i in range(cfg.max_new_tokens if forced is None else len(forced)):
             if should_stop is not None and should_stop():
                 return
-            token = self._choose(logits, jax.random.fold_in(rng, i))
-            value = int(token[0])
-            if value in cfg.eos_token_ids:
-                return
+            if forced is None:
+                token = self._choose(logits, jax.random.fold_in(rng, i))
+                value = int(token[0])
+                if value in cfg.eos_token_ids:
+                    return
+            else:
+                jax.block_until_ready(logits)
+                value = forced[i]
+                token = jnp.asarray([value], jnp.int32)
             yield value
             if i + 1 < cfg.max_new_tokens:
                 logits, cache = self._step(self.params, token, position, cache, decode_inputs, {})

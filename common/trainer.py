@@ -84,6 +84,9 @@ class Task:
     evaluate(params, step) -> {name: float}: optional family-specific evaluation (CIDEr, accuracy, ...).
     named_rows: {name: row index} for the optimizer's `rows` param-group setting, e.g. the tokenizer's new
         special tokens, so a config can train the embedding rows of '<image>' alone.
+    update_params(params, batches, rng) -> params: optional, applied inside the jitted step after each (finite)
+        optimizer update to the new params with the step's batches ({name: global batch}); for state that is
+        not learnt by gradient, e.g. a VQ codebook's dead-code restarts. Frozen parameters may change here.
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -95,6 +98,7 @@ class Task:
     make_eval_data: Callable[[DataShard], Iterable[Batch]] | None = None
     evaluate: Callable[[Any, int], Mapping[str, float]] | None = None
     named_rows: Mapping[str, int] | None = None
+    update_params: Callable[[Any, Mapping[str, Mapping[str, jax.Array]], jax.Array], Any] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -227,6 +231,8 @@ def make_train_step(task: Task, opt: optimizer_lib.Optimizer, seed: int, grad_ac
         updates, new_opt_state = opt.tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         new_params = jax.tree.map(lambda new, old, f: old if f else new, new_params, state.params, frozen)
+        if task.update_params is not None:
+            new_params = task.update_params(new_params, batches, jax.random.fold_in(rng, len(batches)))
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         applied_updates = state.step - state.nonfinite_total
         new_state = state.replace(

@@ -70,6 +70,8 @@ def test_token_streamer_equals_generate_and_stops_between_tokens(save_hf):
     assert list(stopping.stream(PROMPTS[1:], MASK[1:])) == list(batch["tokens"][1, :list(batch["tokens"][1]).index(stop)])
     asked = iter(range(100))
     assert len(list(streamer.stream(PROMPTS[1:], MASK[1:], should_stop=lambda: next(asked) >= 3))) == 3
+    forced = [5, stop, 7] + [1] * 10  # forced tokens are yielded as given (stop tokens too), max_new_tokens at most
+    assert list(stopping.stream(PROMPTS[1:], MASK[1:], forced_tokens=forced)) == forced[:8]
 
 
 def test_stop_tokens_and_padding(save_hf):

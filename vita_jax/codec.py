@@ -307,6 +307,11 @@ class Codec(nn.Module):
         g = self.global_codebooks
         return jnp.concatenate([g[i][tokens[:, i]] for i in range(g.shape[0])], axis=-1)
 
+    def quantizer_inputs(self, wav, use_batch_stats: bool = True):
+        """wav [B, N] -> (latents [B, T, D], their codes [B, T]) (the dead-code restarts of training)."""
+        latent, _ = self.encoder(wav, use_batch_stats)
+        return latent, nearest_code(latent, self.codebook)
+
     def encode(self, wav):
         """wav [B, N] (N a multiple of hop) -> codes [B, N / hop] int32, global tokens [B, G] int32."""
         self._check_wav(wav)

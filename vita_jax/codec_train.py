@@ -260,6 +260,9 @@ def make_losses(codec: Codec, disc: Discriminators, loss_cfg: dict):
         total = float(w["mel"]) * mel + float(w["stft"]) * stft + float(w["vq"]) * vq
         aux = {"tokens": jnp.asarray(wav.shape[0], jnp.float32), "mel_l1": mel, "stft": stft, "vq": vq,
                "codebook_usage": jnp.mean(jnp.zeros(cfg.n_codes).at[codes.reshape(-1)].set(1.0))}
+        if "code_usage" in params:  # dead-code restarts on: perplexity of the codes' usage EMA / K (1 = uniform)
+            u = params["code_usage"] / jnp.sum(params["code_usage"])
+            aux["code_perplexity"] = jnp.exp(-jnp.sum(u * jnp.log(jnp.maximum(u, 1e-12)))) / cfg.n_codes
         if adversarial:
             d = params["discriminator"]
             real = disc.apply({"params": d}, wav)
@@ -275,6 +278,23 @@ def make_losses(codec: Codec, disc: Discriminators, loss_cfg: dict):
     return loss_fn
 
 
+def restart_dead_codes(codec: Codec, params, wav, rng, decay: float = 0.9, threshold: float = 0.1):
+    """Dead-code restarts (SoundStream / EnCodec): `params["code_usage"]` [K] is an EMA (`decay` per step) of each
+    code's share of the batch's frames; a code whose share falls below `threshold` / K is moved onto a random latent
+    of this batch (wav [B, N]) and its share reset to 1 / K -> new params. Latents drift under training faster
+    than the codes the frames no longer pick (which get no gradient), and would otherwise be left with a few codes."""
+    latent, codes = codec.apply({"params": params["codec"]}, wav, True, method="quantizer_inputs")
+    flat, codes = latent.reshape(-1, latent.shape[-1]), codes.reshape(-1)  # [N, D], [N]
+    k = params["code_usage"].shape[0]
+    share = jnp.zeros(k, jnp.float32).at[codes].add(1.0) / codes.shape[0]
+    usage = decay * params["code_usage"] + (1 - decay) * share
+    dead = usage < threshold / k
+    book = params["codec"]["codebook"]
+    fresh = jax.lax.stop_gradient(flat)[jax.random.randint(rng, (k,), 0, flat.shape[0])].astype(book.dtype)
+    return {**params, "codec": {**params["codec"], "codebook": jnp.where(dead[:, None], fresh, book)},
+            "code_usage": jnp.where(dead, 1.0 / k, usage)}
+
+
 def make_task(config, workdir: str | None = None) -> Task:
     cfg = codec_config_from(config)
     codec, disc = Codec(cfg), discriminators_from(config)
@@ -286,12 +306,21 @@ def make_task(config, workdir: str | None = None) -> Task:
         raise ValueError("no training data: set config.data.datasets")
     dcfg = plain(config.data)
 
+    restart = plain(get(config, "code_restart", {}) or {})
+
     def init_params(rng):
         wav = jnp.zeros((2, segment), jnp.float32)
         params = {"codec": codec.init(jax.random.fold_in(rng, 0), wav)["params"]}
         if adversarial:
             params["discriminator"] = disc.init(jax.random.fold_in(rng, 1), wav)["params"]
+        if restart:
+            params["code_usage"] = jnp.full((cfg.n_codes,), 1.0 / cfg.n_codes, jnp.float32)  # frozen: not learnt
         return params
+
+    def update_params(params, batches, rng):
+        wav = jnp.concatenate([b["wav"] for _, b in sorted(batches.items())])
+        return restart_dead_codes(codec, params, wav, rng, float(restart.get("decay", 0.9)),
+                                  float(restart.get("threshold", 0.1)))
 
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
@@ -322,7 +351,8 @@ def make_task(config, workdir: str | None = None) -> Task:
         return {**params, "codec": init_codebooks_from_data(codec, params["codec"], np.stack(waves),
                                                             int(config.seed))}
     task = Task(init_params=init_params, loss_fn=make_losses(codec, disc, loss_cfg), make_train_data=make_train_data,
-                dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()}, load_pretrained=load)
+                dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()}, load_pretrained=load,
+                update_params=update_params if restart else None)
     task.codec, task.codec_config, task.segment = codec, cfg, segment
     return task
 

@@ -203,8 +203,7 @@ def load_speaker(workdir: str, step: int | None = None, stream_config=None, max_
     import ml_collections
 
     from common.trainer import CONFIG_FILE
-    from vita_jax.tts import ChunkedCodecDecoder, Speaker, StreamConfig
-    from vita_jax.speech_decoder import CodeGenerator
+    from vita_jax.tts import Speaker, StreamConfig
 
     with open(os.path.join(workdir, CONFIG_FILE)) as f:
         config = ml_collections.ConfigDict(json.load(f))
@@ -212,8 +211,6 @@ def load_speaker(workdir: str, step: int | None = None, stream_config=None, max_
     codec_from = get(config, "codec_from", "")
     codec = load_codec(codec_from)[0] if codec_from else make_task(config, None).codec
     params = restore_params(workdir, step)
-    table = np.asarray(params["text_embed"], np.float32)
-    stream_config = stream_config or StreamConfig()
-    return Speaker(CodeGenerator(SpeechDecoder(cfg), params["decoder"], max_tokens),
-                   ChunkedCodecDecoder(codec, params["codec"], config=stream_config), lambda ids: table[ids],
-                   data_lib.build_tokenizer(None, workdir), stream_config)
+    return Speaker.from_params(params["text_embed"], SpeechDecoder(cfg), params["decoder"], codec, params["codec"],
+                               data_lib.build_tokenizer(None, workdir), stream_config or StreamConfig(),
+                               max_tokens=max_tokens)

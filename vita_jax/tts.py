@@ -168,11 +168,12 @@ class Speaker:
         self.config = config
 
     @classmethod
-    def from_params(cls, vita_params, decoder, decoder_params, codec: Codec, codec_params, tokenizer,
+    def from_params(cls, embedding_table, decoder, decoder_params, codec: Codec, codec_params, tokenizer,
                     config: StreamConfig = StreamConfig(), global_tokens=None, max_tokens: int = 1000,
                     max_text_pieces: int = 512) -> "Speaker":
-        """vita_params: the VITA tree (its `lm/embed/embedding` table is what the decoder reads)."""
-        table = np.asarray(vita_params["lm"]["embed"]["embedding"], np.float32)
+        """embedding_table: the LLM's input embeddings [V, D] (a VITA tree's `lm/embed/embedding`), what the decoder
+        reads."""
+        table = np.asarray(embedding_table, np.float32)
         return cls(CodeGenerator(decoder, decoder_params, max_tokens, max_text_pieces),
                    ChunkedCodecDecoder(codec, codec_params, global_tokens, config), lambda ids: table[ids],
                    tokenizer, config)

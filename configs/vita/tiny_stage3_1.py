@@ -20,9 +20,12 @@ def get_config():
                        datasets=dict(speech=dict(source="shapes", kind="asr", size=2000)))
     config.init_from = ""
     config.codebook_init_clips = 64  # codebooks seeded from the encoder's outputs on these clips (0: random init)
+    # dead-code restarts: a code whose EMA share of frames falls below threshold / n_codes moves onto a batch latent
+    config.code_restart = dict(decay=0.9, threshold=0.1)
     # HiFi-GAN's AdamW (lr 2e-4, betas 0.8 / 0.99); the style norm's running statistics are measured, not trained
     config.optimizer = dict(lr=2e-3, schedule="cosine", warmup_steps=20, end_lr_ratio=0.1, b1=0.8, b2=0.99,
                             weight_decay=0.0, clip_norm=10.0,
                             param_groups=((r"codec/encoder/global_encoder/fn_2/running_.*", dict(frozen=True)),
+                                          (r"code_usage", dict(frozen=True)),
                                           (r".*", dict())))
     return config

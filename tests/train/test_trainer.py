@@ -94,6 +94,29 @@ def test_frozen_parameters_are_bit_identical_and_carry_no_optimizer_state(tmp_pa
     assert optimizer_lib.state_size(trainer.state.opt_state) == 2 * trainable
 
 
+def test_update_params_runs_after_each_update_with_the_batches(tmp_path):
+    """Task.update_params (state not learnt by gradient, e.g. VQ dead-code restarts) sees the step's batches and
+    changes even frozen parameters: +1 per step on the frozen embedding."""
+    import dataclasses
+
+    require_devices(2)
+    config = tiny_test_config(total_steps=3, mesh=dict(data=2, fsdp=1, tensor=1))
+    config.optimizer.param_groups = (("embed/.*", None), (".*", dict()))
+    task = make_task(config)
+    initial = to_numpy(Trainer(config, task, str(tmp_path / "init")).init_state().params)
+
+    seen = []
+
+    def bump(params, batches, rng):
+        seen.append({name: sorted(batch) for name, batch in batches.items()})  # at trace time
+        return {**params, "embed": {"embedding": params["embed"]["embedding"] + 1.0}}
+
+    _, trainer = run_trainer(config, tmp_path / "run", task=dataclasses.replace(task, update_params=bump))
+    final = to_numpy(trainer.state.params)
+    np.testing.assert_allclose(final["embed"]["embedding"], initial["embed"]["embedding"] + 3.0, atol=1e-6)
+    assert seen and all("inputs" in keys for batch in seen for keys in batch.values())
+
+
 # ------------------------------------------------------------------------------------------------ non-finite
 
 

@@ -33,10 +33,9 @@ def parts():
     cfg = sd.SpeechDecoderConfig(idim=32, num_codes=FAST.n_codes, hidden_size=32, intermediate_size=64,
                                  num_layers=2, num_heads=2)
     table = np.random.default_rng(0).standard_normal((model.config.text.vocab_size, 64)).astype(np.float32)
-    speaker = tts.Speaker(sd.CodeGenerator(sd.SpeechDecoder(cfg), sd.init_params(cfg, jax.random.key(1)),
-                                           max_tokens=40, max_text_pieces=64),
-                          tts.ChunkedCodecDecoder(codec, codec_lib.init_params(FAST, jax.random.key(0))),
-                          lambda ids: table[ids], tok)
+    speaker = tts.Speaker.from_params(table, sd.SpeechDecoder(cfg), sd.init_params(cfg, jax.random.key(1)), codec,
+                                      codec_lib.init_params(FAST, jax.random.key(0)), tok, max_tokens=40,
+                                      max_text_pieces=64)
     words = load_word_bank()
     rng = np.random.default_rng(0)
     return tok, model, speaker, words.say("what color is the circle", rng), words.say("how many shapes are there", rng)

@@ -91,8 +91,8 @@ def test_speaker_streams_and_stops(tiny_codec):
         def encode(self, text):
             return list(text.encode())
 
-    speaker = tts.Speaker(sd.CodeGenerator(decoder, params, max_tokens=35, max_text_pieces=64),
-                          tts.ChunkedCodecDecoder(codec, codec_params), lambda ids: table[ids], Bytes())
+    speaker = tts.Speaker.from_params(table, decoder, params, codec, codec_params, Bytes(), max_tokens=35,
+                                      max_text_pieces=64)
     assert speaker.pieces("☞ab").shape == (4, 16)
     out = list(speaker.speak_stream(["☞Yes, a red", " circle."]))
     assert [s for s, _ in out][0] == "☞Yes,"

@@ -52,6 +52,29 @@ def test_one_gradient_is_each_players_update():
     jax.tree.map(close, grads["discriminator"], want_disc)
 
 
+def test_dead_codes_restart_onto_batch_latents():
+    """A code whose usage EMA falls below threshold / K moves onto one of the batch's latents (and its usage resets
+    to 1 / K); a code in use keeps its vector; the task applies it after each update."""
+    config = codec_config()
+    task = codec_train.make_task(config)
+    assert task.update_params is not None
+    params = jax.tree.map(jnp.asarray, __import__("flax").linen.unbox(jax.jit(task.init_params)(jax.random.key(0))))
+    k = task.codec_config.n_codes
+    wav = jnp.asarray(0.1 * np.random.default_rng(0).standard_normal((4, task.segment)), jnp.float32)
+    latent, codes = task.codec.apply({"params": params["codec"]}, wav, True, method="quantizer_inputs")
+    used = np.unique(np.asarray(codes))
+    far = params["codec"]["codebook"].at[:].add(100.0).at[used].set(params["codec"]["codebook"][used])
+    usage = jnp.full((k,), 0.01 / k).at[used].set(1.0)  # every code not picked by this batch is dead
+    params = {**params, "codec": {**params["codec"], "codebook": far}, "code_usage": usage}
+    new = jax.jit(lambda p, w, r: codec_train.restart_dead_codes(task.codec, p, w, r))(params, wav, jax.random.key(1))
+    book, rows = np.asarray(new["codec"]["codebook"]), np.asarray(latent).reshape(-1, latent.shape[-1])
+    dead = np.setdiff1d(np.arange(k), used)
+    np.testing.assert_array_equal(book[used], np.asarray(far)[used])
+    assert all(np.min(np.abs(rows - book[c]).max(-1)) < 1e-6 for c in dead)  # each is one of the batch's latents
+    np.testing.assert_allclose(np.asarray(new["code_usage"])[dead], 1.0 / k)
+    assert np.all(np.asarray(new["code_usage"])[used] > 0.1 / k)
+
+
 def test_codec_then_decoder_stages_end_to_end(tmp_path):
     c31 = codec_config()
     run31 = Trainer(c31, make_task_for(c31), str(tmp_path / "s3_1")).run()
