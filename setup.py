@@ -34,6 +34,7 @@ setup(
         "jiwer>=3.0",
         "soundfile>=0.12",
         "soxr>=0.5",  # resampling speech to 16 kHz (VITA), 16k <-> 24k for the codec
+        "dtw-python>=1.5",  # dynamic time warping: the model-free intelligibility check of synthesised speech
         "psutil>=5.9",
         "webrtcvad-wheels>=2.0.14",  # voice activity for the duplex engine (WebRTC's VAD, no torch)
         "websockets>=13",  # vita_jax.serve: the voice-chat page and its WebSocket

@@ -307,6 +307,13 @@ def make_task(config, workdir: str | None = None) -> Task:
     dcfg = plain(config.data)
 
     restart = plain(get(config, "code_restart", {}) or {})
+    if restart:
+        from common.optimizer import FROZEN, group_labels, parse_param_groups
+
+        groups = parse_param_groups(get(config.optimizer, "param_groups", None))
+        if group_labels({"code_usage": 0}, groups)["code_usage"] != FROZEN:
+            raise ValueError("config.code_restart needs the optimizer to freeze 'code_usage' (the restarts' usage "
+                             "statistics, not learnt): add (r'code_usage', dict(frozen=True)) to param_groups")
 
     def init_params(rng):
         wav = jnp.zeros((2, segment), jnp.float32)

@@ -151,6 +151,12 @@ def spoken_words(text: str) -> str:
     return " ".join(load_word_bank().tokenize(text))
 
 
+def spoken_form(text: str) -> str:
+    """Text as it is said: digits as number words ('2' -> 'two'), then `spoken_words`."""
+    return spoken_words(" ".join(shapes.NUMBER_WORDS[int(w)] if w.isdigit() and int(w) < 10 else w
+                                 for w in text.replace(".", " . ").split()))
+
+
 def _record(turns, image=None, audio=(), noise_turn=None, **extra) -> dict:
     conv = []
     for user, answer in turns:

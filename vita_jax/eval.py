@@ -109,6 +109,54 @@ def evaluate_image_qa(model, params, tokenizer, records: Sequence[dict], *, batc
     return {"accuracy": 100.0 * float(np.mean(score)), "count": len(records), "predictions": outs}
 
 
+class TemplateRecogniser:
+    """A closed-set spoken-phrase recogniser (phrases in `vita_jax.data.spoken_form`) that depends on no trained model (the intelligibility check of
+    synthesised speech when the ASR under test cannot judge): each candidate phrase is said `renders` times by the
+    bundled espeak word bank (random speed, pauses, gain), and an utterance is the candidate whose rendering is
+    nearest under dynamic time warping (dtw-python, symmetric2 steps, normalised distance) of per-utterance
+    mean / variance normalised 80-bin log-mel frames, silence trimmed at both ends. `channel` (16 kHz wave -> 16 kHz
+    wave, e.g. a codec's round trip) is applied to the templates, to judge speech made through that channel against
+    renderings distorted the same way."""
+
+    def __init__(self, candidates: Sequence[str], renders: int = 3, seed: int = 0, channel=None):
+        bank, rng = data_lib.load_word_bank(), np.random.default_rng(seed)
+        channel = channel or (lambda wave: wave)
+        self.candidates = sorted({data_lib.spoken_form(c) for c in candidates} - {""})
+        if len(self.candidates) < 2:
+            raise ValueError(f"a closed-set recogniser needs at least two distinct phrases, got {self.candidates}")
+        self.templates = [(c, self.features(channel(bank.say(c, rng)))) for c in self.candidates
+                          for _ in range(renders)]
+
+    @staticmethod
+    def features(wave: np.ndarray, rate: int = data_lib.SAMPLE_RATE) -> np.ndarray:
+        """16 kHz waveform [N] -> normalised log-mel frames [T, 80] of its voiced span."""
+        from common.data.audio import speech_fbank
+
+        wave = np.asarray(wave, np.float32).reshape(-1)
+        if wave.size < rate // 20:
+            wave = np.pad(wave, (0, rate // 20 - wave.size))
+        feats = speech_fbank(wave, rate)  # [T, 80], 10 ms frames
+        energy = feats.mean(-1)
+        voiced = np.flatnonzero(energy > energy.max() - 4.0)  # within ~17 dB of the loudest frame
+        feats = feats[voiced[0]:voiced[-1] + 1]
+        return (feats - feats.mean(0)) / (feats.std(0) + 1e-5)
+
+    def recognise(self, wave: np.ndarray) -> str:
+        from dtw import dtw
+
+        query = self.features(wave)
+        dist = [dtw(query, t, step_pattern="symmetric2", distance_only=True).normalizedDistance
+                for _, t in self.templates]
+        return self.templates[int(np.argmin(dist))][0]
+
+    def accuracy(self, waves: Sequence[np.ndarray], texts: Sequence[str]) -> dict:
+        """Fraction of utterances recognised as the phrase they say, with the predictions and chance level."""
+        preds = [self.recognise(w) for w in waves]
+        hits = [p == data_lib.spoken_form(t) for p, t in zip(preds, texts)]
+        return {"accuracy": float(np.mean(hits)) if hits else 0.0, "chance": 1.0 / len(self.candidates),
+                "predictions": preds}
+
+
 def load_model(workdir: str | None = None, model_dir: str | None = None):
     """-> (Vita, params, tokenizer) from a training workdir of ours or a released VITA-1.5 folder."""
     from common.tokenizers import load_tokenizer

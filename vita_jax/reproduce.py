@@ -92,7 +92,7 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     from vita_jax import conversation
     from vita_jax import data as data_lib
     from vita_jax.codec_train import mel_distance
-    from vita_jax.eval import evaluate_asr, load_model
+    from vita_jax.eval import TemplateRecogniser, evaluate_asr, load_model
     from vita_jax.inference import Request, generate_batch
     from vita_jax.speech_train import load_speaker
     from vita_jax.tts import resample
@@ -108,12 +108,16 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
 
     roundtrip = jax.jit(lambda p, w: codec.apply({"params": p}, codec.apply({"params": p}, w, method="encode")[0],
                                                   method="decode"))
+    def through_codec(wave16k):  # -> (16 kHz resynthesis, mel distance)
+        wav = codec_lib.pad_to_tokens(resample(wave16k, data_lib.SAMPLE_RATE, rate)[None], hop)
+        rec = roundtrip(cparams, jnp.asarray(wav))
+        back = resample(np.asarray(rec[0]), rate, data_lib.SAMPLE_RATE)[:len(wave16k)]
+        return back, float(mel_distance(jnp.asarray(wav), rec, codec.config)[0])
+
     resynth, mels = [], []
     for r in records:
-        wav = codec_lib.pad_to_tokens(resample(r["audio"][0], data_lib.SAMPLE_RATE, rate)[None], hop)
-        rec = roundtrip(cparams, jnp.asarray(wav))
-        mels.append(float(mel_distance(jnp.asarray(wav), rec, codec.config)[0]))
-        back = resample(np.asarray(rec[0]), rate, data_lib.SAMPLE_RATE)[:len(r["audio"][0])]
+        back, mel = through_codec(r["audio"][0])
+        mels.append(mel)
         resynth.append({**r, "audio": [back]})
     out["codec_mel_distance"] = float(np.mean(mels))
     out["asr_wer_original"] = evaluate_asr(model, params, tok, records)["wer"]
@@ -124,16 +128,45 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     queries = [r for r in (qa[i] for i in range(4 * num_eval)) if r.get("kind") == "spoken"][:num_eval // 2]
     answers = [conversation.strip_states(a) for a in generate_batch(
         model, params, tok, [Request(images=[r["image"]], audio=r["audio"][:1]) for r in queries], max_new_tokens=16)]
-    spoken, durations = [], []
-    for i, answer in enumerate(answers):
-        audio = speaker.say(answer, rng=jax.random.key(i)) if answer.strip() else np.zeros(0, np.float32)
-        durations.append(len(audio) / rate)
-        wave = resample(audio, rate, data_lib.SAMPLE_RATE) if len(audio) else np.zeros(1600, np.float32)
-        spoken.append({"audio": [np.pad(wave, (0, max(0, 1600 - len(wave))))], "text": answer or "-"})
-    res = evaluate_asr(model, params, tok, spoken)
+
+    def say(texts):  # -> 16 kHz waves (at least 0.1 s), seconds of 24 kHz speech
+        waves, seconds = [], []
+        for i, text in enumerate(texts):
+            audio = speaker.say(text, rng=jax.random.key(i)) if text.strip() else np.zeros(0, np.float32)
+            seconds.append(len(audio) / rate)
+            wave = resample(audio, rate, data_lib.SAMPLE_RATE) if len(audio) else np.zeros(0, np.float32)
+            waves.append(np.pad(wave, (0, max(0, 1600 - len(wave)))))
+        return waves, seconds
+
+    spoken, durations = say(answers)
+    res = evaluate_asr(model, params, tok, [{"audio": [w], "text": a or "-"} for w, a in zip(spoken, answers)])
     out["spoken_answer_transcript_wer"] = res["wer"]
     out["spoken_answer_seconds"] = float(np.mean(durations)) if durations else 0.0
     out["spoken_answer_examples"] = list(zip(answers[:4], res["predictions"][:4]))
+
+    # Intelligibility without the part-1 ASR: a closed-set template recogniser over the answer vocabulary, on the
+    # true answers said by espeak (original, through the codec) and by the speech decoder, and on the model's answers
+    vocabulary = data_lib.ShapesVitaSource("spoken_qa", "train", 400, image_size=size, typed_fraction=0.0)
+    phrases = [conversation.strip_states(vocabulary[i]["conversations"][-1]["value"]) for i in range(len(vocabulary))]
+    by_espeak = TemplateRecogniser(phrases)
+    by_codec = TemplateRecogniser(phrases, channel=lambda w: through_codec(w)[0])
+    truths = [conversation.strip_states(r["conversations"][-1]["value"]) for r in queries]
+    bank, rng = data_lib.load_word_bank(), np.random.default_rng(1)
+    said = [bank.say(data_lib.spoken_form(t), rng) for t in truths]
+    resaid = [through_codec(w)[0] for w in said]
+    decoded, decoded_seconds = say(truths)
+    score = lambda rec, waves, texts: rec.accuracy(waves, texts)["accuracy"]  # noqa: E731
+    out["template_recogniser"] = {
+        "chance": 1.0 / len(by_espeak.candidates),
+        "espeak_original": score(by_espeak, said, truths),
+        "espeak_through_codec": score(by_espeak, resaid, truths),
+        "espeak_through_codec_vs_codec_templates": score(by_codec, resaid, truths),
+        "decoder_true_answers_vs_codec_templates": score(by_codec, decoded, truths),
+        "decoder_model_answers_vs_codec_templates": score(by_codec, spoken, answers),
+        "decoder_true_answer_seconds": float(np.mean(decoded_seconds)),
+        "espeak_true_answer_seconds": float(np.mean([len(w) / data_lib.SAMPLE_RATE for w in said])),
+        "examples": list(zip(truths[:6], by_codec.accuracy(decoded[:6], truths[:6])["predictions"])),
+    }
     return out
 
 

@@ -52,8 +52,7 @@ class ShapesSpeechSource:
             text = shapes.caption(objs, rng)
         else:
             text = shapes.vqa_question(shapes.random_scene(rng), rng)[1]
-        spoken = " ".join(shapes.NUMBER_WORDS[int(w)] if w.isdigit() else w for w in text.split())
-        return {"text": text, "audio": [load_word_bank().say(data_lib.spoken_words(spoken), rng)]}
+        return {"text": text, "audio": [load_word_bank().say(data_lib.spoken_form(text), rng)]}
 
 
 class TtsJsonSource:
@@ -179,8 +178,11 @@ def make_task(config, workdir: str | None = None) -> Task:
         nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
         tokens = jnp.maximum(mask.sum(), 1)
         loss = jnp.sum(nll * mask) / tokens
-        accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) * mask) / tokens
-        return loss, {"tokens": mask.sum().astype(jnp.float32), "accuracy": accuracy}
+        predicted = jnp.argmax(logits, -1)
+        accuracy = jnp.sum((predicted == targets) * mask) / tokens
+        ends = targets == cfg.eos  # [B, T + 1]: one slot per example, where it must stop
+        eos_accuracy = jnp.sum((predicted == cfg.eos) & ends) / jnp.maximum(ends.sum(), 1)
+        return loss, {"tokens": mask.sum().astype(jnp.float32), "accuracy": accuracy, "eos_accuracy": eos_accuracy}
 
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
         transform = SpeechPairTransform(tokenizer, codec.config.sampling_rate, codec.config.hop_length, max_text,

@@ -73,6 +73,9 @@ def test_dead_codes_restart_onto_batch_latents():
     assert all(np.min(np.abs(rows - book[c]).max(-1)) < 1e-6 for c in dead)  # each is one of the batch's latents
     np.testing.assert_allclose(np.asarray(new["code_usage"])[dead], 1.0 / k)
     assert np.all(np.asarray(new["code_usage"])[used] > 0.1 / k)
+    config.optimizer.param_groups = ((r".*", dict()),)  # the usage statistics must not be trained
+    with pytest.raises(ValueError, match="freeze 'code_usage'"):
+        codec_train.make_task(config)
 
 
 def test_codec_then_decoder_stages_end_to_end(tmp_path):
