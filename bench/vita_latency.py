@@ -41,8 +41,9 @@ class ForcedAnswer:
         return self.inner.stream(input_ids, attention_mask, forced_tokens=self.ids, **kwargs)
 
 
-def stand_in_configs(size: str, dtype: str = "float32", quick_codec: bool = False):
-    """Random-weights stand-ins -> (VitaConfig, SpeechDecoderConfig, CodecConfig).
+def stand_in_configs(size: str, dtype: str = "float32", quick_codec: bool = False, tokenizer=None):
+    """Random-weights stand-ins -> (VitaConfig, SpeechDecoderConfig, CodecConfig); `tokenizer` sizes the tiny
+    vocabulary (default: the shapes BPE).
 
       tiny  the miniature's shapes (configs/vita/tiny_*.py), shapes vocabulary
       7b    VITA-1.5's: Qwen2.5-7B (vocab 152064) + InternViT-300M + the 24-layer speech encoder
@@ -58,7 +59,7 @@ def stand_in_configs(size: str, dtype: str = "float32", quick_codec: bool = Fals
     if size == "tiny":
         from vita_jax import data as data_lib
 
-        tok = data_lib.build_tokenizer({"kind": "shapes_bpe", "vocab_size": 1024})
+        tok = tokenizer or data_lib.build_tokenizer({"kind": "shapes_bpe", "vocab_size": 1024})
         vita = vita_config_from(tiny_base.model(), tok)
         vita = vita.replace(text=vita.text.replace(dtype=dtype, param_dtype=dtype))
         decoder = sd.SpeechDecoderConfig(**{**tiny_stage3_2.get_config().decoder, "dtype": dtype,
@@ -93,8 +94,8 @@ def build(args):
         from vita_jax import tts
         from vita_jax.model import Vita, init_params
 
-        vita_cfg, dcfg, ccfg = stand_in_configs(args.size, args.dtype, args.quick_codec)
         tok = data_lib.build_tokenizer({"kind": "shapes_bpe", "vocab_size": 1024})  # ids < every stand-in's vocab
+        vita_cfg, dcfg, ccfg = stand_in_configs(args.size, args.dtype, args.quick_codec, tok)
         model = Vita(vita_cfg)
         params = jax.jit(lambda key: nn.unbox(init_params(model, key)))(jax.random.key(0))  # made on the device
         decoder_params = jax.jit(lambda key: sd.init_params(dcfg, key))(jax.random.key(1))

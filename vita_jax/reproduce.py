@@ -106,18 +106,21 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     records = [asr[i] for i in range(num_eval)]
     import jax
 
-    roundtrip = jax.jit(lambda p, w: codec.apply({"params": p}, codec.apply({"params": p}, w, method="encode")[0],
-                                                  method="decode"))
-    def through_codec(wave16k):  # -> (16 kHz resynthesis, mel distance)
-        wav = codec_lib.pad_to_tokens(resample(wave16k, data_lib.SAMPLE_RATE, rate)[None], hop)
-        rec = roundtrip(cparams, jnp.asarray(wav))
-        back = resample(np.asarray(rec[0]), rate, data_lib.SAMPLE_RATE)[:len(wave16k)]
-        return back, float(mel_distance(jnp.asarray(wav), rec, codec.config)[0])
+    encode_decode = jax.jit(lambda p, w: codec.apply({"params": p}, codec.apply({"params": p}, w, method="encode")[0],
+                                                      method="decode"))
+
+    def round_trip(wave16k):  # -> (codec input [1, N] at 24 kHz, its reconstruction [1, N], that at 16 kHz [n])
+        wav = jnp.asarray(codec_lib.pad_to_tokens(resample(wave16k, data_lib.SAMPLE_RATE, rate)[None], hop))
+        rec = encode_decode(cparams, wav)
+        return wav, rec, resample(np.asarray(rec[0]), rate, data_lib.SAMPLE_RATE)[:len(wave16k)]
+
+    def through_codec(wave16k):
+        return round_trip(wave16k)[2]
 
     resynth, mels = [], []
     for r in records:
-        back, mel = through_codec(r["audio"][0])
-        mels.append(mel)
+        wav, rec, back = round_trip(r["audio"][0])
+        mels.append(float(mel_distance(wav, rec, codec.config)[0]))
         resynth.append({**r, "audio": [back]})
     out["codec_mel_distance"] = float(np.mean(mels))
     out["asr_wer_original"] = evaluate_asr(model, params, tok, records)["wer"]
@@ -149,23 +152,24 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     vocabulary = data_lib.ShapesVitaSource("spoken_qa", "train", 400, image_size=size, typed_fraction=0.0)
     phrases = [conversation.strip_states(vocabulary[i]["conversations"][-1]["value"]) for i in range(len(vocabulary))]
     by_espeak = TemplateRecogniser(phrases)
-    by_codec = TemplateRecogniser(phrases, channel=lambda w: through_codec(w)[0])
+    by_codec = TemplateRecogniser(phrases, channel=through_codec)
     truths = [conversation.strip_states(r["conversations"][-1]["value"]) for r in queries]
     bank, rng = data_lib.load_word_bank(), np.random.default_rng(1)
     said = [bank.say(data_lib.spoken_form(t), rng) for t in truths]
-    resaid = [through_codec(w)[0] for w in said]
+    resaid = [through_codec(w) for w in said]
     decoded, decoded_seconds = say(truths)
     score = lambda rec, waves, texts: rec.accuracy(waves, texts)["accuracy"]  # noqa: E731
+    decoded_result = by_codec.accuracy(decoded, truths)
     out["template_recogniser"] = {
         "chance": 1.0 / len(by_espeak.candidates),
         "espeak_original": score(by_espeak, said, truths),
         "espeak_through_codec": score(by_espeak, resaid, truths),
         "espeak_through_codec_vs_codec_templates": score(by_codec, resaid, truths),
-        "decoder_true_answers_vs_codec_templates": score(by_codec, decoded, truths),
+        "decoder_true_answers_vs_codec_templates": decoded_result["accuracy"],
         "decoder_model_answers_vs_codec_templates": score(by_codec, spoken, answers),
         "decoder_true_answer_seconds": float(np.mean(decoded_seconds)),
         "espeak_true_answer_seconds": float(np.mean([len(w) / data_lib.SAMPLE_RATE for w in said])),
-        "examples": list(zip(truths[:6], by_codec.accuracy(decoded[:6], truths[:6])["predictions"])),
+        "examples": list(zip(truths[:6], decoded_result["predictions"][:6])),
     }
     return out
 
