@@ -49,9 +49,11 @@ def _flat(tree) -> dict[str, object]:
     return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(tree).items()}
 
 
-def graft(params, source, prefix: str = "", exclude=(), what: str = "checkpoint") -> dict:
+def graft(params, source, prefix: str = "", exclude=(), what: str = "checkpoint", strict: bool = False) -> dict:
     """Copies every leaf of `source` (a param tree) whose path (prefixed) and shape match `params`, onto the
-    sharding of the leaf it replaces. Returns the new tree; logs what was copied and what was not."""
+    sharding of the leaf it replaces. Returns the new tree; logs what was copied and what was not. `strict`: every
+    leaf of `source` (not excluded) must find its place, else a ValueError naming the misfits (a frozen part left at
+    its random init would go unnoticed)."""
     dst = _flat(params)
     src = _flat(source)
     excluded = [re.compile(p) for p in exclude]
@@ -73,6 +75,9 @@ def graft(params, source, prefix: str = "", exclude=(), what: str = "checkpoint"
         copied += 1
     if copied == 0:
         raise ValueError(f"nothing copied from {what}: no matching parameter paths / shapes ({skipped[:5]})")
+    if strict and skipped:
+        raise ValueError(f"{len(skipped)} tensors of {what} have no place of their shape in the model, e.g. "
+                         f"{skipped[:4]}")
     log.info("copied %d tensors from %s; not copied: %d %s", copied, what, len(skipped), skipped[:8])
     return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in dst.items()})
 

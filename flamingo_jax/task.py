@@ -37,7 +37,6 @@ Config (ml_collections; configs/flamingo/*.py):
 from __future__ import annotations
 
 import logging
-import os
 
 import flax
 import jax
@@ -48,6 +47,7 @@ from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
 from common.data.pipeline import Collate, task_iterator
 from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
 from common.lm_task import next_token_loss
+from common.task_utils import get, graft, plain, restore_params
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
 from common.trainer import DataShard, Task
 from flamingo_jax import data as data_lib
@@ -56,25 +56,6 @@ from flamingo_jax.model import Flamingo, FlamingoConfig, train_flops_per_example
 from flamingo_jax.perceiver_resampler import ResamplerConfig
 
 log = logging.getLogger("flamingo_jax.task")
-
-
-def plain(x):
-    """ConfigDict / FrozenConfigDict / tuples of them -> plain dicts / tuples."""
-    if hasattr(x, "to_dict"):
-        x = x.to_dict()
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return tuple(plain(v) for v in x)
-    return x
-
-
-def get(config, name, default=None):
-    try:
-        value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
-    except (AttributeError, KeyError):
-        return default
-    return default if value is None else value
 
 
 def flamingo_config_from(model_config, tokenizer=None) -> FlamingoConfig:
@@ -109,24 +90,6 @@ def flamingo_config_from(model_config, tokenizer=None) -> FlamingoConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # The frozen LM's weights
 # ----------------------------------------------------------------------------------------------------------------
-def restore_params(workdir: str, step: int | None = None):
-    """Host (numpy) params of a training workdir's checkpoint (latest by default), without the optimizer state."""
-    import orbax.checkpoint as ocp
-
-    root = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
-    if not steps:
-        raise FileNotFoundError(f"no finished checkpoint in {root}")
-    path = os.path.join(root, str(steps[-1] if step is None else step), "state")
-    with ocp.PyTreeCheckpointer() as ckpt:
-        tree = ckpt.metadata(path).item_metadata.tree
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])
-        out = ckpt.restore(path, args=ocp.args.PyTreeRestore(item={"params": tree["params"]},
-                                                             restore_args={"params": restore_args},
-                                                             partial_restore=True))
-    return out["params"]
-
-
 def lm_to_grouped(lm_params, lm_config: LMConfig, every: int) -> dict:
     """A bare DecoderLM's params (decoder/layers [L, ...] or layers_i) -> the grouped layout of a Flamingo LM with a
     block every `every` layers (decoder/groups/layer_j [G, ...] or groups_g/layer_j), without the blocks."""
@@ -148,28 +111,6 @@ def lm_to_grouped(lm_params, lm_config: LMConfig, every: int) -> dict:
             out[(*prefix, *rest)] = value
     out = {k: (np.stack(v) if isinstance(v, list) else v) for k, v in out.items()}
     return flax.traverse_util.unflatten_dict(out)
-
-
-def graft(params, source, prefix: tuple = (), strict: bool = False) -> dict:
-    """Copies every leaf of `source` whose path (under `prefix`) and shape match `params`, keeping the shardings;
-    `strict`: every leaf of `source` must find its place (else a ValueError naming the misfits)."""
-    dst = flax.traverse_util.flatten_dict(params)
-    copied, skipped = 0, []
-    for path, value in flax.traverse_util.flatten_dict(source).items():
-        full = tuple(prefix) + path
-        if full not in dst or tuple(np.shape(value)) != tuple(dst[full].shape):
-            skipped.append("/".join(full))
-            continue
-        old = dst[full]
-        new = jnp.asarray(value, old.dtype)
-        dst[full] = jax.device_put(new, old.sharding) if hasattr(old, "sharding") else new
-        copied += 1
-    if not copied:
-        raise ValueError(f"nothing copied: no matching parameter paths / shapes ({skipped[:5]})")
-    if strict and skipped:
-        raise ValueError(f"{len(skipped)} tensors have no place of their shape in the model, e.g. {skipped[:4]}")
-    log.info("copied %d tensors; not copied: %d %s", copied, len(skipped), skipped[:8])
-    return flax.traverse_util.unflatten_dict(dst)
 
 
 def resize_vocab(lm, vocab_size: int, mean_rows=()) -> dict:
@@ -210,7 +151,8 @@ def load_lm(params, config, cfg: FlamingoConfig, mean_rows=()):
     else:
         return params
     lm = resize_vocab(lm, cfg.lm.vocab_size, mean_rows)
-    return graft(params, lm_to_grouped(lm, cfg.lm, cfg.cross_attn_every), prefix=("lm",), strict=True)
+    return graft(params, lm_to_grouped(lm, cfg.lm, cfg.cross_attn_every), prefix="lm/", strict=True,
+                 what=f"init_lm {init}")
 
 
 def mismatched_tensors(params, source) -> list[str]:
@@ -228,7 +170,7 @@ def continue_lm(params, workdir: str):
     if diff:
         raise ValueError(f"init_lm.workdir {workdir!r} holds another LM than model.lm: {len(diff)} mismatched "
                          f"tensors, e.g. {diff[:4]}")
-    return graft(params, source, strict=True)
+    return graft(params, source, strict=True, what=workdir)
 
 
 def load_vision(params, config, cfg: FlamingoConfig):
@@ -242,7 +184,7 @@ def load_vision(params, config, cfg: FlamingoConfig):
         if diff:  # a different tower: refuse rather than leave part of it at its random init
             raise ValueError(f"init_vision.workdir {init['workdir']!r} holds a different vision tower than "
                              f"model.vision: {len(diff)} mismatched tensors, e.g. {diff[:4]}")
-        return graft(params, vision, prefix=("vision",))
+        return graft(params, vision, prefix="vision/", what=init["workdir"])
     if not init.get("timm_nfnet"):
         return params
     from common.hf.vision import load_timm_nfnet
@@ -251,7 +193,7 @@ def load_vision(params, config, cfg: FlamingoConfig):
     if not isinstance(cfg.vision, NFNetConfig):
         raise ValueError(f"init_vision.timm_nfnet needs an NFNet vision encoder, the model has {type(cfg.vision)}")
     _, vision = load_timm_nfnet(init["timm_nfnet"], config=cfg.vision)
-    return graft(params, jax.tree.map(np.asarray, vision), prefix=("vision",))
+    return graft(params, jax.tree.map(np.asarray, vision), prefix="vision/", what=init["timm_nfnet"])
 
 
 def dual_encoder_config(config, cfg: FlamingoConfig, tokenizer) -> DualEncoderConfig:

@@ -131,14 +131,15 @@ def test_stage_lm_continues_from_another_mix_and_refuses_another_model(tmp_path)
 @pytest.mark.parametrize("every", [2, 3])  # 3: 4 layers = one group of 3 + a plain tail layer (Flamingo-80B's 80 / 7)
 def test_lm_to_grouped_layout(every):
     from common.lm import DecoderLM
-    from flamingo_jax.task import graft, lm_to_grouped
+    from common.task_utils import graft
+    from flamingo_jax.task import lm_to_grouped
 
     cfg = tiny_config(every=every)
     model, params = build(cfg)
     bare = DecoderLM(cfg.lm)
     lm = jax.jit(lambda k: bare.init(k, jnp.zeros((1, 4), jnp.int32))["params"])(jax.random.key(3))
     lm = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, lm, is_leaf=lambda x: hasattr(x, "value"))
-    new = graft(params, lm_to_grouped(jax.device_get(lm), cfg.lm, every), prefix=("lm",))
+    new = graft(params, lm_to_grouped(jax.device_get(lm), cfg.lm, every), prefix="lm/")
     assert ("tail" in new["lm"]["decoder"]) == (every == 3)
     ids = jnp.asarray(np.random.RandomState(0).randint(6, 48, (2, 9)))
     ours = model.apply({"params": new}, ids)  # gates are 0: exactly the bare LM
@@ -423,13 +424,14 @@ def test_resize_vocab_starts_new_and_untrained_rows_at_the_mean():
 def test_strict_graft_refuses_tensors_without_a_place():
     """The frozen LM is grafted strictly: a tensor of the checkpoint with no same-shaped place in the model is an
     error naming it, not a log line (it would stay at its random init)."""
-    from flamingo_jax.task import graft
+    from common.task_utils import graft
 
     params = {"lm": {"a": jnp.zeros(2), "b": jnp.zeros((2, 2))}}
-    out = graft(params, {"a": np.ones(2), "b": np.ones((3, 2))}, prefix=("lm",))  # lenient: copies what fits
+    out = graft(params, {"a": np.ones(2), "b": np.ones((3, 2))}, prefix="lm/")  # lenient: copies what fits
     np.testing.assert_array_equal(out["lm"]["a"], np.ones(2))
-    with pytest.raises(ValueError, match=r"1 tensors have no place of their shape in the model, e.g. \['lm/b'\]"):
-        graft(params, {"a": np.ones(2), "b": np.ones((3, 2))}, prefix=("lm",), strict=True)
+    with pytest.raises(ValueError, match=r"1 tensors of the LM have no place of their shape in the model, e.g. "
+                                         r"\['lm/b \(3, 2\) != \(2, 2\)'\]"):
+        graft(params, {"a": np.ones(2), "b": np.ones((3, 2))}, prefix="lm/", strict=True, what="the LM")
 
 
 def test_names_documents_with_text_keys_mix_word_and_image_keys():
