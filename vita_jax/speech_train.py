@@ -36,10 +36,12 @@ from vita_jax.tts import clean_for_speech
 
 class ShapesSpeechSource:
     """(text, speech) pairs from the shapes world: a caption of one object, or a short spoken answer ('yes',
-    'two', 'red'), said by the bundled espeak word bank (16 kHz)."""
+    'two', 'red') with probability `answer_fraction`, said by the bundled espeak word bank (16 kHz)."""
 
-    def __init__(self, split: str = "train", size: int = 2000, seed: int = 0):
-        self.size, self.seed = size, seed
+    def __init__(self, split: str = "train", size: int = 2000, seed: int = 0, answer_fraction: float = 0.5):
+        if not 0.0 <= answer_fraction <= 1.0:
+            raise ValueError(f"answer_fraction must be in [0, 1], got {answer_fraction}")
+        self.size, self.seed, self.answer_fraction = size, seed, answer_fraction
         self._offset = {"train": 0, "validation": 10_000_000, "test": 20_000_000}[split]
 
     def __len__(self) -> int:
@@ -48,7 +50,7 @@ class ShapesSpeechSource:
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self._offset + int(index), 77])
         objs = shapes.random_scene(rng, 1, 1)
-        if rng.random() < 0.5:
+        if rng.random() < 1.0 - self.answer_fraction:
             text = shapes.caption(objs, rng)
         else:
             text = shapes.vqa_question(shapes.random_scene(rng), rng)[1]
@@ -76,7 +78,8 @@ class TtsJsonSource:
 def make_source(spec: dict, split: str = "train"):
     source = spec.get("source", "shapes")
     if source == "shapes":
-        return ShapesSpeechSource(split, int(spec.get("size", 2000)), int(spec.get("seed", 0)))
+        return ShapesSpeechSource(split, int(spec.get("size", 2000)), int(spec.get("seed", 0)),
+                                  float(spec.get("answer_fraction", 0.5)))
     if source == "librispeech":
         return data_lib.LibriSpeechSource(spec["root"])  # records carry `text` (the transcript) and the flac
     if source == "tts_json":

@@ -108,3 +108,13 @@ def test_bad_pairs_are_named():
         t({"text": "a long sentence", "audio": [np.ones(16000, np.float32) * 0.1]})
     with pytest.raises(Exception, match="silent|empty"):
         t({"text": "ok", "audio": [np.zeros(1600, np.float32)]})
+
+
+def test_shapes_speech_source_mixes_captions_and_answers():
+    def kinds(fraction):  # an answer is one to three words; a caption names a shape in a sentence
+        src = speech_train.make_source(dict(source="shapes", size=40, answer_fraction=fraction))
+        return [len(src[i]["text"].split()) <= 3 for i in range(len(src))]
+    assert all(kinds(1.0)) and not any(kinds(0.0))
+    assert 0 < sum(kinds(0.5)) < 40
+    with pytest.raises(ValueError, match="answer_fraction"):
+        speech_train.make_source(dict(source="shapes", answer_fraction=1.5))
