@@ -20,7 +20,7 @@ import sys
 import time
 
 STAGES = (("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_1", 150), ("2_2", 100))
-SPEECH_STAGES = (("3_1", 250), ("3_2", 250))  # the codec, then the speech decoders on the stage-2.2 LLM
+SPEECH_STAGES = (("3_1", 250), ("3_2", 1000))  # the codec, then the speech decoders on the stage-2.2 LLM
 
 
 def load_config(name: str):
@@ -94,7 +94,7 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     from vita_jax.codec_train import mel_distance
     from vita_jax.eval import TemplateRecogniser, evaluate_asr, load_model
     from vita_jax.inference import Request, generate_batch
-    from vita_jax.speech_train import load_speaker
+    from vita_jax.speech_train import load_speaker, text_use
     from vita_jax.tts import resample
 
     out = {}
@@ -126,6 +126,7 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     out["asr_wer_original"] = evaluate_asr(model, params, tok, records)["wer"]
     out["asr_wer_resynthesised"] = evaluate_asr(model, params, tok, resynth)["wer"]
 
+    out["decoder_text_use"] = text_use(os.path.join(workdir, "stage3_2"))  # teacher-forced: own vs another's text
     speaker = load_speaker(os.path.join(workdir, "stage3_2"), max_tokens=160)  # 4 s: answers are 1-3 words
     qa = data_lib.ShapesVitaSource("spoken_qa", "validation", 4 * num_eval, image_size=size, typed_fraction=0.0)
     queries = [r for r in (qa[i] for i in range(4 * num_eval)) if r.get("kind") == "spoken"][:num_eval // 2]

@@ -187,9 +187,10 @@ def make_task(config, workdir: str | None = None) -> Task:
         eos_accuracy = jnp.sum((predicted == cfg.eos) & ends) / jnp.maximum(ends.sum(), 1)
         return loss, {"tokens": mask.sum().astype(jnp.float32), "accuracy": accuracy, "eos_accuracy": eos_accuracy}
 
+    transform = SpeechPairTransform(tokenizer, codec.config.sampling_rate, codec.config.hop_length, max_text,
+                                    float(dcfg.get("max_speech_seconds", 4.0)))
+
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
-        transform = SpeechPairTransform(tokenizer, codec.config.sampling_rate, codec.config.hop_length, max_text,
-                                        float(dcfg.get("max_speech_seconds", 4.0)))
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
         return task_iterator(name, make_source(spec, split), transform, batch_size=batch, shard=(shard.index, shard.count),
                              seed=config.seed, data_config=dcfg, shuffle=shuffle, num_epochs=None)
@@ -199,8 +200,45 @@ def make_task(config, workdir: str | None = None) -> Task:
 
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()})
-    task.decoder, task.codec, task.tokenizer = decoder, codec, tokenizer
+    task.decoder, task.codec, task.tokenizer, task.transform = decoder, codec, tokenizer, transform
+    task.sources = {name: (lambda split, spec=spec: make_source(spec, split)) for name, spec in datasets.items()}
     return task
+
+
+def text_use(workdir: str, num_pairs: int = 32, split: str = "validation", step: int | None = None) -> dict:
+    """Does a trained decoder read its text? Teacher-forced loss on held-out (text, speech) pairs with each pair's own
+    text against another pair's text (the batch rolled by one) and the code accuracies: a decoder that ignores its
+    text (a code language model) scores the same on both; `gain` is the loss it loses without its own text."""
+    import ml_collections
+
+    from common.trainer import CONFIG_FILE
+
+    with open(os.path.join(workdir, CONFIG_FILE)) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    task = make_task(config, workdir)
+    source = next(iter(task.sources.values()))(split)
+    pairs = []
+    for i in range(len(source)):
+        try:
+            pairs.append(task.transform(source[i]))
+        except BadRecord:
+            continue
+        if len(pairs) == num_pairs:
+            break
+    if len(pairs) < 2:
+        raise ValueError(f"text_use needs at least 2 usable {split} pairs, found {len(pairs)}")
+    batch = {k: np.stack([p[k] for p in pairs]) for k in pairs[0]}
+    other = {**batch, "text_ids": np.roll(batch["text_ids"], 1, 0), "text_len": np.roll(batch["text_len"], 1, 0)}
+    params = restore_params(workdir, step)
+    loss = jax.jit(lambda p, b: task.loss_fn(p, b, None))
+    out = {}
+    for name, b in (("own", batch), ("other", other)):
+        value, metrics = loss(params, {k: jnp.asarray(v) for k, v in b.items()})
+        out[name] = {"loss": float(value), "accuracy": float(metrics["accuracy"]),
+                     "eos_accuracy": float(metrics["eos_accuracy"])}
+    out["gain"] = out["other"]["loss"] - out["own"]["loss"]
+    out["pairs"] = len(pairs)
+    return out
 
 
 def load_speaker(workdir: str, step: int | None = None, stream_config=None, max_tokens: int = 400):

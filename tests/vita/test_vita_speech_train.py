@@ -92,10 +92,12 @@ def test_codec_then_decoder_stages_end_to_end(tmp_path):
     c32 = tiny_stage3_2.get_config()
     c32.codec_from, c32.text_from, c32.text_width = str(tmp_path / "codec"), "", 64
     c32.decoder = dict(idim=16, num_codes=64, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2)
-    c32.data.max_speech_seconds, c32.batch_size, c32.total_steps, c32.log_every = 4.0, 8, 2, 1
+    c32.data.max_speech_seconds, c32.batch_size, c32.total_steps, c32.log_every = 2.0, 8, 2, 1
     wd = str(tmp_path / "s3_2")
     run32 = Trainer(c32, make_task_for(c32, wd), wd).run()
     assert np.isfinite(run32.metrics[-1]["loss"]) and run32.metrics[-1]["tokens"] > 0
+    use = speech_train.text_use(wd, num_pairs=4)  # teacher-forced loss with each pair's own vs another's text
+    assert use["pairs"] == 4 and np.isfinite(use["gain"]) and use["own"]["loss"] > 0
     speaker = speech_train.load_speaker(wd, max_tokens=12)
     audio = speaker.say("a red circle.")
     assert audio.dtype == np.float32 and 0 < len(audio) <= 12 * 600 and np.all(np.abs(audio) <= 1)
