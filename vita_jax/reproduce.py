@@ -20,7 +20,7 @@ import sys
 import time
 
 STAGES = (("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_1", 150), ("2_2", 100))
-SPEECH_STAGES = (("3_1", 250), ("3_2", 1000))  # the codec, then the speech decoders on the stage-2.2 LLM
+SPEECH_STAGES = (("3_1", 250), ("3_2", 800))  # the codec, then the speech decoders on the stage-2.2 LLM
 
 
 def load_config(name: str):
@@ -147,6 +147,15 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     out["spoken_answer_transcript_wer"] = res["wer"]
     out["spoken_answer_seconds"] = float(np.mean(durations)) if durations else 0.0
     out["spoken_answer_examples"] = list(zip(answers[:4], res["predictions"][:4]))
+    # The control: the same answers said by espeak through the same ASR (what a perfect speech decoder would score),
+    # and how many distinct transcripts the ASR gave (an ASR that says one thing to all makes the WER meaningless)
+    espeak_rng = np.random.default_rng(2)
+    control = [{"audio": [data_lib.load_word_bank().say(data_lib.spoken_form(a), espeak_rng)], "text": a}
+               for a in answers if data_lib.spoken_form(a)]
+    out["spoken_answer_transcript_wer_espeak_control"] = evaluate_asr(model, params, tok, control)["wer"] \
+        if control else None
+    out["spoken_answer_distinct_transcripts"] = len(set(res["predictions"]))
+    out["spoken_answer_distinct_answers"] = len(set(answers))
 
     # Intelligibility without the part-1 ASR: a closed-set template recogniser over the answer vocabulary, on the
     # true answers said by espeak (original, through the codec) and by the speech decoder, and on the model's answers
@@ -218,7 +227,15 @@ def main(argv=None) -> int:
         rows = [("codec mel distance (mean |log-mel diff|)", f"{report['codec_mel_distance']:.3f}"),
                 ("ASR WER original / resynthesised (%)",
                  f"{report['asr_wer_original']:.1f} / {report['asr_wer_resynthesised']:.1f}"),
-                ("spoken answer: transcript WER vs text answer (%)", f"{report['spoken_answer_transcript_wer']:.1f}"),
+                ("spoken answer: transcript WER vs text answer, espeak control (%)",
+                 f"{report['spoken_answer_transcript_wer']:.1f}, {report['spoken_answer_transcript_wer_espeak_control']}"),
+                ("distinct answers / transcripts", f"{report['spoken_answer_distinct_answers']} / "
+                                                   f"{report['spoken_answer_distinct_transcripts']}"),
+                ("decoder text use: loss gain of own over another's text",
+                 f"{report['decoder_text_use']['gain']:.3f}"),
+                ("decoder's true answers recognised (template, %; chance)",
+                 f"{100 * report['template_recogniser']['decoder_true_answers_vs_codec_templates']:.1f}; "
+                 f"{100 * report['template_recogniser']['chance']:.1f}"),
                 ("spoken answer length (s)", f"{report['spoken_answer_seconds']:.2f}"),
                 ("total time (min)", f"{report['total_seconds'] / 60:.1f}")]
         print("| measure | value |\n|---|---|")

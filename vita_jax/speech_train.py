@@ -8,9 +8,9 @@ the loss (`LLM2TTSCodecAR.forward`: CE over codes + eos, pad ignored) but no tra
 The parameter tree holds the decoder (trained) and, frozen, the LLM's embedding table and the codec, so a workdir is
 everything `vita_jax.tts.Speaker` needs. Config (configs/vita/tiny_stage3_2.py): decoder {SpeechDecoderConfig
 fields}, codec_from (a codec folder in the release layout: `python -m vita_jax.codec_train --out`), text_from (a VITA
-workdir: its LLM embedding table and tokenizer), data {max_text_tokens, max_speech_seconds, datasets: {name: {source:
-shapes (sentences and short answers with their espeak speech) | librispeech (root: transcripts + flac) |
-tts_json (json: [{"text", "audio"}], audio_dir)}}}.
+workdir: its LLM embedding table and tokenizer), text_norm (none | unit_std: `normalise_text_table`), data
+{max_text_tokens, max_speech_seconds, datasets: {name: {source: shapes (sentences and short answers with their espeak
+speech; answer_fraction) | librispeech (root: transcripts + flac) | tts_json (json: [{"text", "audio"}], audio_dir)}}}.
 """
 from __future__ import annotations
 
@@ -127,6 +127,21 @@ def code_targets(codes, code_lengths, cfg: SpeechDecoderConfig):
     return targets, slots <= code_lengths[:, None]
 
 
+def normalise_text_table(table: np.ndarray, text_norm: str) -> np.ndarray:
+    """The frozen LLM embedding table [V, D] the decoder reads: as it is ("none", the release, whose Qwen2 table has
+    std ~0.015) or scaled to unit standard deviation ("unit_std"; a tiny LLM's table at its init scale of 0.02 is
+    read about half as well in stage 3.2: docs/reproductions/vita.md). The workdir stores the table it trained on,
+    so `load_speaker` reads the same one."""
+    if text_norm == "none":
+        return table
+    if text_norm == "unit_std":
+        std = float(table.std())
+        if not std > 0:
+            raise ValueError("text_norm=unit_std: the embedding table is constant")
+        return (table / std).astype(np.float32)
+    raise ValueError(f"unknown text_norm {text_norm!r}; use none or unit_std")
+
+
 def make_task(config, workdir: str | None = None) -> Task:
     tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None), workdir)
     text_from = get(config, "text_from", "")
@@ -153,6 +168,7 @@ def make_task(config, workdir: str | None = None) -> Task:
         table = np.asarray(restore_params(text_from)["lm"]["embed"]["embedding"], np.float32)
     else:
         table = np.random.default_rng(0).standard_normal((tokenizer.vocab_size, width or cfg.idim)).astype(np.float32)
+    table = normalise_text_table(table, get(config, "text_norm", "none"))
     if table.shape[1] % cfg.idim:
         raise ValueError(f"the LLM's embedding width {table.shape[1]} is not a multiple of decoder.idim {cfg.idim}")
     pieces_per_token = table.shape[1] // cfg.idim

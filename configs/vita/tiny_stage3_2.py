@@ -9,13 +9,14 @@ from configs.vita.tiny_stage3_1 import codec
 
 
 def get_config():
-    config = trainer_config(total_steps=1000, batch_size=8, log_every=25)
+    config = trainer_config(total_steps=800, batch_size=8, log_every=25)
     config.stage = "3.2"
     config.decoder = dict(idim=32, num_codes=codec()["n_codes"], hidden_size=32, intermediate_size=128,
                           num_layers=4, num_heads=4, max_position_embeddings=1024)
     config.tokenizer = dict(kind="shapes_bpe", vocab_size=1024)
     config.codec_from = "workdirs/vita_tiny_s3_1/codec"  # python -m vita_jax.codec_train --workdir ... --out ...
     config.text_from = "workdirs/vita_tiny_s2_2"  # the VITA workdir whose LLM embeddings the decoder reads
+    config.text_norm = "unit_std"  # the tiny LLM's table is at init scale (std 0.02): read as unit-std (the release: none)
     config.text_width = 64  # the LLM width when text_from is empty (a random table: plumbing tests)
     config.data = dict(max_text_tokens=24, max_speech_seconds=2.0, num_threads=0, max_skip_fraction=0.05,
                        datasets=dict(sentences=dict(source="shapes", size=3000, answer_fraction=1.0)))

@@ -120,3 +120,12 @@ def test_shapes_speech_source_mixes_captions_and_answers():
     assert 0 < sum(kinds(0.5)) < 40
     with pytest.raises(ValueError, match="answer_fraction"):
         speech_train.make_source(dict(source="shapes", answer_fraction=1.5))
+
+
+def test_text_table_normalisation():
+    table = np.random.default_rng(0).normal(0, 0.02, (50, 8)).astype(np.float32)
+    assert speech_train.normalise_text_table(table, "none") is table
+    unit = speech_train.normalise_text_table(table, "unit_std")
+    assert abs(float(unit.std()) - 1.0) < 1e-5 and np.allclose(unit * table.std(), table, atol=1e-6)
+    with pytest.raises(ValueError, match="text_norm"):
+        speech_train.normalise_text_table(table, "layer")
