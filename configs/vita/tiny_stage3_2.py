@@ -3,7 +3,7 @@ NAR decoder of width 32 reading the tiny LLM's 64-d embeddings (at unit std) as 
 release: 3584 as 4 x 896), predicting the stage-3.1 codec's 512 codes of the bundled espeak speech of the shapes
 answers ('yes', 'two', 'top left': the 31 phrases the miniature's model answers with; captions join with
 data.datasets.sentences.answer_fraction < 1 and max_speech_seconds 5). On the answers the decoder reads its text
-after ~500 steps; on captions and answers it had not by 250 (docs/reproductions/vita.md)."""
+within 800 steps; on captions and answers it had not by 250 (docs/reproductions/vita.md)."""
 from configs.vita.tiny_base import trainer_config
 from configs.vita.tiny_stage3_1 import codec
 
