@@ -1,6 +1,6 @@
 """Helpers every family's training task shares: plain values from ml_collections configs, copying a pretrained
 (or earlier-stage) parameter tree into a fresh one by path and shape (`graft`), reading a training workdir's
-latest parameters (`restore_params`), and the LoRA settings of a config."""
+latest parameters (`restore_params`) and its config (`restore_config`), and the LoRA settings of a config."""
 from __future__ import annotations
 
 import logging
@@ -80,6 +80,21 @@ def graft(params, source, prefix: str = "", exclude=(), what: str = "checkpoint"
                          f"{skipped[:4]}")
     log.info("copied %d tensors from %s; not copied: %d %s", copied, what, len(skipped), skipped[:8])
     return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in dst.items()})
+
+
+def restore_config(workdir: str):
+    """The training config a workdir was run with (its config.json, written by the trainer) as a ConfigDict."""
+    import json
+
+    import ml_collections
+
+    from common.trainer import CONFIG_FILE
+
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE} (not a training workdir?)")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
 
 
 def restore_params(workdir: str, step: int | None = None):

@@ -35,12 +35,11 @@ def _read_json(path: str) -> dict:
 
 def load_workdir(workdir: str, step: int | None = None):
     """Training workdir -> (Llava, merged params (numpy), tokenizer, template, training config)."""
-    import ml_collections
-
     from common import lora as lora_lib
+    from common.task_utils import restore_config
     from llava_jax.task import llava_config_from, lora_config_from, restore_params
 
-    config = ml_collections.ConfigDict(_read_json(os.path.join(workdir, "config.json")))
+    config = restore_config(workdir)
     tokenizer = data_lib.build_tokenizer(config.get("tokenizer"), workdir)
     cfg = llava_config_from(config.model, tokenizer)
     params = lora_lib.merge_in_tree(restore_params(workdir, step), lora_config_from(config))

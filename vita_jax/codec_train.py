@@ -421,16 +421,10 @@ def dominant_voice(codec: Codec, params, waves: Sequence[np.ndarray]) -> tuple[i
 def export(workdir: str, out_dir: str, num_clips: int = 64, step: int | None = None) -> tuple[CodecConfig, dict]:
     """A stage-3.1 workdir -> the release layout `out_dir/{model.json, final.pt}` (style norm calibrated, the voice
     picked from the training data) -> (config, params)."""
-    from common.task_utils import restore_params
-    from common.trainer import CONFIG_FILE
-    import json
-
-    import ml_collections
-
+    from common.task_utils import restore_config, restore_params
     from vita_jax.codec import save_original
 
-    with open(os.path.join(workdir, CONFIG_FILE)) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = restore_config(workdir)
     task = make_task(config, None)
     codec, cfg = task.codec, task.codec_config
     params = restore_params(workdir, step)["codec"]

@@ -166,15 +166,12 @@ def load_model(workdir: str | None = None, model_dir: str | None = None):
 
         module, params = load_original(model_dir)
         return module, params, load_tokenizer(model_dir)
-    import ml_collections
-
     from common import lora as lora_lib
-    from common.task_utils import lora_config_from, restore_params
+    from common.task_utils import lora_config_from, restore_config, restore_params
     from vita_jax.model import Vita
     from vita_jax.task import vita_config_from
 
-    with open(f"{workdir}/config.json") as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = restore_config(workdir)
     tokenizer = data_lib.build_tokenizer(config.get("tokenizer"), workdir)
     params = lora_lib.merge_in_tree(restore_params(workdir), lora_config_from(config))
     return Vita(vita_config_from(config.model, tokenizer)), params, tokenizer

@@ -149,8 +149,8 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     out["spoken_answer_examples"] = list(zip(answers[:4], res["predictions"][:4]))
     # The control: the same answers said by espeak through the same ASR (what a perfect speech decoder would score),
     # and how many distinct transcripts the ASR gave (an ASR that says one thing to all makes the WER meaningless)
-    espeak_rng = np.random.default_rng(2)
-    control = [{"audio": [data_lib.load_word_bank().say(data_lib.spoken_form(a), espeak_rng)], "text": a}
+    bank, espeak_rng = data_lib.load_word_bank(), np.random.default_rng(2)
+    control = [{"audio": [bank.say(data_lib.spoken_form(a), espeak_rng)], "text": a}
                for a in answers if data_lib.spoken_form(a)]
     out["spoken_answer_transcript_wer_espeak_control"] = evaluate_asr(model, params, tok, control)["wer"] \
         if control else None
@@ -164,7 +164,7 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     by_espeak = TemplateRecogniser(phrases)
     by_codec = TemplateRecogniser(phrases, channel=through_codec)
     truths = [conversation.strip_states(r["conversations"][-1]["value"]) for r in queries]
-    bank, rng = data_lib.load_word_bank(), np.random.default_rng(1)
+    rng = np.random.default_rng(1)
     said = [bank.say(data_lib.spoken_form(t), rng) for t in truths]
     resaid = [through_codec(w) for w in said]
     decoded, decoded_seconds = say(truths)

@@ -25,7 +25,7 @@ from common.data import shapes
 from common.data.pipeline import task_iterator
 from common.data.records import MALFORMED, TOO_LONG, BadRecord
 from common.data.speech import load_word_bank
-from common.task_utils import get, plain, restore_params
+from common.task_utils import get, plain, restore_config, restore_params
 from common.trainer import DataShard, Task
 from vita_jax import data as data_lib
 from vita_jax.codec import Codec, load_original as load_codec
@@ -217,7 +217,6 @@ def make_task(config, workdir: str | None = None) -> Task:
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()})
     task.decoder, task.codec, task.tokenizer, task.transform = decoder, codec, tokenizer, transform
-    task.sources = {name: (lambda split, spec=spec: make_source(spec, split)) for name, spec in datasets.items()}
     return task
 
 
@@ -225,14 +224,9 @@ def text_use(workdir: str, num_pairs: int = 32, split: str = "validation", step:
     """Does a trained decoder read its text? Teacher-forced loss on held-out (text, speech) pairs with each pair's own
     text against another pair's text (the batch rolled by one) and the code accuracies: a decoder that ignores its
     text (a code language model) scores the same on both; `gain` is the loss it loses without its own text."""
-    import ml_collections
-
-    from common.trainer import CONFIG_FILE
-
-    with open(os.path.join(workdir, CONFIG_FILE)) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = restore_config(workdir)
     task = make_task(config, workdir)
-    source = next(iter(task.sources.values()))(split)
+    source = make_source(next(iter(plain(config.data.datasets).values())), split)  # make_task: at least one
     pairs = []
     for i in range(len(source)):
         try:
@@ -259,13 +253,9 @@ def text_use(workdir: str, num_pairs: int = 32, split: str = "validation", step:
 
 def load_speaker(workdir: str, step: int | None = None, stream_config=None, max_tokens: int = 400):
     """A stage-3.2 workdir -> `vita_jax.tts.Speaker` (decoder, the frozen LLM embedding table and codec it holds)."""
-    import ml_collections
-
-    from common.trainer import CONFIG_FILE
     from vita_jax.tts import Speaker, StreamConfig
 
-    with open(os.path.join(workdir, CONFIG_FILE)) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = restore_config(workdir)
     cfg = decoder_config_from(config)
     codec_from = get(config, "codec_from", "")
     codec = load_codec(codec_from)[0] if codec_from else make_task(config, None).codec

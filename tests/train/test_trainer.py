@@ -12,6 +12,7 @@ from train_test_utils import read_metrics, require_devices, run_trainer, step_lo
 from common import optimizer as optimizer_lib
 from common.checkpoints import Checkpointer
 from common.lm_task import make_task
+from common.task_utils import restore_config
 from common.trainer import NonFiniteError, Task, Trainer
 
 MESH_222 = dict(data=2, fsdp=2, tensor=2)
@@ -253,5 +254,8 @@ def test_metrics_tensorboard_config_and_eval(tmp_path):
     with open(os.path.join(tmp_path, "config.json")) as f:
         saved = json.load(f)
     assert saved["total_steps"] == 4 and saved["model"]["hidden_size"] == 32
+    assert restore_config(str(tmp_path)).to_dict() == saved  # what every family's loaders read back
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        restore_config(str(tmp_path / "tensorboard"))
     events = os.listdir(os.path.join(tmp_path, "tensorboard"))
     assert any(name.startswith("events.out.tfevents") for name in events)
