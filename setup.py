@@ -40,6 +40,9 @@ setup(
         "websockets>=13",  # vita_jax.serve: the voice-chat page and its WebSocket
     ],
     extras_require={
+        # libtpu, matching the installed jax: TPU pods, and ahead-of-time compilation for TPU topologies on any host
+        # (python -m mmlm_jax.plan; tests/test_tpu_plan.py).
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
         # Parity oracles and the test runner: never needed at run time. Two more oracles are installed with
         # --no-deps by the README / .ci/run test command, since their requirements would pull PyPI's torchvision (which
         # does not import beside torch 2.13.0+cpu) or move torch: open-flamingo==2.0.1 and timm==1.0.31 (NFNet-F).
@@ -55,6 +58,7 @@ setup(
             "ipykernel>=6.29",
             "pytest>=8",
             "pytest-xdist>=3.5",
+            "jax[tpu]>=0.10,<0.11",  # libtpu: the ahead-of-time TPU compilation tests run on the CPU
         ],
     },
 )

@@ -25,6 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.provenance import provenance  # noqa: E402
 
 DEFAULT_CONFIGS = "flamingo/tiny,llava/tiny_stage1,llava/tiny_stage2,vita/tiny_stage2_1,vita/tiny_stage2_2,lm/tiny"
 
@@ -169,7 +170,7 @@ def bench_config(name: str, seconds: float, steps: int, threads: int | None) -> 
         "meets_2x": pipeline_rate >= 2 * step_rate, "loop_examples_per_s": round(loop_rate, 1),
         "compile_s": round(compile_s, 1), "num_threads": int(dcfg.get("num_threads", 0)) if "num_threads" in dcfg else None,
         "skipped": skips, "loadavg_pipeline": [load0, load1], "loadavg_end": load2, "cpus": os.cpu_count(),
-        "machine": platform.machine(),
+        "machine": platform.machine(), **provenance(),
     }
 
 

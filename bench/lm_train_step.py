@@ -55,7 +55,10 @@ def reexec_with_malloc_reuse() -> None:
 
 
 def emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
+    """One JSON line on stdout, with where it was measured (common.provenance: commit, CPU, versions)."""
+    from common.provenance import provenance
+
+    print(json.dumps({**record, **provenance()}), flush=True)
 
 
 def peak_rss_mb() -> float:

@@ -25,6 +25,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.provenance import provenance  # noqa: E402
 
 from input_pipeline import compiled_step, load_config, loadavg, make_task, timed_steps  # noqa: E402
 
@@ -67,7 +68,7 @@ def main(argv=None):
                       "step_s": round(step_s, 4), "ratio_to_" + policies[0]: round(step_s / base, 3),
                       "examples_per_step": entries[p]["examples"], "compile_s": round(entries[p]["compile_s"], 1),
                       "rounds": args.rounds, "steps_per_round": args.steps, "loadavg": [load0, load1],
-                      "cpus": os.cpu_count()})
+                      "cpus": os.cpu_count(), **provenance()})
     for line in lines:
         print(json.dumps(line), flush=True)
         if args.out:

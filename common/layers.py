@@ -104,14 +104,13 @@ def dtype_of(name: str | Dtype) -> Dtype:
 
 
 def row_major_transpose(a: jax.Array) -> jax.Array:
-    """[N, X] -> [X, N]. On the CPU backend the transpose is materialised (behind an optimization barrier) so
+    """[N, X] -> [X, N]. Compiled for the CPU the transpose is materialised (behind an optimization barrier) so
     that a weight-gradient product `row_major_transpose(x) @ dy` stays a canonical [X, N] x [N, Y] matmul:
     left to itself XLA:CPU folds the transpose into the dot, then transposes the (wider) output gradient
-    instead and runs the dot outside its fast YNNPACK path. Elsewhere (GPU / TPU take transposed operands
-    natively) it is a plain `a.T`."""
-    if jax.default_backend() == "cpu":
-        return jax.lax.optimization_barrier(a.T)
-    return a.T
+    instead and runs the dot outside its fast YNNPACK path. Compiled for a GPU or TPU (which take transposed
+    operands natively) it is a plain `a.T`. The choice is made when the program is lowered, for the platform it
+    is compiled for (`lax.platform_dependent`), not by the host: a CPU host compiling for a TPU gets the TPU form."""
+    return jax.lax.platform_dependent(a, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -24,7 +24,8 @@ import numpy as np
 from common.layers import (MLP, REMAT_POLICIES, MultiHeadAttention, alibi_slopes, apply_rope,  # noqa: F401
                            causal_dot_product_attention, check_remat_policy, dot_product_attention, dtype_of,
                            make_norm, remat, rope_inverse_frequencies)
-from common.sharding import constrain, with_partitioning
+from common.sharding import constrain, target_platform, with_partitioning
+from common.splash_attention import splash_causal_attention
 
 
 
@@ -63,9 +64,11 @@ class LMConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
-    # Causal self-attention without padding or cache (the training path): "xla" (block-causal einsums, any
-    # backend, exact f32) or "cudnn" (cuDNN's fused flash attention through jax.nn.dot_product_attention:
-    # NVIDIA GPUs, bf16 / f16 compute, RoPE models). Padded, windowed or cached attention always takes "xla".
+    # Causal self-attention without a cache (the training path): "xla" (block-causal einsums, any backend,
+    # exact f32), "cudnn" (cuDNN's fused flash attention through jax.nn.dot_product_attention: NVIDIA GPUs,
+    # bf16 / f16 compute, RoPE models, no padding) or "splash" (Pallas splash attention: TPUs, any dtype, RoPE
+    # models; padding is handled as segment ids; interpret mode off the TPU). Windowed or cached attention always
+    # takes "xla", and so does padded attention under "cudnn".
     attention_impl: str = "xla"
     # Queries per block of the "xla" causal path: each block attends only to the keys up to its last query, so the
     # masked upper triangle is mostly never formed (fastest on the CPU); 0 = a single block, the masked full softmax.
@@ -77,10 +80,11 @@ class LMConfig:
         if self.position not in ("rope", "alibi"):
             raise ValueError(f"position must be 'rope' or 'alibi', got {self.position!r}")
         check_remat_policy(self.remat_policy)
-        if self.attention_impl not in ("xla", "cudnn"):
-            raise ValueError(f"attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
-        if self.attention_impl == "cudnn" and self.position == "alibi":
-            raise ValueError("attention_impl='cudnn' needs RoPE positions; ALiBi models use attention_impl='xla'")
+        if self.attention_impl not in ("xla", "cudnn", "splash"):
+            raise ValueError(f"attention_impl must be 'xla', 'cudnn' or 'splash', got {self.attention_impl!r}")
+        if self.attention_impl in ("cudnn", "splash") and self.position == "alibi":
+            raise ValueError(f"attention_impl={self.attention_impl!r} needs RoPE positions; ALiBi models use "
+                             "attention_impl='xla'")
         if self.attention_impl == "cudnn" and self.dtype not in ("bfloat16", "float16"):
             raise ValueError(f"attention_impl='cudnn' computes in bfloat16 / float16, not dtype={self.dtype!r}")
         if self.attention_block_size < 0:
@@ -129,20 +133,30 @@ class KVCache:
         return self.valid.shape[1]
 
 
+@flax.struct.dataclass
+class SegmentIds:
+    """Attention restricted to segments, as the layers' `mask`: a token attends to the earlier tokens of its own
+    segment only. ids [B, T] int: 0 = padding, 1, 2, ... the segments (one per packed sample)."""
+
+    ids: jax.Array
+
+
 def cudnn_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
     """Causal GQA self-attention through cuDNN's fused kernel (never forms the [T, S] weights).
     query [B, T, H, D], key / value [B, T, K, D] -> [B, T, H, D]."""
-    if jax.default_backend() != "gpu":
-        raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU; this backend is {jax.default_backend()!r}: "
-                         "use attention_impl='xla'")
+    platform = target_platform()
+    if platform != "gpu":
+        raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU; this program is compiled for {platform!r}: "
+                         "use attention_impl='xla' (or 'splash' on a TPU)")
     return jax.nn.dot_product_attention(query, key, value, is_causal=True, implementation="cudnn")
 
 
 class DecoderLayer(nn.Module):
     """One pre-norm decoder layer: x + attn(norm(x)) then + mlp(norm(x)) (or both from x, in parallel).
 
-    mask [B, 1, T, S] bool, or None (without a cache) for plain causal attention over the T tokens, which
-    is then computed block-causally (`causal_dot_product_attention`).
+    mask [B, 1, T, S] bool; or None (without a cache) for plain causal attention over the T tokens, which
+    is then computed block-causally (`causal_dot_product_attention`) or by cuDNN; or `SegmentIds` (without a
+    cache) for causal attention within segments through splash attention.
     """
 
     config: LMConfig
@@ -165,7 +179,9 @@ class DecoderLayer(nn.Module):
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
             layer_cache = (k, v)  # [B, S_max, K, D]
-        if mask is None and layer_cache is None and cfg.attention_impl == "cudnn":  # flash attention, [B, T, H, D]
+        if isinstance(mask, SegmentIds):  # splash attention within segments, [B, T, H, D]
+            attended = splash_causal_attention(q, k.astype(dtype), v.astype(dtype), mask.ids)
+        elif mask is None and layer_cache is None and cfg.attention_impl == "cudnn":  # flash attention, [B, T, H, D]
             attended = cudnn_causal_attention(q, k.astype(dtype), v.astype(dtype))
         elif mask is None and layer_cache is None:  # plain causal self-attention without padding
             attended = causal_dot_product_attention(q, k.astype(dtype), v.astype(dtype), bias=bias,
@@ -375,6 +391,8 @@ class DecoderLM(nn.Module):
         if cfg.sliding_window is not None:
             causal &= query_slots[:, None] - key_slots[None, :] < cfg.sliding_window
         mask = None if plain_causal else causal[None, None] & key_valid[:, None, None, :]
+        if cfg.attention_impl == "splash" and cache is None and cfg.sliding_window is None:
+            mask = SegmentIds(attention_mask.astype(jnp.int32))  # padding = segment 0: real tokens see real keys
         if position_ids is None:
             position_ids = jnp.broadcast_to(query_slots[None, :], (batch, length))
         bias = None

@@ -73,6 +73,11 @@ def make_task(config) -> Task:
                                                     shard.count, shuffle=False)
         return (next(iterator) for _ in range(int(config.get("eval_batches", 4))))
 
+    def batch_spec():
+        rows = jax.ShapeDtypeStruct((int(config.batch_size), seq_len), jnp.int32)
+        return {"text": {"inputs": rows, "targets": rows,
+                         "loss_mask": jax.ShapeDtypeStruct(rows.shape, jnp.float32)}}
+
     return Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 flops_per_example=3 * matmul_flops_per_token(lm_config, seq_len) * seq_len,
-                make_eval_data=make_eval_data)
+                make_eval_data=make_eval_data, batch_spec=batch_spec)

@@ -114,6 +114,15 @@ def activate(mesh: Mesh, rules=LOGICAL_AXIS_RULES):
         yield
 
 
+def target_platform() -> str:
+    """The platform of the program being traced: that of the mesh set by `activate` / `jax.set_mesh` (a TPU
+    topology's when a CPU host compiles for a pod ahead of time), else the default backend's. Trace-time choices
+    that depend on the hardware (which attention kernel) read this, never `jax.default_backend()` alone."""
+    mesh = jax.sharding.get_abstract_mesh()
+    platform = None if mesh.empty else getattr(mesh, "platform", None)
+    return platform or jax.default_backend()
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Annotates an activation with logical axis names (a no-op outside a mesh context)."""
     return nn.with_logical_constraint(x, tuple(logical_axes))

@@ -259,6 +259,37 @@ class SentencePieceTokenizer(Tokenizer):
         return "".join(out)
 
 
+class VocabularyStandIn(Tokenizer):
+    """A tokenizer that knows only its vocabulary size and the special tokens added to it: what a task needs to
+    build its model and parameter groups when it is only planned ahead of time (`python -m mmlm_jax.plan` for a
+    paper config whose checkpoint tokenizer is not on this machine). It cannot encode or decode text."""
+
+    def __init__(self, base_vocab_size: int):
+        self.base_vocab_size = int(base_vocab_size)
+        self.added: dict[str, int] = {}
+        self.pad_id = 0
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        raise TokenizerError("VocabularyStandIn sizes a vocabulary for planning; it cannot encode text")
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        raise TokenizerError("VocabularyStandIn sizes a vocabulary for planning; it cannot decode ids")
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.added.get(token)
+
+    def id_to_token(self, idx: int) -> str | None:
+        return {i: t for t, i in self.added.items()}.get(idx)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base_vocab_size + len(self.added)
+
+    def _add_tokens(self, tokens: Sequence[str]) -> None:
+        for token in tokens:
+            self.added[token] = self.vocab_size
+
+
 class HFJsonTokenizer(Tokenizer):
     """A HF `tokenizers` tokenizer.json; bos/eos/pad from tokenizer_config.json / special_tokens_map.json."""
 

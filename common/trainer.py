@@ -87,6 +87,8 @@ class Task:
     update_params(params, batches, rng) -> params: optional, applied inside the jitted step after each (finite)
         optimizer update to the new params with the step's batches ({name: global batch}); for state that is
         not learnt by gradient, e.g. a VQ codebook's dead-code restarts. Frozen parameters may change here.
+    batch_spec() -> {name: {field: jax.ShapeDtypeStruct}}: each dataset's global batch as the pipeline collates it
+        (no data read), for compiling the step ahead of time (`common.aot`, `python -m mmlm_jax.plan`).
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -99,6 +101,7 @@ class Task:
     evaluate: Callable[[Any, int], Mapping[str, float]] | None = None
     named_rows: Mapping[str, int] | None = None
     update_params: Callable[[Any, Mapping[str, Mapping[str, jax.Array]], jax.Array], Any] | None = None
+    batch_spec: Callable[[], Mapping[str, Mapping[str, jax.ShapeDtypeStruct]]] | None = None
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -338,34 +341,41 @@ class RunResult:
     metrics: list[dict]  # the rows logged in this run
 
 
-class Trainer:
-    """Builds mesh, state, data and the jitted step from `config` and `task`, and runs the loop.
+def mesh_from_config(mesh_config: Mapping[str, int], devices=None):
+    """The (data, fsdp, tensor) mesh of `config.mesh` on `devices` (default: all); a mesh without a -1 axis that is
+    smaller than the device list uses its first devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    mesh_config = dict(mesh_config)
+    sizes = [int(mesh_config.get(a, 1)) for a in ("data", "fsdp", "tensor")]
+    if -1 not in sizes:
+        devices = devices[:math.prod(sizes)]
+    return make_mesh(mesh_config, devices)
 
-    Config fields read here: seed, total_steps, batch_size, log_every, checkpoint_every, keep_checkpoints,
-    eval_every, mesh {data, fsdp, tensor}, grad_accum_steps, multi_dataset_mode ('accumulate' |
-    'round_robin'), max_nonfinite_in_a_row, peak_flops (per device; 0 = no MFU), async_checkpoints,
-    optimizer {...} (see common.optimizer.make_optimizer).
+
+class TrainProgram:
+    """What the train step is, for `config` and `task` on `mesh`, with nothing allocated: the optimizer (param
+    groups, frozen parts), the abstract train state and its shardings from the logical-axis rules, and the jitted
+    step for a given set of batches. `Trainer` runs it on real devices; `common.aot` lowers the same program for a
+    TPU topology ahead of time (no data, workdir or arrays needed).
+
+    Config fields read here: seed, total_steps, batch_size, grad_accum_steps, multi_dataset_mode, optimizer.
     """
 
-    def __init__(self, config, task: Task, workdir: str, devices=None):
-        self.config, self.task, self.workdir = config, task, os.path.abspath(workdir)
+    def __init__(self, config, task: Task, mesh):
+        self.config, self.task, self.mesh = config, task, mesh
         self.total_steps = int(config.total_steps)
         self.grad_accum_steps = int(_config_get(config, "grad_accum_steps", 1))
         self.mode = _config_get(config, "multi_dataset_mode", "accumulate")
         if self.mode not in ("accumulate", "round_robin"):
             raise ValueError(f"multi_dataset_mode must be 'accumulate' or 'round_robin', got {self.mode!r}")
         jax.config.update("jax_threefry_partitionable", True)
-        self.mesh = self._make_mesh(devices)
-        self.is_main = jax.process_index() == 0
-        os.makedirs(self.workdir, exist_ok=True)
-
         # Abstract (boxed) parameters -> optimizer -> abstract state -> shardings from the logical rules.
-        key = jax.random.key(int(config.seed))
-        abstract_params = jax.eval_shape(task.init_params, key)
+        self.init_key = jax.random.key(int(config.seed))
+        abstract_params = jax.eval_shape(task.init_params, self.init_key)
         self.opt = optimizer_lib.make_optimizer(config.optimizer, abstract_params, self.total_steps,
                                                 named_rows=task.named_rows)
-        boxed_state = jax.eval_shape(lambda k: TrainState.create(task.init_params(k), self.opt.tx), key)
-        self.state_sharding = logical_sharding(nn.get_partition_spec(boxed_state), self.mesh)
+        boxed_state = jax.eval_shape(lambda k: TrainState.create(task.init_params(k), self.opt.tx), self.init_key)
+        self.state_sharding = logical_sharding(nn.get_partition_spec(boxed_state), mesh)
         self.abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                            nn.unbox(boxed_state), self.state_sharding)
         self.param_count = optimizer_lib.count_params(self.abstract_state.params)
@@ -374,29 +384,61 @@ class Trainer:
         if opt_size != 2 * self.trainable_count:
             raise AssertionError(f"optimizer state holds {opt_size:,} floats, expected 2 x {self.trainable_count:,} "
                                  "trainable parameters")
-        self._init_key = key
-        self.data_shard = host_data_shard(self.mesh)
-        batch_shards = math.prod(self.mesh.shape[a] for a in _batch_mesh_axes())
+        self.batch_shards = math.prod(mesh.shape[a] for a in _batch_mesh_axes())
         batch_size = int(_config_get(config, "batch_size", 0) or 0)
-        if batch_size and (batch_size % self.grad_accum_steps or (batch_size // self.grad_accum_steps) % batch_shards):
+        if batch_size and (batch_size % self.grad_accum_steps or
+                           (batch_size // self.grad_accum_steps) % self.batch_shards):
             raise ValueError(f"batch_size {batch_size} must split into grad_accum_steps={self.grad_accum_steps} "
-                             f"micro-batches, each a multiple of the {batch_shards} batch shards of the mesh")
+                             f"micro-batches, each a multiple of the {self.batch_shards} batch shards of the mesh")
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+
+    def dataset_weights(self, names: Iterable[str]) -> dict[str, float]:
+        return dict(self.task.dataset_weights or {name: 1.0 for name in names})
+
+    def step_names(self, step: int, names: Iterable[str]) -> tuple[str, ...]:
+        """The datasets that step `step` reads: all of them ('accumulate') or one in turn ('round_robin')."""
+        names = sorted(names)
+        return tuple(names) if self.mode == "accumulate" else (names[step % len(names)],)
+
+    def jit_step(self, batches: Mapping[str, Mapping[str, Any]], dataset_names: Iterable[str]) -> Callable:
+        """The jitted train step for batches shaped like `batches` ({name: {field: array or ShapeDtypeStruct}}):
+        state donated, state and batch shardings from the rules, metrics replicated."""
+        step = make_train_step(self.task, self.opt, int(self.config.seed), self.grad_accum_steps,
+                               self.dataset_weights(dataset_names))
+        in_batch_sharding = jax.tree.map(lambda x: batch_sharding(self.mesh, len(x.shape)), batches)
+        return jax.jit(step, in_shardings=(self.state_sharding, in_batch_sharding),
+                       out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+
+
+class Trainer:
+    """Builds mesh, state, data and the jitted step from `config` and `task`, and runs the loop.
+
+    Config fields read here: seed, total_steps, batch_size, log_every, checkpoint_every, keep_checkpoints,
+    eval_every, mesh {data, fsdp, tensor}, grad_accum_steps, multi_dataset_mode ('accumulate' |
+    'round_robin'), max_nonfinite_in_a_row, peak_flops (per device; 0 = no MFU), async_checkpoints,
+    optimizer {...} (see common.optimizer.make_optimizer). The step itself is a `TrainProgram`.
+    """
+
+    def __init__(self, config, task: Task, workdir: str, devices=None):
+        self.config, self.task, self.workdir = config, task, os.path.abspath(workdir)
+        self.mesh = mesh_from_config(config.mesh, devices)
+        self.program = TrainProgram(config, task, self.mesh)
+        self.total_steps, self.grad_accum_steps = self.program.total_steps, self.program.grad_accum_steps
+        self.opt, self.abstract_state, self.state_sharding = (self.program.opt, self.program.abstract_state,
+                                                              self.program.state_sharding)
+        self.param_count, self.trainable_count = self.program.param_count, self.program.trainable_count
+        self.is_main = jax.process_index() == 0
+        os.makedirs(self.workdir, exist_ok=True)
+        self._init_key = self.program.init_key
+        self.data_shard = host_data_shard(self.mesh)
         self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
                                          keep=int(_config_get(config, "keep_checkpoints", 3)),
                                          async_save=bool(_config_get(config, "async_checkpoints", True)))
-        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.replicated = self.program.replicated
         self._step_fns: dict[tuple[str, ...], Callable] = {}
         self._eval_fn = None
 
     # -- setup ---------------------------------------------------------------------------------
-
-    def _make_mesh(self, devices):
-        devices = list(jax.devices() if devices is None else devices)
-        mesh_config = dict(self.config.mesh)
-        sizes = [int(mesh_config.get(a, 1)) for a in ("data", "fsdp", "tensor")]
-        if -1 not in sizes:  # a mesh smaller than the machine uses the first devices
-            devices = devices[:math.prod(sizes)]
-        return make_mesh(mesh_config, devices)
 
     def init_state(self) -> TrainState:
         """Fresh sharded state: random init (jitted, created in place) then the task's pretrained weights."""
@@ -416,11 +458,7 @@ class Trainer:
 
     def _step_fn(self, names: tuple[str, ...], batches) -> Callable:
         if names not in self._step_fns:
-            step = make_train_step(self.task, self.opt, int(self.config.seed), self.grad_accum_steps,
-                                   self.dataset_weights)
-            in_batch_sharding = jax.tree.map(lambda x: batch_sharding(self.mesh, x.ndim), batches)
-            self._step_fns[names] = jax.jit(step, in_shardings=(self.state_sharding, in_batch_sharding),
-                                            out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+            self._step_fns[names] = self.program.jit_step(batches, self._dataset_names)
         return self._step_fns[names]
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -448,7 +486,7 @@ class Trainer:
 
     @property
     def dataset_weights(self) -> dict[str, float]:
-        return dict(self.task.dataset_weights or {name: 1.0 for name in self._dataset_names})
+        return self.program.dataset_weights(self._dataset_names)
 
     def _examples_flops(self, names, batches) -> tuple[int, float]:
         examples, flops = 0, 0.0
@@ -539,8 +577,7 @@ class Trainer:
         with activate(self.mesh), PreemptionWatcher(signals) as watcher:
             try:
                 for step in range(start, end):
-                    names = (tuple(self._dataset_names) if self.mode == "accumulate"
-                             else (self._dataset_names[step % len(self._dataset_names)],))
+                    names = self.program.step_names(step, self._dataset_names)
                     batches = {name: self._global_batch(next(iterators[name])) for name in names}
                     examples, flops = self._examples_flops(names, batches)
                     state, metrics = self._step_fn(names, batches)(state, batches)

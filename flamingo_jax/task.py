@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
-from common.data.pipeline import Collate, task_iterator
+from common.data.pipeline import Collate, collated_batch_spec, task_iterator
 from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
 from common.lm_task import next_token_loss
 from common.task_utils import get, graft, plain, restore_params
@@ -227,8 +227,10 @@ def new_token_rows(tokenizer) -> dict[str, int]:
     return {IMAGE_TOKEN: ids["image"], END_OF_CHUNK_TOKEN: ids["eoc"]}
 
 
-def make_task(config, workdir: str | None = None) -> Task:
-    tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None))
+def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
+    """The Flamingo task of `config`; `tokenizer` (default: built from config.tokenizer) may be a stand-in that
+    only sizes the vocabulary when the task is only planned (common.aot)."""
+    tokenizer = tokenizer or data_lib.build_tokenizer(get(config, "tokenizer", None))
     cfg = flamingo_config_from(config.model, tokenizer)
     stage = get(config, "stage", "flamingo")
     if stage not in ("flamingo", "lm", "contrastive"):
@@ -268,6 +270,10 @@ def make_task(config, workdir: str | None = None) -> Task:
                                  attention_mask=batch["attention_mask"])
         return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
 
+    def collate_for(spec):
+        return Collate(int(spec["max_len"]), pad_id, max_images=spec.get("max_images", 1) if
+                       "text" not in spec["source"] else None)
+
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
         spec = {"raw_image_size": image_size, "convert_image_modes": bool(dcfg.get("convert_image_modes", False)),
                 **spec}
@@ -275,8 +281,7 @@ def make_task(config, workdir: str | None = None) -> Task:
         transform = (data_lib.make_pair_transform(spec, tokenizer, image_size) if stage == "contrastive" else
                      data_lib.make_transform(spec, tokenizer, image_size))
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
-        collate = Collate(int(spec["max_len"]), pad_id, max_images=spec.get("max_images", 1) if
-                          "text" not in spec["source"] else None)
+        collate = collate_for(spec)
         return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
                              seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=None)
 
@@ -312,10 +317,17 @@ def make_task(config, workdir: str | None = None) -> Task:
         load_first = load or (lambda params: params)
         load = lambda params: load_vision(load_first(params), config, cfg)  # noqa: E731
 
+    def batch_spec():
+        image = (image_size, image_size, 3)
+        return {name: collated_batch_spec(
+            collate_for(spec), int(spec.get("batch_size") or config.batch_size),
+            images=None if "text" in spec["source"] else (int(spec.get("max_images", 1)),) + image)
+            for name, spec in datasets.items()}
+
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
                 flops_per_example=flops, load_pretrained=load,
                 make_eval_data=make_eval_data if int(get(config, "eval_batches", 0)) else None,
-                named_rows=new_token_rows(tokenizer))
+                named_rows=new_token_rows(tokenizer), batch_spec=batch_spec)
     task.model, task.flamingo_config, task.tokenizer, task.stage = model, cfg, tokenizer, stage
     return task

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 
 from common import lora as lora_lib
-from common.data.pipeline import Collate, task_iterator
+from common.data.pipeline import Collate, collated_batch_spec, task_iterator
 from common.lm import LMConfig, matmul_flops_per_token
 from common.lm_task import next_token_loss
 from common.tokenizers import IMAGE_TOKEN, padded_vocab_size
@@ -127,8 +127,10 @@ def model_inputs(batch) -> dict:
     return kwargs
 
 
-def make_task(config, workdir: str | None = None) -> Task:
-    tokenizer = data_lib.build_tokenizer(_get(config, "tokenizer", None), workdir)
+def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
+    """The LLaVA task of `config`; `tokenizer` (default: built from config.tokenizer) may be a stand-in that only
+    sizes the vocabulary when the task is only planned (common.aot)."""
+    tokenizer = tokenizer or data_lib.build_tokenizer(_get(config, "tokenizer", None), workdir)
     if workdir and not os.path.isfile(os.path.join(workdir, data_lib.TOKENIZER_FILE)) and jax.process_index() == 0:
         data_lib.save_tokenizer(tokenizer, workdir)
     cfg = llava_config_from(config.model, tokenizer)
@@ -157,12 +159,15 @@ def make_task(config, workdir: str | None = None) -> Task:
         logits = model.apply({"params": params}, ids, **model_inputs(batch))  # [B, T, V]
         return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
 
+    def collate_for(spec):
+        return Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_images", 1)))
+
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool, epochs):
         source = data_lib.make_source(spec, split)
         transform = make_transform(config, tokenizer, cfg, spec)
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
         dcfg = _plain(config.data)
-        collate = Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_images", 1)))
+        collate = collate_for(spec)
         return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
                              seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=epochs)
 
@@ -199,10 +204,17 @@ def make_task(config, workdir: str | None = None) -> Task:
     if _get(config, "init_from", "") or any((_plain(_get(config, "init_checkpoint", {}) or {})).values()):
         load = lambda params: load_pretrained_weights(params, config, cfg)  # noqa: E731
 
+    def batch_spec():
+        image = example_inputs(cfg)[1].shape[2:]  # one image: [S, S, C] (anyres: [crops, S, S, C])
+        text_only = lambda spec: spec.get("text_only", _plain(config.data).get("text_only", False))  # noqa: E731
+        return {name: collated_batch_spec(collate_for(spec), int(spec.get("batch_size") or config.batch_size),
+                                          images=None if text_only(spec) else (int(spec.get("max_images", 1)),) + image)
+                for name, spec in datasets.items()}
+
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
                 flops_per_example=flops, load_pretrained=load,
                 make_eval_data=make_eval_data if int(_get(config, "eval_batches", 0) or 0) else None,
-                evaluate=evaluate if int(eval_cfg.get("num_questions", 0) or 0) else None)
+                evaluate=evaluate if int(eval_cfg.get("num_questions", 0) or 0) else None, batch_spec=batch_spec)
     task.model, task.llava_config, task.tokenizer, task.lora_config = model, cfg, tokenizer, lcfg
     return task

@@ -4,6 +4,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The CPU backend only: with the [tpu] extra installed (libtpu, for the ahead-of-time TPU compilation tests),
+# jax would otherwise probe for a TPU at start-up. TPU topologies for compilation still come from libtpu.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Set before jax initialises its backend: eight fake CPU devices for the sharding tests (single-device
 # tests simply run on the first one), and unoptimised XLA backend compilation — the test programs are
 # tiny and compiled again and again, so compile time dominates (3-4x faster this way).

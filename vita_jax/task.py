@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 
 from common import lora as lora_lib
-from common.data.pipeline import Collate, task_iterator
+from common.data.pipeline import Collate, collated_batch_spec, task_iterator
 from common.lm import LMConfig, matmul_flops_per_token
 from common.lm_task import next_token_loss
 from common.task_utils import get, graft, lora_config_from, plain, restore_params
@@ -90,8 +90,10 @@ def load_pretrained_weights(params, config):
     return params
 
 
-def make_task(config, workdir: str | None = None) -> Task:
-    tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None), workdir)
+def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
+    """The VITA task of `config`; `tokenizer` (default: built from config.tokenizer) may be a stand-in that only
+    sizes the vocabulary when the task is only planned (common.aot)."""
+    tokenizer = tokenizer or data_lib.build_tokenizer(get(config, "tokenizer", None), workdir)
     if workdir and not os.path.isfile(os.path.join(workdir, data_lib.TOKENIZER_FILE)) and jax.process_index() == 0:
         data_lib.save_tokenizer(tokenizer, workdir)
     cfg = vita_config_from(config.model, tokenizer)
@@ -121,12 +123,15 @@ def make_task(config, workdir: str | None = None) -> Task:
                              rngs={"dropout": rng} if dropout else None)  # [B, T, V]
         return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
 
+    def collate_for(spec):
+        return Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_tiles_per_sample", 1)),
+                       max_audio_frames=max_frames if has_audio(spec) else None)
+
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool, epochs):
         source = data_lib.make_source(spec, split)
         transform = make_transform(config, tokenizer, cfg, spec)
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
-        collate = Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_tiles_per_sample", 1)),
-                          max_audio_frames=max_frames if has_audio(spec) else None)
+        collate = collate_for(spec)
         return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
                              seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=epochs)
 
@@ -143,9 +148,18 @@ def make_task(config, workdir: str | None = None) -> Task:
     load = None
     if get(config, "init_from", "") or get(config, "init_checkpoint", ""):
         load = lambda params: load_pretrained_weights(params, config)  # noqa: E731
+    def batch_spec():
+        tile = (cfg.vision.image_size, cfg.vision.image_size, cfg.vision.num_channels)
+        return {name: collated_batch_spec(
+            collate_for(spec), int(spec.get("batch_size") or config.batch_size),
+            images=(int(spec.get("max_tiles_per_sample", 1)),) + tile,
+            audio=(max_frames, cfg.audio.input_dim) if has_audio(spec) else (0, cfg.audio.input_dim))
+            for name, spec in datasets.items()}
+
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
                 flops_per_example=flops, load_pretrained=load,
-                make_eval_data=make_eval_data if int(get(config, "eval_batches", 0) or 0) else None)
+                make_eval_data=make_eval_data if int(get(config, "eval_batches", 0) or 0) else None,
+                batch_spec=batch_spec)
     task.model, task.vita_config, task.tokenizer, task.lora_config = model, cfg, tokenizer, lcfg
     return task

@@ -13,7 +13,8 @@ from common.train import run
 FLAGS = flags.FLAGS
 
 
-def make_task_for(config, workdir=None):
+def make_task_for(config, workdir=None, tokenizer=None):
+    """The task of the config's stage; `tokenizer` (VITA model stages only) replaces the config's (planning)."""
     stage = str(config.get("stage", "") or "")
     if stage == "3.1":
         from vita_jax.codec_train import make_task
@@ -21,6 +22,8 @@ def make_task_for(config, workdir=None):
         from vita_jax.speech_train import make_task
     else:
         from vita_jax.task import make_task
+
+        return make_task(config, workdir=workdir, tokenizer=tokenizer)
     return make_task(config, workdir=workdir)
 
 

@@ -14,6 +14,7 @@ import os
 import zlib
 from typing import Callable
 
+import jax
 import numpy as np
 
 from common.data import image_ops
@@ -206,6 +207,20 @@ class Collate:
         out = pad_batch(tok, self.max_len, self.pad_id, self.side)
         out.update(media)
         return out
+
+
+def collated_batch_spec(collate: Collate, batch_size: int, images: tuple[int, ...] | None = None,
+                        audio: tuple[int, int] | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """The batch `collate` makes of `batch_size` full-length examples, as ShapeDtypeStructs: what the ahead-of-time
+    planner (common.aot) lowers a train step with. One example is collated for real (so keys, dtypes and padding
+    are the pipeline's own); images: one example's image stack [n, ...]; audio: its features [frames, dims]."""
+    example = {"input_ids": np.zeros(collate.max_len, np.int32), "loss_mask": np.zeros(collate.max_len, np.int32)}
+    if images is not None:
+        example["images"] = np.zeros(images, np.float32)
+    if audio is not None:
+        example["audio_features"] = np.zeros(audio, np.float32)
+    one = collate([example])
+    return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype) for k, v in one.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,323 @@
+"""Ahead-of-time plans of a training step on a TPU slice, from any host (no TPU needed): the trainer's own jitted
+step (`common.trainer.TrainProgram`: same task, loss, optimizer, frozen parts, accumulation and logical-axis
+shardings) lowered from abstract state onto the devices of a TPU topology that libtpu describes, compiled, and
+read back: per-chip memory, the collectives of the optimized program, compile time and an analytic step-time
+bound (MaxText's `train_compile` does the same kind of ahead-of-time compilation).
+
+Topology names: Cloud TPU's (`v4-16`, `v5p-64`: TensorCores, two per chip; `v5e-16`, `v6e-256`: chips) or
+libtpu's (`v5p:4x4x2`, `v5e:4x4`: the chip grid). Multi-slice (a data axis over DCN): `--num_slices`.
+
+The step-time bound is analytic, from the compiled program and the chip table below: compute = model FLOPs /
+peak, memory = HBM traffic / HBM bandwidth (estimated: the state read and written once, the peak temporaries
+written and read once), network = collective bytes on the wire / ICI bandwidth (all links of a chip); the step can
+be no faster than the largest (perfect overlap), which caps MFU at compute / largest. It is a ceiling, not a
+prediction of the achieved speed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from common.sharding import activate
+
+GB = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """One TPU chip's published figures (Cloud TPU system architecture pages, per chip)."""
+
+    name: str
+    device_kind: str  # what libtpu's devices report
+    peak_bf16_flops: float  # FLOP/s
+    hbm_bytes: float
+    hbm_bandwidth: float  # bytes/s
+    ici_bandwidth: float  # bytes/s, all links of a chip together
+    cores_per_chip: int  # TensorCores per chip, as Cloud TPU counts them in a slice name (v4-8 = 4 chips)
+    source: str
+
+
+# Figures from the Cloud TPU documentation (cloud.google.com/tpu/docs/<version>): "BF16 peak compute per chip",
+# "HBM2 capacity and bandwidth per chip", "Interchip Interconnect BW" (Gbps / 8 = GB/s).
+CHIPS: dict[str, Chip] = {
+    "v4": Chip("v4", "TPU v4", 275e12, 32 * GB, 1228 * GB, 2400 / 8 * GB, 2, "cloud.google.com/tpu/docs/v4"),
+    "v5e": Chip("v5e", "TPU v5 lite", 197e12, 16 * GB, 819 * GB, 1600 / 8 * GB, 1, "cloud.google.com/tpu/docs/v5e"),
+    "v5p": Chip("v5p", "TPU v5", 459e12, 95 * GB, 2765 * GB, 4800 / 8 * GB, 2, "cloud.google.com/tpu/docs/v5p"),
+    "v6e": Chip("v6e", "TPU v6 lite", 918e12, 32 * GB, 1640 * GB, 3584 / 8 * GB, 1, "cloud.google.com/tpu/docs/v6e"),
+}
+# Chip grids of the standard slice shapes (Cloud TPU: v4 / v5p slices are 3-D tori, v5e / v6e 2-D).
+_GRIDS_3D = {1: (1, 1, 1), 2: (1, 1, 2), 4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
+             128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16),
+             4096: (16, 16, 16)}
+_GRIDS_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    name: str  # as given
+    chip: Chip
+    grid: tuple[int, ...]  # chips along each torus axis, one slice
+    num_slices: int = 1
+
+    @property
+    def libtpu_name(self) -> str:
+        return f"{self.chip.name}:{'x'.join(map(str, self.grid))}"
+
+    @property
+    def chips(self) -> int:
+        return math.prod(self.grid) * self.num_slices
+
+    def devices(self) -> list:
+        from jax.experimental import topologies
+
+        extra = {"num_slices": self.num_slices} if self.num_slices > 1 else {}
+        desc = topologies.get_topology_desc(topology_name=self.libtpu_name, platform="tpu", **extra)
+        return list(desc.devices)
+
+
+def parse_topology(name: str, num_slices: int = 1) -> Topology:
+    """'v5p-64' (Cloud TPU: v4 / v5p count TensorCores, v5e / v6e chips) or 'v5p:4x4x2' (libtpu: the chip grid)."""
+    m = re.fullmatch(r"(v4|v5e|v5p|v6e|v5litepod)[-:](.+)", name.strip())
+    if not m:
+        raise ValueError(f"unknown TPU topology {name!r}: use e.g. v5p-64, v5e-16, v6e-256, v4-16 or v5p:4x4x2 "
+                         f"(chips: {sorted(CHIPS)})")
+    chip = CHIPS["v5e" if m.group(1) == "v5litepod" else m.group(1)]
+    rest = m.group(2)
+    if "x" in rest:
+        grid = tuple(int(v) for v in rest.split("x"))
+    else:
+        count = int(rest)
+        if count % chip.cores_per_chip:
+            raise ValueError(f"{name}: a {chip.name} slice counts {chip.cores_per_chip} TensorCores per chip")
+        chips = count // chip.cores_per_chip
+        grids = _GRIDS_3D if chip.name in ("v4", "v5p") else _GRIDS_2D
+        if chips not in grids:
+            raise ValueError(f"{name}: no standard {chip.name} slice of {chips} chips; sizes: "
+                             f"{[n * chip.cores_per_chip for n in sorted(grids)]}, or name the grid (e.g. "
+                             f"{chip.name}:{'x'.join(map(str, grids[max(grids)]))})")
+        grid = grids[chips]
+    if num_slices < 1:
+        raise ValueError(f"num_slices must be >= 1, got {num_slices}")
+    return Topology(name, chip, grid, num_slices)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The optimized HLO: collectives per step
+# ----------------------------------------------------------------------------------------------------------------
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1, "s4": 0.5, "u4": 0.5}
+_ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
+_OP = re.compile(r"=\s+(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+_CALLS = re.compile(r"\b(calls|to_apply|body|condition)=%?([\w.\-]+)")
+_CALL_LISTS = re.compile(r"\b(branch_computations|called_computations)=\{([^}]*)\}")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CHAIN = re.compile(r'chain_id="(\d+)"')
+
+
+def _array_bytes(shape_text: str) -> list[float]:
+    return [_DTYPE_BYTES[d] * math.prod(int(x) for x in dims.split(",") if x) for d, dims in _ARRAY.findall(shape_text)]
+
+
+def _group_size(line: str, devices: int) -> int:
+    """Devices per replica group of a collective line: `mesh['a'=4,'b'=2] {'a'}`, `{{0,1},{2,3}}` or `[2,4]<=[8]`."""
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+    if m:
+        sizes = dict((k.strip("'"), int(v)) for k, v in re.findall(r"('[^']+')=(\d+)", m.group(1)))
+        return math.prod(sizes[name.strip().strip("'")] for name in m.group(2).split(",") if name.strip())
+    m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line)
+    if m:
+        return int(m.group(2))
+    m = re.search(r"replica_groups=\{\{([^}]*)\}", line)
+    if m:
+        return len(m.group(1).split(","))
+    m = re.search(r"source_target_pairs=", line)
+    return 2 if m else devices
+
+
+def collectives(hlo_text: str, devices: int) -> dict[str, dict[str, float]]:
+    """{op: {count, bytes, wire_bytes}} per step and per device in an optimized HLO module.
+
+    count and bytes (the result buffer of each, per device) include the trip counts of the while loops they sit in
+    (a scan over L layers runs its body's all-gathers L times). A collective that the TPU compiler splits into an
+    asynchronous chain (its pieces share a `chain_id`) counts once. wire_bytes: what each device sends on a ring over
+    its replica group of n: all-gather (n-1)/n x result, reduce-scatter (n-1) x result, all-reduce 2 (n-1)/n x
+    result, all-to-all (n-1)/n x result, collective-permute 1 x result.
+    """
+    computations: dict[str, list[str]] = {}
+    entry, current = None, None
+    for line in hlo_text.splitlines():
+        m = _COMPUTATION.match(line)
+        if m:
+            current = m.group(1)
+            computations[current] = []
+            if line.startswith("ENTRY"):
+                entry = current
+        elif current is not None:
+            if line.startswith("}"):
+                current = None
+            else:
+                computations[current].append(line)
+    if entry is None:
+        raise ValueError("no ENTRY computation in the HLO text")
+    callers: dict[str, list[tuple[str, int]]] = {}
+    for name, lines in computations.items():
+        for line in lines:
+            trip = _TRIP.search(line)
+            for kind, callee in _CALLS.findall(line):
+                factor = int(trip.group(1)) if kind == "body" and trip else 1
+                callers.setdefault(callee, []).append((name, factor if kind != "condition" else 0))
+            for _, names in _CALL_LISTS.findall(line):
+                for callee in names.split(","):
+                    callers.setdefault(callee.strip().lstrip("%"), []).append((name, 1))
+    memo: dict[str, int] = {entry: 1}
+
+    def runs(name: str) -> int:
+        if name not in memo:
+            memo[name] = 0  # cycle guard
+            memo[name] = sum(runs(caller) * factor for caller, factor in callers.get(name, ()))
+        return memo[name]
+
+    seen_chains: dict[str, tuple[str, int, float, int]] = {}
+    found: list[tuple[str, int, float, int]] = []
+    for name, lines in computations.items():
+        n = runs(name)
+        if not n:
+            continue
+        for line in lines:
+            m = _OP.search(line)
+            if not m:
+                continue
+            op, shape = m.group(2), m.group(1)
+            sizes = _array_bytes(shape)
+            size = max(sizes) if m.group(3) else sum(sizes)  # a -start tuple holds operand and result
+            record = (op, n, size, _group_size(line, devices))
+            chain = _CHAIN.search(line)
+            if chain:
+                key = f"{op}:{chain.group(1)}"
+                if key not in seen_chains or seen_chains[key][1] < n:
+                    seen_chains[key] = record
+            else:
+                found.append(record)
+    found.extend(seen_chains.values())
+    wire = {"all-gather": lambda g: (g - 1) / g, "reduce-scatter": lambda g: g - 1,
+            "all-reduce": lambda g: 2 * (g - 1) / g, "all-to-all": lambda g: (g - 1) / g,
+            "collective-permute": lambda g: 1.0}
+    out = {op: {"count": 0, "bytes": 0.0, "wire_bytes": 0.0} for op in COLLECTIVES}
+    for op, n, size, group in found:
+        out[op]["count"] += n
+        out[op]["bytes"] += n * size
+        out[op]["wire_bytes"] += n * size * wire[op](max(group, 1))
+    return out
+
+
+def largest_buffers(hlo_text: str, top: int = 8) -> list[tuple[str, float]]:
+    """The largest array shapes produced by instructions of the optimized HLO (shape text, bytes), largest first:
+    where to look when the temporaries are large (e.g. a [B, H, T, T] attention buffer)."""
+    sizes: dict[str, float] = {}
+    for m in re.finditer(r"=\s+(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]", hlo_text):
+        key = f"{m.group(1)}[{m.group(2)}]"
+        sizes[key] = _DTYPE_BYTES[m.group(1)] * math.prod(int(x) for x in m.group(2).split(",") if x)
+    return sorted(sizes.items(), key=lambda kv: -kv[1])[:top]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plan
+# ----------------------------------------------------------------------------------------------------------------
+def _shard_bytes(tree: Any) -> float:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard, i.e. the first)."""
+    total = 0.0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def abstract_batches(program, batch_spec: Mapping[str, Mapping[str, jax.ShapeDtypeStruct]]):
+    """Global batch specs -> ShapeDtypeStructs carrying the trainer's batch sharding."""
+    from common.trainer import batch_sharding
+
+    return {name: {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(program.mesh, len(x.shape)))
+                   for k, x in fields.items()} for name, fields in batch_spec.items()}
+
+
+def plan_train_step(config, task, topology: Topology, *, keep_hlo: bool = False) -> dict[str, Any]:
+    """Lowers and compiles the trainer's step for `config` / `task` on `topology`; returns the plan (JSON-able).
+
+    `task.batch_spec()` gives each dataset's global batch as ShapeDtypeStructs; nothing is allocated.
+    """
+    from common.trainer import TrainProgram, mesh_from_config
+
+    if task.batch_spec is None:
+        raise ValueError("this task has no batch_spec: it cannot be planned ahead of time")
+    devices = topology.devices()
+    mesh = mesh_from_config(config.mesh, devices)
+    program = TrainProgram(config, task, mesh)
+    spec = dict(task.batch_spec())
+    names = program.step_names(0, spec)
+    batches = abstract_batches(program, {name: spec[name] for name in names})
+    t0 = time.perf_counter()
+    with activate(mesh):
+        lowered = program.jit_step(batches, list(spec)).lower(program.abstract_state, batches)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    memory = compiled.memory_analysis()
+    hlo = compiled.as_text()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+
+    chip = topology.chip
+    n_dev = mesh.size
+    params_b = _shard_bytes(program.abstract_state.params)
+    opt_b = _shard_bytes(program.abstract_state.opt_state)
+    batch_b = _shard_bytes(batches)
+    args_b, out_b = float(memory.argument_size_in_bytes), float(memory.output_size_in_bytes)
+    alias_b, temp_b = float(memory.alias_size_in_bytes), float(memory.temp_size_in_bytes)
+    total_b = args_b + temp_b + out_b - alias_b  # donated state: outputs reuse the argument buffers
+    comms = collectives(hlo, n_dev)
+
+    examples = {name: next(iter(fields.values())).shape[0] for name, fields in batches.items()}
+    fpe = task.flops_per_example
+    model_flops = sum(n * float(fpe.get(name, 0.0) if isinstance(fpe, Mapping) else fpe)
+                      for name, n in examples.items())
+    compute_s = model_flops / n_dev / chip.peak_bf16_flops
+    # HBM traffic, estimated: the state read and written once, the peak temporaries written and read once. (XLA's
+    # own cost analysis, also reported, counts a while loop's body once: a scan over L layers is undercounted.)
+    hbm_bytes = args_b + out_b + 2 * temp_b
+    memory_s = hbm_bytes / chip.hbm_bandwidth
+    wire = sum(c["wire_bytes"] for c in comms.values())
+    network_s = wire / chip.ici_bandwidth
+    bound_s = max(compute_s, memory_s, network_s)
+    plan = {
+        "bench": "tpu_aot_plan", "topology": topology.name, "libtpu_topology": topology.libtpu_name,
+        "num_slices": topology.num_slices, "chip": chip.name, "chips": topology.chips, "devices": n_dev,
+        "mesh": {k: int(v) for k, v in mesh.shape.items()},
+        "params": program.param_count, "trainable": program.trainable_count,
+        "global_batch": examples, "grad_accum_steps": program.grad_accum_steps,
+        "per_device_gb": {"params": params_b / GB, "optimizer": opt_b / GB, "batch": batch_b / GB,
+                          "arguments": args_b / GB, "temporaries": temp_b / GB, "outputs_not_aliased":
+                          (out_b - alias_b) / GB, "total": total_b / GB},
+        "hbm_gb": chip.hbm_bytes / GB, "fits": total_b <= chip.hbm_bytes,
+        "margin_gb": (chip.hbm_bytes - total_b) / GB,
+        "collectives": {op: {"count": int(c["count"]), "gb": c["bytes"] / GB, "wire_gb": c["wire_bytes"] / GB}
+                        for op, c in comms.items() if c["count"]},
+        "lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
+        "model_tflops_per_step": model_flops / 1e12,
+        "hbm_gb_per_step_estimate": hbm_bytes / GB,
+        "xla_cost_analysis": {"tflops_per_device": float(cost.get("flops", 0.0)) / 1e12,
+                              "gb_accessed_per_device": float(cost.get("bytes accessed", 0.0)) / GB} if cost else None,
+        "bound_s": {"compute": compute_s, "hbm": memory_s, "ici": network_s, "step": bound_s},
+        "mfu_ceiling": compute_s / bound_s if bound_s > 0 else None,
+        "chip_source": chip.source,
+    }
+    if keep_hlo:
+        plan["_hlo"] = hlo
+    return plan

@@ -1,0 +1,145 @@
+"""Plan a training run on a TPU slice from any machine: compiles the trainer's own step for the slice ahead of time
+(common.aot) and reports per-chip memory against the chip's HBM, the step's collectives and an analytic step-time
+bound, as text and as one JSON line.
+
+    python -m mmlm_jax.plan --config configs/llava/stage2_7b.py --topology v5p-64 [--mesh fsdp=-1,tensor=4] \\
+        [--num_slices 2] [--out plans.jsonl] [--config.model.text.remat_policy=full ...]
+
+The family comes from the config's folder (configs/lm, configs/flamingo, configs/llava, configs/vita) or --family.
+A config whose tokenizer is a checkpoint folder not on this machine is planned with a stand-in that only sizes
+the vocabulary (the model and batch shapes are all the plan needs). Needs libtpu: `pip install -e '.[tpu]'`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # planning compiles for a TPU topology; it never runs on one
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FAMILIES = ("lm", "flamingo", "llava", "vita")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a training config with get_config().", lock_config=False)
+flags.DEFINE_string("topology", None, "TPU slice: v5p-64, v5e-16, v6e-256, v4-16 (Cloud TPU) or v5p:4x4x2 (libtpu).")
+flags.DEFINE_string("mesh", "", "Mesh sizes replacing config.mesh, e.g. 'fsdp=-1,tensor=4' (missing axes = 1).")
+flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multi-slice); the data axis spans them.")
+flags.DEFINE_enum("family", None, list(FAMILIES), "Model family (default: the config's folder under configs/).")
+flags.DEFINE_string("out", "", "Append the plan as a JSON line to this file.")
+
+
+def family_of(config_path: str) -> str:
+    parts = os.path.normpath(config_path).split(os.sep)
+    for i, part in enumerate(parts[:-1]):
+        if part == "configs" and parts[i + 1] in FAMILIES:
+            return parts[i + 1]
+    raise app.UsageError(f"cannot tell the family of {config_path}: put it under configs/<family>/ or pass --family")
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    mesh = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, size = item.partition("=")
+        if name not in ("data", "fsdp", "tensor") or not size.lstrip("-").isdigit():
+            raise app.UsageError(f"--mesh item {item!r}: use data=N, fsdp=N, tensor=N (one may be -1)")
+        mesh[name] = int(size)
+    return mesh
+
+
+def model_vocab(family: str, config) -> int:
+    """The vocabulary of the config's model preset (no tokenizer needed)."""
+    if family == "llava":
+        from llava_jax.task import llava_config_from
+        return llava_config_from(config.model).text.vocab_size
+    if family == "vita":
+        from vita_jax.task import vita_config_from
+        return vita_config_from(config.model).text.vocab_size
+    from flamingo_jax.task import flamingo_config_from
+    return flamingo_config_from(config.model).lm.vocab_size
+
+
+def stand_in_tokenizer(family: str, config):
+    """A VocabularyStandIn when the config's tokenizer is a checkpoint folder that is not here, else None."""
+    from common.task_utils import plain
+    from common.tokenizers import FAMILY_SPECIAL_TOKENS, VocabularyStandIn
+
+    tok = plain(config.get("tokenizer") or {})
+    if family == "lm" or tok.get("kind") != "dir" or os.path.isdir(tok.get("path") or ""):
+        return None
+    special = FAMILY_SPECIAL_TOKENS[family]
+    stand_in = VocabularyStandIn(model_vocab(family, config) - len(special))
+    stand_in.add_family_tokens(family)
+    return stand_in
+
+
+def make_task(family: str, config):
+    tokenizer = stand_in_tokenizer(family, config)
+    if family == "lm":
+        from common.lm_task import make_task as make
+        return make(config), None
+    if family == "flamingo":
+        from flamingo_jax.task import make_task as make
+    elif family == "llava":
+        from llava_jax.task import make_task as make
+    else:
+        from vita_jax.train import make_task_for as make
+    return make(config, workdir=None, tokenizer=tokenizer), tokenizer
+
+
+def describe(plan: dict) -> str:
+    mem = plan["per_device_gb"]
+    lines = [
+        f"{plan['topology']} ({plan['libtpu_topology']}, {plan['chips']} {plan['chip']} chips), mesh {plan['mesh']}, "
+        f"global batch {plan['global_batch']}",
+        f"parameters {plan['params']:,} ({plan['trainable']:,} trained)",
+        f"per chip: params {mem['params']:.2f} GB + optimizer {mem['optimizer']:.2f} GB + batch {mem['batch']:.2f} GB"
+        f" = arguments {mem['arguments']:.2f} GB; temporaries {mem['temporaries']:.2f} GB; total {mem['total']:.2f}"
+        f" of {plan['hbm_gb']:.0f} GB HBM: {'fits' if plan['fits'] else 'DOES NOT FIT'} "
+        f"(margin {plan['margin_gb']:+.2f} GB)",
+        "collectives per step: " + (", ".join(f"{op} x{c['count']} ({c['gb']:.2f} GB)"
+                                             for op, c in plan["collectives"].items()) or "none"),
+        f"compile {plan['compile_s']:.1f} s (lowering {plan['lower_s']:.1f} s)",
+        f"step-time bound: compute {plan['bound_s']['compute'] * 1e3:.1f} ms, HBM {plan['bound_s']['hbm'] * 1e3:.1f} ms,"
+        f" ICI {plan['bound_s']['ici'] * 1e3:.1f} ms -> >= {plan['bound_s']['step'] * 1e3:.1f} ms per step, "
+        f"MFU ceiling {plan['mfu_ceiling']:.0%}" if plan["mfu_ceiling"] is not None else "no FLOP count",
+    ]
+    return "\n".join(lines)
+
+
+def plan(config, family: str, topology_name: str, num_slices: int = 1, mesh: dict | None = None,
+         config_name: str = "") -> dict:
+    """The plan of `config` on `topology_name` (see common.aot.plan_train_step), with the run's provenance."""
+    from common import aot
+    from common.provenance import provenance
+
+    if mesh:
+        config.mesh = {**{"data": 1, "fsdp": 1, "tensor": 1}, **mesh}
+    topology = aot.parse_topology(topology_name, num_slices)
+    task, tokenizer = make_task(family, config)
+    result = aot.plan_train_step(config, task, topology)
+    result.update(config=config_name, family=family, stand_in_tokenizer=tokenizer is not None, **provenance())
+    return result
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.config is None or FLAGS.topology is None:
+        raise app.UsageError("--config and --topology are required")
+    config_path = config_flags.get_config_filename(FLAGS["config"])
+    family = FLAGS.family or family_of(config_path)
+    result = plan(FLAGS.config, family, FLAGS.topology, FLAGS.num_slices, parse_mesh(FLAGS.mesh), config_path)
+    print(describe(result))
+    line = json.dumps(result)
+    print(line)
+    if FLAGS.out:
+        with open(FLAGS.out, "a") as f:
+            f.write(line + "\n")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    app.run(main)
