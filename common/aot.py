@@ -77,6 +77,8 @@ class Topology:
         from jax.experimental import topologies
 
         extra = {"num_slices": self.num_slices} if self.num_slices > 1 else {}
+        if math.prod(self.grid) < 4:  # a slice smaller than one host (4 chips): the host is the slice
+            extra["chips_per_host_bounds"] = self.grid
         desc = topologies.get_topology_desc(topology_name=self.libtpu_name, platform="tpu", **extra)
         return list(desc.devices)
 
@@ -142,6 +144,20 @@ def _group_size(line: str, devices: int) -> int:
     return 2 if m else devices
 
 
+def _trip_count(line: str, condition: str | None, computations: Mapping[str, list[str]]) -> int:
+    """Iterations of a while loop: its known_trip_count, else the bound N of a condition `i < N` on a counter
+    (how scans are lowered: the TPU compiler's text carries no trip count); 1 for any other loop."""
+    known = _TRIP.search(line)
+    if known:
+        return int(known.group(1))
+    if condition is None or condition not in computations:
+        return 1
+    body = computations[condition]
+    bounds = [int(m.group(1)) for text in body for m in [re.search(r"s32\[\][^=]*constant\((\d+)\)", text)] if m]
+    compares = [text for text in body if "ROOT" in text and "compare(" in text and "direction=LT" in text]
+    return bounds[0] if len(bounds) == 1 and compares else 1
+
+
 def collectives(hlo_text: str, devices: int) -> dict[str, dict[str, float]]:
     """{op: {count, bytes, wire_bytes}} per step and per device in an optimized HLO module.
 
@@ -170,9 +186,10 @@ def collectives(hlo_text: str, devices: int) -> dict[str, dict[str, float]]:
     callers: dict[str, list[tuple[str, int]]] = {}
     for name, lines in computations.items():
         for line in lines:
-            trip = _TRIP.search(line)
-            for kind, callee in _CALLS.findall(line):
-                factor = int(trip.group(1)) if kind == "body" and trip else 1
+            calls = _CALLS.findall(line)
+            trip = _trip_count(line, dict(calls).get("condition"), computations)
+            for kind, callee in calls:
+                factor = trip if kind == "body" else 1
                 callers.setdefault(callee, []).append((name, factor if kind != "condition" else 0))
             for _, names in _CALL_LISTS.findall(line):
                 for callee in names.split(","):
@@ -240,6 +257,31 @@ def _shard_bytes(tree: Any) -> float:
     return total
 
 
+def _base_plan(program, topology: Topology, batches) -> dict[str, Any]:
+    return {
+        "bench": "tpu_aot_plan", "topology": topology.name, "libtpu_topology": topology.libtpu_name,
+        "num_slices": topology.num_slices, "chip": topology.chip.name, "chips": topology.chips,
+        "devices": program.mesh.size, "mesh": {k: int(v) for k, v in program.mesh.shape.items()},
+        "params": program.param_count, "trainable": program.trainable_count,
+        "global_batch": {name: next(iter(fields.values())).shape[0] for name, fields in batches.items()},
+        "grad_accum_steps": program.grad_accum_steps, "hbm_gb": topology.chip.hbm_bytes / GB,
+        "chip_source": topology.chip.source,
+    }
+
+
+def _refused_plan(program, topology: Topology, batches, message: str, compile_s: float, temporaries_gb: float):
+    """The plan of a step the TPU compiler refused for want of HBM: what it asked for, in its own words."""
+    params_b = _shard_bytes(program.abstract_state.params)
+    opt_b = _shard_bytes(program.abstract_state.opt_state)
+    batch_b = _shard_bytes(batches)
+    total = (params_b + opt_b + batch_b) / GB + temporaries_gb
+    return {**_base_plan(program, topology, batches),
+            "per_device_gb": {"params": params_b / GB, "optimizer": opt_b / GB, "batch": batch_b / GB,
+                              "temporaries": temporaries_gb, "total": total},
+            "fits": False, "margin_gb": topology.chip.hbm_bytes / GB - total, "compile_error": message,
+            "compile_s": round(compile_s, 2), "collectives": {}, "bound_s": None, "mfu_ceiling": None}
+
+
 def abstract_batches(program, batch_spec: Mapping[str, Mapping[str, jax.ShapeDtypeStruct]]):
     """Global batch specs -> ShapeDtypeStructs carrying the trainer's batch sharding."""
     from common.trainer import batch_sharding
@@ -267,7 +309,14 @@ def plan_train_step(config, task, topology: Topology, *, keep_hlo: bool = False)
     with activate(mesh):
         lowered = program.jit_step(batches, list(spec)).lower(program.abstract_state, batches)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program that cannot fit its HBM
+        needed = re.search(r"HLO temporaries \(([\d.]+)([GMK])\)", str(e))
+        if "RESOURCE_EXHAUSTED" not in str(e) or not needed:
+            raise
+        return _refused_plan(program, topology, batches, str(e).splitlines()[0], time.perf_counter() - t1,
+                             float(needed.group(1)) * {"G": 2**30, "M": 2**20, "K": 2**10}[needed.group(2)] / GB)
     t2 = time.perf_counter()
     memory = compiled.memory_analysis()
     hlo = compiled.as_text()
@@ -297,15 +346,11 @@ def plan_train_step(config, task, topology: Topology, *, keep_hlo: bool = False)
     network_s = wire / chip.ici_bandwidth
     bound_s = max(compute_s, memory_s, network_s)
     plan = {
-        "bench": "tpu_aot_plan", "topology": topology.name, "libtpu_topology": topology.libtpu_name,
-        "num_slices": topology.num_slices, "chip": chip.name, "chips": topology.chips, "devices": n_dev,
-        "mesh": {k: int(v) for k, v in mesh.shape.items()},
-        "params": program.param_count, "trainable": program.trainable_count,
-        "global_batch": examples, "grad_accum_steps": program.grad_accum_steps,
+        **_base_plan(program, topology, batches),
         "per_device_gb": {"params": params_b / GB, "optimizer": opt_b / GB, "batch": batch_b / GB,
                           "arguments": args_b / GB, "temporaries": temp_b / GB, "outputs_not_aliased":
                           (out_b - alias_b) / GB, "total": total_b / GB},
-        "hbm_gb": chip.hbm_bytes / GB, "fits": total_b <= chip.hbm_bytes,
+        "fits": total_b <= chip.hbm_bytes,
         "margin_gb": (chip.hbm_bytes - total_b) / GB,
         "collectives": {op: {"count": int(c["count"]), "gb": c["bytes"] / GB, "wire_gb": c["wire_bytes"] / GB}
                         for op, c in comms.items() if c["count"]},
@@ -316,7 +361,6 @@ def plan_train_step(config, task, topology: Topology, *, keep_hlo: bool = False)
                               "gb_accessed_per_device": float(cost.get("bytes accessed", 0.0)) / GB} if cost else None,
         "bound_s": {"compute": compute_s, "hbm": memory_s, "ici": network_s, "step": bound_s},
         "mfu_ceiling": compute_s / bound_s if bound_s > 0 else None,
-        "chip_source": chip.source,
     }
     if keep_hlo:
         plan["_hlo"] = hlo

@@ -113,15 +113,20 @@ def row_major_transpose(a: jax.Array) -> jax.Array:
     return jax.lax.platform_dependent(a, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def dense(x: jax.Array, kernel: jax.Array, n_in: int = 1) -> jax.Array:
-    """x [..., *I] contracted with kernel [*I, *O] over the n_in trailing axes of x -> [..., *O].
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def dense(x: jax.Array, kernel: jax.Array, n_in: int = 1, dtype: Dtype | None = None) -> jax.Array:
+    """x [..., *I] contracted with kernel [*I, *O] over the n_in trailing axes of x -> [..., *O], the kernel cast to
+    `dtype` (default: x's) for the product.
 
-    The same product as `jax.lax.dot_general`, with a backward pass that computes the weight gradient as
-    x^T dy over the flattened tokens (`row_major_transpose`): on the CPU the 100M-Llama train step ran 1.26x
-    faster this way than under dot_general's own autodiff (alternating steps of the two in one process; README,
-    Benchmarks)."""
-    return _dense_forward(x, kernel, n_in)
+    The same product as `jax.lax.dot_general`, with a backward pass that
+    - computes the weight gradient as x^T dy over the flattened tokens (`row_major_transpose`): on the CPU the
+      100M-Llama train step ran 1.26x faster this way than under dot_general's own autodiff (README, Benchmarks);
+    - keeps only what it needs: no input x when the kernel takes no gradient (a frozen LM keeps none of its matmul
+      inputs), no kernel when x takes none;
+    - keeps the kernel as the parameter it is and casts it again, rather than keeping a cast copy of every layer's
+      weights (a bf16 copy of a frozen 3B LM is 5.4 GB of residuals; scanned layers forward the parameter itself).
+    """
+    return _dense_forward(x, kernel.astype(dtype or x.dtype), n_in)
 
 
 def _dense_forward(x, kernel, n_in):
@@ -129,22 +134,37 @@ def _dense_forward(x, kernel, n_in):
     return jax.lax.dot_general(x, kernel, ((contract, tuple(range(n_in))), ((), ())))
 
 
-def _dense_fwd(x, kernel, n_in):
-    return _dense_forward(x, kernel, n_in), (x, kernel)
+def _dense_fwd(x, kernel, n_in, dtype):
+    # symbolic_zeros: `perturbed` says which inputs carry a gradient.
+    y = _dense_forward(x.value, kernel.value.astype(dtype or x.value.dtype), n_in)
+    return y, (x.value if kernel.perturbed else None, kernel.value if x.perturbed else None,
+               jnp.zeros((0,), x.value.dtype), jnp.zeros((0,), kernel.value.dtype))
 
 
-def _dense_bwd(n_in, residuals, dy):
-    x, kernel = residuals
-    size_in = math.prod(kernel.shape[:n_in])
-    x2 = x.reshape(-1, size_in)  # [N, I]
-    dy2 = dy.reshape(-1, math.prod(kernel.shape[n_in:])).astype(x.dtype)  # [N, O]
-    kernel2 = kernel.reshape(size_in, -1)  # [I, O]
-    d_kernel = jnp.dot(row_major_transpose(x2), dy2, preferred_element_type=jnp.float32)  # [I, O]
-    d_x = jnp.dot(dy2, kernel2.T, preferred_element_type=jnp.float32)  # [N, I]
-    return d_x.reshape(x.shape).astype(x.dtype), d_kernel.reshape(kernel.shape).astype(kernel.dtype)
+def _dense_bwd(n_in, dtype, residuals, dy):
+    x, kernel, x_dtype, kernel_dtype = residuals  # the two empty arrays carry the inputs' dtypes
+    x_dtype, kernel_dtype = x_dtype.dtype, kernel_dtype.dtype
+    if x is not None:  # x [..., *I]: the kernel is [*I, *O] with O the trailing axes of dy past x's batch axes
+        batch_axes = x.ndim - n_in
+        kernel_shape, x_shape = x.shape[batch_axes:] + dy.shape[batch_axes:], x.shape
+    else:  # kernel [*I, *O]: x is dy's batch axes + I
+        batch_axes = dy.ndim - (kernel.ndim - n_in)
+        kernel_shape, x_shape = kernel.shape, dy.shape[:batch_axes] + kernel.shape[:n_in]
+    size_in = math.prod(kernel_shape[:n_in])
+    dy2 = dy.reshape(-1, math.prod(kernel_shape[n_in:])).astype(x_dtype)  # [N, O]
+    d_kernel = d_x = None
+    if x is not None:
+        x2 = x.reshape(-1, size_in)  # [N, I]
+        d_kernel = jnp.dot(row_major_transpose(x2), dy2, preferred_element_type=jnp.float32)  # [I, O]
+        d_kernel = d_kernel.reshape(kernel_shape).astype(kernel_dtype)
+    if kernel is not None:
+        kernel2 = kernel.astype(dtype or x_dtype).reshape(size_in, -1)  # [I, O], cast again
+        d_x = jnp.dot(dy2, kernel2.T, preferred_element_type=jnp.float32)  # [N, I]
+        d_x = d_x.reshape(x_shape).astype(x_dtype)
+    return d_x, d_kernel
 
 
-dense.defvjp(_dense_fwd, _dense_bwd)
+dense.defvjp(_dense_fwd, _dense_bwd, symbolic_zeros=True)
 
 
 class Linear(nn.Module):
@@ -173,8 +193,7 @@ class Linear(nn.Module):
             self.param_dtype,
         )
         x = x.astype(self.dtype)
-        kernel = kernel.astype(self.dtype)
-        y = dense(x, kernel, self.n_in)  # [..., *I] -> [..., *features]
+        y = dense(x, kernel, self.n_in, self.dtype)  # [..., *I] -> [..., *features]
         if self.use_bias:
             bias = self.param("bias", with_partitioning(nn.initializers.zeros, tuple(self.out_axes)), features,
                               self.param_dtype)
@@ -182,8 +201,74 @@ class Linear(nn.Module):
         return y
 
 
+# Norms with their own backward pass: they keep their input (in its own dtype) and the per-row statistics, and
+# recompute the normalised values, where autodiff of the float32 formula keeps several float32 copies of every
+# normalised activation ([B, T, E] each; in bf16 training 2x the input's own size per copy).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None, eps: float, dtype: Dtype) -> jax.Array:
+    """LayerNorm over the last axis computed in float32: ((x - mean) / sqrt(var + eps)) * scale (+ bias), cast to
+    `dtype`. x [..., E], scale / bias [E]."""
+    return _layer_norm_fwd(x, scale, bias, eps, dtype)[0]
+
+
+def _layer_norm_stats(x32, eps):
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    return mean, jax.lax.rsqrt(jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True) + eps)
+
+
+def _layer_norm_fwd(x, scale, bias, eps, dtype):
+    x32 = x.astype(jnp.float32)
+    mean, rstd = _layer_norm_stats(x32, eps)  # [..., 1] each
+    y = (x32 - mean) * rstd * scale.astype(jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)
+    return y.astype(dtype), (x, mean, rstd, scale, bias)
+
+
+def _layer_norm_bwd(eps, dtype, residuals, dy):
+    x, mean, rstd, scale, bias = residuals
+    xhat = (x.astype(jnp.float32) - mean) * rstd  # [..., E]
+    dy32 = dy.astype(jnp.float32)
+    batch_axes = tuple(range(dy.ndim - 1))
+    d_scale = jnp.sum(dy32 * xhat, axis=batch_axes).astype(scale.dtype)
+    d_bias = None if bias is None else jnp.sum(dy32, axis=batch_axes).astype(bias.dtype)
+    dxhat = dy32 * scale.astype(jnp.float32)
+    dx = rstd * (dxhat - jnp.mean(dxhat, axis=-1, keepdims=True)
+                 - xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), d_scale, d_bias
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype: Dtype) -> jax.Array:
+    """RMSNorm as in Llama / Qwen2: x / sqrt(mean(x^2) + eps) in float32, cast to `dtype`, times scale (in dtype)."""
+    return _rms_norm_fwd(x, scale, eps, dtype)[0]
+
+
+def _rms_norm_fwd(x, scale, eps, dtype):
+    x32 = x.astype(jnp.float32)
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)  # [..., 1]
+    y = ((x32 * rstd).astype(dtype) * scale.astype(dtype)).astype(dtype)
+    return y, (x, rstd, scale)
+
+
+def _rms_norm_bwd(eps, dtype, residuals, dy):
+    x, rstd, scale = residuals
+    xhat = x.astype(jnp.float32) * rstd  # [..., E]
+    dy32 = dy.astype(jnp.float32)
+    d_scale = jnp.sum(dy32 * xhat.astype(dtype).astype(jnp.float32), axis=tuple(range(dy.ndim - 1)))
+    dxhat = dy32 * scale.astype(dtype).astype(jnp.float32)
+    dx = rstd * (dxhat - xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), d_scale.astype(scale.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
 class RMSNorm(nn.Module):
-    """RMSNorm as in Llama / Qwen2: normalise in float32, cast back, then scale."""
+    """RMSNorm as in Llama / Qwen2: normalise in float32, cast back, then scale (`rms_norm`)."""
 
     eps: float = 1e-6
     dtype: Dtype = jnp.float32
@@ -193,13 +278,11 @@ class RMSNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         scale = self.param("scale", with_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],),
                            self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (x32.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
+        return rms_norm(x, scale, self.eps, self.dtype)
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm computed in float32 (optionally without bias, as in MPT)."""
+    """LayerNorm computed in float32 (optionally without bias, as in MPT; `layer_norm`)."""
 
     eps: float = 1e-5
     use_bias: bool = True
@@ -210,14 +293,10 @@ class LayerNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
         scale = self.param("scale", with_partitioning(nn.initializers.ones, ("norm",)), (width,), self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
+        bias = None
         if self.use_bias:
             bias = self.param("bias", with_partitioning(nn.initializers.zeros, ("norm",)), (width,), self.param_dtype)
-            y = y + bias.astype(jnp.float32)
-        return y.astype(self.dtype)
+        return layer_norm(x, scale, bias, self.eps, self.dtype)
 
 
 def make_norm(kind: str, eps: float, use_bias: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Module:

@@ -82,12 +82,20 @@ def make_mesh(mesh_config: Mapping[str, int] | Sequence[int], devices: Sequence[
         raise ValueError(f"mesh sizes must be positive (or one -1), got {sizes}")
     if math.prod(sizes) != n_devices:
         raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {n_devices}")
-    try:
-        from jax.experimental import mesh_utils
+    from jax.experimental import mesh_utils
 
-        device_grid = mesh_utils.create_device_mesh(sizes, devices=list(devices))
-    except Exception:  # non-TPU topologies that mesh_utils cannot arrange
-        device_grid = np.asarray(devices).reshape(sizes)
+    slices = sorted({getattr(d, "slice_index", 0) or 0 for d in devices})
+    if len(slices) > 1:  # multi-slice: the data axis spans the slices over DCN, fsdp / tensor stay within a slice
+        if sizes[0] % len(slices):
+            raise ValueError(f"the devices span {len(slices)} slices: the data axis ({sizes[0]}) must be a multiple of "
+                             "it (data-parallel over DCN)")
+        per_slice = [sizes[0] // len(slices), sizes[1], sizes[2]]
+        device_grid = mesh_utils.create_hybrid_device_mesh(per_slice, [len(slices), 1, 1], devices=list(devices))
+    else:
+        try:
+            device_grid = mesh_utils.create_device_mesh(sizes, devices=list(devices))
+        except Exception:  # non-TPU topologies that mesh_utils cannot arrange
+            device_grid = np.asarray(devices).reshape(sizes)
     # Auto axes: shardings come from our annotations and the compiler propagates the rest.
     return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 

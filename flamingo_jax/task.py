@@ -14,7 +14,8 @@ it into the Flamingo, frozen.
 
 Config (ml_collections; configs/flamingo/*.py):
   stage      'flamingo' | 'lm' | 'contrastive'
-  model      {preset: None | a flamingo_jax.configs.CONFIGS name, lm: LMConfig fields (vocab_size None = the
+  model      {preset: None | a flamingo_jax.configs.CONFIGS name (then lm / vision / resampler hold field overrides of
+             the preset's, e.g. dtype), lm: LMConfig fields (vocab_size None = the
              tokenizer's, rounded up to 64), vision: CLIPVisionConfig fields | None, vision_width, resampler:
              ResamplerConfig fields (width = the vision width), xattn: GatedXAttnConfig fields (gating 'tanh' |
              'none'), cross_attn_every, block_position, vision_features}
@@ -35,6 +36,8 @@ Config (ml_collections; configs/flamingo/*.py):
              group's `rows` may name '<image>' and '<|endofchunk|>' (the task's `named_rows`)
 """
 from __future__ import annotations
+
+import dataclasses
 
 import logging
 
@@ -69,6 +72,9 @@ def flamingo_config_from(model_config, tokenizer=None) -> FlamingoConfig:
         cfg = CONFIGS[m["preset"]]()
         if m.get("lm"):
             cfg = cfg.replace(lm=cfg.lm.replace(**m["lm"]))
+        for part in ("vision", "resampler"):  # e.g. {"dtype": "bfloat16"}: the frozen tower and the resampler
+            if m.get(part):
+                cfg = cfg.replace(**{part: dataclasses.replace(getattr(cfg, part), **m[part])})
         return cfg
     lm = dict(m["lm"])
     if lm.get("vocab_size") is None:

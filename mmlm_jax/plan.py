@@ -16,6 +16,7 @@ import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # planning compiles for a TPU topology; it never runs on one
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # and holds no TPU chip: other libtpu users may run beside
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -91,6 +92,12 @@ def make_task(family: str, config):
 
 def describe(plan: dict) -> str:
     mem = plan["per_device_gb"]
+    if "compile_error" in plan:
+        return (f"{plan['topology']} ({plan['libtpu_topology']}, {plan['chips']} {plan['chip']} chips), mesh "
+                f"{plan['mesh']}, global batch {plan['global_batch']}: DOES NOT FIT. The TPU compiler: "
+                f"{plan['compile_error']}\nper chip: params {mem['params']:.2f} GB + optimizer {mem['optimizer']:.2f} "
+                f"GB + batch {mem['batch']:.2f} GB + temporaries {mem['temporaries']:.2f} GB = {mem['total']:.2f} of "
+                f"{plan['hbm_gb']:.0f} GB HBM")
     lines = [
         f"{plan['topology']} ({plan['libtpu_topology']}, {plan['chips']} {plan['chip']} chips), mesh {plan['mesh']}, "
         f"global batch {plan['global_batch']}",
@@ -117,6 +124,9 @@ def plan(config, family: str, topology_name: str, num_slices: int = 1, mesh: dic
 
     if mesh:
         config.mesh = {**{"data": 1, "fsdp": 1, "tensor": 1}, **mesh}
+    data = int(dict(config.mesh).get("data", 1))
+    if num_slices > 1 and data != -1 and data % num_slices:  # data-parallel across the slices
+        config.mesh = {**dict(config.mesh), "data": num_slices}
     topology = aot.parse_topology(topology_name, num_slices)
     task, tokenizer = make_task(family, config)
     result = aot.plan_train_step(config, task, topology)

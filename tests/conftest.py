@@ -7,6 +7,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The CPU backend only: with the [tpu] extra installed (libtpu, for the ahead-of-time TPU compilation tests),
 # jax would otherwise probe for a TPU at start-up. TPU topologies for compilation still come from libtpu.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu locks /tmp/libtpu_lockfile against a second process using the TPU chips; compiling for a topology uses
+# none, and the xdist workers (and a planning run beside the tests) each load libtpu.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # Set before jax initialises its backend: eight fake CPU devices for the sharding tests (single-device
 # tests simply run on the first one), and unoptimised XLA backend compilation — the test programs are
 # tiny and compiled again and again, so compile time dominates (3-4x faster this way).

@@ -90,8 +90,20 @@ HLO = """HloModule m
   ROOT %lt = pred[] compare(%a, %b), direction=LT
 }
 
+%cond.2 (p: (s32[], f32[8,16])) -> pred[] {
+  %c = s32[]{:T(128)} constant(3)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %c), direction=LT
+}
+
+%body.2 (p: (s32[], f32[8,16])) -> (s32[], f32[8,16]) {
+  %cp = f32[8,16]{1,0} collective-permute(%x), channel_id=6, source_target_pairs={{0,1},{1,0}}
+  ROOT %t = (s32[], f32[8,16]) tuple(%i, %cp)
+}
+
 ENTRY %main (a: f32[8,16]) -> f32[8,16] {
   %w = (s32[], f32[8,16]) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"12"}}
+  %w.2 = (s32[], f32[8,16]) while(%init), condition=%cond.2, body=%body.2
   %ar = f32[8,16]{1,0} all-reduce(%g), channel_id=4, replica_groups={{0,1,2,3}}, to_apply=%add
   ROOT %rs = f32[2,16]{1,0} reduce-scatter(%g), channel_id=5, replica_groups=mesh['x'=2,'y'=2] {'x','y'}, dimensions={0}
 }
@@ -99,9 +111,24 @@ ENTRY %main (a: f32[8,16]) -> f32[8,16] {
 
 
 def test_collectives_count_loop_trips_and_async_chains_once():
+    """A 12-trip loop (known_trip_count), a 3-trip loop (its condition's bound), an async chain of two pieces."""
     out = aot.collectives(HLO, devices=4)
     # in the 12-trip loop: one plain all-gather and one chain of two pieces (counted once) -> 24 per step
     assert out["all-gather"]["count"] == 24 and out["all-gather"]["bytes"] == 24 * 4 * 64 * 2
     assert out["all-gather"]["wire_bytes"] == pytest.approx(24 * 512 * 3 / 4)
     assert out["all-reduce"]["count"] == 1 and out["all-reduce"]["wire_bytes"] == pytest.approx(8 * 16 * 4 * 2 * 3 / 4)
     assert out["reduce-scatter"]["count"] == 1 and out["reduce-scatter"]["wire_bytes"] == pytest.approx(2 * 16 * 4 * 3)
+    # a loop without a known trip count (the TPU compiler's text): the bound of its condition `i < 3`
+    assert out["collective-permute"]["count"] == 3 and out["collective-permute"]["bytes"] == 3 * 8 * 16 * 4
+
+
+def test_multi_slice_puts_the_data_axis_over_dcn():
+    """Two v5e 2x2 slices: data = 2 spans the slices (DCN), fsdp = 4 stays inside each; the step compiles."""
+    plan = plan_cli.plan(load("lm.tiny"), "lm", "v5e-4", num_slices=2, mesh={"fsdp": -1, "data": 2})
+    assert plan["num_slices"] == 2 and plan["chips"] == 8 and plan["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+    devices = aot.parse_topology("v5e-4", num_slices=2).devices()
+    from common.sharding import make_mesh
+
+    mesh = make_mesh({"data": 2, "fsdp": 4}, devices)
+    for row in mesh.devices.reshape(2, 4):  # each data index holds one slice's devices
+        assert len({d.slice_index for d in row}) == 1

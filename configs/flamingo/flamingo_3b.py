@@ -14,7 +14,8 @@ from flamingo_jax.model import param_groups
 
 def get_config():
     config = _of9b()
-    config.model = dict(preset="flamingo-3b", lm=dict(remat_policy="full", dtype="bfloat16"))
+    config.model = dict(preset="flamingo-3b", lm=dict(remat_policy="full", dtype="bfloat16"),
+                        vision=dict(dtype="bfloat16"), resampler=dict(dtype="bfloat16"))
     config.tokenizer = dict(kind="dir", path="/path/to/sentencepiece_32k")
     config.init_lm = dict(workdir="", hf_dir="/path/to/chinchilla_1.4b")
     config.init_vision = dict(timm_nfnet="/path/to/timm/dm_nfnet_f6.dm_in1k")

@@ -30,7 +30,8 @@ def get_config():
     config.multi_dataset_mode = "accumulate"
     config.max_nonfinite_in_a_row = 10
     config.peak_flops = 0.0
-    config.model = dict(preset="open-flamingo-9b", lm=dict(remat_policy="full", dtype="bfloat16"))
+    config.model = dict(preset="open-flamingo-9b", lm=dict(remat_policy="full", dtype="bfloat16"),
+                        vision=dict(dtype="bfloat16"), resampler=dict(dtype="bfloat16"))
     config.tokenizer = dict(kind="dir", path="/path/to/mpt-7b")
     config.data = dict(num_threads=2, max_skip_fraction=0.05, convert_image_modes=False, datasets=dict(
         laion=dict(source="coco_captions", annotations="/path/to/captions.json", image_dir="/path/to/images",

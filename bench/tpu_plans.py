@@ -1,0 +1,148 @@
+"""Memory and step-time plans of the paper-scale training configs on TPU slices, compiled ahead of time on this CPU
+(mmlm_jax.plan; no TPU needed). Each plan runs in a process of its own (a 7B step takes ~5 min and several GB of
+host memory to compile on 2 cores) and appends its JSON line to --out.
+
+    python bench/tpu_plans.py [--only llava7b_s2@v5p-8,...] [--out bench/results/tpu_aot.jsonl]
+
+The table below is what docs/tpu.md reports: the config, the slice, the mesh and the overrides of each plan (data
+paths are placeholders: planning reads no data, only the shapes the pipeline would collate).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+LLAVA_DATA = {"data.json": "/path/to/llava_v1_5_mix665k.json", "data.image_dir": "/path/to/images"}
+VITA_DATA = {"data.datasets": {"sft": {"source": "vita_json", "json": "/path/to/sft.json", "max_len": 2048,
+                                       "max_tiles_per_sample": 6}}}
+
+# The paper's LLaVA-1.5 stage-2 recipe: 16 sequences per device, gradient checkpointing (remat full).
+LLAVA_S2 = {**LLAVA_DATA, "model.text.remat_policy": "full"}
+
+# OpenFlamingo-4B (CLIP ViT-L/14 + RedPajama-3B, a block every 2nd layer) on MMC4-style documents, as the GPU
+# benchmark in docs/benchmarks.md: batch 16 x 256 tokens x 6 images of 224 px, bf16 compute, one v5p chip.
+OF4B = {"model.preset": "open-flamingo-4b", "batch_size": 16,
+        "data.datasets": {"docs": {"source": "interleaved_jsonl", "jsonl": "/path/to/mmc4.jsonl",
+                                   "image_dir": "/path/to/images", "max_len": 256, "max_images": 6, "weight": 1.0,
+                                   "batch_size": 16}}}
+
+# name -> (family, config module[:argument], topology, mesh, overrides)
+PLANS: dict[str, tuple] = {
+    "llava7b_s2_config_default@v5p-8": ("llava", "llava.stage2_7b", "v5p-8", {"fsdp": -1}, LLAVA_DATA),
+    "llava7b_s2@v5p-8": ("llava", "llava.stage2_7b", "v5p-8", {"fsdp": -1}, {**LLAVA_S2, "grad_accum_steps": 4}),
+    "llava7b_s1@v5p-8": ("llava", "llava.stage1_7b", "v5p-8", {"fsdp": -1}, LLAVA_DATA),
+    "vita_2.2@v5p-8": ("vita", "vita.stage_7b:2.2", "v5p-8", {"fsdp": -1}, {**VITA_DATA, "grad_accum_steps": 8}),
+    "flamingo3b@v5p-8": ("flamingo", "flamingo.flamingo_3b", "v5p-8", {"fsdp": -1}, {}),
+    "llava7b_s2@v5p-32": ("llava", "llava.stage2_7b", "v5p-32", {"fsdp": -1}, LLAVA_S2),
+    "llava7b_s2_splash@v5p-32": ("llava", "llava.stage2_7b", "v5p-32", {"fsdp": -1},
+                                 {**LLAVA_S2, "model.text.attention_impl": "splash"}),
+    "llava7b_lora@v5p-8": ("llava", "llava.stage2_lora_7b", "v5p-8", {"fsdp": -1}, {**LLAVA_S2, "grad_accum_steps": 4}),
+    "of9b@v5p-8": ("flamingo", "flamingo.open_flamingo_9b", "v5p-8", {"fsdp": -1}, {}),
+    "of4b_b16_none@v5p-2": ("flamingo", "flamingo.open_flamingo_9b", "v5p-2", {}, {**OF4B,
+                                                                                  "model.lm.remat_policy": "none"}),
+    "of4b_b16_dots@v5p-2": ("flamingo", "flamingo.open_flamingo_9b", "v5p-2", {}, {**OF4B,
+                                                                                  "model.lm.remat_policy": "dots"}),
+    "of4b_b16_none_splash@v5p-2": ("flamingo", "flamingo.open_flamingo_9b", "v5p-2", {}, {
+        **OF4B, "model.lm.remat_policy": "none", "model.lm.attention_impl": "splash"}),
+    "of4b_b16_dots_splash@v5p-2": ("flamingo", "flamingo.open_flamingo_9b", "v5p-2", {}, {
+        **OF4B, "model.lm.remat_policy": "dots", "model.lm.attention_impl": "splash"}),
+    "llava7b_s2@v5p-128": ("llava", "llava.stage2_7b", "v5p-128", {"fsdp": -1}, LLAVA_S2),
+    "llava7b_s2@v5e-16": ("llava", "llava.stage2_7b", "v5e-16", {"fsdp": -1}, {**LLAVA_S2, "grad_accum_steps": 4}),
+}
+
+
+def load(module_arg: str):
+    module, _, arg = module_arg.partition(":")
+    get_config = importlib.import_module("configs." + module).get_config
+    return get_config(arg) if arg else get_config()
+
+
+def set_field(config, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        config = getattr(config, name)
+    setattr(config, leaf, value)
+
+
+def run_one(name: str, out: str | None) -> dict:
+    from mmlm_jax.plan import describe, plan
+
+    family, module_arg, topology, mesh, overrides = PLANS[name]
+    config = load(module_arg)
+    for field, value in overrides.items():
+        set_field(config, field, value)
+    config_file = "configs/" + module_arg.split(":")[0].replace(".", "/") + ".py"
+    result = plan(config, family, topology, mesh=mesh, config_name=config_file)
+    result.update(plan_name=name, overrides=overrides)
+    print(describe(result), flush=True)
+    line = json.dumps(result)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+    return result
+
+
+def table(path: str) -> str:
+    """The markdown table of docs/tpu.md from a JSON-lines file of plans (the last line of each plan name wins)."""
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            plan = json.loads(line)
+            if plan.get("bench") == "tpu_aot_plan" and "per_device_gb" in plan:
+                rows[plan.get("plan_name") or plan["config"] + "@" + plan["topology"]] = plan
+    out = ["| plan | chips | mesh | batch (accum) | params / trained | per chip: params + opt + batch, temps, total GB "
+           "| fits | collectives per step (GB) | compile s | step bound ms (compute / HBM / ICI) | MFU ceiling |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, p in rows.items():
+        m = p["per_device_gb"]
+        mesh = "x".join(f"{k[0]}{v}" for k, v in p["mesh"].items() if v > 1) or "1"
+        batch = ", ".join(f"{v}" for v in p["global_batch"].values())
+        comms = ", ".join(f"{op.replace('collective-', '')} {c['count']} ({c['gb']:.1f})"
+                          for op, c in p.get("collectives", {}).items()) or "-"
+        bound = p.get("bound_s")
+        bound_text = (f"{bound['compute'] * 1e3:.0f} / {bound['hbm'] * 1e3:.0f} / {bound['ici'] * 1e3:.0f}"
+                      if bound else "-")
+        fits = "yes" if p["fits"] else "**no**"
+        out.append(f"| {name} | {p['chips']} {p['chip']} | {mesh} | {batch} ({p['grad_accum_steps']}) | "
+                   f"{p['params'] / 1e9:.2f}B / {p['trainable'] / 1e9:.2f}B | "
+                   f"{m['params'] + m['optimizer'] + m['batch']:.1f}, {m['temporaries']:.1f}, {m['total']:.1f} | "
+                   f"{fits} | {comms} | {p['compile_s']:.0f} | {bound_text} | "
+                   f"{'-' if p.get('mfu_ceiling') is None else format(p['mfu_ceiling'], '.0%')} |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="", help=f"comma-separated plan names (default: all): {', '.join(PLANS)}")
+    ap.add_argument("--out", default=None, help="append the JSON lines to this file")
+    ap.add_argument("--in_process", action="store_true", help="run the plans in this process (default: one each)")
+    ap.add_argument("--table", default=None, help="print the markdown table of this JSON-lines file and exit")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return
+    names = [n for n in args.only.split(",") if n] or list(PLANS)
+    unknown = [n for n in names if n not in PLANS]
+    if unknown:
+        ap.error(f"unknown plans {unknown}; known: {list(PLANS)}")
+    for name in names:
+        if args.in_process or len(names) == 1:
+            run_one(name, args.out)
+            continue
+        cmd = [sys.executable, os.path.abspath(__file__), "--only", name] + (["--out", args.out] if args.out else [])
+        if subprocess.run(cmd).returncode:
+            print(json.dumps({"bench": "tpu_aot_plan", "plan_name": name, "error": "failed; see its output"}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
