@@ -38,8 +38,11 @@ OF4B = {"model.preset": "open-flamingo-4b", "batch_size": 16,
 PLANS: dict[str, tuple] = {
     "llava7b_s2_config_default@v5p-8": ("llava", "llava.stage2_7b", "v5p-8", {"fsdp": -1}, LLAVA_DATA),
     "llava7b_s2@v5p-8": ("llava", "llava.stage2_7b", "v5p-8", {"fsdp": -1}, {**LLAVA_S2, "grad_accum_steps": 4}),
-    "llava7b_s1@v5p-8": ("llava", "llava.stage1_7b", "v5p-8", {"fsdp": -1}, LLAVA_DATA),
-    "vita_2.2@v5p-8": ("vita", "vita.stage_7b:2.2", "v5p-8", {"fsdp": -1}, {**VITA_DATA, "grad_accum_steps": 8}),
+    "llava7b_s1@v5p-8": ("llava", "llava.stage1_7b", "v5p-8", {"fsdp": -1}, {**LLAVA_S2, "grad_accum_steps": 4}),
+    "vita_2.2@v5p-32": ("vita", "vita.stage_7b:2.2", "v5p-32", {"fsdp": -1}, {**VITA_DATA, "grad_accum_steps": 4,
+                                                                           "model.text.remat_policy": "full"}),
+    "llava13b_s2@v5p-16": ("llava", "llava.stage2_7b", "v5p-16", {"fsdp": -1}, {
+        **LLAVA_S2, "grad_accum_steps": 2, "model.preset": "llava_v1_5_13b"}),
     "flamingo3b@v5p-8": ("flamingo", "flamingo.flamingo_3b", "v5p-8", {"fsdp": -1}, {}),
     "llava7b_s2@v5p-32": ("llava", "llava.stage2_7b", "v5p-32", {"fsdp": -1}, LLAVA_S2),
     "llava7b_s2_splash@v5p-32": ("llava", "llava.stage2_7b", "v5p-32", {"fsdp": -1},

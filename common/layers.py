@@ -113,20 +113,17 @@ def row_major_transpose(a: jax.Array) -> jax.Array:
     return jax.lax.platform_dependent(a, cpu=lambda x: jax.lax.optimization_barrier(x.T), default=lambda x: x.T)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def dense(x: jax.Array, kernel: jax.Array, n_in: int = 1, dtype: Dtype | None = None) -> jax.Array:
-    """x [..., *I] contracted with kernel [*I, *O] over the n_in trailing axes of x -> [..., *O], the kernel cast to
-    `dtype` (default: x's) for the product.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense(x: jax.Array, kernel: jax.Array, n_in: int = 1) -> jax.Array:
+    """x [..., *I] contracted with kernel [*I, *O] over the n_in trailing axes of x -> [..., *O].
 
     The same product as `jax.lax.dot_general`, with a backward pass that
     - computes the weight gradient as x^T dy over the flattened tokens (`row_major_transpose`): on the CPU the
       100M-Llama train step ran 1.26x faster this way than under dot_general's own autodiff (README, Benchmarks);
     - keeps only what it needs: no input x when the kernel takes no gradient (a frozen LM keeps none of its matmul
-      inputs), no kernel when x takes none;
-    - keeps the kernel as the parameter it is and casts it again, rather than keeping a cast copy of every layer's
-      weights (a bf16 copy of a frozen 3B LM is 5.4 GB of residuals; scanned layers forward the parameter itself).
+      inputs for weight gradients it never forms), no kernel when x takes none.
     """
-    return _dense_forward(x, kernel.astype(dtype or x.dtype), n_in)
+    return _dense_forward(x, kernel, n_in)
 
 
 def _dense_forward(x, kernel, n_in):
@@ -134,22 +131,24 @@ def _dense_forward(x, kernel, n_in):
     return jax.lax.dot_general(x, kernel, ((contract, tuple(range(n_in))), ((), ())))
 
 
-def _dense_fwd(x, kernel, n_in, dtype):
-    # symbolic_zeros: `perturbed` says which inputs carry a gradient.
-    y = _dense_forward(x.value, kernel.value.astype(dtype or x.value.dtype), n_in)
-    return y, (x.value if kernel.perturbed else None, kernel.value if x.perturbed else None,
-               jnp.zeros((0,), x.value.dtype), jnp.zeros((0,), kernel.value.dtype))
+def _dense_fwd(x, kernel, n_in):
+    # symbolic_zeros: `perturbed` says which inputs carry a gradient. Inputs of two dtypes are both kept, so that
+    # the backward pass knows them.
+    both = x.value.dtype != kernel.value.dtype
+    y = _dense_forward(x.value, kernel.value, n_in)
+    return y, (x.value if kernel.perturbed or both else None, kernel.value if x.perturbed or both else None)
 
 
-def _dense_bwd(n_in, dtype, residuals, dy):
-    x, kernel, x_dtype, kernel_dtype = residuals  # the two empty arrays carry the inputs' dtypes
-    x_dtype, kernel_dtype = x_dtype.dtype, kernel_dtype.dtype
+def _dense_bwd(n_in, residuals, dy):
+    x, kernel = residuals
     if x is not None:  # x [..., *I]: the kernel is [*I, *O] with O the trailing axes of dy past x's batch axes
         batch_axes = x.ndim - n_in
         kernel_shape, x_shape = x.shape[batch_axes:] + dy.shape[batch_axes:], x.shape
     else:  # kernel [*I, *O]: x is dy's batch axes + I
         batch_axes = dy.ndim - (kernel.ndim - n_in)
         kernel_shape, x_shape = kernel.shape, dy.shape[:batch_axes] + kernel.shape[:n_in]
+    x_dtype = (x if x is not None else kernel).dtype
+    kernel_dtype = (kernel if kernel is not None else x).dtype
     size_in = math.prod(kernel_shape[:n_in])
     dy2 = dy.reshape(-1, math.prod(kernel_shape[n_in:])).astype(x_dtype)  # [N, O]
     d_kernel = d_x = None
@@ -158,7 +157,7 @@ def _dense_bwd(n_in, dtype, residuals, dy):
         d_kernel = jnp.dot(row_major_transpose(x2), dy2, preferred_element_type=jnp.float32)  # [I, O]
         d_kernel = d_kernel.reshape(kernel_shape).astype(kernel_dtype)
     if kernel is not None:
-        kernel2 = kernel.astype(dtype or x_dtype).reshape(size_in, -1)  # [I, O], cast again
+        kernel2 = kernel.reshape(size_in, -1)  # [I, O]
         d_x = jnp.dot(dy2, kernel2.T, preferred_element_type=jnp.float32)  # [N, I]
         d_x = d_x.reshape(x_shape).astype(x_dtype)
     return d_x, d_kernel
@@ -193,7 +192,8 @@ class Linear(nn.Module):
             self.param_dtype,
         )
         x = x.astype(self.dtype)
-        y = dense(x, kernel, self.n_in, self.dtype)  # [..., *I] -> [..., *features]
+        kernel = kernel.astype(self.dtype)
+        y = dense(x, kernel, self.n_in)  # [..., *I] -> [..., *features]
         if self.use_bias:
             bias = self.param("bias", with_partitioning(nn.initializers.zeros, tuple(self.out_axes)), features,
                               self.param_dtype)
