@@ -163,7 +163,8 @@ def collectives(hlo_text: str, devices: int) -> dict[str, dict[str, float]]:
 
     count and bytes (the result buffer of each, per device) include the trip counts of the while loops they sit in
     (a scan over L layers runs its body's all-gathers L times). A collective that the TPU compiler splits into an
-    asynchronous chain (its pieces share a `chain_id`) counts once. wire_bytes: what each device sends on a ring over
+    asynchronous chain (its pieces share a `chain_id`) counts once; its reduce-scatters (an all-reduce inside an
+    `all-reduce-scatter` fusion) count as reduce-scatters. wire_bytes: what each device sends on a ring over
     its replica group of n: all-gather (n-1)/n x result, reduce-scatter (n-1) x result, all-reduce 2 (n-1)/n x
     result, all-to-all (n-1)/n x result, collective-permute 1 x result.
     """
@@ -215,7 +216,12 @@ def collectives(hlo_text: str, devices: int) -> dict[str, dict[str, float]]:
             op, shape = m.group(2), m.group(1)
             sizes = _array_bytes(shape)
             size = max(sizes) if m.group(3) else sum(sizes)  # a -start tuple holds operand and result
-            record = (op, n, size, _group_size(line, devices))
+            group = _group_size(line, devices)
+            if op == "all-reduce" and name.startswith("all-reduce-scatter"):
+                # the TPU compiler's reduce-scatter: an all-reduce inside an `all-reduce-scatter` fusion, whose
+                # result is each device's 1/n slice
+                op, size = "reduce-scatter", size / max(group, 1)
+            record = (op, n, size, group)
             chain = _CHAIN.search(line)
             if chain:
                 key = f"{op}:{chain.group(1)}"

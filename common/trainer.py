@@ -176,8 +176,12 @@ def _config_get(config, name: str, default=None):
 
 
 def make_train_step(task: Task, opt: optimizer_lib.Optimizer, seed: int, grad_accum_steps: int,
-                    dataset_weights: Mapping[str, float]) -> Callable:
-    """train_step(state, batches {name: global batch}) -> (state, metrics), to be jitted."""
+                    dataset_weights: Mapping[str, float], grad_sharding: Any = None) -> Callable:
+    """train_step(state, batches {name: global batch}) -> (state, metrics), to be jitted.
+
+    grad_sharding: the parameters' shardings; each micro-batch's gradient is constrained to them, so that its
+    reduction over the batch shards is a reduce-scatter onto the parameter's shards (FSDP) rather than an
+    all-reduce of the whole gradient."""
     loss_fn = task.loss_fn
     frozen = opt.frozen
 
@@ -187,6 +191,8 @@ def make_train_step(task: Task, opt: optimizer_lib.Optimizer, seed: int, grad_ac
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
         if "tokens" not in aux:
             raise ValueError("Task.loss_fn must return aux['tokens'] (the number of loss tokens)")
+        if grad_sharding is not None:
+            grads = jax.lax.with_sharding_constraint(grads, grad_sharding)
         return loss, dict(aux), grads
 
     def dataset_grads(params, batch, rng):
@@ -404,7 +410,7 @@ class TrainProgram:
         """The jitted train step for batches shaped like `batches` ({name: {field: array or ShapeDtypeStruct}}):
         state donated, state and batch shardings from the rules, metrics replicated."""
         step = make_train_step(self.task, self.opt, int(self.config.seed), self.grad_accum_steps,
-                               self.dataset_weights(dataset_names))
+                               self.dataset_weights(dataset_names), grad_sharding=self.state_sharding.params)
         in_batch_sharding = jax.tree.map(lambda x: batch_sharding(self.mesh, len(x.shape)), batches)
         return jax.jit(step, in_shardings=(self.state_sharding, in_batch_sharding),
                        out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)

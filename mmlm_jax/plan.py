@@ -25,7 +25,10 @@ FAMILIES = ("lm", "flamingo", "llava", "vita")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a training config with get_config().", lock_config=False)
-flags.DEFINE_string("topology", None, "TPU slice: v5p-64, v5e-16, v6e-256, v4-16 (Cloud TPU) or v5p:4x4x2 (libtpu).")
+flags.DEFINE_string("topology", None, "TPU slice: v5p-64, v5e-16, v6e-256, v4-16 (Cloud TPU) or v5p:4x4x2 (libtpu); "
+                    "with --smallest, a chip (v4, v5e, v5p, v6e).")
+flags.DEFINE_bool("smallest", False, "Find the smallest standard slice of the --topology chip that the step fits "
+                  "(slices tried in increasing size; a slice whose chips do not divide the batch is skipped).")
 flags.DEFINE_string("mesh", "", "Mesh sizes replacing config.mesh, e.g. 'fsdp=-1,tensor=4' (missing axes = 1).")
 flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multi-slice); the data axis spans them.")
 flags.DEFINE_enum("family", None, list(FAMILIES), "Model family (default: the config's folder under configs/).")
@@ -134,6 +137,33 @@ def plan(config, family: str, topology_name: str, num_slices: int = 1, mesh: dic
     return result
 
 
+def smallest_slice(config_factory, family: str, chip: str, mesh: dict | None = None, config_name: str = "",
+                   out: str = "") -> list[dict]:
+    """Plans on the standard slices of `chip` in increasing size until one fits; returns every plan made.
+    `config_factory()` gives a fresh config per try (a plan may rewrite config.mesh)."""
+    from common import aot
+
+    grids = aot._GRIDS_3D if chip in ("v4", "v5p") else aot._GRIDS_2D
+    cores = aot.CHIPS[chip].cores_per_chip
+    plans = []
+    for chips in sorted(grids):
+        config = config_factory()
+        batches = [int(config.batch_size)] + [int(spec.get("batch_size") or config.batch_size)
+                                              for spec in dict(config.data.get("datasets") or {}).values()]
+        accum = int(config.get("grad_accum_steps", 1))
+        if chips < 4 and chip in ("v4", "v5p") or any((b // accum) % chips for b in batches):
+            continue  # Cloud TPU's v4 / v5p slices start at 4 chips; every chip needs whole micro-batch rows
+        result = plan(config, family, f"{chip}-{chips * cores}", mesh=mesh, config_name=config_name)
+        plans.append(result)
+        print(describe(result), flush=True)
+        if out:
+            with open(out, "a") as f:
+                f.write(json.dumps(result) + "\n")
+        if result["fits"]:
+            break
+    return plans
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -141,6 +171,15 @@ def main(argv):
         raise app.UsageError("--config and --topology are required")
     config_path = config_flags.get_config_filename(FLAGS["config"])
     family = FLAGS.family or family_of(config_path)
+    if FLAGS.smallest:
+        import copy
+
+        base = FLAGS.config
+        plans = smallest_slice(lambda: copy.deepcopy(base), family, FLAGS.topology.split("-")[0].split(":")[0],
+                               parse_mesh(FLAGS.mesh), config_path, FLAGS.out)
+        if not plans or not plans[-1]["fits"]:
+            print(f"no standard {FLAGS.topology} slice fits this step")
+        sys.exit(0)
     result = plan(FLAGS.config, family, FLAGS.topology, FLAGS.num_slices, parse_mesh(FLAGS.mesh), config_path)
     print(describe(result))
     line = json.dumps(result)

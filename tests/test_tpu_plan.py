@@ -83,7 +83,13 @@ HLO = """HloModule m
   %ag = bf16[4,64]{1,0} all-gather(%x), channel_id=1, replica_groups=[1,4]<=[4], dimensions={0}
   %ag.1 = bf16[4,64]{1,0} all-gather(%x), channel_id=2, replica_groups=[1,4]<=[4], frontend_attributes={chain_id="7"}
   %ag.2 = bf16[4,64]{1,0} all-gather(%x), channel_id=3, replica_groups=[1,4]<=[4], frontend_attributes={chain_id="7"}
+  %f = f32[16,16]{1,0} fusion(%g), kind=kCustom, calls=%all-reduce-scatter.1
   ROOT %t = (s32[], f32[8,16]) tuple(%i, %y)
+}
+
+%all-reduce-scatter.1 (input: f32[64,16]) -> f32[16,16] {
+  %ar = f32[64,16]{1,0} all-reduce(%input), channel_id=7, replica_groups=[1,4]<=[4], to_apply=%add
+  ROOT %ds = f32[16,16]{1,0} dynamic-slice(%ar, %o, %z), dynamic_slice_sizes={16,16}
 }
 
 %cond (p: (s32[], f32[8,16])) -> pred[] {
@@ -111,13 +117,17 @@ ENTRY %main (a: f32[8,16]) -> f32[8,16] {
 
 
 def test_collectives_count_loop_trips_and_async_chains_once():
-    """A 12-trip loop (known_trip_count), a 3-trip loop (its condition's bound), an async chain of two pieces."""
+    """A 12-trip loop (known_trip_count), a 3-trip loop (its condition's bound), an async chain of two pieces, the TPU
+    compiler's reduce-scatter fusion."""
     out = aot.collectives(HLO, devices=4)
     # in the 12-trip loop: one plain all-gather and one chain of two pieces (counted once) -> 24 per step
     assert out["all-gather"]["count"] == 24 and out["all-gather"]["bytes"] == 24 * 4 * 64 * 2
     assert out["all-gather"]["wire_bytes"] == pytest.approx(24 * 512 * 3 / 4)
     assert out["all-reduce"]["count"] == 1 and out["all-reduce"]["wire_bytes"] == pytest.approx(8 * 16 * 4 * 2 * 3 / 4)
-    assert out["reduce-scatter"]["count"] == 1 and out["reduce-scatter"]["wire_bytes"] == pytest.approx(2 * 16 * 4 * 3)
+    # one reduce-scatter in the entry, and the TPU compiler's form in the 12-trip loop (an all-reduce of the
+    # [64, 16] gradient inside an all-reduce-scatter fusion: each device keeps [16, 16])
+    rs_wire = 2 * 16 * 4 * 3 + 12 * 16 * 16 * 4 * 3
+    assert out["reduce-scatter"]["count"] == 13 and out["reduce-scatter"]["wire_bytes"] == pytest.approx(rs_wire)
     # a loop without a known trip count (the TPU compiler's text): the bound of its condition `i < 3`
     assert out["collective-permute"]["count"] == 3 and out["collective-permute"]["bytes"] == 3 * 8 * 16 * 4
 
@@ -132,3 +142,10 @@ def test_multi_slice_puts_the_data_axis_over_dcn():
     mesh = make_mesh({"data": 2, "fsdp": 4}, devices)
     for row in mesh.devices.reshape(2, 4):  # each data index holds one slice's devices
         assert len({d.slice_index for d in row}) == 1
+
+
+def test_smallest_slice_stops_at_the_first_that_fits():
+    """The tiny LM fits one v5e chip: the search makes that one plan (and skips slices the batch of 16 cannot
+    split: none here before the first)."""
+    plans = plan_cli.smallest_slice(lambda: load("lm.tiny"), "lm", "v5e", mesh={"fsdp": -1})
+    assert len(plans) == 1 and plans[0]["fits"] and plans[0]["chips"] == 1
