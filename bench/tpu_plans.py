@@ -111,6 +111,8 @@ def table(path: str) -> str:
         batch = ", ".join(f"{v}" for v in p["global_batch"].values())
         comms = ", ".join(f"{op.replace('collective-', '')} {c['count']} ({c['gb']:.1f})"
                           for op, c in p.get("collectives", {}).items()) or "-"
+        if p.get("while_loops_with_unknown_trips"):
+            comms += f" (+ loops of unread trip count: {p['while_loops_with_unknown_trips']})"
         bound = p.get("bound_s")
         bound_text = (f"{bound['compute'] * 1e3:.0f} / {bound['hbm'] * 1e3:.0f} / {bound['ici'] * 1e3:.0f}"
                       if bound else "-")

@@ -155,11 +155,13 @@ def _trip_count(line: str, condition: str | None, computations: Mapping[str, lis
     body = computations[condition]
     bounds = [int(m.group(1)) for text in body for m in [re.search(r"s32\[\][^=]*constant\((\d+)\)", text)] if m]
     compares = [text for text in body if "ROOT" in text and "compare(" in text and "direction=LT" in text]
-    return bounds[0] if len(bounds) == 1 and compares else 1
+    return bounds[0] if len(bounds) == 1 and compares else 0  # 0: not known (counted once)
 
 
 def collectives(hlo_text: str, devices: int) -> dict[str, dict[str, float]]:
-    """{op: {count, bytes, wire_bytes}} per step and per device in an optimized HLO module.
+    """{op: {count, bytes, wire_bytes}} per step and per device in an optimized HLO module, and
+    'while_loops_with_unknown_trips': loops whose trip count could not be read (their collectives count once: the
+    figures are then lower bounds).
 
     count and bytes (the result buffer of each, per device) include the trip counts of the while loops they sit in
     (a scan over L layers runs its body's all-gathers L times). A collective that the TPU compiler splits into an
@@ -185,12 +187,15 @@ def collectives(hlo_text: str, devices: int) -> dict[str, dict[str, float]]:
     if entry is None:
         raise ValueError("no ENTRY computation in the HLO text")
     callers: dict[str, list[tuple[str, int]]] = {}
+    unknown_loops = 0
     for name, lines in computations.items():
         for line in lines:
             calls = _CALLS.findall(line)
             trip = _trip_count(line, dict(calls).get("condition"), computations)
+            if " while(" in line and not trip:
+                unknown_loops += 1
             for kind, callee in calls:
-                factor = trip if kind == "body" else 1
+                factor = (trip or 1) if kind == "body" else 1
                 callers.setdefault(callee, []).append((name, factor if kind != "condition" else 0))
             for _, names in _CALL_LISTS.findall(line):
                 for callee in names.split(","):
@@ -238,6 +243,7 @@ def collectives(hlo_text: str, devices: int) -> dict[str, dict[str, float]]:
         out[op]["count"] += n
         out[op]["bytes"] += n * size
         out[op]["wire_bytes"] += n * size * wire[op](max(group, 1))
+    out["while_loops_with_unknown_trips"] = unknown_loops  # their bodies' collectives are counted once per run
     return out
 
 
@@ -338,6 +344,7 @@ def plan_train_step(config, task, topology: Topology, *, keep_hlo: bool = False)
     alias_b, temp_b = float(memory.alias_size_in_bytes), float(memory.temp_size_in_bytes)
     total_b = args_b + temp_b + out_b - alias_b  # donated state: outputs reuse the argument buffers
     comms = collectives(hlo, n_dev)
+    unknown_loops = comms.pop("while_loops_with_unknown_trips")
 
     examples = {name: next(iter(fields.values())).shape[0] for name, fields in batches.items()}
     fpe = task.flops_per_example
@@ -360,6 +367,7 @@ def plan_train_step(config, task, topology: Topology, *, keep_hlo: bool = False)
         "margin_gb": (chip.hbm_bytes - total_b) / GB,
         "collectives": {op: {"count": int(c["count"]), "gb": c["bytes"] / GB, "wire_gb": c["wire_bytes"] / GB}
                         for op, c in comms.items() if c["count"]},
+        "while_loops_with_unknown_trips": unknown_loops,
         "lower_s": round(t1 - t0, 2), "compile_s": round(t2 - t1, 2),
         "model_tflops_per_step": model_flops / 1e12,
         "hbm_gb_per_step_estimate": hbm_bytes / GB,

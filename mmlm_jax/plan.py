@@ -24,15 +24,18 @@ from ml_collections import config_flags  # noqa: E402
 FAMILIES = ("lm", "flamingo", "llava", "vita")
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a training config with get_config().", lock_config=False)
-flags.DEFINE_string("topology", None, "TPU slice: v5p-64, v5e-16, v6e-256, v4-16 (Cloud TPU) or v5p:4x4x2 (libtpu); "
-                    "with --smallest, a chip (v4, v5e, v5p, v6e).")
-flags.DEFINE_bool("smallest", False, "Find the smallest standard slice of the --topology chip that the step fits "
-                  "(slices tried in increasing size; a slice whose chips do not divide the batch is skipped).")
-flags.DEFINE_string("mesh", "", "Mesh sizes replacing config.mesh, e.g. 'fsdp=-1,tensor=4' (missing axes = 1).")
-flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multi-slice); the data axis spans them.")
-flags.DEFINE_enum("family", None, list(FAMILIES), "Model family (default: the config's folder under configs/).")
-flags.DEFINE_string("out", "", "Append the plan as a JSON line to this file.")
+if "config" not in FLAGS:  # common.train (imported first in the same process) defines the same --config
+    config_flags.DEFINE_config_file("config", None, "Path to a training config with get_config().",
+                                    lock_config=False)
+if "topology" not in FLAGS:  # this module may be both __main__ and imported
+    flags.DEFINE_string("topology", None, "TPU slice: v5p-64, v5e-16, v6e-256, v4-16 (Cloud TPU) or v5p:4x4x2 "
+                        "(libtpu); with --smallest, a chip (v4, v5e, v5p, v6e).")
+    flags.DEFINE_bool("smallest", False, "Find the smallest standard slice of the --topology chip that the step fits "
+                      "(slices tried in increasing size; a slice whose chips do not divide the batch is skipped).")
+    flags.DEFINE_string("mesh", "", "Mesh sizes replacing config.mesh, e.g. 'fsdp=-1,tensor=4' (missing axes = 1).")
+    flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multi-slice); the data axis spans them.")
+    flags.DEFINE_enum("family", None, list(FAMILIES), "Model family (default: the config's folder under configs/).")
+    flags.DEFINE_string("out", "", "Append the plan as a JSON line to this file.")
 
 
 def family_of(config_path: str) -> str:
@@ -112,9 +115,9 @@ def describe(plan: dict) -> str:
         "collectives per step: " + (", ".join(f"{op} x{c['count']} ({c['gb']:.2f} GB)"
                                              for op, c in plan["collectives"].items()) or "none"),
         f"compile {plan['compile_s']:.1f} s (lowering {plan['lower_s']:.1f} s)",
-        f"step-time bound: compute {plan['bound_s']['compute'] * 1e3:.1f} ms, HBM {plan['bound_s']['hbm'] * 1e3:.1f} ms,"
-        f" ICI {plan['bound_s']['ici'] * 1e3:.1f} ms -> >= {plan['bound_s']['step'] * 1e3:.1f} ms per step, "
-        f"MFU ceiling {plan['mfu_ceiling']:.0%}" if plan["mfu_ceiling"] is not None else "no FLOP count",
+        "step-time bound: compute {compute:.1f} ms, HBM {hbm:.1f} ms, ICI {ici:.1f} ms -> >= {step:.1f} ms per step, "
+        .format(**{k: v * 1e3 for k, v in plan["bound_s"].items()})
+        + (f"MFU ceiling {plan['mfu_ceiling']:.0%}" if plan["mfu_ceiling"] is not None else "no FLOP count"),
     ]
     return "\n".join(lines)
 

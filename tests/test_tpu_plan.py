@@ -130,6 +130,7 @@ def test_collectives_count_loop_trips_and_async_chains_once():
     assert out["reduce-scatter"]["count"] == 13 and out["reduce-scatter"]["wire_bytes"] == pytest.approx(rs_wire)
     # a loop without a known trip count (the TPU compiler's text): the bound of its condition `i < 3`
     assert out["collective-permute"]["count"] == 3 and out["collective-permute"]["bytes"] == 3 * 8 * 16 * 4
+    assert out["while_loops_with_unknown_trips"] == 0
 
 
 def test_multi_slice_puts_the_data_axis_over_dcn():
