@@ -78,7 +78,7 @@ class Topology:
 
         extra = {"num_slices": self.num_slices} if self.num_slices > 1 else {}
         if math.prod(self.grid) < 4:  # a slice smaller than one host (4 chips): the host is the slice
-            extra["chips_per_host_bounds"] = self.grid
+            extra["chips_per_host_bounds"] = tuple(self.grid) + (1,) * (3 - len(self.grid))
         desc = topologies.get_topology_desc(topology_name=self.libtpu_name, platform="tpu", **extra)
         return list(desc.devices)
 
