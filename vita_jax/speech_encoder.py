@@ -1,7 +1,7 @@
 """VITA-1.5's speech encoder and audio adapter (Fu et al. 2025, "VITA-1.5", Sec. 3.1 "Audio Modality": a 24-block
 transformer encoder of ~350M parameters on 80-bin fbank, 4x conv downsampling to 25 Hz, then a 2x CNN adapter to
 12.5 Hz tokens in the LLM's width), as the release's "whale" encoder computes it
-(`vita/model/multimodal_encoder/whale/`, upstream commit 35d064a; see /work/shared/VITA_FACTS.md, Sec. 1).
+(`vita/model/multimodal_encoder/whale/`, upstream commit 35d064a of the VITA repository; docs/vita.md).
 
 Per utterance of T fbank frames (100 Hz):
   global CMVN (x - mean) * istd                                                        [B, T, 80]

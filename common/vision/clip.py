@@ -1,6 +1,6 @@
 """CLIP ViT vision tower (Radford et al. 2021, "Learning Transferable Visual Models From Natural Language
 Supervision", Sec. 2.4; HF transformers' `CLIPVisionModel`): the frozen image encoder of OpenFlamingo and
-LLaVA (ViT-L/14, 336px in LLaVA-1.5 -> 576 patch tokens; see /work/shared/REFERENCE.md).
+LLaVA (ViT-L/14, 336px in LLaVA-1.5 -> 576 patch tokens; docs/llava.md).
 
 Embeddings (patch conv without bias, CLS, learned positions) -> pre_layrnorm -> L pre-LN layers with
 quick_gelu MLPs -> post_layernorm on the CLS token (pooled) -> optional visual_projection (image_embeds).

@@ -1,5 +1,5 @@
 """InternViT vision tower (Chen et al. 2024, "InternVL: Scaling up Vision Foundation Models", Sec. 3.1; the
-InternViT-300M-448px encoder of VITA-1.5, see /work/shared/REFERENCE.md), matching HF transformers'
+InternViT-300M-448px encoder of VITA-1.5, docs/vita.md), matching HF transformers'
 `InternVLVisionModel` and the original `intern_vit_6b` remote code, plus InternVL's pixel-shuffle downsampler.
 
 Embeddings (patch conv with bias, CLS, learned positions) -> L pre-norm layers with layer scale

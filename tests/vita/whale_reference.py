@@ -1,6 +1,6 @@
 """A small PyTorch reference of VITA-1.5's speech encoder ("whale") and audio adapter, written for the parity tests
-from the upstream code's semantics (vita/model/multimodal_encoder/whale at commit 35d064a; see
-/work/shared/VITA_FACTS.md Sec. 1) with the upstream module names, so its state_dict carries the release's keys:
+from the upstream code's semantics (vita/model/multimodal_encoder/whale at commit 35d064a of the VITA
+repository; docs/vita.md) with the upstream module names, so its state_dict carries the release's keys:
 encoder.global_cmvn.{mean,istd}, encoder.enc.0.core.{conv.0,conv.2,out.0}.*, encoder.enc.1.embed.{0,1}.*,
 encoder.enc.1.encoders.{i}.{self_attn.*, feed_forward.w_{1,2}.*, norm{1,2}.*}, encoder.enc.1.after_norm.*,
 adpter.{conv1d2,bn2,project}.*. Independent of vita_jax (torch only)."""
