@@ -76,7 +76,7 @@ def set_field(config, dotted: str, value) -> None:
 
 
 def run_one(name: str, out: str | None) -> dict:
-    from mmlm_jax.plan import describe, plan
+    from mmlm_jax.plan import plan, report
 
     family, module_arg, topology, mesh, overrides = PLANS[name]
     config = load(module_arg)
@@ -85,12 +85,7 @@ def run_one(name: str, out: str | None) -> dict:
     config_file = "configs/" + module_arg.split(":")[0].replace(".", "/") + ".py"
     result = plan(config, family, topology, mesh=mesh, config_name=config_file)
     result.update(plan_name=name, overrides=overrides)
-    print(describe(result), flush=True)
-    line = json.dumps(result)
-    print(line, flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(line + "\n")
+    report(result, out)
     return result
 
 

@@ -34,7 +34,6 @@ class Chip:
     """One TPU chip's published figures (Cloud TPU system architecture pages, per chip)."""
 
     name: str
-    device_kind: str  # what libtpu's devices report
     peak_bf16_flops: float  # FLOP/s
     hbm_bytes: float
     hbm_bandwidth: float  # bytes/s
@@ -46,16 +45,21 @@ class Chip:
 # Figures from the Cloud TPU documentation (cloud.google.com/tpu/docs/<version>): "BF16 peak compute per chip",
 # "HBM2 capacity and bandwidth per chip", "Interchip Interconnect BW" (Gbps / 8 = GB/s).
 CHIPS: dict[str, Chip] = {
-    "v4": Chip("v4", "TPU v4", 275e12, 32 * GB, 1228 * GB, 2400 / 8 * GB, 2, "cloud.google.com/tpu/docs/v4"),
-    "v5e": Chip("v5e", "TPU v5 lite", 197e12, 16 * GB, 819 * GB, 1600 / 8 * GB, 1, "cloud.google.com/tpu/docs/v5e"),
-    "v5p": Chip("v5p", "TPU v5", 459e12, 95 * GB, 2765 * GB, 4800 / 8 * GB, 2, "cloud.google.com/tpu/docs/v5p"),
-    "v6e": Chip("v6e", "TPU v6 lite", 918e12, 32 * GB, 1640 * GB, 3584 / 8 * GB, 1, "cloud.google.com/tpu/docs/v6e"),
+    "v4": Chip("v4", 275e12, 32 * GB, 1228 * GB, 2400 / 8 * GB, 2, "cloud.google.com/tpu/docs/v4"),
+    "v5e": Chip("v5e", 197e12, 16 * GB, 819 * GB, 1600 / 8 * GB, 1, "cloud.google.com/tpu/docs/v5e"),
+    "v5p": Chip("v5p", 459e12, 95 * GB, 2765 * GB, 4800 / 8 * GB, 2, "cloud.google.com/tpu/docs/v5p"),
+    "v6e": Chip("v6e", 918e12, 32 * GB, 1640 * GB, 3584 / 8 * GB, 1, "cloud.google.com/tpu/docs/v6e"),
 }
 # Chip grids of the standard slice shapes (Cloud TPU: v4 / v5p slices are 3-D tori, v5e / v6e 2-D).
 _GRIDS_3D = {1: (1, 1, 1), 2: (1, 1, 2), 4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4),
              128: (4, 4, 8), 256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16),
              4096: (16, 16, 16)}
 _GRIDS_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
+
+
+def standard_grids(chip: str) -> dict[int, tuple[int, ...]]:
+    """{chips: chip grid} of the standard slices of a chip (v4 / v5p: 3-D tori, v5e / v6e: 2-D)."""
+    return _GRIDS_3D if chip in ("v4", "v5p") else _GRIDS_2D
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +102,7 @@ def parse_topology(name: str, num_slices: int = 1) -> Topology:
         if count % chip.cores_per_chip:
             raise ValueError(f"{name}: a {chip.name} slice counts {chip.cores_per_chip} TensorCores per chip")
         chips = count // chip.cores_per_chip
-        grids = _GRIDS_3D if chip.name in ("v4", "v5p") else _GRIDS_2D
+        grids = standard_grids(chip.name)
         if chips not in grids:
             raise ValueError(f"{name}: no standard {chip.name} slice of {chips} chips; sizes: "
                              f"{[n * chip.cores_per_chip for n in sorted(grids)]}, or name the grid (e.g. "
@@ -124,8 +128,13 @@ _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _CHAIN = re.compile(r'chain_id="(\d+)"')
 
 
+def _bytes(dtype: str, dims: str) -> float:
+    """Bytes of an HLO array type such as bf16[16,256,2560] given as ('bf16', '16,256,2560')."""
+    return _DTYPE_BYTES[dtype] * math.prod(int(x) for x in dims.split(",") if x)
+
+
 def _array_bytes(shape_text: str) -> list[float]:
-    return [_DTYPE_BYTES[d] * math.prod(int(x) for x in dims.split(",") if x) for d, dims in _ARRAY.findall(shape_text)]
+    return [_bytes(d, dims) for d, dims in _ARRAY.findall(shape_text)]
 
 
 def _group_size(line: str, devices: int) -> int:
@@ -252,8 +261,7 @@ def largest_buffers(hlo_text: str, top: int = 8) -> list[tuple[str, float]]:
     where to look when the temporaries are large (e.g. a [B, H, T, T] attention buffer)."""
     sizes: dict[str, float] = {}
     for m in re.finditer(r"=\s+(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]", hlo_text):
-        key = f"{m.group(1)}[{m.group(2)}]"
-        sizes[key] = _DTYPE_BYTES[m.group(1)] * math.prod(int(x) for x in m.group(2).split(",") if x)
+        sizes[f"{m.group(1)}[{m.group(2)}]"] = _bytes(m.group(1), m.group(2))
     return sorted(sizes.items(), key=lambda kv: -kv[1])[:top]
 
 
@@ -267,6 +275,13 @@ def _shard_bytes(tree: Any) -> float:
         shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
         total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
     return total
+
+
+def _state_gb(program, batches) -> dict[str, float]:
+    """Per-device GB of the parameters, the optimizer state and the batch, from their shardings."""
+    state = program.abstract_state
+    return {"params": _shard_bytes(state.params) / GB, "optimizer": _shard_bytes(state.opt_state) / GB,
+            "batch": _shard_bytes(batches) / GB}
 
 
 def _base_plan(program, topology: Topology, batches) -> dict[str, Any]:
@@ -283,13 +298,10 @@ def _base_plan(program, topology: Topology, batches) -> dict[str, Any]:
 
 def _refused_plan(program, topology: Topology, batches, message: str, compile_s: float, temporaries_gb: float):
     """The plan of a step the TPU compiler refused for want of HBM: what it asked for, in its own words."""
-    params_b = _shard_bytes(program.abstract_state.params)
-    opt_b = _shard_bytes(program.abstract_state.opt_state)
-    batch_b = _shard_bytes(batches)
-    total = (params_b + opt_b + batch_b) / GB + temporaries_gb
+    state = _state_gb(program, batches)
+    total = sum(state.values()) + temporaries_gb
     return {**_base_plan(program, topology, batches),
-            "per_device_gb": {"params": params_b / GB, "optimizer": opt_b / GB, "batch": batch_b / GB,
-                              "temporaries": temporaries_gb, "total": total},
+            "per_device_gb": {**state, "temporaries": temporaries_gb, "total": total},
             "fits": False, "margin_gb": topology.chip.hbm_bytes / GB - total, "compile_error": message,
             "compile_s": round(compile_s, 2), "collectives": {}, "bound_s": None, "mfu_ceiling": None}
 
@@ -337,19 +349,16 @@ def plan_train_step(config, task, topology: Topology, *, keep_hlo: bool = False)
 
     chip = topology.chip
     n_dev = mesh.size
-    params_b = _shard_bytes(program.abstract_state.params)
-    opt_b = _shard_bytes(program.abstract_state.opt_state)
-    batch_b = _shard_bytes(batches)
+    base = _base_plan(program, topology, batches)
     args_b, out_b = float(memory.argument_size_in_bytes), float(memory.output_size_in_bytes)
     alias_b, temp_b = float(memory.alias_size_in_bytes), float(memory.temp_size_in_bytes)
     total_b = args_b + temp_b + out_b - alias_b  # donated state: outputs reuse the argument buffers
     comms = collectives(hlo, n_dev)
     unknown_loops = comms.pop("while_loops_with_unknown_trips")
 
-    examples = {name: next(iter(fields.values())).shape[0] for name, fields in batches.items()}
     fpe = task.flops_per_example
     model_flops = sum(n * float(fpe.get(name, 0.0) if isinstance(fpe, Mapping) else fpe)
-                      for name, n in examples.items())
+                      for name, n in base["global_batch"].items())
     compute_s = model_flops / n_dev / chip.peak_bf16_flops
     # HBM traffic, estimated: the state read and written once, the peak temporaries written and read once. (XLA's
     # own cost analysis, also reported, counts a while loop's body once: a scan over L layers is undercounted.)
@@ -359,10 +368,9 @@ def plan_train_step(config, task, topology: Topology, *, keep_hlo: bool = False)
     network_s = wire / chip.ici_bandwidth
     bound_s = max(compute_s, memory_s, network_s)
     plan = {
-        **_base_plan(program, topology, batches),
-        "per_device_gb": {"params": params_b / GB, "optimizer": opt_b / GB, "batch": batch_b / GB,
-                          "arguments": args_b / GB, "temporaries": temp_b / GB, "outputs_not_aliased":
-                          (out_b - alias_b) / GB, "total": total_b / GB},
+        **base,
+        "per_device_gb": {**_state_gb(program, batches), "arguments": args_b / GB, "temporaries": temp_b / GB,
+                          "outputs_not_aliased": (out_b - alias_b) / GB, "total": total_b / GB},
         "fits": total_b <= chip.hbm_bytes,
         "margin_gb": (chip.hbm_bytes - total_b) / GB,
         "collectives": {op: {"count": int(c["count"]), "gb": c["bytes"] / GB, "wire_gb": c["wire_bytes"] / GB}

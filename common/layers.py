@@ -211,14 +211,10 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None, eps: floa
     return _layer_norm_fwd(x, scale, bias, eps, dtype)[0]
 
 
-def _layer_norm_stats(x32, eps):
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    return mean, jax.lax.rsqrt(jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True) + eps)
-
-
 def _layer_norm_fwd(x, scale, bias, eps, dtype):
     x32 = x.astype(jnp.float32)
-    mean, rstd = _layer_norm_stats(x32, eps)  # [..., 1] each
+    mean = jnp.mean(x32, axis=-1, keepdims=True)  # [..., 1]
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True) + eps)  # [..., 1]
     y = (x32 - mean) * rstd * scale.astype(jnp.float32)
     if bias is not None:
         y = y + bias.astype(jnp.float32)

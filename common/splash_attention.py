@@ -50,10 +50,9 @@ def _local_attention(query, key, value, segment_ids, block: int):
     q = jnp.swapaxes(query * (1.0 / math.sqrt(dim)), 1, 2)  # [b, h, T, D] (splash does not scale)
     k, v = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)  # [b, k, T, D]
 
-    def run(interpret):
+    def run(interpret):  # the kernel over the batch rows
         kernel = _kernel(length, heads, block, interpret)
-        return lambda q, k, v, s: jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=SegmentIds(q=s, kv=s)))(
-            q, k, v, s)
+        return jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=SegmentIds(q=s, kv=s)))
 
     out = jax.lax.platform_dependent(q, k, v, segment_ids, tpu=run(False), default=run(True))  # [b, h, T, D]
     return jnp.swapaxes(out, 1, 2)

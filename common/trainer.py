@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from common import optimizer as optimizer_lib
 from common.checkpoints import Checkpointer, PreemptionWatcher
-from common.sharding import LOGICAL_AXIS_RULES, activate, logical_sharding, logical_to_spec, make_mesh
+from common.sharding import LOGICAL_AXIS_RULES, MESH_AXES, activate, logical_sharding, logical_to_spec, make_mesh
 
 log = logging.getLogger("common.trainer")
 
@@ -352,7 +352,7 @@ def mesh_from_config(mesh_config: Mapping[str, int], devices=None):
     smaller than the device list uses its first devices."""
     devices = list(jax.devices() if devices is None else devices)
     mesh_config = dict(mesh_config)
-    sizes = [int(mesh_config.get(a, 1)) for a in ("data", "fsdp", "tensor")]
+    sizes = [int(mesh_config.get(a, 1)) for a in MESH_AXES]
     if -1 not in sizes:
         devices = devices[:math.prod(sizes)]
     return make_mesh(mesh_config, devices)
@@ -429,27 +429,32 @@ class Trainer:
         self.config, self.task, self.workdir = config, task, os.path.abspath(workdir)
         self.mesh = mesh_from_config(config.mesh, devices)
         self.program = TrainProgram(config, task, self.mesh)
-        self.total_steps, self.grad_accum_steps = self.program.total_steps, self.program.grad_accum_steps
-        self.opt, self.abstract_state, self.state_sharding = (self.program.opt, self.program.abstract_state,
-                                                              self.program.state_sharding)
-        self.param_count, self.trainable_count = self.program.param_count, self.program.trainable_count
         self.is_main = jax.process_index() == 0
         os.makedirs(self.workdir, exist_ok=True)
-        self._init_key = self.program.init_key
         self.data_shard = host_data_shard(self.mesh)
         self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
                                          keep=int(_config_get(config, "keep_checkpoints", 3)),
                                          async_save=bool(_config_get(config, "async_checkpoints", True)))
-        self.replicated = self.program.replicated
         self._step_fns: dict[tuple[str, ...], Callable] = {}
         self._eval_fn = None
+
+    # The step's definition lives in the program; these read it.
+    total_steps = property(lambda self: self.program.total_steps)
+    grad_accum_steps = property(lambda self: self.program.grad_accum_steps)
+    mode = property(lambda self: self.program.mode)
+    opt = property(lambda self: self.program.opt)
+    abstract_state = property(lambda self: self.program.abstract_state)
+    state_sharding = property(lambda self: self.program.state_sharding)
+    param_count = property(lambda self: self.program.param_count)
+    trainable_count = property(lambda self: self.program.trainable_count)
+    replicated = property(lambda self: self.program.replicated)
 
     # -- setup ---------------------------------------------------------------------------------
 
     def init_state(self) -> TrainState:
         """Fresh sharded state: random init (jitted, created in place) then the task's pretrained weights."""
         create = lambda k: nn.unbox(TrainState.create(self.task.init_params(k), self.opt.tx))  # noqa: E731
-        state = jax.jit(create, out_shardings=self.state_sharding)(self._init_key)
+        state = jax.jit(create, out_shardings=self.state_sharding)(self.program.init_key)
         if self.task.load_pretrained is not None:
             state = state.replace(params=self.task.load_pretrained(state.params))
         return state

@@ -21,6 +21,8 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # and holds no TPU chi
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from common.sharding import MESH_AXES  # noqa: E402
+
 FAMILIES = ("lm", "flamingo", "llava", "vita")
 
 FLAGS = flags.FLAGS
@@ -50,7 +52,7 @@ def parse_mesh(text: str) -> dict[str, int]:
     mesh = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, size = item.partition("=")
-        if name not in ("data", "fsdp", "tensor") or not size.lstrip("-").isdigit():
+        if name not in MESH_AXES or not size.lstrip("-").isdigit():
             raise app.UsageError(f"--mesh item {item!r}: use data=N, fsdp=N, tensor=N (one may be -1)")
         mesh[name] = int(size)
     return mesh
@@ -98,15 +100,15 @@ def make_task(family: str, config):
 
 def describe(plan: dict) -> str:
     mem = plan["per_device_gb"]
+    head = (f"{plan['topology']} ({plan['libtpu_topology']}, {plan['chips']} {plan['chip']} chips), mesh "
+            f"{plan['mesh']}, global batch {plan['global_batch']}")
     if "compile_error" in plan:
-        return (f"{plan['topology']} ({plan['libtpu_topology']}, {plan['chips']} {plan['chip']} chips), mesh "
-                f"{plan['mesh']}, global batch {plan['global_batch']}: DOES NOT FIT. The TPU compiler: "
-                f"{plan['compile_error']}\nper chip: params {mem['params']:.2f} GB + optimizer {mem['optimizer']:.2f} "
-                f"GB + batch {mem['batch']:.2f} GB + temporaries {mem['temporaries']:.2f} GB = {mem['total']:.2f} of "
+        return (f"{head}: DOES NOT FIT. The TPU compiler: {plan['compile_error']}\n"
+                f"per chip: params {mem['params']:.2f} GB + optimizer {mem['optimizer']:.2f} GB + batch "
+                f"{mem['batch']:.2f} GB + temporaries {mem['temporaries']:.2f} GB = {mem['total']:.2f} of "
                 f"{plan['hbm_gb']:.0f} GB HBM")
     lines = [
-        f"{plan['topology']} ({plan['libtpu_topology']}, {plan['chips']} {plan['chip']} chips), mesh {plan['mesh']}, "
-        f"global batch {plan['global_batch']}",
+        head,
         f"parameters {plan['params']:,} ({plan['trainable']:,} trained)",
         f"per chip: params {mem['params']:.2f} GB + optimizer {mem['optimizer']:.2f} GB + batch {mem['batch']:.2f} GB"
         f" = arguments {mem['arguments']:.2f} GB; temporaries {mem['temporaries']:.2f} GB; total {mem['total']:.2f}"
@@ -122,6 +124,15 @@ def describe(plan: dict) -> str:
     return "\n".join(lines)
 
 
+def report(result: dict, out: str = "") -> None:
+    """Prints the plan as text and as one JSON line, and appends the line to `out` when given."""
+    line = json.dumps(result)
+    print(describe(result), line, sep="\n", flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
 def plan(config, family: str, topology_name: str, num_slices: int = 1, mesh: dict | None = None,
          config_name: str = "") -> dict:
     """The plan of `config` on `topology_name` (see common.aot.plan_train_step), with the run's provenance."""
@@ -129,7 +140,7 @@ def plan(config, family: str, topology_name: str, num_slices: int = 1, mesh: dic
     from common.provenance import provenance
 
     if mesh:
-        config.mesh = {**{"data": 1, "fsdp": 1, "tensor": 1}, **mesh}
+        config.mesh = dict(mesh)  # missing axes are 1
     data = int(dict(config.mesh).get("data", 1))
     if num_slices > 1 and data != -1 and data % num_slices:  # data-parallel across the slices
         config.mesh = {**dict(config.mesh), "data": num_slices}
@@ -146,7 +157,7 @@ def smallest_slice(config_factory, family: str, chip: str, mesh: dict | None = N
     `config_factory()` gives a fresh config per try (a plan may rewrite config.mesh)."""
     from common import aot
 
-    grids = aot._GRIDS_3D if chip in ("v4", "v5p") else aot._GRIDS_2D
+    grids = aot.standard_grids(chip)
     cores = aot.CHIPS[chip].cores_per_chip
     plans = []
     for chips in sorted(grids):
@@ -158,10 +169,7 @@ def smallest_slice(config_factory, family: str, chip: str, mesh: dict | None = N
             continue  # Cloud TPU's v4 / v5p slices start at 4 chips; every chip needs whole micro-batch rows
         result = plan(config, family, f"{chip}-{chips * cores}", mesh=mesh, config_name=config_name)
         plans.append(result)
-        print(describe(result), flush=True)
-        if out:
-            with open(out, "a") as f:
-                f.write(json.dumps(result) + "\n")
+        report(result, out)
         if result["fits"]:
             break
     return plans
@@ -183,13 +191,8 @@ def main(argv):
         if not plans or not plans[-1]["fits"]:
             print(f"no standard {FLAGS.topology} slice fits this step")
         sys.exit(0)
-    result = plan(FLAGS.config, family, FLAGS.topology, FLAGS.num_slices, parse_mesh(FLAGS.mesh), config_path)
-    print(describe(result))
-    line = json.dumps(result)
-    print(line)
-    if FLAGS.out:
-        with open(FLAGS.out, "a") as f:
-            f.write(line + "\n")
+    report(plan(FLAGS.config, family, FLAGS.topology, FLAGS.num_slices, parse_mesh(FLAGS.mesh), config_path),
+           FLAGS.out)
     sys.exit(0)
 
 
