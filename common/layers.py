@@ -420,11 +420,15 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
 
 def causal_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                                  bias: jax.Array | None = None, scale: float | None = None,
-                                 block_size: int = 64) -> jax.Array:
-    """Causal self-attention (query t attends keys 0..t, T == S, no padding), computed in query blocks of
-    `block_size` that each see only the keys up to their last query: the fully masked upper-right blocks
-    of the [T, S] logits are never formed (about half the work and memory of the masked full softmax),
-    with the same result as `dot_product_attention` under a causal mask up to float rounding.
+                                 block_size: int = 64, segment_ids: jax.Array | None = None) -> jax.Array:
+    """Causal self-attention (query t attends keys 0..t, T == S), computed in query blocks of `block_size` that
+    each see only the keys up to their last query: the fully masked upper-right blocks of the [T, S] logits are
+    never formed (about half the work and memory of the masked full softmax), with the same result as
+    `dot_product_attention` under a causal mask up to float rounding.
+
+    segment_ids [B, T] int (optional; packed rows): query t attends key s <= t only when both carry the same id.
+    Padding (id 0) is then a segment of its own that no real token sees. Each block's mask is built from the ids
+    ([B, 1, Tb, end]); no [T, S] mask exists at once.
 
     query [B, T, H, D], key / value [B, T, K, D], bias float broadcastable to [B, H, T, S]. Returns [B, T, H, D].
     """
@@ -433,6 +437,8 @@ def causal_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Ar
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     if key.shape[1] != t:
         raise ValueError(f"causal attention needs as many keys as queries, got {key.shape[1]} and {t}")
+    if segment_ids is not None and segment_ids.shape != (query.shape[0], t):
+        raise ValueError(f"segment_ids must be [B, T] = {(query.shape[0], t)}, got {segment_ids.shape}")
     if bias is not None:
         bias = jnp.asarray(bias)
         bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
@@ -440,6 +446,8 @@ def causal_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Ar
     for start in range(0, t, block_size):
         end = min(start + block_size, t)
         mask = (jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None])[None, None]  # [1, 1, Tb, end]
+        if segment_ids is not None:  # [B, 1, Tb, end]: and the same segment
+            mask = mask & (segment_ids[:, None, start:end, None] == segment_ids[:, None, None, :end])
         block_bias = None
         if bias is not None:
             block_bias = bias[..., :end] if bias.shape[-1] > 1 else bias
@@ -447,6 +455,17 @@ def causal_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Ar
         outs.append(dot_product_attention(query[:, start:end], key[:, :end], value[:, :end], mask=mask,
                                           bias=block_bias, scale=scale))
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
+def positions_within_segments(segment_ids: jax.Array) -> jax.Array:
+    """[B, T] segment ids -> [B, T] int32 positions that restart at 0 wherever the id changes (each packed sample
+    counts from 0; RoPE then sees every sample as if it ran alone). Segments are contiguous runs of one id."""
+    length = segment_ids.shape[-1]
+    slots = jnp.arange(length, dtype=jnp.int32)
+    starts = jnp.concatenate([jnp.ones(segment_ids.shape[:-1] + (1,), bool),
+                              segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1)  # [B, T]
+    first = jax.lax.cummax(jnp.where(starts, slots, 0), axis=segment_ids.ndim - 1)  # [B, T]: its segment's start
+    return slots - first
 
 
 class MultiHeadAttention(nn.Module):

@@ -23,7 +23,7 @@ import numpy as np
 
 from common.layers import (MLP, REMAT_POLICIES, MultiHeadAttention, alibi_slopes, apply_rope,  # noqa: F401
                            causal_dot_product_attention, check_remat_policy, dot_product_attention, dtype_of,
-                           make_norm, remat, rope_inverse_frequencies)
+                           make_norm, positions_within_segments, remat, rope_inverse_frequencies)
 from common.sharding import constrain, target_platform, with_partitioning
 from common.splash_attention import splash_causal_attention
 
@@ -141,14 +141,17 @@ class SegmentIds:
     ids: jax.Array
 
 
-def cudnn_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+def cudnn_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                           segment_ids: jax.Array | None = None) -> jax.Array:
     """Causal GQA self-attention through cuDNN's fused kernel (never forms the [T, S] weights).
-    query [B, T, H, D], key / value [B, T, K, D] -> [B, T, H, D]."""
+    query [B, T, H, D], key / value [B, T, K, D] -> [B, T, H, D]. segment_ids [B, T] (packed rows) restrict it to
+    each segment through cuDNN's own mask input (a [B, 1, T, T] bias that the kernel reads)."""
     platform = target_platform()
     if platform != "gpu":
         raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU; this program is compiled for {platform!r}: "
                          "use attention_impl='xla' (or 'splash' on a TPU)")
-    return jax.nn.dot_product_attention(query, key, value, is_causal=True, implementation="cudnn")
+    mask = None if segment_ids is None else (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=True, implementation="cudnn")
 
 
 class DecoderLayer(nn.Module):
@@ -156,7 +159,8 @@ class DecoderLayer(nn.Module):
 
     mask [B, 1, T, S] bool; or None (without a cache) for plain causal attention over the T tokens, which
     is then computed block-causally (`causal_dot_product_attention`) or by cuDNN; or `SegmentIds` (without a
-    cache) for causal attention within segments through splash attention.
+    cache) for causal attention within segments (packed rows, or padding as segment 0) on the configured path:
+    splash, cuDNN, or block-causal XLA.
     """
 
     config: LMConfig
@@ -179,8 +183,14 @@ class DecoderLayer(nn.Module):
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
             layer_cache = (k, v)  # [B, S_max, K, D]
-        if isinstance(mask, SegmentIds):  # splash attention within segments, [B, T, H, D]
+        if isinstance(mask, SegmentIds) and cfg.attention_impl == "splash":  # within segments, [B, T, H, D]
             attended = splash_causal_attention(q, k.astype(dtype), v.astype(dtype), mask.ids)
+        elif isinstance(mask, SegmentIds) and cfg.attention_impl == "cudnn":
+            attended = cudnn_causal_attention(q, k.astype(dtype), v.astype(dtype), mask.ids)
+        elif isinstance(mask, SegmentIds):  # block-causal within segments, [B, T, H, D]
+            attended = causal_dot_product_attention(q, k.astype(dtype), v.astype(dtype), bias=bias,
+                                                    block_size=cfg.attention_block_size or q.shape[1],
+                                                    segment_ids=mask.ids)
         elif mask is None and layer_cache is None and cfg.attention_impl == "cudnn":  # flash attention, [B, T, H, D]
             attended = cudnn_causal_attention(q, k.astype(dtype), v.astype(dtype))
         elif mask is None and layer_cache is None:  # plain causal self-attention without padding
@@ -349,12 +359,17 @@ class DecoderLM(nn.Module):
 
     def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None, *,
                  inputs_embeds: jax.Array | None = None, position_ids: jax.Array | None = None,
-                 cache: KVCache | None = None, block_inputs: Any = None, return_hidden: bool = False):
+                 segment_ids: jax.Array | None = None, cache: KVCache | None = None, block_inputs: Any = None,
+                 return_hidden: bool = False):
         """Returns float32 logits [B, T, V]; with `cache`, (logits, updated cache); with
         `return_hidden`, the final hidden states (before the final norm) instead of logits.
 
         attention_mask [B, T]: 1 for real tokens, 0 for padding (left or right). position_ids [B, T]
         default to the slot index (0..T-1 after any cached tokens), as transformers' forward does.
+        segment_ids [B, T] int (packed rows; no cache): a token attends only to the earlier tokens of its own
+        segment, 0 = padding (never attended by a real token). They stand for attention_mask (= segment_ids > 0),
+        and position_ids then default to positions that restart at every segment (RoPE; ALiBi restarts by
+        itself, its bias being relative within the segment a query sees).
         """
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
@@ -364,6 +379,15 @@ class DecoderLM(nn.Module):
             raise ValueError(f"inputs_embeds must be [B, T, {cfg.hidden_size}], got {x.shape}")
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         batch, length = x.shape[:2]
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed rows) are for training / scoring without a KV cache")
+            if segment_ids.shape != (batch, length):
+                raise ValueError(f"segment_ids must be [B, T] = {(batch, length)}, got {segment_ids.shape}")
+            segment_ids = segment_ids.astype(jnp.int32)
+            attention_mask = segment_ids > 0
+            if position_ids is None:
+                position_ids = positions_within_segments(segment_ids)
         # No padding, no cache, no window: the mask is purely causal and the layers skip its masked blocks.
         plain_causal = attention_mask is None and cache is None and cfg.sliding_window is None
         if attention_mask is None:
@@ -391,7 +415,10 @@ class DecoderLM(nn.Module):
         if cfg.sliding_window is not None:
             causal &= query_slots[:, None] - key_slots[None, :] < cfg.sliding_window
         mask = None if plain_causal else causal[None, None] & key_valid[:, None, None, :]
-        if cfg.attention_impl == "splash" and cache is None and cfg.sliding_window is None:
+        if segment_ids is not None:
+            mask = SegmentIds(segment_ids) if cfg.sliding_window is None else (  # [B, 1, T, S] with the window
+                mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :]))
+        elif cfg.attention_impl == "splash" and cache is None and cfg.sliding_window is None:
             mask = SegmentIds(attention_mask.astype(jnp.int32))  # padding = segment 0: real tokens see real keys
         if position_ids is None:
             position_ids = jnp.broadcast_to(query_slots[None, :], (batch, length))

@@ -135,10 +135,13 @@ class Llava(nn.Module):
         feats = select_features(out, self.config.vision_feature_layer, self.config.vision_feature_select_strategy)
         return self.projector(feats)  # [M, F, D_v * layers] -> [M, F, E]
 
-    def embed(self, input_ids, pixel_values=None, image_mask=None, image_sizes=None, *, image_layout=None):
+    def embed(self, input_ids, pixel_values=None, image_mask=None, image_sizes=None, *, image_layout=None,
+              segment_ids=None, image_segment_ids=None):
         """Token embeddings with the image features scattered into the placeholders: [B, T, E], plus a [B] bool
         telling whether each sample's placeholder count matched its feature count (always True when checked eagerly:
-        a mismatch with concrete inputs raises ValueError)."""
+        a mismatch with concrete inputs raises ValueError). Packed rows: with segment_ids [B, T] and
+        image_segment_ids [B, N] every placeholder must take its features from an image of its own segment (else
+        the row is marked as not ok)."""
         cfg = self.config
         ids = jnp.asarray(input_ids)
         if ids.ndim != 2:
@@ -191,16 +194,24 @@ class Llava(nn.Module):
         row = jnp.where(is_ph, jnp.clip(row, 0, newline_row), 0)
         gathered = jnp.take_along_axis(table, row[..., None], axis=1)  # [B, T, E]
         x = jnp.where(is_ph[..., None], gathered, text)
-        return constrain(x, ("act_batch", "act_length", "act_embed")), num_ph == lengths.sum(axis=1)
+        ok = num_ph == lengths.sum(axis=1)  # [B]
+        if segment_ids is not None and image_segment_ids is not None:  # packed rows: features stay in their sample
+            owner = jnp.take_along_axis(jnp.asarray(image_segment_ids), slot, axis=1)  # [B, T]
+            ok &= jnp.all(~is_ph | (owner == segment_ids), axis=1)
+        return constrain(x, ("act_batch", "act_length", "act_embed")), ok
 
     def __call__(self, input_ids, pixel_values=None, attention_mask=None, image_mask=None, image_sizes=None, *,
-                 image_layout=None, position_ids=None, cache: KVCache | None = None, return_hidden: bool = False):
+                 image_layout=None, position_ids=None, segment_ids=None, image_segment_ids=None,
+                 cache: KVCache | None = None, return_hidden: bool = False):
         """Float32 logits [B, T, V] (with `cache`: (logits, cache)). Outside jit a sample whose placeholder count
         differs from its images' feature count raises ValueError; under jit (where nothing can be raised) that
-        sample's outputs are NaN, so a loss over it fails loudly instead of training on misplaced features."""
-        x, ok = self.embed(input_ids, pixel_values, image_mask, image_sizes, image_layout=image_layout)
-        out = self.lm(attention_mask=attention_mask, inputs_embeds=x, position_ids=position_ids, cache=cache,
-                      return_hidden=return_hidden)
+        sample's outputs are NaN, so a loss over it fails loudly instead of training on misplaced features.
+        Packed rows (several samples per row, `common.data.packing`): segment_ids [B, T] (0 = padding) keep every
+        sample's attention and positions to itself; image_segment_ids [B, N] name each image slot's sample."""
+        x, ok = self.embed(input_ids, pixel_values, image_mask, image_sizes, image_layout=image_layout,
+                           segment_ids=segment_ids, image_segment_ids=image_segment_ids)
+        out = self.lm(attention_mask=attention_mask, inputs_embeds=x, position_ids=position_ids,
+                      segment_ids=segment_ids, cache=cache, return_hidden=return_hidden)
         poison = lambda a: jnp.where(ok[:, None, None], a, jnp.nan).astype(a.dtype)  # noqa: E731
         if cache is None:
             return poison(out)

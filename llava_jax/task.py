@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 
 from common import lora as lora_lib
+from common.data.packing import PackingSpec, packed_batch_spec
 from common.data.pipeline import Collate, collated_batch_spec, task_iterator
 from common.lm import LMConfig, matmul_flops_per_token
 from common.lm_task import next_token_loss
@@ -120,10 +121,14 @@ def make_transform(config, tokenizer, cfg: LlavaConfig, spec) -> data_lib.LlavaS
 
 
 def model_inputs(batch) -> dict:
-    """Collated batch -> keyword inputs of Llava (images only when present)."""
+    """Collated (or packed) batch -> keyword inputs of Llava (images only when present)."""
     kwargs = {"attention_mask": batch["attention_mask"]}
     if "images" in batch:
         kwargs.update(pixel_values=batch["images"], image_mask=batch["image_mask"])
+    if "segment_ids" in batch:  # packed rows: attention, positions and images stay within each sample
+        kwargs.update(segment_ids=batch["segment_ids"], position_ids=batch["positions"])
+        if "image_segment_ids" in batch:
+            kwargs["image_segment_ids"] = batch["image_segment_ids"]
     return kwargs
 
 
@@ -162,6 +167,18 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     def collate_for(spec):
         return Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_images", 1)))
 
+    def packing_for(spec) -> PackingSpec | None:
+        """`pack: true` (data-wide or per dataset): several samples per row of max_len, max_images per row
+        (default: as many whole images as the row's tokens can hold)."""
+        if not spec.get("pack", _plain(config.data).get("pack", False)):
+            return None
+        max_len = int(spec["max_len"])
+        text_only = spec.get("text_only", _plain(config.data).get("text_only", False))
+        max_images = None if text_only else int(spec.get("max_images_per_row")
+                                                or max(1, max_len // (cfg.tokens_per_crop + 1)))
+        return PackingSpec(max_len, max_images, num_bins=spec.get("pack_bins"), pad_id=pad_id,
+                           algorithm=spec.get("pack_algorithm", "best_fit"))
+
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool, epochs):
         source = data_lib.make_source(spec, split)
         transform = make_transform(config, tokenizer, cfg, spec)
@@ -169,7 +186,8 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         dcfg = _plain(config.data)
         collate = collate_for(spec)
         return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
-                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=epochs)
+                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=epochs,
+                             packing=packing_for(spec))
 
     def make_train_data(shard: DataShard):
         return {name: iterator(name, spec, shard, "train", True, None) for name, spec in datasets.items()}
@@ -207,9 +225,15 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     def batch_spec():
         image = example_inputs(cfg)[1].shape[2:]  # one image: [S, S, C] (anyres: [crops, S, S, C])
         text_only = lambda spec: spec.get("text_only", _plain(config.data).get("text_only", False))  # noqa: E731
-        return {name: collated_batch_spec(collate_for(spec), int(spec.get("batch_size") or config.batch_size),
-                                          images=None if text_only(spec) else (int(spec.get("max_images", 1)),) + image)
-                for name, spec in datasets.items()}
+        def one(spec):
+            batch = int(spec.get("batch_size") or config.batch_size)
+            packing = packing_for(spec)
+            if packing is not None:
+                return packed_batch_spec(packing, batch, None if text_only(spec) else image)
+            return collated_batch_spec(collate_for(spec), batch,
+                                       images=None if text_only(spec) else (int(spec.get("max_images", 1)),) + image)
+
+        return {name: one(spec) for name, spec in datasets.items()}
 
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},

@@ -17,7 +17,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from common.data import image_ops
+from common.data import image_ops, packing as packing_lib
 from common.data.batching import fit_length, pad_batch, tokenize_segments
 from common.data.records import BadRecord, SkipCounter, collect_notes
 
@@ -98,12 +98,15 @@ def build_dataset(
     max_skip_fraction: float = 0.05,
     drop_remainder: bool = True,
     num_threads: int = 0,
+    packing=None,
 ):
     """-> (grain IterDataset of batches, SkipCounter). num_epochs=None repeats forever.
 
     Host i of n reads records i, i+n, ... (all hosts get the same count). num_threads: transform threads
     (0 = in the consuming thread; 2 suits a 2-core machine). Bad records are skipped and counted; past
     `max_skip_fraction` of the records seen (after 100) iteration stops with TooManyBadRecords.
+    packing: a `common.data.packing.PackingSpec` to pack several samples per row (then `collate` is unused;
+    samples that fit no row are skipped and counted).
     """
     import grain
 
@@ -119,23 +122,28 @@ def build_dataset(
         ds = ds.shuffle(seed=seed)
     if num_epochs != 1:
         ds = ds.repeat(num_epochs)
+    if packing is not None:
+        transform = packing_lib.FitsRow(transform, packing)
     ds = ds.map(SafeTransform(transform))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * batch_size, 8)))
     ds = ds.filter(CountingFilter(counter))
+    if packing is not None:
+        ds = packing_lib.pack(ds, packing, batch_size, seed=seed)
+        collate = packing_lib.PackedCollate(packing)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
     return ds, counter
 
 
 def task_iterator(name: str, source, transform: Callable[[dict], dict], *, batch_size: int, shard: tuple[int, int],
                   seed: int, data_config, collate: Callable | None = None, shuffle: bool = True,
-                  num_epochs: int | None = None) -> "DataIterator":
+                  num_epochs: int | None = None, packing=None) -> "DataIterator":
     """One named dataset of a training task as a resumable `DataIterator`: `build_dataset` seeded per dataset name,
     with the data config's `max_skip_fraction` and `num_threads`, its skip counter named after the dataset."""
     ds, counter = build_dataset(source, transform, batch_size=batch_size, collate=collate,
                                 seed=int(seed) + zlib.crc32(name.encode()) % 1000, shuffle=shuffle,
                                 num_epochs=num_epochs, shard=shard,
                                 max_skip_fraction=float(data_config.get("max_skip_fraction", 0.05)),
-                                num_threads=int(data_config.get("num_threads", 0)))
+                                num_threads=int(data_config.get("num_threads", 0)), packing=packing)
     counter.name = name
     return DataIterator(ds, counter)
 

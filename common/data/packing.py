@@ -1,0 +1,144 @@
+"""Sequence packing for every family: several whole samples in one row of `max_len` tokens, their images (and
+the media-to-segment map) in the same row, instead of one sample per row padded to the longest.
+
+    examples -> [FitsRow: a sample that cannot fit one row is a counted skip, never cut] -> [PackableExample]
+      -> grain's best-fit (or first-fit) packer over `num_bins` open rows -> batch(PackedCollate)
+
+grain's packer (`grain.experimental.BestFitPackIterDataset`) keeps every sample whole, packs each field along its
+first axis within its own budget (tokens: max_len, images: max_images per row) and numbers the samples of a row
+1, 2, ... in `<field>_segment_ids` (0 = padding); its iterator state is part of the pipeline's checkpointed state,
+so exact resume holds. `PackedCollate` turns the rows into the batch the models read:
+
+    input_ids, loss_mask, attention_mask, positions, segment_ids   [B, max_len]  (positions restart per sample)
+    images [B, max_images, H, W, C], image_mask [B, max_images], image_segment_ids [B, max_images]
+
+The first token of every sample is never a target (it would be predicted from the previous sample's last token),
+and the LM core attends only within a segment (`common.lm.DecoderLM(segment_ids=...)`). A sample's image slots
+follow the order of its placeholders, so LLaVA / VITA's in-order scatter puts every sample's features into its own
+span; `image_segment_ids` lets a model check that.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from common.data.records import TOO_LONG, BadRecord
+
+TOO_MANY_IMAGES = "too_many_images"
+PACK_ALGORITHMS = ("best_fit", "first_fit")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackingSpec:
+    """How rows are packed: `max_len` tokens and `max_images` image slots per row (None: text only), over
+    `num_bins` rows kept open at once (None: the batch size); algorithm 'best_fit' or 'first_fit'; pad_id fills
+    the token slots no sample takes."""
+
+    max_len: int
+    max_images: int | None = None
+    num_bins: int | None = None
+    algorithm: str = "best_fit"
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.max_len < 2:
+            raise ValueError(f"packing max_len must be >= 2, got {self.max_len}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"packing max_images must be >= 1 (or None for text only), got {self.max_images}")
+        if self.algorithm not in PACK_ALGORITHMS:
+            raise ValueError(f"packing algorithm must be one of {PACK_ALGORITHMS}, got {self.algorithm!r}")
+
+
+class FitsRow:
+    """Wraps a sample transform: a sample longer than a row, or with more images than a row holds, raises
+    BadRecord (the pipeline skips and counts it per reason) instead of reaching the packer, which would fail."""
+
+    def __init__(self, transform, spec: PackingSpec):
+        self.transform, self.spec = transform, spec
+
+    def __call__(self, record):
+        example = self.transform(record)
+        n = len(example["input_ids"])
+        if n > self.spec.max_len:
+            raise BadRecord(TOO_LONG, f"{n} tokens > the packed row's {self.spec.max_len}")
+        if "images" in example:
+            if self.spec.max_images is None:
+                raise ValueError("the samples carry images: set the packing's max_images (images per row)")
+            if len(example["images"]) > self.spec.max_images:
+                raise BadRecord(TOO_MANY_IMAGES, f"{len(example['images'])} images > the packed row's "
+                                                 f"{self.spec.max_images}")
+        return example
+
+
+class PackableExample:
+    """An example as the packer's fields: input_ids int32 [L], loss_mask bool [L], images [n, H, W, C]. Any other
+    field is an error: packing would drop it."""
+
+    FIELDS = ("input_ids", "loss_mask", "images")
+
+    def __call__(self, example: dict) -> dict:
+        extra = sorted(set(example) - set(self.FIELDS))
+        if extra:
+            raise ValueError(f"packing does not know how to place the fields {extra} of a sample")
+        n = len(example["input_ids"])
+        out = {"input_ids": np.asarray(example["input_ids"], np.int32),
+               "loss_mask": np.asarray(example.get("loss_mask", np.ones(n, bool)), bool)}
+        if "images" in example:
+            out["images"] = np.asarray(example["images"], np.float32)
+        return out
+
+
+def pack(dataset, spec: PackingSpec, batch_size: int, seed: int = 0):
+    """grain IterDataset of examples -> IterDataset of packed rows (grain's packer, checkpointable)."""
+    import grain
+
+    length_struct = {"input_ids": spec.max_len, "loss_mask": spec.max_len}
+    padding_struct = {"input_ids": spec.pad_id, "loss_mask": False}
+    if spec.max_images is not None:
+        length_struct["images"], padding_struct["images"] = spec.max_images, 0.0
+    packer = (grain.experimental.BestFitPackIterDataset if spec.algorithm == "best_fit"
+              else grain.experimental.FirstFitPackIterDataset)
+    dataset = dataset.map(PackableExample())
+    return packer(dataset, length_struct=length_struct, padding_struct=padding_struct,
+                  num_packing_bins=int(spec.num_bins or batch_size), seed=int(seed), shuffle_bins=True)
+
+
+class PackedCollate:
+    """Packed rows (grain's packer output) -> the batch the models read (see the module docstring)."""
+
+    def __init__(self, spec: PackingSpec):
+        self.spec = spec
+
+    def __call__(self, rows: list[dict]) -> dict:
+        stack = lambda key: np.stack([r[key] for r in rows])  # noqa: E731
+        segment_ids = stack("input_ids_segment_ids")  # [B, L]
+        positions = stack("input_ids_positions")
+        out = {"input_ids": stack("input_ids"), "segment_ids": segment_ids, "positions": positions,
+               "attention_mask": segment_ids > 0,
+               # a sample's first token is not a target: it would be predicted from the previous sample
+               "loss_mask": stack("loss_mask") & (segment_ids > 0) & (positions > 0)}
+        if "images" in rows[0]:
+            image_segment_ids = stack("images_segment_ids")  # [B, N]
+            out.update(images=stack("images"), image_mask=image_segment_ids > 0, image_segment_ids=image_segment_ids)
+        return out
+
+
+def packed_batch_spec(spec: PackingSpec, batch_size: int, image_shape: tuple[int, ...] | None = None) -> dict:
+    """The batch PackedCollate makes, as ShapeDtypeStructs (for the ahead-of-time planner)."""
+    import jax
+
+    row = {"input_ids": np.zeros(spec.max_len, np.int32), "input_ids_segment_ids": np.zeros(spec.max_len, np.int32),
+           "input_ids_positions": np.zeros(spec.max_len, np.int32), "loss_mask": np.zeros(spec.max_len, bool)}
+    if image_shape is not None:
+        n = spec.max_images or 1
+        row.update(images=np.zeros((n,) + tuple(image_shape), np.float32),
+                   images_segment_ids=np.zeros(n, np.int32))
+    one = PackedCollate(spec)([row])
+    return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype) for k, v in one.items()}
+
+
+def padding_fraction(batch: dict) -> float:
+    """Share of a batch's token slots that hold no sample (padding)."""
+    mask = np.asarray(batch["attention_mask"])
+    return float(1.0 - mask.sum() / mask.size)
