@@ -1,4 +1,5 @@
-"""One distribution installing the six top-level packages: common, flamingo_jax, llava_jax, vita_jax, configs, and mmlm_jax (the main job above the families)."""
+"""One distribution installing the six top-level packages: common, flamingo_jax, llava_jax, vita_jax, configs, and
+mmlm_jax (the main job above the families)."""
 from setuptools import find_packages, setup
 
 setup(

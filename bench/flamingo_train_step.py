@@ -36,16 +36,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lm_train_step import emit, measure_matmul_peak  # noqa: E402
+from lm_train_step import emit, measure_matmul_peak
 
-from common import trainer as trainer_lib  # noqa: E402
-from common.lm import REMAT_POLICIES, LMConfig  # noqa: E402
-from common.lm_task import next_token_loss  # noqa: E402
-from common.optimizer import make_optimizer  # noqa: E402
-from common.vision.clip import CLIPVisionConfig  # noqa: E402
-from flamingo_jax import configs as fl_configs  # noqa: E402
-from flamingo_jax.convert import open_clip_style_encoder  # noqa: E402
-from flamingo_jax.model import Flamingo, param_groups, train_flops_per_example  # noqa: E402
+from common import trainer as trainer_lib
+from common.lm import REMAT_POLICIES, LMConfig
+from common.lm_task import next_token_loss
+from common.optimizer import make_optimizer
+from common.vision.clip import CLIPVisionConfig
+from flamingo_jax import configs as fl_configs
+from flamingo_jax.convert import open_clip_style_encoder
+from flamingo_jax.model import Flamingo, param_groups, train_flops_per_example
 
 END_OF_CHUNK = 1  # token ids of the synthetic documents (any ids below the vocabulary do)
 

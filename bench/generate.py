@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.provenance import provenance  # noqa: E402
-from common.generate import GenerationConfig, generate  # noqa: E402
-from common.lm import DecoderLM, KVCache  # noqa: E402
-from common.params import random_params  # noqa: E402
-from configs.models import llama_100m  # noqa: E402
+from common.provenance import provenance
+from common.generate import GenerationConfig, generate
+from common.lm import DecoderLM, KVCache
+from common.params import random_params
+from configs.models import llama_100m
 
 
 def timed(fn, repeats: int) -> float:
@@ -58,7 +58,8 @@ def main() -> None:
         gen_config = GenerationConfig(max_new_tokens=args.new, bucket=args.prompt)
         total_s = timed(lambda: generate(model, params, ids, mask, config=gen_config), args.repeats)
         decode_s = max(total_s - prefill_s, 1e-9)
-        print(json.dumps({**provenance(), "bench": "generate", "batch": batch, "prompt_tokens": args.prompt, "new_tokens": args.new,
+        print(json.dumps({**provenance(), "bench": "generate", "batch": batch, "prompt_tokens": args.prompt,
+                          "new_tokens": args.new,
                           "prefill_tokens_per_s": batch * args.prompt / prefill_s,
                           "decode_tokens_per_s": batch * args.new / decode_s,
                           "prefill_s": prefill_s, "generate_s": total_s, "device": str(jax.devices()[0])}),

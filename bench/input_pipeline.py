@@ -25,7 +25,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.provenance import provenance  # noqa: E402
+from common.provenance import provenance
 
 DEFAULT_CONFIGS = "flamingo/tiny,llava/tiny_stage1,llava/tiny_stage2,vita/tiny_stage2_1,vita/tiny_stage2_2,lm/tiny"
 
@@ -164,11 +164,14 @@ def bench_config(name: str, seconds: float, steps: int, threads: int | None) -> 
     skips = {k: it.counter.summary()["by_reason"] for k, it in iterators.items() if hasattr(it, "counter")}
     dcfg = config.data
     return {
-        "bench": "input_pipeline", "config": f"configs/{name}.py", "datasets": {k: _examples(entry["batches"][k]) for k in names},
+        "bench": "input_pipeline", "config": f"configs/{name}.py",
+        "datasets": {k: _examples(entry["batches"][k]) for k in names},
         "examples_per_step": per_step, "pipeline_examples_per_s": round(pipeline_rate, 1),
-        "step_s": round(step_s, 4), "step_examples_per_s": round(step_rate, 1), "ratio": round(pipeline_rate / step_rate, 2),
+        "step_s": round(step_s, 4), "step_examples_per_s": round(step_rate, 1),
+        "ratio": round(pipeline_rate / step_rate, 2),
         "meets_2x": pipeline_rate >= 2 * step_rate, "loop_examples_per_s": round(loop_rate, 1),
-        "compile_s": round(compile_s, 1), "num_threads": int(dcfg.get("num_threads", 0)) if "num_threads" in dcfg else None,
+        "compile_s": round(compile_s, 1),
+        "num_threads": int(dcfg.get("num_threads", 0)) if "num_threads" in dcfg else None,
         "skipped": skips, "loadavg_pipeline": [load0, load1], "loadavg_end": load2, "cpus": os.cpu_count(),
         "machine": platform.machine(), **provenance(),
     }

@@ -36,9 +36,9 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.lm import DecoderLM, matmul_flops_per_token  # noqa: E402
-from common.losses import next_token_loss as fused_next_token_loss  # noqa: E402
-from configs import models  # noqa: E402
+from common.lm import DecoderLM, matmul_flops_per_token
+from common.losses import next_token_loss as fused_next_token_loss
+from configs import models
 
 
 # glibc malloc settings under which XLA:CPU's per-step buffers are reused instead of handed back to the kernel and

@@ -25,9 +25,9 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lm_train_step import abstract_train_step, emit, jax_stepper  # noqa: E402
+from lm_train_step import abstract_train_step, emit, jax_stepper
 
-from configs import models  # noqa: E402
+from configs import models
 
 
 def op_sources(config, batch: int, seq: int) -> dict[str, str]:

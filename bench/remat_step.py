@@ -25,9 +25,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.provenance import provenance  # noqa: E402
+from common.provenance import provenance
 
-from input_pipeline import compiled_step, load_config, loadavg, make_task, timed_steps  # noqa: E402
+from input_pipeline import compiled_step, load_config, loadavg, make_task, timed_steps
 
 
 def build_step(name: str, policy: str, workdir: str):

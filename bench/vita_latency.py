@@ -25,10 +25,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.provenance import provenance  # noqa: E402
+from common.provenance import provenance
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 
 class ForcedAnswer:
@@ -192,8 +192,8 @@ def main(argv=None) -> None:
         row = trial(engine, q1, q2, 0.08)
         print(json.dumps({**provenance(), "bench": "vita_duplex_latency", "trial": n, "backend": jax.default_backend(),
                           "device": jax.devices()[0].device_kind, "host": platform.node(),
-                          "model": args.vita_workdir or f"{args.size}-random", "dtype": args.dtype, **{k: (round(v, 4) if isinstance(v, float)
-                                                                                else v) for k, v in row.items()}}),
+                          "model": args.vita_workdir or f"{args.size}-random", "dtype": args.dtype,
+                          **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}}),
               flush=True)
 
 

@@ -25,12 +25,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 
-from input_pipeline import compiled_step, timed_steps  # noqa: E402
-from lm_train_step import emit, measure_matmul_peak  # noqa: E402
-from vita_jax.reproduce import load_config  # noqa: E402
+from input_pipeline import compiled_step, timed_steps
+from lm_train_step import emit, measure_matmul_peak
+from vita_jax.reproduce import load_config
 
 
 

@@ -19,7 +19,8 @@ import dataclasses
 import math
 import re
 import time
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import jax
 import numpy as np

@@ -9,7 +9,7 @@ are held out for evaluation.
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

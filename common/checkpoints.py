@@ -149,7 +149,7 @@ class PreemptionWatcher:
         self.signal_name = signal.Signals(signum).name
         log.warning("received %s: will save a checkpoint after the current step and exit", self.signal_name)
 
-    def __enter__(self) -> "PreemptionWatcher":
+    def __enter__(self) -> PreemptionWatcher:
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)

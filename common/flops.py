@@ -5,7 +5,8 @@ without one (NFNet's grouped convolutions). XLA's `cost_analysis()` is no substi
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 from jax.extend import core as jex_core

@@ -13,13 +13,13 @@ Shapes: B batch, T new tokens, S key slots (T, or the cache length), E width, V 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from common.layers import (MLP, REMAT_POLICIES, MultiHeadAttention, alibi_slopes, apply_rope,  # noqa: F401
                            causal_dot_product_attention, check_remat_policy, dot_product_attention, dtype_of,
@@ -102,7 +102,7 @@ class LMConfig:
     def rotary_dim(self) -> int:
         return int(self.dim_per_head * self.rotary_pct)
 
-    def replace(self, **changes) -> "LMConfig":
+    def replace(self, **changes) -> LMConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -119,7 +119,7 @@ class KVCache:
     index: jax.Array
 
     @classmethod
-    def create(cls, config: LMConfig, batch_size: int, max_length: int, dtype: Any = None) -> "KVCache":
+    def create(cls, config: LMConfig, batch_size: int, max_length: int, dtype: Any = None) -> KVCache:
         if max_length > config.max_position_embeddings:
             raise ValueError(f"cache length {max_length} exceeds max_position_embeddings "
                              f"{config.max_position_embeddings}")

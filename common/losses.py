@@ -45,7 +45,8 @@ def _ce_grad(logits: jax.Array, labels: jax.Array, weights: jax.Array):
     """Per-row loss sum and d(sum_i w_i * ce_i)/d logits for float32 logits [n, V]."""
     lse = jax.nn.logsumexp(logits, axis=-1)  # [n]
     onehot = jnp.arange(logits.shape[-1])[None, :] == labels[:, None]  # [n, V]
-    picked = jnp.take_along_axis(logits, labels[:, None], axis=-1, mode="clip")[:, 0]  # [n]: a gather, not a pass over V
+    # [n]: a gather, not a pass over V
+    picked = jnp.take_along_axis(logits, labels[:, None], axis=-1, mode="clip")[:, 0]
     loss = jnp.sum(weights * (lse - picked))
     grad = (jnp.exp(logits - lse[:, None]) - onehot.astype(jnp.float32)) * weights[:, None]
     return loss, grad

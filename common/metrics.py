@@ -11,7 +11,7 @@ the PTB tokenizer: Flamingo's / OpenFlamingo's COCO and Flickr30k captioning num
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 # The official evaluation's tables (vqaEval.py), unchanged.
 CONTRACTIONS = {

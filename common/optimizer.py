@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -309,7 +310,8 @@ def describe_groups(opt: Optimizer, params: Any) -> list[str]:
     for label in sorted(counts):
         g = _group_of(label, opt.groups)
         if g is not None:
-            what = f"{g.pattern!r} lr_mult={g.lr_mult} wd_mult={g.wd_mult}" + (f" rows={list(g.rows)}" if g.rows else "")
+            what = (f"{g.pattern!r} lr_mult={g.lr_mult} wd_mult={g.wd_mult}"
+                    + (f" rows={list(g.rows)}" if g.rows else ""))
         else:
             what = "frozen" if label == FROZEN else "unmatched: lr_mult=1.0 wd_mult=1.0"
         count = f"{trained[label]:,} of {counts[label]:,}" if label in trained else f"{counts[label]:,}"

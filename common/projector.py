@@ -1,5 +1,5 @@
-"""The vision-language connector of LLaVA and VITA-1.5 (Liu et al. 2023, "Visual Instruction Tuning", Sec. 4.1: a linear map W
-from CLIP features to the word-embedding space; LLaVA-1.5, Liu et al. 2023b, Sec. 3.1: a two-layer MLP
+"""The vision-language connector of LLaVA and VITA-1.5 (Liu et al. 2023, "Visual Instruction Tuning", Sec. 4.1:
+a linear map W from CLIP features to the word-embedding space; LLaVA-1.5, Liu et al. 2023b, Sec. 3.1: a two-layer MLP
 `mlp2x_gelu`; VITA-1.5 uses the same mlp2x_gelu on InternViT's pixel-shuffled 4096-wide tokens). HF
 `LlavaMultiModalProjector` = linear_1 -> act -> linear_2, with biases.
 

@@ -50,7 +50,7 @@ def provenance() -> dict:
 
         devices = jax.devices()
         accelerator = f"{len(devices)} x {devices[0].device_kind}" if devices[0].platform != "cpu" else None
-    except Exception:  # noqa: BLE001 - provenance never fails a benchmark
+    except Exception:
         pass
     return {"commit": _commit(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "jax": _version("jax"), "jaxlib": _version("jaxlib"),

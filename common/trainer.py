@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
 
 import flax.linen as nn
 import flax.struct
@@ -116,7 +117,7 @@ class TrainState:
     nonfinite_total: jax.Array  # int32: non-finite (skipped) steps in all
 
     @classmethod
-    def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
+    def create(cls, params: Any, tx: optax.GradientTransformation) -> TrainState:
         zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (distinct buffers: a donated state may not alias)
         return cls(step=zero(), params=params, opt_state=tx.init(params), nonfinite_streak=zero(),
                    nonfinite_total=zero())

@@ -8,7 +8,8 @@ Both torch layouts of the resampler and the gated block map here: OpenFlamingo /
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax

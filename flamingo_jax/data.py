@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

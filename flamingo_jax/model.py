@@ -78,7 +78,7 @@ class FlamingoConfig:
     def num_blocks(self) -> int:
         return self.lm.num_layers // self.cross_attn_every
 
-    def replace(self, **changes) -> "FlamingoConfig":
+    def replace(self, **changes) -> FlamingoConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -210,7 +210,8 @@ def main(argv=None) -> dict:
             json.dump(report, f, indent=2)
     report["wall_seconds"]["total"] = time.time() - start_all
     report["wall_seconds"]["main_config_total"] = sum(
-        report["wall_seconds"][k] for k in ["vision_train", *(f"{part}_train" for part in recipe["stage0"]), variants[0]])
+        report["wall_seconds"][k]
+        for k in ["vision_train", *(f"{part}_train" for part in recipe["stage0"]), variants[0]])
     with open(os.path.join(root, "reproduce_results.json"), "w") as f:
         json.dump(report, f, indent=2)
     md = markdown(report, shots)
@@ -248,8 +249,8 @@ def markdown(report: dict, shots) -> str:
             lines.append(f"| {name} | {r['names_4shot']['own_image']:.1f} / {r['names_4shot']['other_image']:.1f} | "
                          f"{key_cell} | " + " | ".join(cells) + f" | {where_cell} |")
     for part, kb in report.get("stage0_key_binding", {}).items():
-        lines += ["", f"stage 0 LM after {part}, first token of a repeated name (teacher forced): {kb['true_key']:.1f}% "
-                  f"with its key, {kb['wrong_key']:.1f}% with another of the episode's keys"]
+        lines += ["", f"stage 0 LM after {part}, first token of a repeated name (teacher forced): "
+                  f"{kb['true_key']:.1f}% with its key, {kb['wrong_key']:.1f}% with another of the episode's keys"]
     main = report["variants"].get(report["main_variant"])
     if main is not None:
         from flamingo_jax.eval import markdown_table

@@ -15,7 +15,7 @@ Token order of one image (S = crop_size // patch_size, h' = bottom - top, w' = r
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -10,7 +10,7 @@ Items are plain dicts, so any data set fits:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax

@@ -20,7 +20,8 @@ image (`anyres.preprocess`, no padding to square), its placeholder count follows
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np

@@ -21,7 +21,8 @@ Shapes: B batch, T tokens, N image slots, P crops, F feature tokens per crop, D_
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -97,7 +98,7 @@ class LlavaConfig:
             return self.tokens_per_crop
         return anyres.tokens_per_image(self.image_layout(image_sizes), self.grid_side)
 
-    def replace(self, **changes) -> "LlavaConfig":
+    def replace(self, **changes) -> LlavaConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -130,7 +130,8 @@ def what_works(flamingo: dict | None, llava: dict | None, vita: dict | None) -> 
         names = main["results"].get("names", {}).get("random", {})
         if names:
             shots = " / ".join(f"{float(names[k]):.1f}" for k in sorted(names, key=int))
-            lines.append(f"- Flamingo's in-context names task ({' / '.join(str(k) for k in sorted(names, key=int))} shots): {shots}% "
+            lines.append(f"- Flamingo's in-context names task ({' / '.join(str(k) for k in sorted(names, key=int))} "
+                         f"shots): {shots}% "
                          "— at this scale the image-to-name link forms only on some seeds, not on this recipe's "
                          "default (docs/reproductions/flamingo.md).")
     if vita:
@@ -153,9 +154,11 @@ def vita_markdown(vita: dict) -> list[str]:
             f"| spoken vs typed question accuracy (%) | {qa['spoken_accuracy']:.1f} vs {qa['typed_accuracy']:.1f} |",
             f"| answers with the right state, spoken ☞ / typed ☜ (%) | {qa['spoken_state_ok']:.1f} / "
             f"{qa['typed_state_ok']:.1f} |",
-            f"| noise rejection: recall / precision of ☟ (%) | {qa['noise_recall']:.1f} / {qa['noise_precision']:.1f} |",
+            f"| noise rejection: recall / precision of ☟ (%) | {qa['noise_recall']:.1f} / "
+            f"{qa['noise_precision']:.1f} |",
             f"| held-out samples per measure | {vita['num_eval']} |",
-            "| train seconds per stage | " + ", ".join(f"{k.replace('_', '.')}: {v:.0f}" for k, v in times.items()) + " |",
+            "| train seconds per stage | " +
+            ", ".join(f"{k.replace('_', '.')}: {v:.0f}" for k, v in times.items()) + " |",
             "", "Sample transcripts after 2.2 (reference -> ASR): " +
             "; ".join(f"'{ref}' -> '{hyp}'" for ref, hyp in vita.get("asr_examples_2_2", [])), ""]
 
@@ -238,8 +241,8 @@ def main(argv=None) -> str:
     with open(report_md, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(report_dir, "report.json"), "w") as f:
-        json.dump({"flamingo": flamingo, "llava": llava, "vita": vita, "wall_seconds": time.time() - start}, f, indent=1,
-                  default=str)
+        json.dump({"flamingo": flamingo, "llava": llava, "vita": vita, "wall_seconds": time.time() - start}, f,
+                  indent=1, default=str)
     print(f"report written to {report_md}", flush=True)
     return report_md
 

@@ -18,10 +18,10 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # planning compiles for a TPU topology; it never runs on one
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # and holds no TPU chip: other libtpu users may run beside
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags
+from ml_collections import config_flags
 
-from common.sharding import MESH_AXES  # noqa: E402
+from common.sharding import MESH_AXES
 
 FAMILIES = ("lm", "flamingo", "llava", "vita")
 

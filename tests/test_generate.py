@@ -39,6 +39,7 @@ def hf_generate(model, **kwargs):
     return out[:, PROMPTS.shape[1]:].numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
 def test_greedy_equals_transformers_and_full_recompute(kind, save_hf):
     model = tiny(kind)
@@ -57,6 +58,7 @@ def test_greedy_equals_transformers_and_full_recompute(kind, save_hf):
     np.testing.assert_array_equal(seq[:, PROMPTS.shape[1]:], ours["tokens"])
 
 
+@pytest.mark.slow
 def test_token_streamer_equals_generate_and_stops_between_tokens(save_hf):
     module, params = hf.load(save_hf(tiny("qwen2")))
     config = GenerationConfig(max_new_tokens=8, bucket=16)
@@ -88,6 +90,7 @@ def test_stop_tokens_and_padding(save_hf):
     np.testing.assert_array_equal(out["tokens"][:, :ref.shape[1]], ref)
 
 
+@pytest.mark.slow
 def test_beam_search_equals_transformers(save_hf):
     model = tiny("llama")
     module, params = hf.load(save_hf(model))
@@ -99,6 +102,7 @@ def test_beam_search_equals_transformers(save_hf):
         np.testing.assert_array_equal(ours["tokens"], ref)
 
 
+@pytest.mark.slow
 def test_right_padding_is_moved_left_and_buckets_do_not_change_results(save_hf):
     model = tiny("qwen2")
     module, params = hf.load(save_hf(model))
@@ -109,6 +113,7 @@ def test_right_padding_is_moved_left_and_buckets_do_not_change_results(save_hf):
     np.testing.assert_array_equal(left["tokens"], right["tokens"])
 
 
+@pytest.mark.slow
 def test_sampling_filters_and_determinism(save_hf):
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     assert (np.asarray(filter_logits(logits, 1.0, 2, 1.0)) > -1e29).sum() == 2
@@ -131,6 +136,7 @@ def test_bad_generation_arguments():
         GenerationConfig(temperature=0.0)
 
 
+@pytest.mark.slow
 def test_generation_sharded_over_a_mesh_equals_single_device(save_hf):
     from common.sharding import activate, make_mesh, params_sharding
     from common.hf import abstract_params

@@ -17,6 +17,7 @@ def _init(module, length=8, **kwargs):
     return random_params(module, jnp.zeros((2, length), jnp.int32), **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [CFG, CFG.replace(position="alibi", norm="layer", mlp_gated=False, mlp_act="gelu"),
                                  CFG.replace(parallel_residual=True, rotary_pct=0.5, qkv_bias=True)])
 def test_prefill_then_decode_equals_full_forward(cfg):
@@ -45,6 +46,7 @@ def test_prefill_then_decode_equals_full_forward(cfg):
     assert int(cache.index) == 10
 
 
+@pytest.mark.slow
 def test_scan_equals_unrolled_and_remat_keeps_gradients():
     ids = jnp.asarray(np.random.RandomState(0).randint(0, CFG.vocab_size, (2, 8)))
     scanned = DecoderLM(CFG)
@@ -75,6 +77,7 @@ class AddBias(nn.Module):
         return x + block_inputs["scale"] * bias
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan,every,position", [(True, 1, 0), (True, 2, 1), (False, 4, 4),
                                                  (True, 3, 0), (False, 3, 3)])  # 3 of 4: a plain tail layer
 def test_inserted_block_extension_point(scan, every, position):
@@ -215,6 +218,7 @@ def test_dense_custom_gradient_equals_dot_general_autodiff(n_in, dtype):
                                    atol=tol * 30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [CFG, CFG.replace(position="alibi", num_kv_heads=4)])
 def test_block_causal_attention_equals_masked_full_softmax(cfg):
     """The unpadded training path computes causal attention in query blocks (`attention_block_size`, 0 = one

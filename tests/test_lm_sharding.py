@@ -1,6 +1,5 @@
 """Logical-axis sharding of the LM core on 8 faked CPU devices: under mesh (data, fsdp, tensor) = (2, 2, 2)
 the forward pass and gradients equal single-device results, and the large parameters really are split."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +33,7 @@ def test_rules_table():
     assert logical_to_spec(("act_batch", "act_length", "act_embed")) == P(("data", "fsdp"), None, None)
 
 
+@pytest.mark.slow
 def test_sharded_forward_and_gradients_equal_single_device():
     model = DecoderLM(CFG)
     ids = jnp.asarray(np.random.RandomState(0).randint(0, CFG.vocab_size, (8, 16)))

@@ -16,6 +16,7 @@ def reference_loss(hidden, kernel, targets, mask):
     return -jnp.sum(picked * weights) / jnp.sum(weights)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_size", [4, 7, 1024])
 def test_fused_head_loss_and_gradients_equal_log_softmax_autodiff(chunk_size):
     rng = np.random.RandomState(0)
@@ -40,6 +41,7 @@ def test_fused_head_loss_and_gradients_equal_log_softmax_autodiff(chunk_size):
     np.testing.assert_allclose(g_logits, ref_g, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_masked_targets_do_not_count_even_out_of_vocabulary_ids():
     """Padding targets (e.g. -100 or the pad id) carry no loss or gradient, whatever their value."""
     rng = np.random.RandomState(1)

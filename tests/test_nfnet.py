@@ -145,6 +145,7 @@ TIMM_PARAMS = {0: 71_489_284, 1: 132_634_256, 2: 193_779_228, 3: 254_924_200, 4:
                6: 438_359_116}
 
 
+@pytest.mark.slow
 def test_param_counts_match_published_and_timm():
     """F0 .. F6 with the 1000-class head: equal to timm's dm_nfnet_f* (F0 rebuilt here on the meta device; all seven
     were checked the same way) and to the NFNet paper's counts rounded to 0.1M (71.5M .. 438.4M); F6 without the
@@ -163,6 +164,7 @@ def test_param_counts_match_published_and_timm():
     assert [f6.mid_width(w) // f6.group_width for w in f6.widths] == [1, 2, 6, 6]  # groups of 128 channels
 
 
+@pytest.mark.slow
 def test_f0_matches_timm():
     """Full NFNet-F0 (random weights, randomised gains / skip gains) vs timm in float32 on a 40 x 72 batch (odd
     grids 5 x 9 -> 3 x 5 -> 2 x 3: 'SAME' stride-2 padding and ceil-mode shortcut pooling)."""
@@ -178,6 +180,7 @@ def test_f0_matches_timm():
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(out.feature_map).reshape(2, 6, 3072))
 
 
+@pytest.mark.slow
 def test_unrolled_blocks_and_loaders_match_timm(tmp_path, tiny_timm):
     """The reduced NFNet, unrolled (`block_i`) and loaded from a timm hub-style safetensors directory, equals timm;
     a .pth file gives the same weights in the scanned layout (whose forward test_f0_matches_timm checks); the
@@ -264,6 +267,7 @@ def test_layers_and_input_checks():
         nfnet_f(0, features="pooled")
 
 
+@pytest.mark.slow
 def test_flamingo_with_nfnet_encoder(tmp_path):
     """A tiny Flamingo on a one-block-per-stage NFNet with timm weights grafted under 'vision' by the task's
     init_vision: encode_vision = timm's last-stage grid flattened row-major, and frozen (no gradient reaches the

@@ -20,8 +20,7 @@ DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
 
 def _commands(text: str):
     """Every `python -m module args` command line in the text (code spans and bash blocks)."""
-    for line in re.findall(r"python -m ([A-Za-z_][\w.]*)([^`\n]*)", text):
-        yield line
+    yield from re.findall(r"python -m ([A-Za-z_][\w.]*)([^`\n]*)", text)
 
 
 def test_documented_commands_name_real_modules_flags_and_files():

@@ -33,6 +33,7 @@ def inputs(batch=2, length=200, heads=4, kv_heads=2, dim=32, dtype=jnp.float32, 
     return q, k, v, jnp.asarray(seg)
 
 
+@pytest.mark.slow
 class SplashTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_forward_and_gradients_match_xla_f32(self):
@@ -80,6 +81,7 @@ def tiny_lm(**overrides) -> LMConfig:
                     max_position_embeddings=256).replace(**overrides)
 
 
+@pytest.mark.slow
 def test_lm_core_splash_equals_xla_with_padding():
     """The LM core's training path: logits and gradients of attention_impl='splash' equal 'xla' (f32 <= 1e-4) on
     the real tokens, left and right padded rows included (padding becomes segment 0)."""

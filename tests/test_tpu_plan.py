@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("libtpu", reason="the [tpu] extra (libtpu) compiles for TPU topologies")
 
-from common import aot  # noqa: E402
-from mmlm_jax import plan as plan_cli  # noqa: E402
+from common import aot
+from mmlm_jax import plan as plan_cli
 
 
 def load(name: str):
@@ -19,6 +19,7 @@ def load(name: str):
 
 # One dataset each (a step over several compiles one loss per dataset): Flamingo's interleaved image-text
 # sequences, VITA's spoken questions about images (vision, speech encoder and LLM in one step).
+@pytest.mark.slow
 @pytest.mark.parametrize("family,name,dataset", [("lm", "lm.tiny", None), ("llava", "llava.tiny_stage2", None),
                                                  ("flamingo", "flamingo.tiny", "interleaved"),
                                                  ("vita", "vita.tiny_stage2_2", "spoken_qa")])
@@ -52,6 +53,7 @@ def _attention_buffers(impl: str, block: int):
     return [shape for shape, _ in aot.largest_buffers(plan["_hlo"], top=50)], plan
 
 
+@pytest.mark.slow
 def test_splash_program_has_no_t_by_t_buffer():
     control, _ = _attention_buffers("xla", 0)  # one block: the masked softmax forms [B, H, T, T]
     assert any(",1024,1024]" in s for s in control), control[:5]
@@ -133,6 +135,7 @@ def test_collectives_count_loop_trips_and_async_chains_once():
     assert out["while_loops_with_unknown_trips"] == 0
 
 
+@pytest.mark.slow
 def test_multi_slice_puts_the_data_axis_over_dcn():
     """Two v5e 2x2 slices: data = 2 spans the slices (DCN), fsdp = 4 stays inside each; the step compiles."""
     plan = plan_cli.plan(load("lm.tiny"), "lm", "v5e-4", num_slices=2, mesh={"fsdp": -1, "data": 2})
@@ -145,6 +148,7 @@ def test_multi_slice_puts_the_data_axis_over_dcn():
         assert len({d.slice_index for d in row}) == 1
 
 
+@pytest.mark.slow
 def test_smallest_slice_stops_at_the_first_that_fits():
     """The tiny LM fits one v5e chip: the search makes that one plan (and skips slices the batch of 16 cannot
     split: none here before the first)."""

@@ -136,6 +136,7 @@ def test_clip_matches_hf(name, save_hf):
     assert both.shape[-1] == 2 * kwargs["hidden_size"]
 
 
+@pytest.mark.slow
 def test_clip_scan_unrolled_remat_equal(save_hf):
     kind, kwargs = CLIP_CONFIGS["vision_p14_quick_gelu"]
     path = save_hf(build_clip(kind, kwargs, seed=1))
@@ -171,6 +172,7 @@ def test_clip_scan_unrolled_remat_equal(save_hf):
     assert max(jax.tree.leaves(jax.tree.map(max_diff, g_ref, g_remat))) <= 1e-5
 
 
+@pytest.mark.slow
 def test_clip_sharded_load_and_bf16(save_hf):
     kind, kwargs = CLIP_CONFIGS["vision_p14_quick_gelu"]
     path = save_hf(build_clip(kind, kwargs, seed=2))
@@ -314,6 +316,7 @@ def test_internvit_original_naming(name, tmp_path):
     compare_internvit(module, params, model, kwargs, pixels, "original/" + name)
 
 
+@pytest.mark.slow
 def test_internvit_scan_vs_unrolled_and_drop_path(save_hf):
     kwargs = INTERNVIT_CONFIGS["rmsnorm_qknorm_finalnorm"]
     path = save_hf(build_internvit(kwargs, seed=4))

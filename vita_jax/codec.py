@@ -3,7 +3,8 @@ TiCodec-style VQ-VAE turning 24 kHz speech into one stream of 40 Hz tokens from 
 with 8 global style tokens for the voice.
 
   encode: wav [B, N] --conv encoder, 600x down--> [B, T, 512] --nearest code--> codes [B, T]
-          (stage-2 features [B, 4T*..., 128] --GlobalTokenEncoder--> [B, 128] --8 codebooks of 16--> global tokens [B, 8])
+          (stage-2 features [B, 4T*..., 128] --GlobalTokenEncoder--> [B, 128] --8 codebooks of 16-->
+          global tokens [B, 8])
   decode: codes [B, T] --codebook--> [B, T, 512] --HiFi-GAN V1 generator (+ the 128-d style after the 128-channel
           stage)--> wav [B, 600 T] in [-1, 1]
 
@@ -16,7 +17,8 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -88,11 +90,11 @@ class CodecConfig:
     def generator_channels(self) -> tuple[int, ...]:
         return tuple(self.upsample_initial_channel // 2 ** (i + 1) for i in range(len(self.upsample_rates)))
 
-    def replace(self, **changes) -> "CodecConfig":
+    def replace(self, **changes) -> CodecConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_json(cls, conf: dict, **overrides) -> "CodecConfig":
+    def from_json(cls, conf: dict, **overrides) -> CodecConfig:
         """The release's model.json -> CodecConfig (only a single code group and residual layer exist in VITA)."""
         if int(conf.get("n_code_groups", 1)) != 1 or int(conf.get("residul_layer", 1)) != 1:
             raise ValueError(f"only n_code_groups=1, residul_layer=1 codecs are supported (VITA-1.5's), got "
@@ -103,7 +105,7 @@ class CodecConfig:
         return cls.from_fields({**{k: v for k, v in conf.items() if k in fields}, **overrides})
 
     @classmethod
-    def from_fields(cls, fields: dict) -> "CodecConfig":
+    def from_fields(cls, fields: dict) -> CodecConfig:
         """Field values as JSON or a ConfigDict gives them (lists) -> CodecConfig (tuples); unknown names raise."""
         kw = dict(fields)
         for k in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes", "global_feature_conv",
@@ -171,7 +173,8 @@ class ResBlock1(nn.Module):
 
 class Generator(nn.Module):
     """Code embeddings [B, T, code_dim] + style [B, global_dim] -> waveform [B, T * hop] (HiFi-GAN V1, multi-receptive
-    field fusion = the mean of the resblocks of a stage; the style is added after the stage with global_dim channels)."""
+    field fusion = the mean of the resblocks of a stage; the style is added after the stage with global_dim
+    channels)."""
 
     config: CodecConfig
 
@@ -215,7 +218,8 @@ class StyleBatchNorm(nn.Module):
 
 
 class GlobalTokenEncoder(nn.Module):
-    """Stage features [B, T', C] -> style vector [B, out] (three bias-free convs, time mean, Linear, LReLU, BatchNorm)."""
+    """Stage features [B, T', C] -> style vector [B, out] (three bias-free convs, time mean, Linear, LReLU,
+    BatchNorm)."""
 
     config: CodecConfig
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -331,7 +331,8 @@ def make_task(config, workdir: str | None = None) -> Task:
 
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
-        return task_iterator(name, make_speech_source(spec, split), SegmentTransform(cfg, segment), batch_size=batch, shard=(shard.index, shard.count),
+        return task_iterator(name, make_speech_source(spec, split), SegmentTransform(cfg, segment), batch_size=batch,
+                             shard=(shard.index, shard.count),
                              seed=config.seed, data_config=dcfg, shuffle=shuffle, num_epochs=None)
 
     def make_train_data(shard: DataShard):
@@ -457,7 +458,8 @@ def main(argv=None) -> None:
     import argparse
 
     p = argparse.ArgumentParser(description="Stage 3.1 codec: export a trained workdir in the release layout "
-                                            "(training: python -m vita_jax.train --config configs/vita/tiny_stage3_1.py)")
+                                            "(training: python -m vita_jax.train "
+                                            "--config configs/vita/tiny_stage3_1.py)")
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True, help="folder for model.json + final.pt (the release's vita_tts_ckpt/codec)")
     p.add_argument("--num_clips", type=int, default=64)

@@ -12,7 +12,7 @@ goes through the tokenizer ('<|im_start|>' / '<|im_end|>' must be special tokens
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -26,7 +26,8 @@ import dataclasses
 import queue
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 

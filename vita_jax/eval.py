@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -110,13 +110,13 @@ def evaluate_image_qa(model, params, tokenizer, records: Sequence[dict], *, batc
 
 
 class TemplateRecogniser:
-    """A closed-set spoken-phrase recogniser (phrases in `vita_jax.data.spoken_form`) that depends on no trained model (the intelligibility check of
-    synthesised speech when the ASR under test cannot judge): each candidate phrase is said `renders` times by the
-    bundled espeak word bank (random speed, pauses, gain), and an utterance is the candidate whose rendering is
-    nearest under dynamic time warping (dtw-python, symmetric2 steps, normalised distance) of per-utterance
-    mean / variance normalised 80-bin log-mel frames, silence trimmed at both ends. `channel` (16 kHz wave -> 16 kHz
-    wave, e.g. a codec's round trip) is applied to the templates, to judge speech made through that channel against
-    renderings distorted the same way."""
+    """A closed-set spoken-phrase recogniser (phrases in `vita_jax.data.spoken_form`) that depends on no trained model
+    (the intelligibility check of synthesised speech when the ASR under test cannot judge): each candidate phrase is
+    said `renders` times by the bundled espeak word bank (random speed, pauses, gain), and an utterance is the candidate
+    whose rendering is nearest under dynamic time warping (dtw-python, symmetric2 steps, normalised distance) of
+    per-utterance mean / variance normalised 80-bin log-mel frames, silence trimmed at both ends. `channel` (16 kHz wave
+    -> 16 kHz wave, e.g. a codec's round trip) is applied to the templates, to judge speech made through that channel
+    against renderings distorted the same way."""
 
     def __init__(self, candidates: Sequence[str], renders: int = 3, seed: int = 0, channel=None):
         bank, rng = data_lib.load_word_bank(), np.random.default_rng(seed)

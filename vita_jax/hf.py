@@ -22,7 +22,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
@@ -331,12 +332,14 @@ def load_original(model_dir: str, *, audio_dir: str | None = None, vision_tower_
     has_cmvn = AUDIO_PREFIX + "encoder.global_cmvn.mean" in shapes
     has_vision = any(n.startswith(VISION_PREFIX) for n in shapes)
     if not has_vision and not vision_tower_dir:
-        raise CheckpointError(f"{model_dir} holds no vision tower: pass vision_tower_dir (OpenGVLab/InternViT-300M-448px)")
+        raise CheckpointError(f"{model_dir} holds no vision tower: pass vision_tower_dir "
+                              "(OpenGVLab/InternViT-300M-448px)")
     final_pt = os.path.join(audio_dir, "final.pt") if audio_dir else None
     if not has_audio and not (final_pt and os.path.isfile(final_pt)):
         raise CheckpointError(f"{model_dir} holds no audio encoder and no audio folder with final.pt was found")
     cmvn_json = os.path.join(audio_dir, "global_cmvn") if audio_dir else None
-    projector = {f"model.mm_projector.{i}.{leaf}": ("projector", f"linear_{j}", "kernel" if leaf == "weight" else "bias")
+    projector = {f"model.mm_projector.{i}.{leaf}": ("projector", f"linear_{j}",
+                                                    "kernel" if leaf == "weight" else "bias")
                  for i, j in ((0, 1), (2, 2)) for leaf in ("weight", "bias")}
 
     def from_model_dir(name, tensor):

@@ -14,7 +14,8 @@ setting); video: frames [F, H, W, 3], sampled to 4-16 frames, one tile each.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -108,7 +109,8 @@ def build_batch(module: Vita, tokenizer, requests: Sequence[Request], *, max_til
     a = max([1, *(len(c) for c in clips)]) if audio_slots is None else audio_slots
     frames = max([16, *(len(f) for c in clips for f in c)])
     batch, length, size = len(rows), max(map(len, rows)), cfg.vision.image_size
-    out = {"input_ids": np.full((batch, length), pad_id, np.int32), "attention_mask": np.zeros((batch, length), np.int32),
+    out = {"input_ids": np.full((batch, length), pad_id, np.int32),
+           "attention_mask": np.zeros((batch, length), np.int32),
            "pixel_values": np.zeros((batch, n, size, size, 3), np.float32), "image_mask": np.zeros((batch, n), bool),
            "input_features": np.zeros((batch, a, frames, cfg.audio.input_dim), np.float32),
            "feature_attention_mask": np.zeros((batch, a, frames), bool)}
@@ -135,7 +137,8 @@ def answer_generation_config(tokenizer, max_new_tokens: int = 64, bucket: int = 
     stops = {tokenizer.token_to_id(t) for t in ("<|im_end|>", "<|im_start|>", "<|endoftext|>")}
     stops |= {tokenizer.eos_id} if tokenizer.eos_id is not None else set()
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    return GenerationConfig(max_new_tokens=max_new_tokens, eos_token_ids=tuple(sorted(s for s in stops if s is not None)),
+    return GenerationConfig(max_new_tokens=max_new_tokens,
+                            eos_token_ids=tuple(sorted(s for s in stops if s is not None)),
                             bucket=bucket, pad_token_id=pad)
 
 

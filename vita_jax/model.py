@@ -21,7 +21,8 @@ Shapes: B batch, T tokens, N tile slots, A audio slots, E LM width, V vocabulary
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -63,7 +64,7 @@ class VitaConfig:
         """LLM tokens of a clip of `num_frames` fbank frames (12.5 Hz)."""
         return np.asarray(audio_token_lengths(np.asarray(num_frames)))
 
-    def replace(self, **changes) -> "VitaConfig":
+    def replace(self, **changes) -> VitaConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -228,7 +228,8 @@ def main(argv=None) -> int:
                 ("ASR WER original / resynthesised (%)",
                  f"{report['asr_wer_original']:.1f} / {report['asr_wer_resynthesised']:.1f}"),
                 ("spoken answer: transcript WER vs text answer, espeak control (%)",
-                 f"{report['spoken_answer_transcript_wer']:.1f}, {report['spoken_answer_transcript_wer_espeak_control']}"),
+                 f"{report['spoken_answer_transcript_wer']:.1f}, "
+                 f"{report['spoken_answer_transcript_wer_espeak_control']}"),
                 ("distinct answers / transcripts", f"{report['spoken_answer_distinct_answers']} / "
                                                    f"{report['spoken_answer_distinct_transcripts']}"),
                 ("decoder text use: loss gain of own over another's text",
@@ -248,7 +249,8 @@ def main(argv=None) -> int:
     with open(os.path.join(args.workdir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     qa = report["spoken_qa_after_2.2"]
-    rows = [("image QA accuracy after 1.3 / 2.2 (%)", f"{report['image_qa_after_1.3']:.1f} / {report['image_qa_after_2.2']:.1f}"),
+    rows = [("image QA accuracy after 1.3 / 2.2 (%)",
+             f"{report['image_qa_after_1.3']:.1f} / {report['image_qa_after_2.2']:.1f}"),
             ("ASR WER after 2.1 / 2.2 (%)", f"{report['asr_wer_after_2.1']:.1f} / {report['asr_wer_after_2.2']:.1f}"),
             ("spoken vs typed question accuracy (%)", f"{qa['spoken_accuracy']:.1f} vs {qa['typed_accuracy']:.1f}"),
             ("noise rejection: recall / precision of ☟ (%)", f"{qa['noise_recall']:.1f} / {qa['noise_precision']:.1f}"),

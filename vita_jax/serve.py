@@ -19,7 +19,7 @@ import asyncio
 import json
 import os
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

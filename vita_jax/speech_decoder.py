@@ -19,7 +19,8 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
@@ -87,11 +88,11 @@ class SpeechDecoderConfig:
                         norm_eps=self.norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
                         scan_layers=self.scan_layers, remat_policy=self.remat_policy)
 
-    def replace(self, **changes) -> "SpeechDecoderConfig":
+    def replace(self, **changes) -> SpeechDecoderConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_model_json(cls, conf, **overrides) -> "SpeechDecoderConfig":
+    def from_model_json(cls, conf, **overrides) -> SpeechDecoderConfig:
         """The release's model.json ([idim, odim, {args}] or just {args})."""
         args = conf[2] if isinstance(conf, list) else conf
         if int(args.get("kv_cache_prefix_finetune", 0)):

@@ -87,7 +87,7 @@ class SpeechEncoderConfig:
         """F': frequency bins left after the two stride-2 convs (19 for 80)."""
         return ((self.input_dim - 1) // 2 - 1) // 2
 
-    def replace(self, **changes) -> "SpeechEncoderConfig":
+    def replace(self, **changes) -> SpeechEncoderConfig:
         return dataclasses.replace(self, **changes)
 
 

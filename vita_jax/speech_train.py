@@ -208,7 +208,8 @@ def make_task(config, workdir: str | None = None) -> Task:
 
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
-        return task_iterator(name, make_source(spec, split), transform, batch_size=batch, shard=(shard.index, shard.count),
+        return task_iterator(name, make_source(spec, split), transform, batch_size=batch,
+                             shard=(shard.index, shard.count),
                              seed=config.seed, data_config=dcfg, shuffle=shuffle, num_epochs=None)
 
     def make_train_data(shard: DataShard):

@@ -14,7 +14,8 @@ release does. `resample` moves audio between the codec's 24 kHz and the speech e
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -170,7 +171,7 @@ class Speaker:
     @classmethod
     def from_params(cls, embedding_table, decoder, decoder_params, codec: Codec, codec_params, tokenizer,
                     config: StreamConfig = StreamConfig(), global_tokens=None, max_tokens: int = 1000,
-                    max_text_pieces: int = 512) -> "Speaker":
+                    max_text_pieces: int = 512) -> Speaker:
         """embedding_table: the LLM's input embeddings [V, D] (a VITA tree's `lm/embed/embedding`), what the decoder
         reads."""
         table = np.asarray(embedding_table, np.float32)
@@ -199,7 +200,8 @@ class Speaker:
             return
         yield from self.codec_decoder.stream(self.codes(text, rng, should_stop), first_sentence)
 
-    def speak_stream(self, deltas: Iterable[str], rng: Any = None, should_stop=None) -> Iterator[tuple[str, np.ndarray]]:
+    def speak_stream(self, deltas: Iterable[str], rng: Any = None,
+                     should_stop=None) -> Iterator[tuple[str, np.ndarray]]:
         """Text as it is generated (deltas) -> (segment, audio chunk) pairs; the first segment uses the short first
         chunk. `should_stop()` true ends it at the next token."""
         rng = jax.random.key(0) if rng is None else rng

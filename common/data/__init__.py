@@ -5,8 +5,9 @@ Modules (import what you need; heavy dependencies such as tensorflow_datasets lo
   tfds_shapes  prepare_shapes() -> array_record via tfds; PreparedShapesSource reads it without TensorFlow
   speech       committed espeak-ng word bank -> real 16 kHz utterances (load_word_bank().say(text, rng))
   formats      coco_captions, tfds_coco_captions, llava_json, interleaved_jsonl (MMC4 / OBELICS), vqav2, librispeech
-  image_ops    decode_image (non-RGB images skipped per reason unless convert_image_modes=True), CLIP / ImageNet / InternViT normalisation, resize / crop, expand_to_square,
-               LLaVA-NeXT anyres, InternVL tiling, video frame sampling
+  image_ops    decode_image (non-RGB images skipped per reason unless convert_image_modes=True), CLIP / ImageNet /
+               InternViT normalisation, resize / crop, expand_to_square, LLaVA-NeXT anyres, InternVL tiling, video
+               frame sampling
   audio        load_audio (sample-rate checked), Kaldi fbank (numpy), speech_fbank
   batching     tokenize_segments, fit_length, pad_batch, pack_sequences
   prompts      Flamingo / LLaVA / VITA prompt formats with loss masks

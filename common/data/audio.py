@@ -1,4 +1,5 @@
-"""Audio: loading with sample-rate checks, and a numpy Kaldi-compatible log-mel filterbank (torchaudio.compliance.kaldi.fbank).
+"""Audio: loading with sample-rate checks, and a numpy Kaldi-compatible log-mel filterbank
+(torchaudio.compliance.kaldi.fbank).
 
 Shapes: waveform float [num_samples] at 16 kHz; fbank float32 [num_frames, num_mel_bins] with
 num_frames = 1 + (num_samples - 400) // 160 for the 25 ms / 10 ms defaults (snip_edges).
@@ -53,7 +54,8 @@ def _mel(freq):
 
 @functools.lru_cache(maxsize=16)
 def _cached_banks_t(num_bins: int, padded: int, sample_rate: float, low: float, high: float, dtype: str) -> np.ndarray:
-    return np.ascontiguousarray(mel_banks(num_bins, padded, sample_rate, low, high).T.astype(dtype))  # [padded//2+1, bins]
+    # [padded//2+1, bins]
+    return np.ascontiguousarray(mel_banks(num_bins, padded, sample_rate, low, high).T.astype(dtype))
 
 
 @functools.lru_cache(maxsize=16)
@@ -71,7 +73,8 @@ def _window(window_type: str, size: int, dtype: str) -> np.ndarray:
     return w.astype(dtype)
 
 
-def mel_banks(num_bins: int, padded_window_size: int, sample_rate: float, low_freq: float, high_freq: float) -> np.ndarray:
+def mel_banks(num_bins: int, padded_window_size: int, sample_rate: float, low_freq: float,
+              high_freq: float) -> np.ndarray:
     """Kaldi's triangular mel filters: float64 [num_bins, padded_window_size // 2 + 1] (last FFT bin gets 0)."""
     num_fft_bins = padded_window_size // 2
     nyquist = 0.5 * sample_rate
@@ -163,7 +166,8 @@ def fbank(
     spec = (f.real**2 + f.imag**2).astype(dtype)
     if not use_power:
         spec = np.sqrt(spec)
-    feats = spec @ _cached_banks_t(num_mel_bins, padded, float(sample_rate), float(low_freq), float(high_freq), dtype)  # [m, bins]
+    feats = spec @ _cached_banks_t(num_mel_bins, padded, float(sample_rate), float(low_freq), float(high_freq),
+                                   dtype)  # [m, bins]
     if use_log_fbank:
         feats = np.log(np.maximum(feats, np.asarray(_EPS32, dtype)))
     if use_energy:
@@ -173,11 +177,14 @@ def fbank(
     return feats.astype(np.float32)
 
 
-def speech_fbank(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = 80, dither: float = 0.0, rng=None) -> np.ndarray:
+def speech_fbank(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = 80, dither: float = 0.0,
+                 rng=None) -> np.ndarray:
     """The WeNet / VITA audio-encoder input: waveform in [-1, 1] scaled to int16 range, 80-bin fbank, 25/10 ms."""
-    return fbank(np.asarray(waveform, np.float32) * np.float32(32768.0), sample_rate, num_mel_bins, dither=dither, energy_floor=0.0, rng=rng)
+    return fbank(np.asarray(waveform, np.float32) * np.float32(32768.0), sample_rate, num_mel_bins, dither=dither,
+                 energy_floor=0.0, rng=rng)
 
 
-def num_fbank_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, frame_length: float = 25.0, frame_shift: float = 10.0) -> int:
+def num_fbank_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, frame_length: float = 25.0,
+                     frame_shift: float = 10.0) -> int:
     size, shift = int(sample_rate * frame_length * 0.001), int(sample_rate * frame_shift * 0.001)
     return 0 if num_samples < size else 1 + (num_samples - size) // shift

@@ -6,7 +6,7 @@ predicting it from the previous ones). Batches are int32/bool [B, max_len]; pack
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

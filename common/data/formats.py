@@ -110,7 +110,7 @@ class _TFRecordSource:
                 pass
 
 
-class tfds_coco_captions:  # noqa: N801  (reads like the function-style loaders above)
+class tfds_coco_captions:
     """A prepared tfds `coco_captions` ({data_dir}/coco_captions/2014/<version>) as records {image (the encoded
     JPEG bytes, decoded in the transform so a corrupt / greyscale image is a counted skip), caption, captions (all
     of the image's captions), image_id, file_name}. No TensorFlow: array_record (or parquet) through tfds' data
@@ -161,7 +161,8 @@ class tfds_coco_captions:  # noqa: N801  (reads like the function-style loaders 
             return _bad(MALFORMED, f"COCO image {int(r['image/id'])} without captions", image_id=int(r["image/id"]))
         name = r.get("image/filename", b"")
         return {"image": r["image"], "caption": texts[c % len(texts)].strip(), "captions": texts,
-                "image_id": int(r["image/id"]), "file_name": name.decode("utf-8", "replace") if isinstance(name, bytes) else name}
+                "image_id": int(r["image/id"]),
+                "file_name": name.decode("utf-8", "replace") if isinstance(name, bytes) else name}
 
     def __getitem__(self, i: int) -> dict:
         i = int(i)
@@ -225,7 +226,8 @@ def interleaved_jsonl(jsonl_path: str, image_dir: str, max_images: int | None = 
             if "text_list" in doc:
                 info = sorted(doc.get("image_info", []), key=lambda x: x.get("matched_text_index", 0))
                 texts = doc["text_list"]
-                pairs = [(_image_path(image_dir, i["image_name"]), texts[i["matched_text_index"]]) for i in info if 0 <= i.get("matched_text_index", -1) < len(texts)]
+                pairs = [(_image_path(image_dir, i["image_name"]), texts[i["matched_text_index"]]) for i in info
+                         if 0 <= i.get("matched_text_index", -1) < len(texts)]
             elif "texts" in doc and "images" in doc:
                 pairs = []
                 for k, img in enumerate(doc["images"]):
@@ -251,7 +253,8 @@ def interleaved_jsonl(jsonl_path: str, image_dir: str, max_images: int | None = 
 
 
 # ---- VQAv2 / OK-VQA ------------------------------------------------------------------------------------------
-def vqav2(questions_json: str, annotations_json: str | None, image_dir: str, image_name: str = "COCO_{subtype}_{image_id:012d}.jpg") -> list[dict]:
+def vqav2(questions_json: str, annotations_json: str | None, image_dir: str,
+          image_name: str = "COCO_{subtype}_{image_id:012d}.jpg") -> list[dict]:
     """VQAv2 / OK-VQA question (+ annotation) JSON -> records with 10 answers (empty without annotations: test).
 
     `image_name` formats the file name from image_id and the questions file's `data_subtype` (e.g. 'val2014').

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -32,7 +32,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # InternViT (VITA-1.5's vision tower) uses the ImageNet statistics.
 INTERNVIT_MEAN, INTERNVIT_STD = IMAGENET_MEAN, IMAGENET_STD
-NORMALIZATION = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD), "internvit": (IMAGENET_MEAN, IMAGENET_STD)}
+NORMALIZATION = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+                 "internvit": (IMAGENET_MEAN, IMAGENET_STD)}
 
 LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
@@ -66,7 +67,8 @@ def _rawmode(img: Image.Image) -> str | None:
     """The raw mode of the first tile of a not-yet-loaded image (PNG / TIFF), else None."""
     for tile in getattr(img, "tile", None) or ():
         args = tile[3] if len(tile) > 3 else None
-        raw = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else None)
+        raw = args if isinstance(args, str) else (
+            args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else None)
         if raw:
             return raw
     return None
@@ -229,7 +231,8 @@ def normalize(img: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
     return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def clip_preprocess(img: np.ndarray, size: int = 224, crop: int | None = None, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+def clip_preprocess(img: np.ndarray, size: int = 224, crop: int | None = None, mean=CLIP_MEAN,
+                    std=CLIP_STD) -> np.ndarray:
     """CLIP: resize the shortest edge to `size` (bicubic), centre crop `crop` (default size), normalise -> [c, c, 3]."""
     crop = crop or size
     return normalize(center_crop(resize_shortest_edge(img, size), (crop, crop)), mean, std)
@@ -250,7 +253,8 @@ def expand_to_square(img: np.ndarray, fill="mean") -> np.ndarray:
     if h == w:
         return img
     if isinstance(fill, str):
-        fill = tuple(int(x * 255) for x in CLIP_MEAN) if fill == "mean" else tuple(int(v) for v in img.reshape(-1, 3).mean(0))
+        fill = (tuple(int(x * 255) for x in CLIP_MEAN) if fill == "mean"
+                else tuple(int(v) for v in img.reshape(-1, 3).mean(0)))
     s = max(h, w)
     out = np.empty((s, s, 3), np.uint8)
     out[...] = np.asarray(fill, np.uint8)
@@ -309,7 +313,8 @@ def anyres_crops(img: np.ndarray, pinpoints=LLAVA_NEXT_PINPOINTS, crop: int = 33
     return [resize(img, (crop, crop))] + crops
 
 
-def anyres_preprocess(img: np.ndarray, pinpoints=LLAVA_NEXT_PINPOINTS, crop: int = 336, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+def anyres_preprocess(img: np.ndarray, pinpoints=LLAVA_NEXT_PINPOINTS, crop: int = 336, mean=CLIP_MEAN,
+                      std=CLIP_STD) -> np.ndarray:
     """LLaVA-NeXT pixel values: float32 [1 + rows * cols, crop, crop, 3]."""
     return np.stack([clip_preprocess(c, crop, crop, mean, std) for c in anyres_crops(img, pinpoints, crop)])
 
@@ -332,16 +337,16 @@ def unpadded_feature_shape(original_hw: Sequence[int], feature_hw: Sequence[int]
 
 def unpad_features(features: np.ndarray, original_hw: Sequence[int]) -> np.ndarray:
     """features [H, W, C] (the crops' patch features stitched into one grid) -> [h, w, C] without the padding."""
-    t, b, l, r = unpadded_feature_shape(original_hw, features.shape[:2])
-    return features[t:b, l:r]
+    top, bottom, left, right = unpadded_feature_shape(original_hw, features.shape[:2])
+    return features[top:bottom, left:right]
 
 
 def anyres_num_feature_tokens(original_hw, pinpoints=LLAVA_NEXT_PINPOINTS, crop: int = 336, patch: int = 14) -> int:
     """LLaVA-NeXT tokens per image: base (crop/patch)^2 + unpadded grid cells + one image_newline per grid row."""
     rows, cols = anyres_grid_shape(original_hw, pinpoints, crop)
     side = crop // patch
-    t, b, l, r = unpadded_feature_shape(original_hw, (rows * side, cols * side))
-    return side * side + (b - t) * (r - l) + (b - t)
+    top, bottom, left, right = unpadded_feature_shape(original_hw, (rows * side, cols * side))
+    return side * side + (bottom - top) * (right - left) + (bottom - top)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -350,12 +355,14 @@ def anyres_num_feature_tokens(original_hw, pinpoints=LLAVA_NEXT_PINPOINTS, crop:
 def internvl_target_grids(min_num: int = 1, max_num: int = 12) -> list[tuple[int, int]]:
     """Candidate (cols, rows) grids with min_num <= cols * rows <= max_num, sorted by tile count (InternVL order)."""
     ratios = set(
-        (i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1) if min_num <= i * j <= max_num
+        (i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
     )
     return sorted(ratios, key=lambda x: x[0] * x[1])
 
 
-def internvl_grid(width: int, height: int, min_num: int = 1, max_num: int = 12, image_size: int = 448) -> tuple[int, int]:
+def internvl_grid(width: int, height: int, min_num: int = 1, max_num: int = 12,
+                  image_size: int = 448) -> tuple[int, int]:
     """(cols, rows): the grid whose aspect ratio is closest to the image's; on a tie the later (larger) grid wins
     when the image area is more than half of the grid's pixel area."""
     aspect = width / height
@@ -370,26 +377,31 @@ def internvl_grid(width: int, height: int, min_num: int = 1, max_num: int = 12, 
     return best
 
 
-def internvl_tiles(img: np.ndarray, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True) -> list[np.ndarray]:
+def internvl_tiles(img: np.ndarray, min_num: int = 1, max_num: int = 12, image_size: int = 448,
+                   use_thumbnail: bool = True) -> list[np.ndarray]:
     """uint8 image -> row-major image_size tiles of the resized image (+ a thumbnail when more than one tile)."""
     h, w = img.shape[:2]
     cols, rows = internvl_grid(w, h, min_num, max_num, image_size)
     big = resize(img, (rows * image_size, cols * image_size))
-    tiles = [big[r * image_size : (r + 1) * image_size, c * image_size : (c + 1) * image_size] for r in range(rows) for c in range(cols)]
+    tiles = [big[r * image_size : (r + 1) * image_size, c * image_size : (c + 1) * image_size]
+             for r in range(rows) for c in range(cols)]
     if use_thumbnail and len(tiles) != 1:
         tiles.append(resize(img, (image_size, image_size)))
     return tiles
 
 
-def internvl_preprocess(img: np.ndarray, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True) -> np.ndarray:
+def internvl_preprocess(img: np.ndarray, min_num: int = 1, max_num: int = 12, image_size: int = 448,
+                        use_thumbnail: bool = True) -> np.ndarray:
     """float32 [num_tiles, image_size, image_size, 3], ImageNet-normalised."""
-    return np.stack([normalize(t, IMAGENET_MEAN, IMAGENET_STD) for t in internvl_tiles(img, min_num, max_num, image_size, use_thumbnail)])
+    return np.stack([normalize(t, IMAGENET_MEAN, IMAGENET_STD)
+                     for t in internvl_tiles(img, min_num, max_num, image_size, use_thumbnail)])
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Video
 # ----------------------------------------------------------------------------------------------------------------
-def sample_frame_indices(num_total: int, min_frames: int = 4, max_frames: int = 16, num_frames: int | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+def sample_frame_indices(num_total: int, min_frames: int = 4, max_frames: int = 16, num_frames: int | None = None,
+                         rng: np.random.Generator | None = None) -> np.ndarray:
     """Indices of the frames to keep: `num_frames` (default: the total clipped to [min, max]) spread uniformly
     over the clip (frames repeat when the clip is shorter than min_frames). With `rng`, each index is drawn
     at random inside its segment (training-time jitter)."""
@@ -399,10 +411,12 @@ def sample_frame_indices(num_total: int, min_frames: int = 4, max_frames: int = 
     if rng is None:
         return np.round(np.linspace(0, num_total - 1, n)).astype(np.int64)
     edges = np.linspace(0, num_total, n + 1)
-    lo, hi = np.floor(edges[:-1]).astype(np.int64), np.maximum(np.floor(edges[1:]).astype(np.int64), np.floor(edges[:-1]).astype(np.int64) + 1)
+    lo, hi = np.floor(edges[:-1]).astype(np.int64), np.maximum(np.floor(edges[1:]).astype(np.int64),
+                                                               np.floor(edges[:-1]).astype(np.int64) + 1)
     return np.minimum(rng.integers(lo, hi), num_total - 1)
 
 
-def sample_video(frames: np.ndarray, min_frames: int = 4, max_frames: int = 16, num_frames: int | None = None, rng=None) -> np.ndarray:
+def sample_video(frames: np.ndarray, min_frames: int = 4, max_frames: int = 16, num_frames: int | None = None,
+                 rng=None) -> np.ndarray:
     """frames [T, H, W, 3] -> [n, H, W, 3] sampled with `sample_frame_indices`."""
     return frames[sample_frame_indices(len(frames), min_frames, max_frames, num_frames, rng)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -136,7 +136,7 @@ def build_dataset(
 
 def task_iterator(name: str, source, transform: Callable[[dict], dict], *, batch_size: int, shard: tuple[int, int],
                   seed: int, data_config, collate: Callable | None = None, shuffle: bool = True,
-                  num_epochs: int | None = None, packing=None) -> "DataIterator":
+                  num_epochs: int | None = None, packing=None) -> DataIterator:
     """One named dataset of a training task as a resumable `DataIterator`: `build_dataset` seeded per dataset name,
     with the data config's `max_skip_fraction` and `num_threads`, its skip counter named after the dataset."""
     ds, counter = build_dataset(source, transform, batch_size=batch_size, collate=collate,

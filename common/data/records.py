@@ -60,7 +60,8 @@ _local = threading.local()
 
 
 def record_note(what: str) -> None:
-    """Notes a repair (e.g. 'greyscale_image' converted to RGB) for the record being transformed in this thread, if one is collecting."""
+    """Notes a repair (e.g. 'greyscale_image' converted to RGB) for the record being transformed in this thread, if one
+    is collecting."""
     notes = getattr(_local, "notes", None)
     if notes is not None:
         notes.append(what)
@@ -139,7 +140,8 @@ class SkipCounter:
             )
 
     def summary(self) -> dict:
-        return {"seen": self.seen, "skipped": self.num_skipped, "by_reason": dict(self.skipped), "converted": dict(self.notes)}
+        return {"seen": self.seen, "skipped": self.num_skipped, "by_reason": dict(self.skipped),
+                "converted": dict(self.notes)}
 
     def state(self) -> dict:
         return {"seen": self.seen, "skipped": dict(self.skipped), "notes": dict(self.notes)}

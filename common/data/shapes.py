@@ -38,7 +38,8 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 KINDS = ("captions", "vqa", "interleaved", "conversations", "spoken_qa", "videos")
 SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT_SIZES = {"train": 20000, "validation": 1000, "test": 1000}
-_SYLLABLES = ("da", "ke", "lo", "mi", "nu", "po", "ra", "si", "tu", "ve", "wo", "zi", "fa", "gu", "bli", "dax", "wug", "tor")
+_SYLLABLES = ("da", "ke", "lo", "mi", "nu", "po", "ra", "si", "tu", "ve", "wo", "zi", "fa", "gu", "bli", "dax", "wug",
+              "tor")
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,15 @@ def _rng(seed: int, kind: str, split: str, index: int) -> np.random.Generator:
 # ----------------------------------------------------------------------------------------------------------------
 # Scenes and rendering
 # ----------------------------------------------------------------------------------------------------------------
-def random_scene(rng: np.random.Generator, min_objects: int = 1, max_objects: int = 4, unique_shapes: bool = False) -> list[Obj]:
+def random_scene(rng: np.random.Generator, min_objects: int = 1, max_objects: int = 4,
+                 unique_shapes: bool = False) -> list[Obj]:
     n = int(rng.integers(min_objects, max_objects + 1))
     cells = rng.choice(9, size=n, replace=False)
     shapes = rng.choice(len(SHAPES), size=n, replace=not unique_shapes)
     objs = []
     for c, s in zip(cells, shapes):
-        objs.append(Obj(SHAPES[int(s)], list(COLOURS)[int(rng.integers(len(COLOURS)))], SIZES[int(rng.integers(2))], int(c) // 3, int(c) % 3))
+        objs.append(Obj(SHAPES[int(s)], list(COLOURS)[int(rng.integers(len(COLOURS)))], SIZES[int(rng.integers(2))],
+                        int(c) // 3, int(c) % 3))
     return objs
 
 
@@ -99,8 +102,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
         return pts
     if shape == "cross":
         t = r * 0.35
-        return [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t), (cx + t, cy + t),
-                (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t), (cx - r, cy - t), (cx - t, cy - t)]
+        return [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t),
+                (cx + r, cy + t), (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r),
+                (cx - t, cy + t), (cx - r, cy + t), (cx - r, cy - t), (cx - t, cy - t)]
     raise ValueError(shape)
 
 
@@ -193,7 +197,8 @@ def vqa_question(objs, rng: np.random.Generator) -> tuple[str, str, str, str]:
     return f"is the {o.shape} small or large?", o.size, "is the", "other"
 
 
-_SYNONYMS = {"2": "two", "3": "three", "1": "one", "4": "four", "center": "middle", "large": "big", "yes": "yes", "no": "no"}
+_SYNONYMS = {"2": "two", "3": "three", "1": "one", "4": "four", "center": "middle", "large": "big", "yes": "yes",
+             "no": "no"}
 
 
 def ten_answers(answer: str, rng: np.random.Generator) -> list[str]:
@@ -204,7 +209,8 @@ def ten_answers(answer: str, rng: np.random.Generator) -> list[str]:
         if u < 0.12 and answer in _SYNONYMS:
             out.append(_SYNONYMS[answer])
         elif u < 0.16:
-            pool = {"yes": ["no"], "no": ["yes"]}.get(answer) or (list(COLOURS) if answer in COLOURS else list(SHAPES) if answer in SHAPES else [answer])
+            pool = {"yes": ["no"], "no": ["yes"]}.get(answer) or (list(COLOURS) if answer in COLOURS
+                                                                  else list(SHAPES) if answer in SHAPES else [answer])
             out.append(pool[int(rng.integers(len(pool)))])
         else:
             out.append(answer)
@@ -262,10 +268,12 @@ def gen_interleaved(rng, size: int, index: int) -> dict:
             else:
                 s = int(shape_ids[int(rng.integers(k))])
             seen.append(s)
-            o = Obj(SHAPES[s], list(COLOURS)[int(rng.integers(len(COLOURS)))], SIZES[int(rng.integers(2))], int(rng.integers(3)), int(rng.integers(3)))
+            o = Obj(SHAPES[s], list(COLOURS)[int(rng.integers(len(COLOURS)))], SIZES[int(rng.integers(2))],
+                    int(rng.integers(3)), int(rng.integers(3)))
             images.append(render([o], rng, size))
             texts.append(f"This is a {mapping[o.shape]}.")
-        return {"index": index, "task": "names", "images": images, "texts": texts, "mapping": json.dumps(mapping, sort_keys=True)}
+        return {"index": index, "task": "names", "images": images, "texts": texts,
+                "mapping": json.dumps(mapping, sort_keys=True)}
     images, texts = [], []
     for _ in range(n):
         objs = random_scene(rng, 1, 3)
@@ -279,19 +287,22 @@ def gen_conversation(rng, size: int, index: int) -> dict:
     turns = [("<image>\nDescribe the image in detail.", describe(objs))]
     q, a, _, _ = vqa_question(objs, rng)
     turns.append((q[0].upper() + q[1:], a.capitalize() + "."))
-    turns.append(("How many shapes are in the image?", f"There {'is one shape' if len(objs) == 1 else f'are {NUMBER_WORDS[len(objs)]} shapes'}."))
+    turns.append(("How many shapes are in the image?",
+                  f"There {'is one shape' if len(objs) == 1 else f'are {NUMBER_WORDS[len(objs)]} shapes'}."))
     if len(objs) >= 2:  # reasoning about relative position
         a_, b_ = objs[0], objs[1]
-        rel = "left of" if a_.col < b_.col else "right of" if a_.col > b_.col else "above" if a_.row < b_.row else "below"
+        rel = ("left of" if a_.col < b_.col else "right of" if a_.col > b_.col
+               else "above" if a_.row < b_.row else "below")
         turns.append(
             (f"Where is the {a_.colour} {a_.shape} relative to the {b_.colour} {b_.shape}?",
-             f"The {a_.colour} {a_.shape} is at the {a_.position} and the {b_.colour} {b_.shape} is at the {b_.position}, "
-             f"so the {a_.colour} {a_.shape} is {rel} the {b_.colour} {b_.shape}.")
+             f"The {a_.colour} {a_.shape} is at the {a_.position} and the {b_.colour} {b_.shape} is at the "
+             f"{b_.position}, so the {a_.colour} {a_.shape} is {rel} the {b_.colour} {b_.shape}.")
         )
     conv = []
     for h, g in turns:
         conv += [{"from": "human", "value": h}, {"from": "gpt", "value": g}]
-    return {"index": index, "id": f"shapes-{index:08d}", "image": render(objs, rng, size), "conversations": json.dumps(conv)}
+    return {"index": index, "id": f"shapes-{index:08d}", "image": render(objs, rng, size),
+            "conversations": json.dumps(conv)}
 
 
 def gen_spoken_qa(rng, size: int, index: int, words=None) -> dict:
@@ -313,7 +324,8 @@ def gen_spoken_qa(rng, size: int, index: int, words=None) -> dict:
     audio = words.say(text, rng)
     spoken = " ".join(NUMBER_WORDS[int(w)] if w.isdigit() else w for w in answer.split())
     answer_audio = words.say(spoken, rng) if answer else np.zeros(0, np.float32)
-    return {"index": index, "image": image, "audio": audio, "question": text, "answer": answer, "kind": kind, "answer_audio": answer_audio}
+    return {"index": index, "image": image, "audio": audio, "question": text, "answer": answer, "kind": kind,
+            "answer_audio": answer_audio}
 
 
 def gen_video(rng, size: int, index: int, num_frames: int = 8) -> dict:
@@ -347,10 +359,12 @@ def _objs_json(objs) -> str:
     return json.dumps([{"shape": o.shape, "colour": o.colour, "size": o.size, "position": o.position} for o in objs])
 
 
-_GEN = {"captions": gen_caption, "vqa": gen_vqa, "interleaved": gen_interleaved, "conversations": gen_conversation, "spoken_qa": gen_spoken_qa, "videos": gen_video}
+_GEN = {"captions": gen_caption, "vqa": gen_vqa, "interleaved": gen_interleaved, "conversations": gen_conversation,
+        "spoken_qa": gen_spoken_qa, "videos": gen_video}
 
 
-def generate(kind: str, split: str, index: int, seed: int = 0, image_size: int = 64, max_objects: int | None = None) -> dict:
+def generate(kind: str, split: str, index: int, seed: int = 0, image_size: int = 64,
+             max_objects: int | None = None) -> dict:
     """One example of `kind` in `split`: a pure function of its arguments. max_objects (captions only, 1..4): fewer
     objects per scene, e.g. 1 for single-object captions whose in-batch negatives often differ in shape alone."""
     if kind not in _GEN:
@@ -395,8 +409,10 @@ def vqav2_json(items: list[dict]) -> tuple[dict, dict]:
             "question_type": it["question_type"],
             "answer_type": it["answer_type"],
             "multiple_choice_answer": it["multiple_choice_answer"],
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(it["answers"])],
+            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+                        for i, a in enumerate(it["answers"])],
         }
         for it in items
     ]
-    return {"questions": qs, "task_type": "Open-Ended", "data_type": "shapes"}, {"annotations": anns, "data_type": "shapes"}
+    return ({"questions": qs, "task_type": "Open-Ended", "data_type": "shapes"},
+            {"annotations": anns, "data_type": "shapes"})

@@ -40,9 +40,12 @@ def _features(kind: str, image_size: int):
             "question": F.Text(), "answers": F.Sequence(F.Text()), "multiple_choice_answer": F.Text(),
             "question_type": F.Text(), "answer_type": F.Text(),
         },
-        "interleaved": {"task": F.Text(), "images": F.Sequence(img), "texts": F.Sequence(F.Text()), "mapping": F.Text()},
+        "interleaved": {"task": F.Text(), "images": F.Sequence(img), "texts": F.Sequence(F.Text()),
+                        "mapping": F.Text()},
         "conversations": {"id": F.Text(), "image": img, "conversations": F.Text()},
-        "spoken_qa": {"image": img, "audio_flac": F.Tensor(shape=(), dtype=np.object_), "answer_audio_flac": F.Tensor(shape=(), dtype=np.object_), "question": F.Text(), "answer": F.Text(), "kind": F.Text()},
+        "spoken_qa": {"image": img, "audio_flac": F.Tensor(shape=(), dtype=np.object_),
+                      "answer_audio_flac": F.Tensor(shape=(), dtype=np.object_),
+                      "question": F.Text(), "answer": F.Text(), "kind": F.Text()},
         "videos": {"frames": F.Sequence(img), "caption": F.Text()},
     }[kind]
     return F.FeaturesDict({**common, **spec})
@@ -91,7 +94,8 @@ def _builder_class():
         def _info(self):
             return tfds.core.DatasetInfo(
                 builder=self,
-                description=f"Embedded shapes dataset ({self.builder_config.name}), seed {self._seed}, {self._image_size}px.",
+                description=f"Embedded shapes dataset ({self.builder_config.name}), seed {self._seed}, "
+                            f"{self._image_size}px.",
                 features=_features(self.builder_config.name, self._image_size),
             )
 
@@ -111,12 +115,14 @@ def prepared_dir(cache_dir: str, seed: int, image_size: int) -> str:
     return os.path.join(cache_dir, f"seed{seed}_px{image_size}")
 
 
-def prepare_shapes(cache_dir: str = DEFAULT_CACHE_DIR, kinds=S.KINDS, seed: int = 0, image_size: int = 64, split_sizes: dict | None = None) -> dict[str, str]:
+def prepare_shapes(cache_dir: str = DEFAULT_CACHE_DIR, kinds=S.KINDS, seed: int = 0, image_size: int = 64,
+                   split_sizes: dict | None = None) -> dict[str, str]:
     """Writes the chosen kinds to array_record (skips those already prepared); returns {kind: dataset dir}."""
     cls = _builder_class()
     out = {}
     for kind in kinds:
-        b = cls(config=kind, data_dir=prepared_dir(cache_dir, seed, image_size), file_format="array_record", seed=seed, image_size=image_size, split_sizes=split_sizes)
+        b = cls(config=kind, data_dir=prepared_dir(cache_dir, seed, image_size), file_format="array_record", seed=seed,
+                image_size=image_size, split_sizes=split_sizes)
         b.download_and_prepare()
         out[kind] = str(b.data_dir)
     return out
@@ -132,7 +138,8 @@ class PreparedShapesSource:
     Record order in array_record is tfds' hashed order, not `index` order: use the `index` field to match.
     """
 
-    def __init__(self, kind: str, split: str = "train", cache_dir: str = DEFAULT_CACHE_DIR, seed: int = 0, image_size: int = 64):
+    def __init__(self, kind: str, split: str = "train", cache_dir: str = DEFAULT_CACHE_DIR, seed: int = 0,
+                 image_size: int = 64):
         tfds = _tfds()
         path = os.path.join(prepared_dir(cache_dir, seed, image_size), "mmlm_shapes", kind, "1.0.0")
         if not os.path.isdir(path):

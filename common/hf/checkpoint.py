@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import flax
 import jax
@@ -69,7 +70,8 @@ def iter_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
             try:
                 import torch
             except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError(f"{file} is a PyTorch pickle: install torch to read it, or convert to safetensors") from e
+                raise ImportError(f"{file} is a PyTorch pickle: install torch to read it, "
+                                  "or convert to safetensors") from e
             state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
             for name in list(state):
                 tensor = state.pop(name)
@@ -147,7 +149,8 @@ def fill_params(
             continue
         for target in targets:
             if target.path not in flat_abstract:
-                raise CheckpointError(f"{source}: tensor {name!r} maps to {'/'.join(target.path)}, which the model does not have")
+                raise CheckpointError(f"{source}: tensor {name!r} maps to {'/'.join(target.path)}, "
+                                      "which the model does not have")
             leaf = flat_abstract[target.path]
             value = np.asarray(target.transform(np.asarray(tensor)))
             slot_shape = leaf.shape[len(target.index):]
@@ -162,7 +165,8 @@ def fill_params(
                 remaining[target.path] = int(np.prod(leaf.shape[:len(target.index)])) if target.index else 1
                 written[target.path] = set()
             if target.index in written[target.path]:
-                raise CheckpointError(f"{source}: {'/'.join(target.path)}{list(target.index)} written twice (by {name!r})")
+                raise CheckpointError(f"{source}: {'/'.join(target.path)}{list(target.index)} written twice "
+                                      f"(by {name!r})")
             written[target.path].add(target.index)
             if target.index:
                 buffers[target.path][target.index] = value
@@ -178,7 +182,8 @@ def fill_params(
     if unexpected:
         raise CheckpointError(f"{source}: {len(unexpected)} unexpected tensor(s), e.g. {unexpected[:5]}")
     incomplete = sorted('/'.join(p) for p in buffers)
-    missing = sorted('/'.join(p) for p in flat_abstract if p not in done and p not in buffers and p not in allow_missing)
+    missing = sorted('/'.join(p) for p in flat_abstract
+                     if p not in done and p not in buffers and p not in allow_missing)
     if incomplete or missing:
         raise CheckpointError(f"{source}: missing tensors for {missing[:8]}{' ...' if len(missing) > 8 else ''}"
                               f"{'; incomplete stacked leaves ' + str(incomplete[:8]) if incomplete else ''}")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.hf import Architecture, register
-from common.hf.checkpoint import (CheckpointError, Gather, Target, bias_to_heads, config_get, identity,
+from common.hf.checkpoint import (CheckpointError, Gather, Target, bias_to_heads, identity,
                                   linear_from_heads, linear_to_heads, named, transpose)
 from common.lm import DecoderLM, LMConfig, layer_param_location
 

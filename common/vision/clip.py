@@ -14,7 +14,8 @@ a leading [L] axis when scanned; `layers_0`.. when not), post_layernorm: {scale,
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -50,7 +51,7 @@ class CLIPVisionConfig:
         return (h // ph) * (w // pw)
 
     @classmethod
-    def from_hf(cls, hf_config: Mapping[str, Any], **overrides) -> "CLIPVisionConfig":
+    def from_hf(cls, hf_config: Mapping[str, Any], **overrides) -> CLIPVisionConfig:
         """From an HF config dict: model_type `clip` (reads `vision_config`; the projection is kept) or
         `clip_vision_model` (projection only for the `CLIPVisionModelWithProjection` architecture).
         Missing keys take HF's CLIPVisionConfig defaults (old checkpoints store only non-defaults)."""

@@ -14,11 +14,11 @@ lambda_1, lambda_2}} (leading [L] axis when scanned; `layers_0`.. when not), [fi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from common.layers import LayerNorm, dtype_of
 from common.vision.vit import ViTEmbeddings, ViTEncoder, VisionOutput, as_pair, check_pixels
@@ -61,7 +61,7 @@ class InternViTConfig:
         return (h // p) * (w // q)
 
     @classmethod
-    def from_hf(cls, hf_config: Mapping[str, Any], **overrides) -> "InternViTConfig":
+    def from_hf(cls, hf_config: Mapping[str, Any], **overrides) -> InternViTConfig:
         """From an HF config dict: `internvl_vision` (transformers' InternVLVisionConfig), `intern_vit_6b` (the
         original InternViT remote-code config) or `internvl` / `internvl_chat` (reads `vision_config`)."""
         model_type = hf_config.get("model_type")

@@ -33,7 +33,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import flax.linen as nn
 import flax.struct
@@ -165,7 +166,7 @@ class NFNetConfig:
         return betas, rates
 
     @classmethod
-    def from_timm(cls, timm_config: Mapping[str, Any], **overrides) -> "NFNetConfig":
+    def from_timm(cls, timm_config: Mapping[str, Any], **overrides) -> NFNetConfig:
         """From a timm checkpoint's config.json ({"architecture": "dm_nfnet_f6", "num_classes": 1000,
         "pretrained_cfg": {"input_size": [3, 448, 448], ...}}); only the dm_nfnet_f0 .. f6 architectures."""
         arch = str(timm_config.get("architecture", ""))

@@ -1,6 +1,7 @@
 """Tiny LLaVA "stage 0": the tiny LM's own text pretraining, standing in for Vicuna (a chat LM that never saw an
 image but can read): scenes of the bundled data written as text ("Scene: large red circle top left; ...") followed
-by their caption (plain) or a short-answer question (vicuna_v1), all text; only the LM trains. Its checkpoint (LM + the frozen random tower) seeds stage 1 and stage 2.
+by their caption (plain) or a short-answer question (vicuna_v1), all text; only the LM trains. Its checkpoint (LM + the
+frozen random tower) seeds stage 1 and stage 2.
 
 python -m llava_jax.train --config configs/llava/tiny_stage0.py --workdir workdirs/llava_tiny_s0
 """

@@ -16,7 +16,8 @@ def get_config():
     config.batch_size = 16
     config.init_from = "workdirs/llava_tiny_s1"
     config.data.template = "vicuna_v1"
-    config.data.datasets = dict(conversations=shapes("conversations", 120, max_rounds=2, batch_size=8), vqa=shapes("vqa", 72))
+    config.data.datasets = dict(conversations=shapes("conversations", 120, max_rounds=2, batch_size=8),
+                                vqa=shapes("vqa", 72))
     config.optimizer = dict(lr=1e-3, schedule="cosine", warmup_steps=4, end_lr_ratio=0.0, b1=0.9, b2=0.999,
                             weight_decay=0.0, clip_norm=1.0,
                             param_groups=((r"projector/.*", dict()), (r"lm/.*", dict()), (r".*", dict(frozen=True))))

@@ -33,7 +33,8 @@ def get_config(stage: str = "2.2") -> ml_collections.ConfigDict:
     config.peak_flops = 0.0
     config.model = dict(preset="vita_1_5", text=dict(dtype="bfloat16", param_dtype="float32", remat_policy="dots",
                                                      max_position_embeddings=32768),
-                        vision=dict(dtype="bfloat16", remat_policy="full"), audio=dict(dtype="bfloat16", remat_policy="dots"))
+                        vision=dict(dtype="bfloat16", remat_policy="full"),
+                        audio=dict(dtype="bfloat16", remat_policy="dots"))
     config.tokenizer = dict(kind="dir", path="VITA-1.5")
     config.data = dict(max_tiles=12, max_audio_seconds=30.0, max_audio_frames=3000, over_length="skip",
                        num_threads=8, max_skip_fraction=0.01, convert_image_modes=True, datasets={})

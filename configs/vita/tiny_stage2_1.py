@@ -1,6 +1,7 @@
 """Tiny VITA stage 2.1, audio alignment (no public code in the release): the speech encoder + adapter on ASR of the
 bundled espeak speech, the LLM frozen, from stage 1.3. For LibriSpeech set
-`--config.data.datasets='{"asr": {"source": "librispeech", "root": "/data/LibriSpeech/train-clean-100", "max_len": 256}}'` (and --config.data.max_audio_seconds=35)."""
+`--config.data.datasets='{"asr": {"source": "librispeech", "root": "/data/LibriSpeech/train-clean-100",
+"max_len": 256}}'` (and --config.data.max_audio_seconds=35)."""
 from configs.vita.tiny_base import base_config, shapes
 
 

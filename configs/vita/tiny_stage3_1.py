@@ -1,6 +1,7 @@
 """Tiny VITA stage 3.1, the speech codec (the release ships no trainer): a 128-wide HiFi-GAN V1 generator and its
 mirrored encoder at 24 kHz / 40 Hz tokens, one codebook of 512, 8 style codebooks; HiFi-GAN's discriminators at 1/16
-width (the multi-scale one at its first scale, dense convs: fast on a CPU); trained on the bundled espeak speech (the shapes ASR utterances, resampled 16 -> 24 kHz)."""
+width (the multi-scale one at its first scale, dense convs: fast on a CPU); trained on the bundled espeak speech (the
+shapes ASR utterances, resampled 16 -> 24 kHz)."""
 from configs.vita.tiny_base import trainer_config
 
 

@@ -16,7 +16,8 @@ def get_config():
     config.tokenizer = dict(kind="shapes_bpe", vocab_size=1024)
     config.codec_from = "workdirs/vita_tiny_s3_1/codec"  # python -m vita_jax.codec_train --workdir ... --out ...
     config.text_from = "workdirs/vita_tiny_s2_2"  # the VITA workdir whose LLM embeddings the decoder reads
-    config.text_norm = "unit_std"  # the tiny LLM's table is at init scale (std 0.02): read as unit-std (the release: none)
+    # the tiny LLM's table is at init scale (std 0.02): read as unit-std (the release: none)
+    config.text_norm = "unit_std"
     config.text_width = 64  # the LLM width when text_from is empty (a random table: plumbing tests)
     config.data = dict(max_text_tokens=24, max_speech_seconds=2.0, num_threads=0, max_skip_fraction=0.05,
                        datasets=dict(sentences=dict(source="shapes", size=3000, answer_fraction=1.0)))

@@ -14,7 +14,7 @@ from common.data.speech import VOCABULARY, load_word_bank
 def _kaldi_reference():
     """torchaudio's kaldi module when torchaudio imports beside this torch, else the vendored copy of the same file."""
     try:
-        import torchaudio.compliance.kaldi as kaldi  # noqa: F401
+        import torchaudio.compliance.kaldi as kaldi
 
         return kaldi
     except Exception:

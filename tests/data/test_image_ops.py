@@ -1,6 +1,5 @@
 """Image preprocessing vs HF's image processors and the public reference algorithms, on real photographs."""
 import numpy as np
-import pytest
 from PIL import Image
 
 from common.data import image_ops as ops

@@ -4,7 +4,6 @@ import pytest
 
 from flamingo_jax import data as FD
 from common.data import batching as B, pipeline as P, shapes as S
-from common.data.records import SkipCounter
 
 
 class _Ids:

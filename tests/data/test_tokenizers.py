@@ -99,6 +99,7 @@ def test_sentencepiece_checkpoint_added_tokens_json(llama_dir, tmp_path):
     assert tok.add_special_tokens(["<image>"]).num_added == 0
 
 
+@pytest.mark.slow
 def test_tiktoken_conversion_matches_tiktoken_and_hf(qwen_tiktoken, qwen_dir):
     import tiktoken
     from tokenizers import Tokenizer as HFTok

@@ -41,6 +41,7 @@ def counts():
     ("open-flamingo-4b", 2560, 2, 32, 2_775_864_320, False),
     ("open-flamingo-9b", 4096, 4, 32, 6_649_286_656, True),
 ])
+@pytest.mark.slow
 def test_open_flamingo_counts(counts, name, width, every, layers, base_lm, tied):
     c = counts[name]
     assert c["vision"] == 303_179_776

@@ -52,6 +52,7 @@ def _tiny_encoder():
     return DualEncoder(DualEncoderConfig(vision=vision, text=text, projection_dim=12))
 
 
+@pytest.mark.slow
 def test_dual_encoder_unit_embeddings_and_eos_pooling():
     model = _tiny_encoder()
     pixels = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
@@ -79,6 +80,7 @@ def test_single_object_captions():
         shapes.ShapesSource("vqa", "train", size=4, max_objects=1)
 
 
+@pytest.mark.slow
 def test_contrastive_stage_trains_and_grafts_into_flamingo(tmp_path):
     from common.trainer import Trainer
     from configs.flamingo.tiny_vision import get_config

@@ -42,6 +42,7 @@ def build_idefics(cross_layer_interval, alpha_type, qk_layer_norms, use_resample
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_idefics_logits_match(name, save_hf):
     model = build_idefics(**CONFIGS[name])

@@ -35,6 +35,7 @@ class Identity(nn.Module):
 
 
 # OpenFlamingo; one block mid-stack; every 3rd of 4 layers (a plain tail layer, as Flamingo-80B's 80 / 7)
+@pytest.mark.slow
 @pytest.mark.parametrize("every,position", [(2, None), (4, 2), (3, 0)])
 def test_zero_gates_equal_the_bare_lm(every, position):
     """With both alphas at 0 every block adds exactly 0 * (finite) = 0: the logits equal the bare LM run with the
@@ -99,6 +100,7 @@ def test_openflamingo_zeroing_quirk():
     assert moved[tt == 0].all()
 
 
+@pytest.mark.slow
 def test_cached_generation_continues_media_time(tiny):
     """Prefill + one-token steps (no <image> in the new tokens, media_seen from the prefix) equal the full pass."""
     cfg, model, params = tiny
@@ -118,6 +120,7 @@ def test_cached_generation_continues_media_time(tiny):
     np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_video_path_and_time_embeddings():
     cfg = tiny_config(frames=3)
     model, params = build(cfg, num_media=2, frames=3)
@@ -140,6 +143,7 @@ def test_video_path_and_time_embeddings():
         jax.eval_shape(lambda p, v: model.apply({"params": p}, IDS, v), params, pixels(2, 2, frames=4))
 
 
+@pytest.mark.slow
 def test_trainable_patterns_and_groups(tiny):
     _, _, params = tiny
     names = jax.tree.leaves(param_names(params))
@@ -199,6 +203,7 @@ def test_param_groups_follow_open_flamingo_weight_decay():
     assert settings("vision/embeddings/patch/kernel") is None
 
 
+@pytest.mark.slow
 def test_resampler_and_blocks_start_from_torch_linear_init():
     """OpenFlamingo / flamingo-pytorch keep torch.nn.Linear's default init for the resampler and the gated blocks:
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) over all contracted axes (o [H, Dh, E]: fan_in = H * Dh); IDEFICS keeps HF's

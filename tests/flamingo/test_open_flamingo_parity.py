@@ -111,6 +111,7 @@ def test_flamingo_pytorch_gated_block():
     assert np.abs(out - ref).max() <= TOL
 
 
+@pytest.mark.slow
 def test_load_open_flamingo_matches_the_reference_model(tmp_path, save_hf):
     from open_flamingo.src.flamingo import Flamingo as OFFlamingo
     from open_flamingo.src.flamingo_lm import FlamingoLMMixin

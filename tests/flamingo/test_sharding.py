@@ -14,6 +14,7 @@ from flamingo_jax.model import Flamingo, init_params
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 
 
+@pytest.mark.slow
 def test_sharded_forward_and_gradients_equal_single_device():
     # No vision tower here (its sharding is tested in common): features in, so that compilation stays short.
     model = Flamingo(tiny_config().replace(vision=None, vision_width=24))

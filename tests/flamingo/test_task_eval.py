@@ -71,6 +71,7 @@ def _tiny_train_config(mode="accumulate"):
     return config
 
 
+@pytest.mark.slow
 def test_train_steps_decrease_loss_and_keep_frozen_params(tmp_path):
     from common.trainer import Trainer
     from flamingo_jax.task import make_task
@@ -98,6 +99,7 @@ def test_train_steps_decrease_loss_and_keep_frozen_params(tmp_path):
     assert moved_rows.tolist() == new_rows
 
 
+@pytest.mark.slow
 def test_stage_lm_continues_from_another_mix_and_refuses_another_model(tmp_path):
     """Stage 'lm' with init_lm.workdir starts from that run's final params (e.g. names text first, then the mix)
     in a new workdir; a workdir of another LM is refused, naming the mismatched tensors."""
@@ -128,6 +130,7 @@ def test_stage_lm_continues_from_another_mix_and_refuses_another_model(tmp_path)
         task.load_pretrained(flax.linen.unbox(task.init_params(jax.random.key(0))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every", [2, 3])  # 3: 4 layers = one group of 3 + a plain tail layer (Flamingo-80B's 80 / 7)
 def test_lm_to_grouped_layout(every):
     from common.lm import DecoderLM
@@ -197,6 +200,7 @@ def test_cider_fixture():
 
 
 # ---------------------------------------------------------------------------------------------------- generation
+@pytest.mark.slow
 def test_generation_with_cached_media_equals_full_recompute():
     cfg = tiny_config(every=1)
     _, params = build(cfg)
@@ -237,6 +241,7 @@ TINY_EVAL_CONFIG = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_eval_cli_smoke(tmp_path):
     config = tmp_path / "cfg.py"
     config.write_text(TINY_EVAL_CONFIG)
@@ -316,6 +321,7 @@ def test_names_documents_have_stage0_episode_sizes_and_one_name_per_shape():
 
 
 # ---------------------------------------------------------------------------------------------------- diagnostics
+@pytest.mark.slow
 def test_names_image_reliance_is_blind_with_closed_gates(tmp_path):
     """With every gate at 0 the model cannot see the query image: own and other image score exactly the same; open
     gates make the logits depend on the image."""
@@ -329,6 +335,7 @@ def test_names_image_reliance_is_blind_with_closed_gates(tmp_path):
     assert set(opened) == {"own_image", "other_image"} and all(0 <= v <= 100 for v in opened.values())
 
 
+@pytest.mark.slow
 def test_names_image_as_key_and_where_the_image_is_read(tmp_path):
     """`names_image_as_key` (stage 0's text episodes with an <image> as the query's key) and the reproduction's
     `image_reliance_losses` (own / other / zero images, and own images seen only at the <image> tokens or everywhere
@@ -376,6 +383,7 @@ def test_lm_key_binding_scores_the_first_name_token():
     assert fl_eval.lm_key_binding(Shifted(), {}, tok, num_episodes=16) == {"true_key": 0.0, "wrong_key": 0.0}
 
 
+@pytest.mark.slow
 def test_lm_key_interpolation_at_full_key_is_the_binding_check():
     """At scale 1 the interpolated keys are the keys themselves: the accuracy is lm_key_binding's true-key one, and
     the nll is that of the plain forward pass; smaller scales change the inputs at the key positions only."""
@@ -497,7 +505,6 @@ def test_stage0_caption_keys_put_what_the_image_shows_where_image_will_stand():
 def test_keyed_recipe_configs_chain_as_documented():
     """The keyed recipe's configs: names-only stage 0, its continuation on the mix with caption keys, and the
     Flamingo stage with text-keyed names documents (README, "The keyed recipe")."""
-    import importlib
 
     from flamingo_jax.reproduce import config_module
 

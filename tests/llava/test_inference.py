@@ -25,6 +25,7 @@ def images():
     return [src[i]["image"] for i in range(3)]
 
 
+@pytest.mark.slow
 def test_batched_generation_equals_one_by_one(tiny, images):
     from llava_jax import generate_batch
 
@@ -65,6 +66,7 @@ def test_greedy_equals_transformers_generate(save_hf, real_images):
     np.testing.assert_array_equal(np.asarray(out["tokens"]), ref[:, ids.shape[1]:].numpy())
 
 
+@pytest.mark.slow
 def test_chat_cli_one_shot_and_interactive(tiny, images, tmp_path, monkeypatch, capsys):
     from common.data.image_ops import encode_png
     from llava_jax import chat, generate_batch

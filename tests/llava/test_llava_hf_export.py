@@ -51,6 +51,7 @@ def lora_workdir(tmp_path_factory):
     return workdir, task, lora.merge_in_tree(params, task.lora_config), base
 
 
+@pytest.mark.slow
 def test_lora_workdir_exports_an_hf_checkpoint(lora_workdir, tmp_path, real_images, capsys):
     from common.data.image_ops import encode_png
     from llava_jax import chat

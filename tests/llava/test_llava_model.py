@@ -55,6 +55,7 @@ def test_mixed_image_counts_equal_per_sample_results(model):
         np.testing.assert_allclose(alone[0][valid], batch[b][valid], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sharded_on_2x2x2_mesh_equals_single_device(model):
     module, boxed, params = model
     rng = np.random.RandomState(1)

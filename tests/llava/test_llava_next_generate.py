@@ -36,6 +36,7 @@ def _requests(real_images):
             ([], text(7))]
 
 
+@pytest.mark.slow
 def test_next_batched_equals_one_by_one_and_transformers(next_model, real_images):
     hf, module, params = next_model
     requests = _requests(real_images)

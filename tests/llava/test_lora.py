@@ -57,6 +57,7 @@ def test_merged_kernel_equals_the_adapter_path(lm, name, n_in):
         np.testing.assert_allclose(np.tensordot(x, wm[layer], axes=n_in), base + adapter, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_only_and_exports_a_plain_checkpoint(tmp_path):
     from common import optimizer
     from common.trainer import TrainState, make_train_step

@@ -92,6 +92,7 @@ def test_llava_next_matches_transformers(save_hf, real_images):
     np.testing.assert_array_equal(again, out)
 
 
+@pytest.mark.slow
 def test_original_release_layout_gives_the_same_params(save_hf, tmp_path, real_images):
     """liuhaotian-style LM dir (config with mm_* fields) + stage-1 mm_projector.bin + a CLIP tower dir."""
     from safetensors.torch import save_file

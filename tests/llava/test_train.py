@@ -9,6 +9,8 @@ import pytest
 
 from tiny_llava import load_config, micro
 
+pytestmark = pytest.mark.slow  # trainings
+
 
 @pytest.fixture(scope="module")
 def stage1_run(tmp_path_factory):

@@ -5,6 +5,9 @@ import subprocess
 
 import numpy as np
 from train_test_utils import read_metrics, run_command, step_losses, subprocess_env, tiny_flags, train_command
+import pytest
+
+pytestmark = pytest.mark.slow  # multi-process
 
 MESH_FLAGS = ("--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
 

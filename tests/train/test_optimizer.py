@@ -45,6 +45,7 @@ def test_labels_first_full_match_wins():
         "vision"]["proj"]["kernel"] == "default"
 
 
+@pytest.mark.slow
 def test_frozen_parameters_have_no_state_and_no_update():
     params = _params()
     opt = optimizer_lib.make_optimizer({"lr": 0.1, "schedule": "constant", "weight_decay": 0.1, "clip_norm": 1.0,

@@ -10,6 +10,8 @@ from train_test_utils import read_metrics, run_command, subprocess_env, tiny_fla
 
 from common.checkpoints import Checkpointer, PreemptionWatcher
 
+pytestmark = pytest.mark.slow  # trainings in subprocesses
+
 
 def _wait_for_rows(workdir, process, count, timeout=180):
     path = os.path.join(workdir, "metrics.jsonl")

@@ -33,6 +33,7 @@ def _assert_losses_close(losses, reference_losses, steps, rtol=1e-5):
     np.testing.assert_allclose([losses[s] for s in steps], [reference_losses[s] for s in steps], rtol=rtol)
 
 
+@pytest.mark.slow
 def test_mesh_1x1x1_equals_2x2x2(reference, tmp_path):
     reference_losses, _ = reference
     result, _ = run_trainer(tiny_test_config(mesh=dict(data=1, fsdp=1, tensor=1)), tmp_path)
@@ -40,12 +41,14 @@ def test_mesh_1x1x1_equals_2x2x2(reference, tmp_path):
     assert reference_losses[6] < reference_losses[1]  # it learns
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch(reference, tmp_path):
     reference_losses, _ = reference
     result, _ = run_trainer(tiny_test_config(mesh=MESH_222, grad_accum_steps=2), tmp_path)
     _assert_losses_close(step_losses(result.metrics), reference_losses, range(1, 7))
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_is_exact(reference, tmp_path):
     reference_losses, reference_state = reference
     config = tiny_test_config(mesh=MESH_222, checkpoint_every=2)
@@ -60,6 +63,7 @@ def test_interrupted_and_resumed_run_is_exact(reference, tmp_path):
     assert Checkpointer(os.path.join(tmp_path, "checkpoints")).all_steps() == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_restore_onto_a_different_mesh(reference, tmp_path):
     reference_losses, _ = reference
     first, _ = run_trainer(tiny_test_config(mesh=dict(data=8, fsdp=1, tensor=1), checkpoint_every=3), tmp_path,
@@ -72,6 +76,7 @@ def test_restore_onto_a_different_mesh(reference, tmp_path):
     assert dict(kernel.sharding.mesh.shape) == MESH_222
 
 
+@pytest.mark.slow
 def test_frozen_parameters_are_bit_identical_and_carry_no_optimizer_state(tmp_path):
     require_devices(2)
     config = tiny_test_config(total_steps=3, mesh=dict(data=2, fsdp=1, tensor=1))
@@ -95,6 +100,7 @@ def test_frozen_parameters_are_bit_identical_and_carry_no_optimizer_state(tmp_pa
     assert optimizer_lib.state_size(trainer.state.opt_state) == 2 * trainable
 
 
+@pytest.mark.slow
 def test_update_params_runs_after_each_update_with_the_batches(tmp_path):
     """Task.update_params (state not learnt by gradient, e.g. VQ dead-code restarts) sees the step's batches and
     changes even frozen parameters: +1 per step on the frozen embedding."""
@@ -153,6 +159,7 @@ def _poisoned_task(config, poisoned):
                 flops_per_example=task.flops_per_example)
 
 
+@pytest.mark.slow
 def test_nonfinite_steps_are_skipped_counted_and_logged(tmp_path):
     require_devices(2)
     config = tiny_test_config(total_steps=4, mesh=dict(data=2, fsdp=1, tensor=1), checkpoint_every=1,
@@ -176,6 +183,7 @@ def test_nonfinite_steps_are_skipped_counted_and_logged(tmp_path):
     np.testing.assert_allclose(rows[4]["lr"], trainer.opt.schedule(1), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_too_many_nonfinite_steps_in_a_row_stop_the_run(tmp_path):
     require_devices(2)
     config = tiny_test_config(mesh=dict(data=2, fsdp=1, tensor=1), max_nonfinite_in_a_row=3, checkpoint_every=1)
@@ -210,6 +218,7 @@ def _two_dataset_task(config):
                 dataset_weights={"captions": 1.0, "interleaved": 0.5}, flops_per_example=task.flops_per_example)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["accumulate", "round_robin"])
 def test_multi_dataset_accumulation_and_round_robin(tmp_path, mode):
     config = tiny_test_config(total_steps=4, multi_dataset_mode=mode, mesh=dict(data=1, fsdp=1, tensor=1),
@@ -238,6 +247,7 @@ def test_multi_dataset_accumulation_and_round_robin(tmp_path, mode):
 # ------------------------------------------------------------------------------------------------ logs, eval
 
 
+@pytest.mark.slow
 def test_metrics_tensorboard_config_and_eval(tmp_path):
     config = tiny_test_config(total_steps=4, log_every=2, eval_every=2, peak_flops=1e9,
                               mesh=dict(data=1, fsdp=1, tensor=1))

@@ -4,6 +4,9 @@ import importlib.util
 import json
 import os
 import sys
+import pytest
+
+pytestmark = pytest.mark.slow  # a bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

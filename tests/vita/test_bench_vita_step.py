@@ -2,6 +2,9 @@
 stage-2.2 step's model FLOPs from the jaxpr and an MFU in (0, 1], prefill and decode rates of a spoken query."""
 import importlib.util
 import os
+import pytest
+
+pytestmark = pytest.mark.slow  # a bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -49,6 +49,7 @@ def test_release_model_json_is_the_default_config():
         codec_lib.CodecConfig.from_json({**RELEASE_MODEL_JSON, "n_code_groups": 2})
 
 
+@pytest.mark.slow
 def test_release_size_generator_matches_reference():
     """VITA-1.5's generator at its real size: codes + the release's voice -> 24 kHz waveform."""
     cfg = codec_lib.CodecConfig()
@@ -69,6 +70,7 @@ def test_release_size_generator_matches_reference():
     assert float(np.std(want)) > 1e-2  # a real signal, not a saturated or silent one
 
 
+@pytest.mark.slow
 def test_encoder_codes_and_decoder_match_reference():
     (gen, enc, quant), params = reference(TINY)
     codec = codec_lib.Codec(TINY)
@@ -88,6 +90,7 @@ def test_encoder_codes_and_decoder_match_reference():
     np.testing.assert_allclose(np.asarray(got), want_wav, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_training_forward_is_straight_through():
     cfg = FAST
     codec = codec_lib.Codec(cfg)
@@ -106,6 +109,7 @@ def test_training_forward_is_straight_through():
     assert float(jnp.abs(grads["encoder"]["global_encoder"]["fn_2"]["running_mean"]).sum()) == 0
 
 
+@pytest.mark.slow
 def test_save_and_load_the_release_layout(tmp_path):
     _, params = reference(TINY, seed=3)
     codec_lib.save_original(str(tmp_path / "codec"), params, TINY)
@@ -115,6 +119,7 @@ def test_save_and_load_the_release_layout(tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, loaded)
 
 
+@pytest.mark.slow
 def test_bad_input_is_named():
     codec = codec_lib.Codec(FAST)
     params = codec_lib.init_params(FAST, jax.random.key(0))

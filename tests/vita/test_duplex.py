@@ -10,15 +10,15 @@ import pytest
 
 pytest.importorskip("webrtcvad")
 
-from common.data.speech import load_word_bank  # noqa: E402
-from test_codec import FAST  # noqa: E402
-from vita_jax import codec as codec_lib  # noqa: E402
-from vita_jax import data as data_lib  # noqa: E402
-from vita_jax import duplex, tts  # noqa: E402
-from vita_jax import speech_decoder as sd  # noqa: E402
-from vita_jax.task import vita_config_from  # noqa: E402
-from vita_jax.model import Vita  # noqa: E402
-from configs.vita import tiny_base  # noqa: E402
+from common.data.speech import load_word_bank
+from test_codec import FAST
+from vita_jax import codec as codec_lib
+from vita_jax import data as data_lib
+from vita_jax import duplex, tts
+from vita_jax import speech_decoder as sd
+from vita_jax.task import vita_config_from
+from vita_jax.model import Vita
+from configs.vita import tiny_base
 
 
 def silence(seconds):
@@ -66,6 +66,7 @@ def feed_until(engine, kind, answer, limit=120.0):
     raise AssertionError(f"no {kind} event for answer {answer} within {limit} s: {[e.kind for e in events]}")
 
 
+@pytest.mark.slow
 def test_voice_activity_cuts_utterances(parts):
     *_, q1, q2 = parts
     vad = duplex.VoiceActivity()
@@ -77,6 +78,7 @@ def test_voice_activity_cuts_utterances(parts):
         vad.feed(np.zeros(100))
 
 
+@pytest.mark.slow
 def test_answer_is_spoken_and_a_new_utterance_interrupts_it(parts):
     tok, model, speaker, q1, q2 = parts
     engine = duplex.DuplexEngine(model, None, tok, speaker)

@@ -15,9 +15,10 @@ import pytest
 import soundfile as sf
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+pytestmark = [pytest.mark.slow,  # the browser
+              pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")]
 
-from test_duplex import ScriptedStreamer, parts, silence  # noqa: E402,F401,F811  (parts: the shared fixture)
+from test_duplex import ScriptedStreamer, parts, silence  # noqa: E402, F401  (parts: the shared fixture)
 from vita_jax import duplex, serve  # noqa: E402
 
 

@@ -43,6 +43,7 @@ def test_teacher_forced_logits_match_reference_on_a_padded_batch(c):
         np.testing.assert_allclose(np.asarray(got[i, :code_lens[i] + 1]), want[0].numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_greedy_decoding_through_the_cache_matches_reference():
     c = CONFIGS[0]
     ref, model, params = build(c, seed=1)

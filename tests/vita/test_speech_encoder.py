@@ -58,6 +58,7 @@ def convert(model: ref.AudioEncoder, config: SpeechEncoderConfig, llm_dim: int):
     return module, params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_speech_encoder_and_adapter_match_reference(name):
     spec = CONFIGS[name]
@@ -95,6 +96,7 @@ def test_chunk_mask_is_wenet_subsequent_chunk_mask():
         np.testing.assert_array_equal(np.asarray(chunk_attention_mask(size, chunk, left)), want)
 
 
+@pytest.mark.slow
 def test_dynamic_chunks_train_and_evaluate_full():
     config = SpeechEncoderConfig(hidden_size=32, num_heads=2, intermediate_size=64, num_layers=1,
                                  chunk_mode="dynamic", dropout_rate=0.0, positional_dropout_rate=0.0)
@@ -110,6 +112,7 @@ def test_dynamic_chunks_train_and_evaluate_full():
     assert any(float(jnp.abs(o - reference).max()) > 1e-3 for o in outs)  # some calls drew a chunked mask
 
 
+@pytest.mark.slow
 def test_cmvn_is_never_trained():
     config = SpeechEncoderConfig(hidden_size=32, num_heads=2, intermediate_size=64, num_layers=1)
     feats, lengths = speech_batch()

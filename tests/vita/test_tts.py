@@ -56,6 +56,7 @@ def tiny_codec():
     return codec_lib.Codec(TINY), codec_lib.init_params(TINY, jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_chunk_windows(tiny_codec):
     codec, params = tiny_codec
     cfg = tts.StreamConfig(first_threshold=1.0, threshold=1.0)  # always split: packets leave as soon as decoded
@@ -79,6 +80,7 @@ def test_chunk_windows(tiny_codec):
     np.testing.assert_allclose(first, full[:len(first)], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_speaker_streams_and_stops(tiny_codec):
     codec, codec_params = tiny_codec
     cfg = sd.SpeechDecoderConfig(idim=16, num_codes=TINY.n_codes, hidden_size=16, intermediate_size=32,

@@ -43,6 +43,7 @@ def test_chat_prompt_is_the_release_format():
     assert "you are seeing the video, not the image." in video
 
 
+@pytest.mark.slow
 def test_state_tokens_and_answer_only_loss(qwen, qwen_dir):
     conv = [{"from": "human", "value": "<image>\n<audio>\n"}, {"from": "gpt", "value": "A red circle."},
             {"from": "human", "value": "And the colour?"}, {"from": "gpt", "value": "Red."},
@@ -74,6 +75,7 @@ def test_state_decisions_are_precision_and_recall_of_silence():
     assert res["query_answered"] == pytest.approx(200 / 3)  # of the three real queries, one was met with silence
 
 
+@pytest.mark.slow
 def test_batched_generation_equals_one_at_a_time(qwen):
     config = tiny(vocab_size=padded_vocab_size(qwen))
     model = Vita(config)
@@ -95,6 +97,7 @@ def test_batched_generation_equals_one_at_a_time(qwen):
     assert isinstance(text[0], str)
 
 
+@pytest.mark.slow
 def test_chat_cli_on_a_release_folder(qwen, qwen_dir, tmp_path, capsys):
     """`python -m vita_jax.chat` end to end: a release folder (random tiny weights, the real Qwen2 tokenizer files),
     a real image file and a spoken question recorded to a 24 kHz wav (resampled to 16 kHz on the way in)."""

@@ -72,6 +72,7 @@ def mixed_batch(config, vocab, image_size, seed=0):
             [images[:2], images[2:3]], [[audio[0]], [audio[1], audio[2]]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_release_folder_matches_reference(name, tmp_path):
     import vita_reference
@@ -112,6 +113,7 @@ def test_published_sizes():
     assert vita_1_5().tokens_per_tile == 256
 
 
+@pytest.mark.slow
 def test_placeholder_mismatch_raises():
     config = tiny()
     module = Vita(config)
@@ -133,6 +135,7 @@ def test_placeholder_mismatch_raises():
     assert np.isnan(np.asarray(out)).all()
 
 
+@pytest.mark.slow
 def test_video_frames_are_tiles():
     config = tiny()
     module = Vita(config)
@@ -144,6 +147,7 @@ def test_video_frames_are_tiles():
     np.testing.assert_allclose(video, tiles, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices")
 def test_sharded_forward_and_gradients_equal_single_device():
     config = tiny()

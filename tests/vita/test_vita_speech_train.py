@@ -7,11 +7,13 @@ import pytest
 
 pytest.importorskip("torch")  # the release layout's final.pt
 
-from common.trainer import Trainer  # noqa: E402
-from configs.vita import tiny_stage3_1, tiny_stage3_2  # noqa: E402
-from vita_jax import codec as codec_lib  # noqa: E402
-from vita_jax import codec_train, speech_train  # noqa: E402
-from vita_jax.train import make_task_for  # noqa: E402
+from common.trainer import Trainer
+from configs.vita import tiny_stage3_1, tiny_stage3_2
+from vita_jax import codec as codec_lib
+from vita_jax import codec_train, speech_train
+from vita_jax.train import make_task_for
+
+pytestmark = pytest.mark.slow  # trainings
 
 FAST_CODEC = dict(upsample_initial_channel=32, encoder_channels=2, n_codes=64, global_code_num=4,
                   global_feature_conv=(8, 4, 8, 3, 1), global_tokens=(0, 0, 0, 0), resblock_kernel_sizes=(3,),

@@ -13,6 +13,8 @@ from common.data.records import BadRecord
 
 from vita_jax.reproduce import load_config
 
+pytestmark = pytest.mark.slow  # trainings
+
 
 def micro(config, steps: int = 2, batch: int = 2):
     config.model.text.update(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=48)

@@ -12,6 +12,8 @@ from common.trainer import DataShard
 from llava_jax.task import make_task, model_inputs
 from tiny_llava import load_config, micro
 
+pytestmark = pytest.mark.slow  # builds and runs the LLaVA task
+
 
 @pytest.fixture(scope="module")
 def packed_task():
