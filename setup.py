@@ -59,6 +59,7 @@ setup(
             "ipykernel>=6.29",
             "pytest>=8",
             "pytest-xdist>=3.5",
+            "ruff>=0.17,<0.18",  # the linter the test command runs first (ruff.toml)
             "jax[tpu]>=0.10,<0.11",  # libtpu: the ahead-of-time TPU compilation tests run on the CPU
         ],
     },

@@ -309,7 +309,8 @@ class DecoderStack(nn.Module):
         return x, new_cache
 
 
-def layer_param_location(config: LMConfig, layer: int, block_every: int | None = None) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def layer_param_location(config: LMConfig, layer: int,
+                         block_every: int | None = None) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """(path prefix under `decoder`, index) of decoder layer `layer`'s parameters in this module's tree,
     for every layout: scanned `layers` [L, ...], unrolled `layers_i`, grouped `groups/layer_j` [G, ...] (or
     `groups_g/layer_j`), and the grouped layout's plain `tail/layer_j` when L is not a multiple of block_every."""
@@ -398,7 +399,8 @@ class DecoderLM(nn.Module):
 
         if cache is None:
             if length > cfg.max_position_embeddings:
-                raise ValueError(f"sequence length {length} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+                raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
+                                 f"{cfg.max_position_embeddings}")
             start = jnp.zeros((), jnp.int32)
             key_valid = attention_mask  # [B, S=T]
             cache_kv = None

@@ -525,9 +525,9 @@ class Trainer:
         if latest is not None:
             state, data_state = self.checkpointer.restore(latest, self.abstract_state)
             if set(data_state) != set(iterators):
-                raise ValueError(f"cannot resume step {latest} in {self.checkpointer.directory}: its checkpoint holds the "
-                                 f"data positions of datasets {sorted(data_state)}, the config has {sorted(iterators)}; "
-                                 "use a new workdir for another dataset mix")
+                raise ValueError(f"cannot resume step {latest} in {self.checkpointer.directory}: its checkpoint "
+                                 f"holds the data positions of datasets {sorted(data_state)}, the config has "
+                                 f"{sorted(iterators)}; use a new workdir for another dataset mix")
             for name, it in iterators.items():
                 it.set_state(data_state[name])
         else:

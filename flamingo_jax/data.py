@@ -80,7 +80,8 @@ def flamingo_caption_prompt(demos: Sequence[str]) -> str:
 class FlamingoCaptionTransform:
     """{image, caption} -> images [1, S, S, 3] + tokens of `<image>{caption}<|endofchunk|>{eos}`."""
 
-    def __init__(self, tokenizer, max_len: int = 32, image_size: int = 224, over_length: str = "truncate", convert_image_modes: bool = False):
+    def __init__(self, tokenizer, max_len: int = 32, image_size: int = 224, over_length: str = "truncate",
+                 convert_image_modes: bool = False):
         self.tok, self.max_len, self.image_size, self.over_length = tokenizer, max_len, image_size, over_length
         self.convert_image_modes = convert_image_modes
 
@@ -95,8 +96,10 @@ class FlamingoInterleavedTransform:
     """{images, texts[, image_slots]} -> images [N, S, S, 3] + `<image>{text}<|endofchunk|>` chunks (at most max_images
     images; image_slots[i] False: text i has no image, see `flamingo_interleaved`)."""
 
-    def __init__(self, tokenizer, max_len: int = 256, image_size: int = 224, max_images: int = 6, over_length: str = "skip", convert_image_modes: bool = False):
-        self.tok, self.max_len, self.image_size, self.max_images, self.over_length = tokenizer, max_len, image_size, max_images, over_length
+    def __init__(self, tokenizer, max_len: int = 256, image_size: int = 224, max_images: int = 6,
+                 over_length: str = "skip", convert_image_modes: bool = False):
+        self.tok, self.max_len, self.image_size = tokenizer, max_len, image_size
+        self.max_images, self.over_length = max_images, over_length
         self.convert_image_modes = convert_image_modes
 
     def __call__(self, r: dict) -> dict:

@@ -24,7 +24,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from common.layers import MLP, MultiHeadAttention, dot_product_attention, dtype_of, make_norm
+from common.layers import (MLP, MultiHeadAttention, dot_product_attention, dtype_of, make_norm,
+                           positions_within_segments)
 from common.sharding import constrain, with_partitioning
 
 
@@ -75,20 +76,44 @@ class MediaInputs:
     media: [B, N, R, Dv] resampled visual tokens of the N media of each sample.
     text_time: [B, T] int32, per new token the 1-based index of the latest <image> at or before it (0 = none);
       see `text_time_from_ids` (with a KV cache, it continues from the <image> count already in the cache).
+    segment_ids [B, T], media_segment_ids [B, N] (packed rows, both or neither): a token sees only the media of its
+      own segment (sample).
     """
 
     media: jax.Array
     text_time: jax.Array
+    segment_ids: jax.Array | None = None
+    media_segment_ids: jax.Array | None = None
 
 
-def text_time_from_ids(input_ids: jax.Array, image_token_id: int, media_seen: jax.Array | None = None) -> jax.Array:
+def text_time_from_ids(input_ids: jax.Array, image_token_id: int, media_seen: jax.Array | None = None,
+                       segment_ids: jax.Array | None = None) -> jax.Array:
     """text_time [B, T] = media_seen[:, None] + cumsum(input_ids == <image>). media_seen [B] is the number of
     <image> tokens before `input_ids` (already in the KV cache): new tokens without an <image> attend to the last
-    image seen, as OpenFlamingo's `use_cached_media`."""
-    text_time = jnp.cumsum(input_ids == image_token_id, axis=-1, dtype=jnp.int32)
+    image seen, as OpenFlamingo's `use_cached_media`. With segment_ids [B, T] (packed rows; the media of a row
+    numbered across its samples in order) a token before its own sample's first <image> gets 0, not the previous
+    sample's last image."""
+    is_image = input_ids == image_token_id
+    text_time = jnp.cumsum(is_image, axis=-1, dtype=jnp.int32)
+    if segment_ids is not None:
+        if media_seen is not None:
+            raise ValueError("media_seen (a KV cache) and segment_ids (packed rows) do not go together")
+        first = jnp.arange(input_ids.shape[-1]) - positions_within_segments(segment_ids)  # [B, T] segment start
+        before = jnp.take_along_axis(text_time - is_image, first, axis=-1)  # <image>s of earlier samples
+        return jnp.where(text_time > before, text_time, 0)
     if media_seen is not None:
         text_time = text_time + jnp.asarray(media_seen, jnp.int32).reshape(-1, 1)
     return text_time
+
+
+def media_segments_from_ids(input_ids: jax.Array, image_token_id: int, segment_ids: jax.Array,
+                            num_media: int) -> jax.Array:
+    """[B, N] segment of each medium of a packed row: the segment of its <image> token (0 for unused slots)."""
+    is_image = input_ids == image_token_id
+    slot = jnp.where(is_image, jnp.cumsum(is_image, axis=-1) - 1, num_media)  # [B, T]; num_media = dropped
+    rows = jnp.arange(input_ids.shape[0])[:, None]
+    return jnp.zeros((input_ids.shape[0], num_media), jnp.int32).at[rows, slot].set(
+        segment_ids.astype(jnp.int32), mode="drop")
 
 
 def media_mask(text_time: jax.Array, num_media: int, only_attend_immediate_media: bool = True) -> jax.Array:
@@ -132,6 +157,11 @@ class GatedCrossAttentionBlock(nn.Module):
             q = make_norm("rms", cfg.norm_eps, False, dtype, param_dtype, "q_norm")(q)
             k = make_norm("rms", cfg.norm_eps, False, dtype, param_dtype, "k_norm")(k)
         visible = media_mask(text_time, n, cfg.only_attend_immediate_media)  # [B, T, N]
+        if inputs.segment_ids is not None:  # packed rows: only the media of the token's own sample
+            if cfg.openflamingo_zeroing and not cfg.only_attend_immediate_media:
+                raise ValueError("packed rows need a token that sees no medium to see nothing: "
+                                 "openflamingo_zeroing with only_attend_immediate_media=False averages all media")
+            visible &= inputs.media_segment_ids[:, None, :] == inputs.segment_ids[:, :, None]
         key_mask = jnp.repeat(visible, r, axis=-1)[:, None]  # [B, 1, T, N*R]
         out = dot_product_attention(q, k, v, mask=key_mask)  # [B, T, H, Dh]
         if cfg.openflamingo_zeroing:

@@ -27,7 +27,7 @@ from common.sharding import constrain
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 from common.vision import build_vision_tower
 from flamingo_jax.gated_cross_attention import (GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs,
-                                                text_time_from_ids)
+                                                media_segments_from_ids, text_time_from_ids)
 from flamingo_jax.perceiver_resampler import PerceiverResampler, ResamplerConfig
 
 VISION_FEATURES = ("post_norm_patches", "last_hidden_state", "patches", "feature_map")
@@ -147,6 +147,7 @@ class Flamingo(nn.Module):
                  attention_mask: jax.Array | None = None, *, vision_features: jax.Array | None = None,
                  media: jax.Array | None = None, position_ids: jax.Array | None = None, cache: KVCache | None = None,
                  media_seen: jax.Array | None = None, text_time: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None, image_segment_ids: jax.Array | None = None,
                  return_hidden: bool = False):
         """Float32 logits [B, L, V] (with `cache`: (logits, new cache)).
 
@@ -155,6 +156,10 @@ class Flamingo(nn.Module):
         e.g. cached across generation steps); none = text only (no token sees an image; the dense branch of
         every block still applies, as in OpenFlamingo). media_seen [B]: <image> tokens already in `cache`.
         text_time [B, L] overrides the per-token image index computed from the <image> tokens.
+        Packed rows (several samples per row, `common.data.packing`): segment_ids [B, L] (0 = padding) keep every
+        sample's attention and positions to itself and restart text_time per sample, the row's media numbered across
+        its samples in order; image_segment_ids [B, N] name each medium's sample (default: read from where the
+        <image> tokens stand), and a token cross-attends only to media of its own sample.
         """
         cfg = self.config
         given = [x is not None for x in (pixel_values, vision_features, media)]
@@ -175,14 +180,19 @@ class Flamingo(nn.Module):
             raise ValueError(f"media must be [B={input_ids.shape[0]}, N, R, Dv={cfg.media_width}], got shape "
                              f"{tuple(media.shape)}")
         if text_time is None:
-            text_time = text_time_from_ids(input_ids, cfg.image_token_id, media_seen)
-            _check_media_count(text_time, media.shape[1])
+            _check_media_count(text_time_from_ids(input_ids, cfg.image_token_id, media_seen), media.shape[1])
+            text_time = text_time_from_ids(input_ids, cfg.image_token_id, media_seen, segment_ids)
         elif text_time.shape != input_ids.shape:
             raise ValueError(f"text_time must be [B, L] = {tuple(input_ids.shape)}, got {tuple(text_time.shape)}")
         media = constrain(media, ("act_batch", None, "act_media", "act_embed"))
-        inputs = MediaInputs(media=media, text_time=text_time.astype(jnp.int32))
-        return self.lm(input_ids, attention_mask, position_ids=position_ids, cache=cache, block_inputs=inputs,
-                       return_hidden=return_hidden)
+        media_segment_ids = None
+        if segment_ids is not None:
+            media_segment_ids = (media_segments_from_ids(input_ids, cfg.image_token_id, segment_ids, media.shape[1])
+                                 if image_segment_ids is None else jnp.asarray(image_segment_ids, jnp.int32))
+        inputs = MediaInputs(media=media, text_time=text_time.astype(jnp.int32), segment_ids=segment_ids,
+                             media_segment_ids=media_segment_ids)
+        return self.lm(input_ids, attention_mask, position_ids=position_ids, segment_ids=segment_ids, cache=cache,
+                       block_inputs=inputs, return_hidden=return_hidden)
 
 
 class FlamingoForGeneration(Flamingo):
@@ -245,8 +255,8 @@ def param_groups(train_embeddings: bool | str = "new_tokens") -> list[tuple[str,
     <image> and <|endofchunk|> rows, and IDEFICS' decoupled additional embedding: those rows alone train, by name,
     resolved through the task's tokenizer), 'all' (True) or 'frozen' (False)."""
     mode = _embeddings_mode(train_embeddings)
-    groups: list[tuple[str, dict | None]] = [(BLOCK_NO_DECAY_PATTERN, {"wd_mult": 0.0}), (BLOCK_PATTERN, {"wd_mult": 1.0}),
-                                             (RESAMPLER_PATTERN, {"wd_mult": 0.0})]
+    groups: list[tuple[str, dict | None]] = [(BLOCK_NO_DECAY_PATTERN, {"wd_mult": 0.0}),
+                                             (BLOCK_PATTERN, {"wd_mult": 1.0}), (RESAMPLER_PATTERN, {"wd_mult": 0.0})]
     if mode == "all":
         groups.append((EMBED_PATTERN, {"wd_mult": 0.0}))
     elif mode == "new_tokens":

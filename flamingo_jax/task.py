@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
+from common.data.packing import packed_batch_spec, packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate, collated_batch_spec, task_iterator
 from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
 from common.lm_task import next_token_loss
@@ -266,19 +267,29 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         if stage == "contrastive":  # one image per pair: images [B, 1, H, W, C]
             image, text, scale = model.apply({"params": params}, batch["images"][:, 0], ids, batch["attention_mask"])
             return contrastive_loss(image, text, scale, valid=batch["attention_mask"].any(axis=1))
+        packed = packed_model_inputs(batch)  # packed rows: attention, positions and media stay per sample
         if stage == "lm" or "images" not in batch:
+            packed.pop("image_segment_ids", None)
             if stage == "lm":
-                logits = model.apply({"params": params}, ids, batch["attention_mask"])
+                logits = model.apply({"params": params}, ids, batch["attention_mask"], **packed)
             else:
-                logits = model.apply({"params": params}, ids, attention_mask=batch["attention_mask"])
+                logits = model.apply({"params": params}, ids, attention_mask=batch["attention_mask"], **packed)
         else:
             logits = model.apply({"params": params}, ids, pixel_values=batch["images"],
-                                 attention_mask=batch["attention_mask"])
+                                 attention_mask=batch["attention_mask"], **packed)
         return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
 
     def collate_for(spec):
         return Collate(int(spec["max_len"]), pad_id, max_images=spec.get("max_images", 1) if
                        "text" not in spec["source"] else None)
+
+    def packing_for(spec):
+        """`pack: true` (stages flamingo / lm): several samples per row; image slots per row default to twice a
+        sample's max_images."""
+        if stage == "contrastive":
+            return None
+        images = None if "text" in spec["source"] else 2 * int(spec.get("max_images", 1))
+        return packing_from_config(spec, dcfg, pad_id, images)
 
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
         spec = {"raw_image_size": image_size, "convert_image_modes": bool(dcfg.get("convert_image_modes", False)),
@@ -289,7 +300,8 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
         collate = collate_for(spec)
         return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
-                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=None)
+                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=None,
+                             packing=packing_for(spec))
 
     def make_train_data(shard: DataShard):
         return {name: iterator(name, spec, shard, "train", True) for name, spec in datasets.items()}
@@ -325,10 +337,15 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
 
     def batch_spec():
         image = (image_size, image_size, 3)
-        return {name: collated_batch_spec(
-            collate_for(spec), int(spec.get("batch_size") or config.batch_size),
-            images=None if "text" in spec["source"] else (int(spec.get("max_images", 1)),) + image)
-            for name, spec in datasets.items()}
+
+        def one(spec):
+            batch, packing = int(spec.get("batch_size") or config.batch_size), packing_for(spec)
+            if packing is not None:
+                return packed_batch_spec(packing, batch, None if packing.max_images is None else image)
+            return collated_batch_spec(collate_for(spec), batch, images=None if "text" in spec["source"] else
+                                       (int(spec.get("max_images", 1)),) + image)
+
+        return {name: one(spec) for name, spec in datasets.items()}
 
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},

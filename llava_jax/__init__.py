@@ -4,7 +4,8 @@ common.lm decoder. Modules: model (Llava, LlavaConfig), projector, anyres, hf (l
 conversation (templates + answer-only loss masks), configs (published model sizes), data + task + train (two-stage
 training, LoRA), inference (generate_batch), chat (CLI), eval (VQA / multiple choice), checkpoint (load / export to HF),
 reproduce (the miniature reproduction)."""
-from llava_jax.model import Llava, LlavaConfig, example_inputs, frozen_patterns, init_params, param_count, trainable_patterns
+from llava_jax.model import (Llava, LlavaConfig, example_inputs, frozen_patterns, init_params, param_count,
+                             trainable_patterns)
 
 
 def load_hf(path, dtype=None, mesh=None):

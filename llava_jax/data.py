@@ -239,7 +239,8 @@ def strip_images(conversations) -> list[dict]:
             for t in turns]
 
 
-def preprocess_image(image, image_size: int, pad_to_square: bool = True, convert_image_modes: bool = True) -> np.ndarray:
+def preprocess_image(image, image_size: int, pad_to_square: bool = True,
+                     convert_image_modes: bool = True) -> np.ndarray:
     """LLaVA-1.5 image_aspect_ratio=pad: expand to square with the mean colour, then CLIP preprocessing.
 
     For inference a greyscale / RGBA / CMYK / 16-bit / palette image is converted to RGB (the default here);

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 
 from common import lora as lora_lib
-from common.data.packing import PackingSpec, packed_batch_spec
+from common.data.packing import packed_batch_spec, packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate, collated_batch_spec, task_iterator
 from common.lm import LMConfig, matmul_flops_per_token
 from common.lm_task import next_token_loss
@@ -125,10 +125,7 @@ def model_inputs(batch) -> dict:
     kwargs = {"attention_mask": batch["attention_mask"]}
     if "images" in batch:
         kwargs.update(pixel_values=batch["images"], image_mask=batch["image_mask"])
-    if "segment_ids" in batch:  # packed rows: attention, positions and images stay within each sample
-        kwargs.update(segment_ids=batch["segment_ids"], position_ids=batch["positions"])
-        if "image_segment_ids" in batch:
-            kwargs["image_segment_ids"] = batch["image_segment_ids"]
+    kwargs.update(packed_model_inputs(batch))  # packed rows: attention, positions and images stay per sample
     return kwargs
 
 
@@ -167,17 +164,12 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     def collate_for(spec):
         return Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_images", 1)))
 
-    def packing_for(spec) -> PackingSpec | None:
-        """`pack: true` (data-wide or per dataset): several samples per row of max_len, max_images per row
-        (default: as many whole images as the row's tokens can hold)."""
-        if not spec.get("pack", _plain(config.data).get("pack", False)):
-            return None
-        max_len = int(spec["max_len"])
+    def packing_for(spec):
+        """`pack: true` (data-wide or per dataset): several samples per row of max_len, image slots per row by
+        default as many as whole images the row's tokens can hold."""
         text_only = spec.get("text_only", _plain(config.data).get("text_only", False))
-        max_images = None if text_only else int(spec.get("max_images_per_row")
-                                                or max(1, max_len // (cfg.tokens_per_crop + 1)))
-        return PackingSpec(max_len, max_images, num_bins=spec.get("pack_bins"), pad_id=pad_id,
-                           algorithm=spec.get("pack_algorithm", "best_fit"))
+        images = None if text_only else max(1, int(spec["max_len"]) // (cfg.tokens_per_crop + 1))
+        return packing_from_config(spec, _plain(config.data), pad_id, images)
 
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool, epochs):
         source = data_lib.make_source(spec, split)

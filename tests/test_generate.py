@@ -52,7 +52,8 @@ def test_greedy_equals_transformers_and_full_recompute(kind, save_hf):
     seq, mask = PROMPTS.copy(), MASK.copy()
     for _ in range(8):
         positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
-        logits = module.apply({"params": params}, jnp.asarray(seq), jnp.asarray(mask), position_ids=jnp.asarray(positions))
+        logits = module.apply({"params": params}, jnp.asarray(seq), jnp.asarray(mask),
+                              position_ids=jnp.asarray(positions))
         nxt = np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]
         seq, mask = np.concatenate([seq, nxt], 1), np.concatenate([mask, np.ones_like(nxt)], 1)
     np.testing.assert_array_equal(seq[:, PROMPTS.shape[1]:], ours["tokens"])
@@ -69,7 +70,8 @@ def test_token_streamer_equals_generate_and_stops_between_tokens(save_hf):
         assert list(streamer.stream(ids, mask)) == list(batch["tokens"][row])
     stop = int(batch["tokens"][1, 3])  # a stop token ends the stream before it (generate counts it in lengths)
     stopping = TokenStreamer(module, params, GenerationConfig(max_new_tokens=8, bucket=16, eos_token_ids=(stop,)))
-    assert list(stopping.stream(PROMPTS[1:], MASK[1:])) == list(batch["tokens"][1, :list(batch["tokens"][1]).index(stop)])
+    assert (list(stopping.stream(PROMPTS[1:], MASK[1:]))
+            == list(batch["tokens"][1, :list(batch["tokens"][1]).index(stop)]))
     asked = iter(range(100))
     assert len(list(streamer.stream(PROMPTS[1:], MASK[1:], should_stop=lambda: next(asked) >= 3))) == 3
     forced = [5, stop, 7] + [1] * 10  # forced tokens are yielded as given (stop tokens too), max_new_tokens at most

@@ -73,7 +73,8 @@ def test_missing_tensor(save_hf):
 def test_mismatched_and_unexpected_tensors(save_hf):
     path = save_hf(tiny_llama())
     _rewrite_tensors(path, lambda t: t.update({"model.layers.0.mlp.up_proj.weight": np.zeros((63, 32), np.float32)}))
-    with pytest.raises(CheckpointError, match="model.layers.0.mlp.up_proj.weight.*shape \\(32, 63\\).*expects \\(32, 64\\)"):
+    with pytest.raises(CheckpointError,
+                       match="model.layers.0.mlp.up_proj.weight.*shape \\(32, 63\\).*expects \\(32, 64\\)"):
         hf.load(path)
     path = save_hf(tiny_llama())
     _rewrite_tensors(path, lambda t: t.update({"model.layers.0.extra.weight": np.zeros((3,), np.float32)}))

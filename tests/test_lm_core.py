@@ -136,8 +136,9 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="not a multiple of num_kv_heads"):
         CFG.replace(num_kv_heads=3)
     with pytest.raises(ValueError, match="block_every must be in"):
-        DecoderLM(CFG, block=AddBias, block_every=CFG.num_layers + 1).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
-                                                          block_inputs={"scale": 0.0})
+        DecoderLM(CFG, block=AddBias, block_every=CFG.num_layers + 1).init(jax.random.key(0),
+                                                                           jnp.zeros((1, 4), jnp.int32),
+                                                                           block_inputs={"scale": 0.0})
 
 
 def test_inputs_embeds_equals_token_ids():
@@ -211,7 +212,8 @@ def test_dense_custom_gradient_equals_dot_general_autodiff(n_in, dtype):
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol, atol=tol * 10)
     # under jit and grad as well (the train step's path)
-    grads = jax.jit(jax.grad(lambda x, k: jnp.sum(dense(x, k, n_in).astype(jnp.float32) ** 2), argnums=(0, 1)))(x, kernel)
+    grads = jax.jit(jax.grad(lambda x, k: jnp.sum(dense(x, k, n_in).astype(jnp.float32) ** 2),
+                             argnums=(0, 1)))(x, kernel)
     ref_grads = jax.grad(lambda x, k: jnp.sum(reference(x, k).astype(jnp.float32) ** 2), argnums=(0, 1))(x, kernel)
     for got, want in zip(grads, ref_grads):
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tol * 3,

@@ -157,7 +157,8 @@ def test_clip_scan_unrolled_remat_equal(save_hf):
                                   params["encoder"]["layers"]["mlp"]["up"]["kernel"][1])
 
     # Remat (and output_hidden_states=False) gives the same values, and gradients flow through scan + remat.
-    remat = CLIPVisionTransformer(CLIPVisionConfig.from_hf(hf.checkpoint.read_config(path), remat_policy="dots_no_batch"))
+    remat = CLIPVisionTransformer(CLIPVisionConfig.from_hf(hf.checkpoint.read_config(path),
+                                                           remat_policy="dots_no_batch"))
 
     def value_and_grad(m):
         def loss(p):

@@ -13,7 +13,8 @@ import numpy as np
 from common.data.records import TOO_LONG, BadRecord
 
 
-def tokenize_segments(tokenizer, segments: Sequence[tuple[str, bool]], add_bos: bool = True, add_eos: bool = False, eos_trainable: bool = True) -> dict:
+def tokenize_segments(tokenizer, segments: Sequence[tuple[str, bool]], add_bos: bool = True, add_eos: bool = False,
+                      eos_trainable: bool = True) -> dict:
     """[(text, trainable)] -> {'input_ids': int32 [L], 'loss_mask': bool [L]}; bos is never a target."""
     ids: list[int] = []
     mask: list[bool] = []
@@ -44,7 +45,8 @@ def fit_length(example: dict, max_len: int, policy: str = "skip") -> dict:
         raise BadRecord(TOO_LONG, f"{n} tokens > {max_len}")
     if policy != "truncate":
         raise ValueError(f"unknown over-length policy {policy!r}")
-    return {k: (v[:max_len] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n else v) for k, v in example.items()}
+    return {k: (v[:max_len] if isinstance(v, np.ndarray) and v.ndim >= 1 and v.shape[0] == n else v)
+            for k, v in example.items()}
 
 
 def pad_batch(examples: Sequence[dict], max_len: int, pad_id: int, side: str = "right") -> dict:

@@ -50,6 +50,30 @@ class PackingSpec:
             raise ValueError(f"packing algorithm must be one of {PACK_ALGORITHMS}, got {self.algorithm!r}")
 
 
+def packing_from_config(spec: dict, data_config: dict, pad_id: int,
+                        default_max_images: int | None) -> PackingSpec | None:
+    """A dataset's packing from a training config: `pack: true` (data-wide, or in the dataset's spec), rows of the
+    dataset's `max_len`, `max_images_per_row` image slots (default `default_max_images`; None for text only),
+    `pack_bins` open rows (default: the batch), `pack_algorithm`. None when packing is off."""
+    if not spec.get("pack", data_config.get("pack", False)):
+        return None
+    max_images = spec.get("max_images_per_row") or default_max_images
+    return PackingSpec(int(spec["max_len"]), None if max_images is None else int(max_images),
+                       num_bins=spec.get("pack_bins"), algorithm=spec.get("pack_algorithm", "best_fit"),
+                       pad_id=int(pad_id))
+
+
+def packed_model_inputs(batch: dict) -> dict:
+    """The keyword inputs a packed batch adds to a model call (empty for a padded batch): segment_ids and
+    position_ids, and image_segment_ids when the batch has images."""
+    if "segment_ids" not in batch:
+        return {}
+    out = {"segment_ids": batch["segment_ids"], "position_ids": batch["positions"]}
+    if "image_segment_ids" in batch:
+        out["image_segment_ids"] = batch["image_segment_ids"]
+    return out
+
+
 class FitsRow:
     """Wraps a sample transform: a sample longer than a row, or with more images than a row holds, raises
     BadRecord (the pipeline skips and counts it per reason) instead of reaching the packer, which would fail."""

@@ -189,8 +189,10 @@ class DataIterator:
 class Collate:
     """Pads token fields to max_len, media to max_images / max_audio_frames (with masks)."""
 
-    def __init__(self, max_len: int, pad_id: int, max_images: int | None = None, max_audio_frames: int | None = None, side: str = "right"):
-        self.max_len, self.pad_id, self.max_images, self.max_audio_frames, self.side = max_len, pad_id, max_images, max_audio_frames, side
+    def __init__(self, max_len: int, pad_id: int, max_images: int | None = None, max_audio_frames: int | None = None,
+                 side: str = "right"):
+        self.max_len, self.pad_id, self.side = max_len, pad_id, side
+        self.max_images, self.max_audio_frames = max_images, max_audio_frames
 
     def __call__(self, examples: list[dict]) -> dict:
         media = {}
@@ -245,7 +247,8 @@ class ImageTextPairTransform:
     """{image, caption} -> images [1, S, S, 3] + tokens of `{bos}{caption}{eos}`: a dual encoder's pair
     (common.contrastive; the text side is read at its last real token)."""
 
-    def __init__(self, tokenizer, max_len: int = 32, image_size: int = 224, over_length: str = "truncate", convert_image_modes: bool = False):
+    def __init__(self, tokenizer, max_len: int = 32, image_size: int = 224, over_length: str = "truncate",
+                 convert_image_modes: bool = False):
         self.tok, self.max_len, self.image_size, self.over_length = tokenizer, max_len, image_size, over_length
         self.convert_image_modes = convert_image_modes
 

@@ -27,7 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
                         image_token_index=-200)
     # tokenizer.path: the Vicuna checkpoint dir (tokenizer.model); set on the command line.
     config.tokenizer = dict(kind="dir", path="")
-    config.data = dict(template="vicuna_v1", text_only=False, pad_to_square=True, over_length="skip", num_threads=16,
+    config.data = dict(template="vicuna_v1", text_only=False, pad_to_square=True, over_length="skip",
+                       pack=False, num_threads=16,
                        max_skip_fraction=0.01, convert_image_modes=False, datasets={}, json="", image_dir="",
                        max_len=2048)
     config.init_from = ""

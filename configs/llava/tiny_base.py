@@ -46,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.peak_flops = 0.0
     config.model = model()
     config.tokenizer = dict(kind="shapes_bpe", vocab_size=1024)
-    config.data = dict(template="vicuna_v1", text_only=False, pad_to_square=True, over_length="skip", num_threads=0,
+    config.data = dict(template="vicuna_v1", text_only=False, pad_to_square=True, over_length="skip",
+                       pack=False, num_threads=0,
                        max_skip_fraction=0.05, convert_image_modes=False, datasets={})
     config.init_from = ""
     config.init_exclude = ()

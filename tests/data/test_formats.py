@@ -13,7 +13,8 @@ from common.data.speech import load_word_bank
 
 
 def _run(records, transform, counter, batch_size=1, max_len=64, pad_id=0):
-    ds, counter = P.build_dataset(records, transform, batch_size=batch_size, collate=P.Collate(max_len, pad_id), shuffle=False, counter=counter, drop_remainder=False)
+    ds, counter = P.build_dataset(records, transform, batch_size=batch_size, collate=P.Collate(max_len, pad_id),
+                                  shuffle=False, counter=counter, drop_remainder=False)
     return list(P.DataIterator(ds, counter)), counter
 
 
@@ -55,13 +56,15 @@ def test_coco_captions_folder(image_dir, tmp_path, flamingo_tok):
     names = GOOD + list(MODES) + list(BAD)
     ann = {
         "images": [{"id": i + 1, "file_name": n} for i, n in enumerate(names)],
-        "annotations": [{"id": 100 + i, "image_id": i + 1, "caption": f"A photo number {i}. "} for i in range(len(names))]
+        "annotations": [{"id": 100 + i, "image_id": i + 1, "caption": f"A photo number {i}. "}
+                        for i in range(len(names))]
         + [{"id": 999, "image_id": 77, "caption": "orphan"}],
     }
     (tmp_path / "captions_train2014.json").write_text(json.dumps(ann))
     recs = formats.coco_captions(str(tmp_path / "captions_train2014.json"), image_dir)
     assert len(recs) == len(names) + 1 and recs[0]["caption"] == "A photo number 0."
-    batches, c = _run(recs, FD.FlamingoCaptionTransform(flamingo_tok, 32, 64), SkipCounter(max_skip_fraction=1.0), pad_id=flamingo_tok.pad_id)
+    batches, c = _run(recs, FD.FlamingoCaptionTransform(flamingo_tok, 32, 64), SkipCounter(max_skip_fraction=1.0),
+                      pad_id=flamingo_tok.pad_id)
     assert len(batches) == len(GOOD)  # default: greyscale / RGBA / CMYK / 16-bit / palette images are skipped
     s = c.summary()
     assert s["by_reason"] == {**{r: 1 for r in BAD.values()}, "malformed_record": 1, **_mode_counts()}
@@ -83,19 +86,25 @@ def test_coco_captions_folder(image_dir, tmp_path, flamingo_tok):
 
 
 def test_max_skip_fraction_stops_with_clear_error(image_dir, flamingo_tok):
-    recs = [{"image": os.path.join(image_dir, n), "caption": "x"} for n in (["astronaut.jpg"] * 6 + ["corrupt.jpg"] * 4)]
-    ds, c = P.build_dataset(recs, FD.FlamingoCaptionTransform(flamingo_tok, 16, 32), batch_size=1, collate=P.Collate(16, 0), seed=0, counter=SkipCounter(0.2, min_records=5))
+    recs = [{"image": os.path.join(image_dir, n), "caption": "x"}
+            for n in (["astronaut.jpg"] * 6 + ["corrupt.jpg"] * 4)]
+    ds, c = P.build_dataset(recs, FD.FlamingoCaptionTransform(flamingo_tok, 16, 32), batch_size=1,
+                            collate=P.Collate(16, 0), seed=0, counter=SkipCounter(0.2, min_records=5))
     with pytest.raises(TooManyBadRecords, match="corrupt_image"):
         list(P.DataIterator(ds, c))
 
 
 def test_llava_json(image_dir, tmp_path, flamingo_tok):
     data = [
-        {"id": "1", "image": "coffee.png", "conversations": [{"from": "human", "value": "What is this?\n<image>"}, {"from": "gpt", "value": "A cup of coffee."}]},
-        {"id": "2", "image": "chelsea.jpg", "conversations": [{"from": "human", "value": "<image>\n<image> two?"}, {"from": "gpt", "value": "No."}]},
+        {"id": "1", "image": "coffee.png", "conversations": [{"from": "human", "value": "What is this?\n<image>"},
+                                                             {"from": "gpt", "value": "A cup of coffee."}]},
+        {"id": "2", "image": "chelsea.jpg", "conversations": [{"from": "human", "value": "<image>\n<image> two?"},
+                                                              {"from": "gpt", "value": "No."}]},
         {"id": "3", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi."}]},
-        {"id": "4", "image": "astronaut.jpg", "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "word " * 400}]},
-        {"id": "5", "image": "missing.jpg", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "?"}]},
+        {"id": "4", "image": "astronaut.jpg", "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                                                                {"from": "gpt", "value": "word " * 400}]},
+        {"id": "5", "image": "missing.jpg", "conversations": [{"from": "human", "value": "<image>"},
+                                                              {"from": "gpt", "value": "?"}]},
         {"id": "6", "image": "coffee.png", "conversations": [{"from": "gpt", "value": "<image> wrong order"}]},
     ]
     (tmp_path / "llava.json").write_text(json.dumps(data))
@@ -103,10 +112,11 @@ def test_llava_json(image_dir, tmp_path, flamingo_tok):
     assert recs[2]["image"] is None
     from llava_jax.data import LlavaSampleTransform
 
-    t = LlavaSampleTransform(flamingo_tok, "vicuna_v1", image_token_id=flamingo_tok.token_to_id("<image>"), tokens_per_image=1,
-                             image_size=56, max_len=96)
+    t = LlavaSampleTransform(flamingo_tok, "vicuna_v1", image_token_id=flamingo_tok.token_to_id("<image>"),
+                             tokens_per_image=1, image_size=56, max_len=96)
     batches, c = _run(recs, t, SkipCounter(max_skip_fraction=1.0), max_len=96, pad_id=flamingo_tok.pad_id)
-    assert c.summary()["by_reason"] == {"image_marker_mismatch": 1, "too_long": 1, "missing_image": 1, "malformed_record": 1}
+    assert c.summary()["by_reason"] == {"image_marker_mismatch": 1, "too_long": 1, "missing_image": 1,
+                                        "malformed_record": 1}
     assert len(batches) == 2
     first = batches[0]
     text = flamingo_tok.decode(first["input_ids"][0][first["attention_mask"][0]])
@@ -120,13 +130,18 @@ def test_interleaved_mmc4_and_obelics(image_dir, tmp_path, flamingo_tok):
     mmc4 = {"text_list": ["Intro text.", "A cat sits.", "Coffee is hot."], "image_info": [
         {"image_name": "coffee.png", "matched_text_index": 2, "matched_sim": 0.3},
         {"image_name": "chelsea.jpg", "matched_text_index": 1, "matched_sim": 0.3}]}
-    obelics = {"texts": [None, "An astronaut.", None, "A cat.", "More about cats."], "images": ["http://x/astronaut.jpg?s=1", None, "chelsea.jpg", None, None]}
-    lines = [json.dumps(mmc4).encode(), json.dumps(obelics).encode(), b'{"text_list": ["caf\xe9 latin-1"], "image_info": []}', json.dumps({"text_list": ["no images"], "image_info": []}).encode()]
+    obelics = {"texts": [None, "An astronaut.", None, "A cat.", "More about cats."],
+               "images": ["http://x/astronaut.jpg?s=1", None, "chelsea.jpg", None, None]}
+    lines = [json.dumps(mmc4).encode(), json.dumps(obelics).encode(),
+             b'{"text_list": ["caf\xe9 latin-1"], "image_info": []}',
+             json.dumps({"text_list": ["no images"], "image_info": []}).encode()]
     (tmp_path / "docs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     recs = formats.interleaved_jsonl(str(tmp_path / "docs.jsonl"), image_dir)
     assert recs[0]["texts"] == ["A cat sits.", "Coffee is hot."] and recs[0]["images"][0].endswith("chelsea.jpg")
-    assert recs[1]["texts"] == ["An astronaut.", "A cat. More about cats."] and recs[1]["images"][0].endswith("astronaut.jpg")
-    batches, c = _run(recs, FD.FlamingoInterleavedTransform(flamingo_tok, 64, 48, max_images=3), SkipCounter(1.0), max_len=64, pad_id=flamingo_tok.pad_id)
+    assert (recs[1]["texts"] == ["An astronaut.", "A cat. More about cats."]
+            and recs[1]["images"][0].endswith("astronaut.jpg"))
+    batches, c = _run(recs, FD.FlamingoInterleavedTransform(flamingo_tok, 64, 48, max_images=3), SkipCounter(1.0),
+                      max_len=64, pad_id=flamingo_tok.pad_id)
     assert c.summary()["by_reason"] == {"non_utf8_text": 1, "malformed_record": 1} and len(batches) == 2
     ids = batches[0]["input_ids"][0]
     assert (ids == flamingo_tok.token_to_id("<image>")).sum() == 2 == batches[0]["image_mask"].sum()
@@ -145,7 +160,8 @@ def libri_root(tmp_path_factory):
     for i, t in enumerate(texts):
         sf.write(d / f"84-121123-{i:04d}.flac", wb.say(t, rng), 16000)
     sf.write(d / "84-121123-0003.flac", wb.say("yes", rng)[::2], 8000)  # wrong sample rate
-    lines = [f"84-121123-{i:04d} {t}".encode() for i, t in enumerate(texts)] + [b"84-121123-0003 YES", b"84-121123-0004 CAF\xc9"]
+    lines = ([f"84-121123-{i:04d} {t}".encode() for i, t in enumerate(texts)]
+             + [b"84-121123-0003 YES", b"84-121123-0004 CAF\xc9"])
     (d / "84-121123.trans.txt").write_bytes(b"\n".join(lines) + b"\n")
     return str(root)
 
@@ -163,9 +179,12 @@ def test_librispeech(libri_root):
 
 def test_vqav2_okvqa_layout(image_dir, tmp_path):
     os.symlink(os.path.join(image_dir, "coffee.png"), tmp_path / "COCO_val2014_000000000042.jpg")
-    q = {"data_subtype": "val2014", "questions": [{"image_id": 42, "question": "What drink is this?", "question_id": 420}]}
-    a = {"annotations": [{"question_id": 420, "image_id": 42, "answer_type": "other", "question_type": "what", "multiple_choice_answer": "coffee",
-                          "answers": [{"answer": "coffee", "answer_confidence": "yes", "answer_id": i + 1} for i in range(10)]}]}
+    q = {"data_subtype": "val2014",
+         "questions": [{"image_id": 42, "question": "What drink is this?", "question_id": 420}]}
+    a = {"annotations": [{"question_id": 420, "image_id": 42, "answer_type": "other", "question_type": "what",
+                          "multiple_choice_answer": "coffee",
+                          "answers": [{"answer": "coffee", "answer_confidence": "yes", "answer_id": i + 1}
+                                      for i in range(10)]}]}
     (tmp_path / "q.json").write_text(json.dumps(q))
     (tmp_path / "a.json").write_text(json.dumps(a))
     recs = formats.vqav2(str(tmp_path / "q.json"), str(tmp_path / "a.json"), str(tmp_path))

@@ -76,7 +76,8 @@ def test_decode_image_arrays(real_images):
 
 def test_pipeline_counts_per_reason_and_stops_with_a_hint(mode_images, real_images, flamingo_tok):
     good = _png(Image.fromarray(real_images["chelsea"][::4, ::4].copy()))
-    records = [{"image": good, "caption": "a cat"}] * 4 + [{"image": d, "caption": "x"} for d, _ in mode_images.values()]
+    records = ([{"image": good, "caption": "a cat"}] * 4
+               + [{"image": d, "caption": "x"} for d, _ in mode_images.values()])
     ds, c = P.build_dataset(records, FD.FlamingoCaptionTransform(flamingo_tok, 16, 32), batch_size=1,
                             collate=P.Collate(16, 0), shuffle=False, counter=SkipCounter(1.0))
     assert len(list(P.DataIterator(ds, c))) == 4
@@ -115,7 +116,8 @@ def test_family_transforms_thread_the_flag(mode_images, llama_dir):
     config = llava_tiny()
     cfg = types.SimpleNamespace(tokens_per_crop=4, image_token_index=ltok.token_to_id("<image>"),
                                 vision=types.SimpleNamespace(image_size=32))
-    record = {"image": grey, "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A man."}]}
+    record = {"image": grey, "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                               {"from": "gpt", "value": "A man."}]}
     spec = dict(source="llava_json", max_len=64)
     with pytest.raises(BadRecord, match="greyscale_image"):
         make_transform(config, ltok, cfg, spec)(record)

@@ -76,10 +76,12 @@ def _ref_dynamic_preprocess(image, min_num=1, max_num=12, image_size=448, use_th
     orig_width, orig_height = image.size
     aspect_ratio = orig_width / orig_height
     target_ratios = set(
-        (i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1) if i * j <= max_num and i * j >= min_num
+        (i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+        if i * j <= max_num and i * j >= min_num
     )
     target_ratios = sorted(target_ratios, key=lambda x: x[0] * x[1])
-    target_aspect_ratio = _ref_find_closest_aspect_ratio(aspect_ratio, target_ratios, orig_width, orig_height, image_size)
+    target_aspect_ratio = _ref_find_closest_aspect_ratio(aspect_ratio, target_ratios, orig_width, orig_height,
+                                                         image_size)
     target_width = image_size * target_aspect_ratio[0]
     target_height = image_size * target_aspect_ratio[1]
     blocks = target_aspect_ratio[0] * target_aspect_ratio[1]
@@ -145,7 +147,8 @@ def test_expand_to_square_matches_llava(real_images):
 def test_normalisation_constants_and_values():
     assert ops.NORMALIZATION["internvit"] == (ops.IMAGENET_MEAN, ops.IMAGENET_STD)
     x = np.full((2, 2, 3), 255, np.uint8)
-    np.testing.assert_allclose(ops.normalize(x, "imagenet")[0, 0], (1 - np.array(ops.IMAGENET_MEAN)) / np.array(ops.IMAGENET_STD), rtol=1e-6)
+    np.testing.assert_allclose(ops.normalize(x, "imagenet")[0, 0],
+                               (1 - np.array(ops.IMAGENET_MEAN)) / np.array(ops.IMAGENET_STD), rtol=1e-6)
 
 
 def test_video_frame_sampling():

@@ -20,14 +20,18 @@ class _Ids:
 
 
 def _ids_pipeline(n=103, shard=None, seed=0, epochs=1, batch=4):
-    ds, c = P.build_dataset(_Ids(n), lambda r: r, batch_size=batch, collate=lambda xs: np.array([x["i"] for x in xs]), seed=seed, num_epochs=epochs, shard=shard)
+    ds, c = P.build_dataset(_Ids(n), lambda r: r, batch_size=batch, collate=lambda xs: np.array([x["i"] for x in xs]),
+                            seed=seed, num_epochs=epochs, shard=shard)
     return P.DataIterator(ds, c)
 
 
 def test_per_host_sharding_is_disjoint_and_complete():
     hosts = [np.concatenate(list(_ids_pipeline(shard=(i, 4)))) for i in range(4)]
     assert all(len(h) == 24 for h in hosts)  # 103 // 4 = 25 per host, batches of 4 drop the remainder
-    full = [np.concatenate(list(P.DataIterator(*P.build_dataset(_Ids(103), lambda r: r, batch_size=1, collate=lambda xs: np.array([x["i"] for x in xs]), shard=(i, 4))))) for i in range(4)]
+    full = [np.concatenate(list(P.DataIterator(*P.build_dataset(_Ids(103), lambda r: r, batch_size=1,
+                                                                collate=lambda xs: np.array([x["i"] for x in xs]),
+                                                                shard=(i, 4)))))
+            for i in range(4)]
     allidx = np.concatenate(full)
     assert len(allidx) == 100 and len(set(allidx.tolist())) == 100
     assert set(full[1].tolist()) == set(range(1, 100, 4))
@@ -45,7 +49,8 @@ def test_shuffle_differs_per_epoch_and_seed():
 def test_checkpoint_resume_gives_identical_stream(tmp_path, flamingo_tok):
     def make():
         src = S.ShapesSource("captions", "train", size=64, image_size=32)
-        ds, c = P.build_dataset(src, FD.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=4, collate=P.Collate(32, flamingo_tok.pad_id), seed=5, num_epochs=None, num_threads=2)
+        ds, c = P.build_dataset(src, FD.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=4,
+                                collate=P.Collate(32, flamingo_tok.pad_id), seed=5, num_epochs=None, num_threads=2)
         return P.DataIterator(ds, c)
 
     it = make()
@@ -90,7 +95,8 @@ def test_packing_keeps_examples_apart():
 
 def test_family_pipelines_on_shapes(flamingo_tok, tmp_path):
     src = S.ShapesSource("interleaved", "train", size=16, image_size=32)
-    ds, c = P.build_dataset(src, FD.FlamingoInterleavedTransform(flamingo_tok, 128, 32, max_images=6), batch_size=4, collate=P.Collate(128, flamingo_tok.pad_id, max_images=6))
+    ds, c = P.build_dataset(src, FD.FlamingoInterleavedTransform(flamingo_tok, 128, 32, max_images=6), batch_size=4,
+                            collate=P.Collate(128, flamingo_tok.pad_id, max_images=6))
     b = next(iter(ds))
     assert b["images"].shape == (4, 6, 32, 32, 3)
     img_id = flamingo_tok.token_to_id("<image>")
@@ -99,8 +105,10 @@ def test_family_pipelines_on_shapes(flamingo_tok, tmp_path):
 
     from llava_jax.data import LlavaSampleTransform
 
-    llava = LlavaSampleTransform(flamingo_tok, "vicuna_v1", image_token_id=img_id, tokens_per_image=1, image_size=28, max_len=256)
-    ds, c = P.build_dataset(S.ShapesSource("conversations", "train", size=8, image_size=32), llava, batch_size=4, collate=P.Collate(256, flamingo_tok.pad_id))
+    llava = LlavaSampleTransform(flamingo_tok, "vicuna_v1", image_token_id=img_id, tokens_per_image=1, image_size=28,
+                                 max_len=256)
+    ds, c = P.build_dataset(S.ShapesSource("conversations", "train", size=8, image_size=32), llava, batch_size=4,
+                            collate=P.Collate(256, flamingo_tok.pad_id))
     b = next(iter(ds))
     assert b["images"].shape == (4, 1, 28, 28, 3) and c.num_skipped == 0
     assert 0 < b["loss_mask"].sum() < b["attention_mask"].sum()
@@ -110,9 +118,11 @@ def test_prepared_source_through_grain(tmp_path, flamingo_tok):
     pytest.importorskip("tensorflow_datasets")
     from common.data import tfds_shapes as T
 
-    T.prepare_shapes(str(tmp_path), kinds=["captions"], image_size=32, split_sizes={"train": 16, "validation": 4, "test": 4})
+    T.prepare_shapes(str(tmp_path), kinds=["captions"], image_size=32,
+                     split_sizes={"train": 16, "validation": 4, "test": 4})
     src = T.PreparedShapesSource("captions", "train", str(tmp_path), image_size=32)
-    ds, c = P.build_dataset(src, FD.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=8, collate=P.Collate(32, flamingo_tok.pad_id), shard=(1, 2))
+    ds, c = P.build_dataset(src, FD.FlamingoCaptionTransform(flamingo_tok, 32, 32), batch_size=8,
+                            collate=P.Collate(32, flamingo_tok.pad_id), shard=(1, 2))
     batches = list(P.DataIterator(ds, c))
     assert len(batches) == 1 and batches[0]["images"].shape == (8, 1, 32, 32, 3)
 

@@ -113,6 +113,7 @@ def test_tfds_array_record_round_trip(tmp_path):
                 else:
                     assert _eq(r[k], v), (kind, k)
     # preparing again is a no-op
-    assert T.prepare_shapes(str(tmp_path), kinds=["captions"], image_size=32, split_sizes=sizes) == {"captions": dirs["captions"]}
+    assert T.prepare_shapes(str(tmp_path), kinds=["captions"], image_size=32,
+                            split_sizes=sizes) == {"captions": dirs["captions"]}
     with pytest.raises(FileNotFoundError, match="prepare_shapes"):
         T.PreparedShapesSource("captions", "train", str(tmp_path / "nothing"))

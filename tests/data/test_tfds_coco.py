@@ -17,9 +17,9 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 COCO_LABELS = (
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign parking_meter "
-    "bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee skis "
-    "snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard tennis_racket bottle wine_glass cup "
-    "fork knife spoon bowl banana apple sandwich orange broccoli carrot hot_dog pizza donut cake chair couch "
+    "bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie suitcase frisbee "
+    "skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard tennis_racket bottle wine_glass "
+    "cup fork knife spoon bowl banana apple sandwich orange broccoli carrot hot_dog pizza donut cake chair couch "
     "potted_plant bed dining_table toilet tv laptop mouse remote keyboard cell_phone microwave oven toaster sink "
     "refrigerator book clock vase scissors teddy_bear hair_drier toothbrush").split()
 
@@ -94,8 +94,9 @@ def _builder_class():
 def coco(tmp_path_factory, real_images, camera_grey):
     """Images as COCO JPEG files, their examples by split, and the expected records by image id."""
     d = tmp_path_factory.mktemp("coco_images")
-    photos = {1: real_images["astronaut"][::4, ::4], 2: real_images["coffee"][::4, ::4], 3: real_images["chelsea"][::3, ::3],
-              4: real_images["grace_hopper"][::4, ::4], 5: camera_grey[::4, ::4]}  # 5: a greyscale JPEG, as COCO has
+    photos = {1: real_images["astronaut"][::4, ::4], 2: real_images["coffee"][::4, ::4],
+              3: real_images["chelsea"][::3, ::3], 4: real_images["grace_hopper"][::4, ::4],
+              5: camera_grey[::4, ::4]}  # 5: a greyscale JPEG, as COCO has
     captions = {1: ["An astronaut in a white suit.", "A woman poses with a helmet.", "A portrait of a smiling woman."],
                 2: ["A cup of coffee on a saucer.", "Un café crème."], 3: ["A cat looks to the side."],
                 4: ["An officer in uniform."], 5: ["A man with a camera on a tripod."]}
@@ -109,7 +110,8 @@ def coco(tmp_path_factory, real_images, camera_grey):
                            "is_crowd": False}],
               "captions": [{"id": 10 * iid + k, "text": t} for k, t in enumerate(captions[iid])]}
         examples.setdefault(split_of[iid], []).append(ex)
-        expected[iid] = {"captions": captions[iid], "file_name": name, "jpeg": (d / name).read_bytes(), "grey": iid == 5}
+        expected[iid] = {"captions": captions[iid], "file_name": name, "jpeg": (d / name).read_bytes(),
+                         "grey": iid == 5}
     return examples, expected
 
 
@@ -160,7 +162,8 @@ def test_read_back(prepared, coco):
         want = expected[r["image_id"]]
         seen.add(r["image_id"])
         assert r["image"] == want["jpeg"]  # the encoded JPEG, decoded later in the transform
-        assert r["caption"] == want["captions"][0] and r["captions"] == want["captions"] and r["file_name"] == want["file_name"]
+        assert (r["caption"] == want["captions"][0] and r["captions"] == want["captions"]
+                and r["file_name"] == want["file_name"])
         decoded = np.asarray(Image.open(io.BytesIO(r["image"])))
         assert decoded.ndim == (2 if want["grey"] else 3)
     assert seen == {1, 2, 3, 5}
@@ -174,7 +177,8 @@ def test_read_back(prepared, coco):
     for i in range(len(per_caption)):
         r = per_caption[i]
         by_image.setdefault(r["image_id"], []).append(r["caption"])
-    assert by_image[1] == expected[1]["captions"] and by_image[2] == expected[2]["captions"] + expected[2]["captions"][:1]
+    assert (by_image[1] == expected[1]["captions"]
+            and by_image[2] == expected[2]["captions"] + expected[2]["captions"][:1])
     with pytest.raises(IndexError):
         src[4]
     with pytest.raises(DataPathError, match="no split"):

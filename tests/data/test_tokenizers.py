@@ -1,4 +1,5 @@
-"""Tokenizer tests on real tokenizer files shipped by pip packages, compared with transformers / tiktoken / sentencepiece."""
+"""Tokenizer tests on real tokenizer files shipped by pip packages, compared with transformers / tiktoken /
+sentencepiece."""
 import importlib.resources
 import json
 import os
@@ -61,7 +62,8 @@ def test_load_picks_sentencepiece_and_matches_hf_llama(llama_dir):
         ids = tok.encode(text)
         assert ids == hf(text, add_special_tokens=False).input_ids, text
         assert tok.decode(ids) == hf.decode(ids), text
-    assert tok.encode("Hello", add_bos=True, add_eos=True) == [1] + hf("Hello", add_special_tokens=False).input_ids + [2]
+    assert tok.encode("Hello", add_bos=True, add_eos=True) == ([1] + hf("Hello", add_special_tokens=False).input_ids
+                                                               + [2])
 
 
 def test_sentencepiece_edge_cases_follow_sentencepiece(llama_dir):

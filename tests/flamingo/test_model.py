@@ -235,7 +235,8 @@ def test_resampler_and_blocks_start_from_torch_linear_init():
 def test_idefics_configs_keep_hf_init():
     from flamingo_jax.convert import idefics_config
 
-    cfg = idefics_config({"model_type": "idefics", "use_resampler": True, "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    cfg = idefics_config({"model_type": "idefics", "use_resampler": True, "vocab_size": 64, "hidden_size": 32,
+                          "intermediate_size": 64, "num_hidden_layers": 2,
                           "num_attention_heads": 4, "vision_config": {"embed_dim": 48, "image_size": 30,
                                                                       "patch_size": 15, "num_hidden_layers": 1,
                                                                       "num_attention_heads": 4,

@@ -17,7 +17,8 @@ VICUNA_V1 = ("A chat between a curious user and an artificial intelligence assis
              "USER: Why? ASSISTANT: Because.</s>")
 LLAVA_LLAMA_2 = ("[INST] <<SYS>>\nYou are a helpful language and vision assistant. You are able to understand the "
                  "visual content that the user provides, and assist the user with a variety of tasks using natural "
-                 "language.\n<</SYS>>\n\n<image>\nWhat is this? [/INST] A cup. </s><s>[INST] Why? [/INST] Because. </s>")
+                 "language.\n<</SYS>>\n\n<image>\nWhat is this? [/INST] A cup. </s><s>[INST] Why? [/INST] "
+                 "Because. </s>")
 CHATML_DIRECT = ("<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n<image>\nWhat is this?<|im_end|>"
                  "<|im_start|>assistant\nA cup.<|im_end|><|im_start|>user\nWhy?<|im_end|><|im_start|>assistant\n"
                  "Because.<|im_end|>")
@@ -36,10 +37,12 @@ def test_templates_render_the_original_strings(name, expected):
 def test_plain_and_generation_prompts():
     caption = [{"from": "human", "value": "<image>\nDescribe briefly."}, {"from": "gpt", "value": "A red car."}]
     assert C.render("plain", C.to_messages(caption, "plain")) == "<image>A red car.\n"
-    assert C.generation_prompt("v1", "Describe.") == VICUNA_V1.split(" USER:")[0] + " USER: <image>\nDescribe. ASSISTANT:"
+    assert C.generation_prompt("v1", "Describe.") == (
+        VICUNA_V1.split(" USER:")[0] + " USER: <image>\nDescribe. ASSISTANT:")
     assert C.generation_prompt("llava_llama_2", "Hi", num_images=0) == (
         "[INST] <<SYS>>\n" + C.LLAVA_LLAMA_2_SYSTEM + "\n<</SYS>>\n\nHi [/INST]")
-    assert C.generation_prompt("qwen_2", "Hi").endswith("<|im_start|>user\n<image>\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert C.generation_prompt("qwen_2", "Hi").endswith("<|im_start|>user\n<image>\nHi<|im_end|>\n"
+                                                        "<|im_start|>assistant\n")
 
 
 def test_preprocessing_rules():
@@ -99,7 +102,8 @@ def test_tokenization_mismatch_is_counted_not_zeroed(chatml_tok):
         C.tokenize_conversation(chatml_tok, bad, "qwen_2", num_images=0)
     records = [{"image": None, "conversations": c} for c in (good, bad, good, good)]
     counter = SkipCounter(max_skip_fraction=1.0)
-    ds, counter = P.build_dataset(records, LlavaSampleTransform(chatml_tok, "qwen_2", image_token_id=-1, tokens_per_image=1, max_len=64), batch_size=3,
+    ds, counter = P.build_dataset(records, LlavaSampleTransform(chatml_tok, "qwen_2", image_token_id=-1,
+                                                                tokens_per_image=1, max_len=64), batch_size=3,
                                   collate=P.Collate(64, chatml_tok.pad_id), shuffle=False, counter=counter)
     batches = list(ds)
     assert counter.summary()["by_reason"] == {"tokenization_mismatch": 1}

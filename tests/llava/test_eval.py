@@ -60,8 +60,9 @@ def test_evaluation_loops_score_the_generations(monkeypatch):
     assert seen[0][1].endswith("Answer the question using a single word or phrase.") and len(seen[0][0]) == 1
 
     mc = llava_eval.shapes_multiple_choice_items(8, "validation", 32)
-    assert all(it["choices"][it["answer"]] == t for it, t in zip(mc, [max(set(i["answers"]), key=i["answers"].count)
-                                                                       for i in llava_eval.shapes_vqa_items(8, "validation", 32)]))
+    assert all(it["choices"][it["answer"]] == t
+               for it, t in zip(mc, [max(set(i["answers"]), key=i["answers"].count)
+                                     for i in llava_eval.shapes_vqa_items(8, "validation", 32)]))
     monkeypatch.setattr(llava_eval, "generate_batch",
                         lambda m, p, t, reqs, **k: ["ABCD"[it["answer"]] for it in mc[:len(reqs)]])
     assert llava_eval.evaluate_multiple_choice(None, None, None, mc, batch_size=8)["accuracy"] == 100.0

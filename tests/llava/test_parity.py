@@ -45,7 +45,8 @@ def test_llava_matches_transformers(case, save_hf, real_images):
     path = save_hf(model)
     module, params = llava_jax.load_hf(path)
     cfg = module.config
-    assert cfg.text.tie_word_embeddings == bool(kwargs.get("tie_word_embeddings")) and cfg.image_token_index == IMAGE_TOKEN
+    assert (cfg.text.tie_word_embeddings == bool(kwargs.get("tie_word_embeddings"))
+            and cfg.image_token_index == IMAGE_TOKEN)
     images = [real_images[k] for k in ("astronaut", "coffee", "chelsea")]
     ids, mask, hf_pixels, pixels, image_mask = _batch(images, cfg.tokens_per_crop, 42, np.random.RandomState(1))
     ref = hf_logits(model, ids, mask, hf_pixels)

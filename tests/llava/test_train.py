@@ -1,6 +1,6 @@
 """LLaVA training (Liu et al. 2023, Sec. 4.2): the answer-only loss mask through the data transform, a few trainer
-steps lower the loss (micro tiny stage 0), stage 1 trains the projector only, stage 2 starts from the stage-1 checkpoint, users' own
-LLaVA JSON data trains with one command's config."""
+steps lower the loss (micro tiny stage 0), stage 1 trains the projector only, stage 2 starts from the stage-1
+checkpoint, users' own LLaVA JSON data trains with one command's config."""
 import json
 import os
 
@@ -113,7 +113,8 @@ def test_own_llava_json_data_feeds_the_trainer(tmp_path):
         (tmp_path / "images" / f"{i}.png").write_bytes(encode_png(ex["image"]))
         records.append({"id": str(i), "image": f"{i}.png", "conversations": [
             {"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": ex["caption"]}]})
-    records.append({"id": "text", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]})
+    records.append({"id": "text", "conversations": [{"from": "human", "value": "Hi"},
+                                                    {"from": "gpt", "value": "Hello."}]})
     (tmp_path / "data.json").write_text(json.dumps(records))
     config = micro(load_config("own_data"), batch=4)
     config.data.json, config.data.image_dir = str(tmp_path / "data.json"), str(tmp_path / "images")

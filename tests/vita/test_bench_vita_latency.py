@@ -1,5 +1,6 @@
 """bench/vita_latency.py runs on the CPU (tiny random model, answer forced through the real decode step) and reports
-a first-audio latency (compilation included: no warm-up here) after the end of speech and a barge-in that lets no old packet out."""
+a first-audio latency (compilation included: no warm-up here) after the end of speech and a barge-in that lets no old
+packet out."""
 import importlib.util
 import json
 import os

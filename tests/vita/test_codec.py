@@ -64,7 +64,8 @@ def test_release_size_generator_matches_reference():
     tokens = np.asarray([cfg.global_tokens])
     with torch.no_grad():
         want = gen(quant.embed(torch.from_numpy(codes)), quant.embed_gst(torch.from_numpy(tokens)))[:, 0].numpy()
-    got = jax.jit(lambda p, c: codec_lib.Codec(cfg).apply({"params": p}, c, method="decode"))(params, jnp.asarray(codes))
+    got = jax.jit(lambda p, c: codec_lib.Codec(cfg).apply({"params": p}, c,
+                                                          method="decode"))(params, jnp.asarray(codes))
     assert got.shape == (1, 5 * 600)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
     assert float(np.std(want)) > 1e-2  # a real signal, not a saturated or silent one

@@ -47,7 +47,8 @@ def test_quiet_point_split_matches_the_release(threshold):
 
 
 def test_segments_for_speech():
-    assert tts.split_for_speech("☜Yes, there is a red circle. And two") == ["☜Yes,", " there is a red circle.", " And two"]
+    assert (tts.split_for_speech("☜Yes, there is a red circle. And two")
+            == ["☜Yes,", " there is a red circle.", " And two"])
     assert tts.clean_for_speech("☞A **Red** circle<|im_end|>") == "a  red  circle"
 
 

@@ -98,7 +98,8 @@ def test_release_folder_matches_reference(name, tmp_path):
     for b in range(2):
         n = int(mask[b].sum())
         one = module.apply({"params": params}, ids[b:b + 1, :n], pixels[b:b + 1, :int(image_mask[b].sum())], None,
-                           None, feats[b:b + 1, :int(fmask[b].any(-1).sum())], fmask[b:b + 1, :int(fmask[b].any(-1).sum())])
+                           None, feats[b:b + 1, :int(fmask[b].any(-1).sum())],
+                           fmask[b:b + 1, :int(fmask[b].any(-1).sum())])
         assert float(np.abs(np.asarray(one[0]) - np.asarray(got[b, :n])).max()) <= TOL
 
 

@@ -32,7 +32,8 @@ class Generator(nn.Module):
         self.h = h
         c0 = h["upsample_initial_channel"]
         self.conv_pre = weight_norm(nn.Conv1d(h["code_dim"], c0, 7, 1, padding=3))
-        self.ups = nn.ModuleList([weight_norm(nn.ConvTranspose1d(c0 // 2**i, c0 // 2**(i + 1), k, u, padding=(k - u) // 2))
+        self.ups = nn.ModuleList([weight_norm(nn.ConvTranspose1d(c0 // 2**i, c0 // 2**(i + 1), k, u,
+                                                                 padding=(k - u) // 2))
                                   for i, (u, k) in enumerate(zip(h["upsample_rates"], h["upsample_kernel_sizes"]))])
         self.resblocks = nn.ModuleList()
         for i in range(len(self.ups)):
