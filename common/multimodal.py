@@ -22,10 +22,13 @@ def concrete(x) -> np.ndarray | None:
         return None
 
 
-def scatter_features(embeds: jax.Array, is_placeholder: jax.Array, features: jax.Array,
-                     lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+def scatter_features(embeds: jax.Array, is_placeholder: jax.Array, features: jax.Array, lengths: jax.Array,
+                     segment_ids: jax.Array | None = None,
+                     item_segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """embeds [B, T, E] with the placeholders [B, T] bool replaced by features [B, N, F, E] (lengths [B, N] valid
-    rows each) -> ([B, T, E], ok [B] bool: the sample's placeholder count equals its valid feature rows)."""
+    rows each) -> ([B, T, E], ok [B] bool: the sample's placeholder count equals its valid feature rows).
+    Packed rows: with segment_ids [B, T] and item_segment_ids [B, N], ok also needs every placeholder to take its
+    features from an item of its own segment (sample)."""
     batch, n_slots, rows = features.shape[:3]
     lengths = jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (batch, n_slots))
     table = features.reshape(batch, n_slots * rows, -1).astype(embeds.dtype)  # [B, N*F, E]
@@ -36,7 +39,11 @@ def scatter_features(embeds: jax.Array, is_placeholder: jax.Array, features: jax
     row = jnp.where(is_placeholder, jnp.clip(slot * rows + within, 0, n_slots * rows - 1), 0)
     gathered = jnp.take_along_axis(table, row[..., None], axis=1)  # [B, T, E]
     merged = jnp.where(is_placeholder[..., None], gathered, embeds)
-    return merged, is_placeholder.sum(axis=1) == lengths.sum(axis=1)
+    ok = is_placeholder.sum(axis=1) == lengths.sum(axis=1)  # [B]
+    if segment_ids is not None and item_segment_ids is not None:
+        owner = jnp.take_along_axis(jnp.asarray(item_segment_ids), slot, axis=1)  # [B, T]
+        ok &= jnp.all(~is_placeholder | (owner == segment_ids), axis=1)
+    return merged, ok
 
 
 def check_counts(is_placeholder, lengths, what: str, token_index: int, hint: str) -> None:

@@ -99,9 +99,11 @@ class Vita(nn.Module):
         return self.audio_adapter(hidden, enc_lengths)
 
     def embed(self, input_ids, pixel_values=None, image_mask=None, input_features=None, feature_attention_mask=None,
-              *, deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+              *, deterministic: bool = True, segment_ids=None, image_segment_ids=None,
+              audio_segment_ids=None) -> tuple[jax.Array, jax.Array]:
         """Token embeddings with image and audio features in their placeholders: ([B, T, E], ok [B] bool: every
-        sample's placeholder counts matched; a mismatch with concrete inputs raises ValueError)."""
+        sample's placeholder counts matched, and in packed rows every placeholder took its features from a tile /
+        clip of its own sample; a count mismatch with concrete inputs raises ValueError)."""
         cfg = self.config
         ids = jnp.asarray(input_ids)
         if ids.ndim != 2:
@@ -122,7 +124,7 @@ class Vita(nn.Module):
                          "(vita_jax.conversation) and mask unused tile slots.")
             feats = self.image_features(pixels.reshape((-1,) + pixels.shape[2:]).astype(jnp.float32), deterministic)
             feats = feats.reshape(pixels.shape[:2] + feats.shape[1:])  # [B, N, 256, E]
-            x, image_ok = scatter_features(x, is_image, feats, lengths)
+            x, image_ok = scatter_features(x, is_image, feats, lengths, segment_ids, image_segment_ids)
             ok &= image_ok
 
         if input_features is None:
@@ -134,19 +136,24 @@ class Vita(nn.Module):
             lengths = flat_lengths.reshape(frames.shape)  # [B, A]
             check_counts(is_audio, lengths, "audio", cfg.audio_token_index,
                          "Expand each <audio> into audio_token_lengths(frames) placeholders (vita_jax.conversation).")
-            x, audio_ok = scatter_features(x, is_audio, flat.reshape(frames.shape + flat.shape[1:]), lengths)
+            x, audio_ok = scatter_features(x, is_audio, flat.reshape(frames.shape + flat.shape[1:]), lengths,
+                                           segment_ids, audio_segment_ids)
             ok &= audio_ok
         return constrain(x, ("act_batch", "act_length", "act_embed")), ok
 
     def __call__(self, input_ids, pixel_values=None, attention_mask=None, image_mask=None, input_features=None,
-                 feature_attention_mask=None, *, position_ids=None, cache: KVCache | None = None,
-                 return_hidden: bool = False, deterministic: bool = True):
+                 feature_attention_mask=None, *, position_ids=None, segment_ids=None, image_segment_ids=None,
+                 audio_segment_ids=None, cache: KVCache | None = None, return_hidden: bool = False,
+                 deterministic: bool = True):
         """Float32 logits [B, T, V] (with `cache`: (logits, cache)). Under jit a sample whose placeholder counts differ
-        from its features is NaN (nothing can be raised there), so a loss over it fails loudly."""
+        from its features is NaN (nothing can be raised there), so a loss over it fails loudly. Packed rows (several
+        samples per row, `common.data.packing`): segment_ids [B, T] (0 = padding) keep attention and positions per
+        sample; image_segment_ids [B, N] / audio_segment_ids [B, A] name each tile's / clip's sample."""
         x, ok = self.embed(input_ids, pixel_values, image_mask, input_features, feature_attention_mask,
-                           deterministic=deterministic)
-        out = self.lm(attention_mask=attention_mask, inputs_embeds=x, position_ids=position_ids, cache=cache,
-                      return_hidden=return_hidden)
+                           deterministic=deterministic, segment_ids=segment_ids, image_segment_ids=image_segment_ids,
+                           audio_segment_ids=audio_segment_ids)
+        out = self.lm(attention_mask=attention_mask, inputs_embeds=x, position_ids=position_ids,
+                      segment_ids=segment_ids, cache=cache, return_hidden=return_hidden)
         poison = lambda a: jnp.where(ok[:, None, None], a, jnp.nan).astype(a.dtype)  # noqa: E731
         if cache is None:
             return poison(out)

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 
 from common import lora as lora_lib
+from common.data.packing import packed_batch_spec, packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate, collated_batch_spec, task_iterator
 from common.lm import LMConfig, matmul_flops_per_token
 from common.lm_task import next_token_loss
@@ -54,10 +55,13 @@ def vita_config_from(model_config, tokenizer=None) -> VitaConfig:
 
 
 def model_inputs(batch) -> dict:
-    """Collated batch -> keyword inputs of Vita (no audio input for a batch collated without audio frames)."""
+    """Collated (or packed) batch -> keyword inputs of Vita (no audio input for a batch without audio frames)."""
     kwargs = dict(attention_mask=batch["attention_mask"], pixel_values=batch["images"], image_mask=batch["image_mask"])
-    if batch["audio_features"].shape[1]:
+    if "audio_features" in batch and batch["audio_features"].shape[1]:
         kwargs.update(input_features=batch["audio_features"], feature_attention_mask=batch["audio_mask"])
+    kwargs.update(packed_model_inputs(batch))  # packed rows: attention, positions, tiles and clips stay per sample
+    if "input_features" not in kwargs:
+        kwargs.pop("audio_segment_ids", None)
     return kwargs
 
 
@@ -127,13 +131,21 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         return Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_tiles_per_sample", 1)),
                        max_audio_frames=max_frames if has_audio(spec) else None)
 
+    def packing_for(spec):
+        """`pack: true`: several samples per row; per row by default 4x a sample's tiles and, for speech data,
+        4 clips of max_audio_frames each."""
+        tiles = 4 * int(spec.get("max_tiles_per_sample", 1))
+        return packing_from_config(spec, plain(config.data), pad_id, tiles, 4 if has_audio(spec) else None,
+                                   max_frames if has_audio(spec) else None)
+
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool, epochs):
         source = data_lib.make_source(spec, split)
         transform = make_transform(config, tokenizer, cfg, spec)
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
         collate = collate_for(spec)
         return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
-                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=epochs)
+                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=epochs,
+                             packing=packing_for(spec))
 
     def make_train_data(shard: DataShard):
         return {name: iterator(name, spec, shard, "train", True, None) for name, spec in datasets.items()}
@@ -150,11 +162,16 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         load = lambda params: load_pretrained_weights(params, config)  # noqa: E731
     def batch_spec():
         tile = (cfg.vision.image_size, cfg.vision.image_size, cfg.vision.num_channels)
-        return {name: collated_batch_spec(
-            collate_for(spec), int(spec.get("batch_size") or config.batch_size),
-            images=(int(spec.get("max_tiles_per_sample", 1)),) + tile,
-            audio=(max_frames, cfg.audio.input_dim) if has_audio(spec) else (0, cfg.audio.input_dim))
-            for name, spec in datasets.items()}
+
+        def one(spec):
+            batch, packing = int(spec.get("batch_size") or config.batch_size), packing_for(spec)
+            if packing is not None:
+                return packed_batch_spec(packing, batch, tile, cfg.audio.input_dim)
+            return collated_batch_spec(
+                collate_for(spec), batch, images=(int(spec.get("max_tiles_per_sample", 1)),) + tile,
+                audio=(max_frames, cfg.audio.input_dim) if has_audio(spec) else (0, cfg.audio.input_dim))
+
+        return {name: one(spec) for name, spec in datasets.items()}
 
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},

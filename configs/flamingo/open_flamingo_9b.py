@@ -33,7 +33,7 @@ def get_config():
     config.model = dict(preset="open-flamingo-9b", lm=dict(remat_policy="full", dtype="bfloat16"),
                         vision=dict(dtype="bfloat16"), resampler=dict(dtype="bfloat16"))
     config.tokenizer = dict(kind="dir", path="/path/to/mpt-7b")
-    config.data = dict(num_threads=2, max_skip_fraction=0.05, convert_image_modes=False, datasets=dict(
+    config.data = dict(num_threads=2, max_skip_fraction=0.05, convert_image_modes=False, pack=False, datasets=dict(
         laion=dict(source="coco_captions", annotations="/path/to/captions.json", image_dir="/path/to/images",
                    max_len=32, weight=0.2, max_images=1, batch_size=1024),
         mmc4=dict(source="interleaved_jsonl", jsonl="/path/to/mmc4.jsonl", image_dir="/path/to/mmc4_images",

@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.peak_flops = 0.0
     config.model = model()
     config.tokenizer = dict(kind="shapes_bpe", vocab_size=768)
-    config.data = dict(num_threads=0, max_skip_fraction=0.05, convert_image_modes=False, datasets=dict(
+    config.data = dict(num_threads=0, max_skip_fraction=0.05, convert_image_modes=False, pack=False, datasets=dict(
         # LAION-style pairs and MMC4-style documents (at most 6 images), accumulated each step.
         captions=dict(source="shapes_captions", max_len=32, weight=0.5, max_images=1, batch_size=8),
         interleaved=dict(source="shapes_interleaved", max_len=96, weight=1.0, max_images=6, batch_size=8),
