@@ -50,6 +50,8 @@ PLANS: dict[str, tuple] = {
     # Packed rows (docs/packing.md): the same step shapes, three image slots per 2048-token row instead of one.
     "llava7b_s2_splash_packed@v5p-32": ("llava", "llava.stage2_7b", "v5p-32", {"fsdp": -1},
                                         {**LLAVA_S2, "model.text.attention_impl": "splash", "data.pack": True}),
+    "llava7b_s2_splash_packed_1image@v5p-32": ("llava", "llava.stage2_7b", "v5p-32", {"fsdp": -1}, {
+        **LLAVA_S2, "model.text.attention_impl": "splash", "data.pack": True, "data.max_images_per_row": 1}),
     "llava7b_lora@v5p-8": ("llava", "llava.stage2_lora_7b", "v5p-8", {"fsdp": -1}, {**LLAVA_S2, "grad_accum_steps": 4}),
     "of9b@v5p-8": ("flamingo", "flamingo.open_flamingo_9b", "v5p-8", {"fsdp": -1}, {}),
     "of4b_b16_none@v5p-2": ("flamingo", "flamingo.open_flamingo_9b", "v5p-2", {}, {**OF4B,

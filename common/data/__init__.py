@@ -9,7 +9,8 @@ Modules (import what you need; heavy dependencies such as tensorflow_datasets lo
                InternViT normalisation, resize / crop, expand_to_square, LLaVA-NeXT anyres, InternVL tiling, video
                frame sampling
   audio        load_audio (sample-rate checked), Kaldi fbank (numpy), speech_fbank
-  batching     tokenize_segments, fit_length, pad_batch, pack_sequences
+  batching     tokenize_segments, fit_length, pad_batch
+  packing      several whole samples per row with their media (grain's packer), PackedCollate
   prompts      Flamingo / LLaVA / VITA prompt formats with loss masks
   pipeline     build_dataset, DataIterator (checkpointable), Collate, family transforms
   records      BadRecord, SkipCounter, TooManyBadRecords, DataPathError, the skip reasons

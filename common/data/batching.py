@@ -1,8 +1,8 @@
-"""Token sequences with loss masks: building from (text, trainable) segments, over-length policy, padding, packing.
+"""Token sequences with loss masks: building from (text, trainable) segments, over-length policy, padding (packing
+several samples per row: common.data.packing).
 
 An example is a dict with `input_ids` int32 [L] and `loss_mask` bool [L] (True where the token is a target when
-predicting it from the previous ones). Batches are int32/bool [B, max_len]; packed rows add `segment_ids`
-(0 = padding) and `positions` that restart at 0 for every packed example.
+predicting it from the previous ones). Batches are int32/bool [B, max_len].
 """
 from __future__ import annotations
 
@@ -79,53 +79,3 @@ def pad_batch(examples: Sequence[dict], max_len: int, pad_id: int, side: str = "
         else:
             out[k] = vals
     return out
-
-
-def pack_sequences(examples: Sequence[dict], max_len: int, pad_id: int, max_rows: int | None = None) -> dict:
-    """First-fit packing of token examples into rows of max_len (examples longer than max_len must be cut first).
-
-    Returns int32 [R, max_len] 'input_ids', 'segment_ids' (1.. per example in the row, 0 = padding),
-    'positions' (restarting per example), bool 'loss_mask' (never across a segment boundary: the first token of each
-    packed example is not a target), and 'attention_mask' = segment_ids > 0. Attention must stay within a segment:
-    mask[i, j] = segment_ids[i] == segment_ids[j] and j <= i.
-    """
-    rows: list[list[dict]] = []
-    room: list[int] = []
-    for ex in examples:
-        n = len(ex["input_ids"])
-        if n > max_len:
-            raise ValueError(f"example of {n} tokens > max_len {max_len}")
-        for r in range(len(rows)):
-            if room[r] >= n:
-                rows[r].append(ex)
-                room[r] -= n
-                break
-        else:
-            rows.append([ex])
-            room.append(max_len - n)
-    if max_rows is not None and len(rows) > max_rows:
-        raise ValueError(f"{len(rows)} rows needed, max_rows={max_rows}")
-    R = max_rows or len(rows)
-    ids = np.full((R, max_len), pad_id, np.int32)
-    seg = np.zeros((R, max_len), np.int32)
-    pos = np.zeros((R, max_len), np.int32)
-    loss = np.zeros((R, max_len), bool)
-    for r, row in enumerate(rows):
-        o = 0
-        for s, ex in enumerate(row, start=1):
-            n = len(ex["input_ids"])
-            ids[r, o : o + n] = ex["input_ids"]
-            seg[r, o : o + n] = s
-            pos[r, o : o + n] = np.arange(n)
-            m = np.asarray(ex.get("loss_mask", np.ones(n, bool)), bool).copy()
-            m[0] = False
-            loss[r, o : o + n] = m
-            o += n
-    return {"input_ids": ids, "segment_ids": seg, "positions": pos, "loss_mask": loss, "attention_mask": seg > 0}
-
-
-def packed_attention_mask(segment_ids: np.ndarray) -> np.ndarray:
-    """[B, L] segment ids -> bool [B, L, L] causal mask that never crosses examples."""
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    causal = np.tril(np.ones(segment_ids.shape[-1:] * 2, bool))
-    return same & causal & (segment_ids[:, :, None] > 0)

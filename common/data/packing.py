@@ -60,16 +60,18 @@ class PackingSpec:
 def packing_from_config(spec: dict, data_config: dict, pad_id: int, default_max_images: int | None,
                         default_max_audio_clips: int | None = None,
                         max_audio_frames: int | None = None) -> PackingSpec | None:
-    """A dataset's packing from a training config: `pack: true` (data-wide, or in the dataset's spec), rows of the
-    dataset's `max_len`, `max_images_per_row` image slots (default `default_max_images`; None for text only),
-    `max_audio_clips_per_row` (default `default_max_audio_clips`; None: no audio) of `max_audio_frames` each,
-    `pack_bins` open rows (default: the batch), `pack_algorithm`. None when packing is off."""
+    """A dataset's packing from a training config: `pack: true`, data-wide or in the dataset's spec (as every setting
+    below; the dataset's spec wins). Rows of the dataset's `max_len`; `max_images_per_row` image slots (default
+    `default_max_images`; None for text only); `max_audio_clips_per_row` (default `default_max_audio_clips`; None:
+    no audio) of `max_audio_frames` each; `pack_bins` open rows (default: the batch); `pack_algorithm` (best_fit).
+    None when packing is off."""
     if not spec.get("pack", data_config.get("pack", False)):
         return None
-    max_images = spec.get("max_images_per_row") or default_max_images
-    clips = spec.get("max_audio_clips_per_row") or default_max_audio_clips
+    setting = lambda key, default: spec.get(key) or data_config.get(key) or default  # noqa: E731
+    max_images = setting("max_images_per_row", default_max_images)
+    clips = setting("max_audio_clips_per_row", default_max_audio_clips)
     return PackingSpec(int(spec["max_len"]), None if max_images is None else int(max_images),
-                       num_bins=spec.get("pack_bins"), algorithm=spec.get("pack_algorithm", "best_fit"),
+                       num_bins=setting("pack_bins", None), algorithm=setting("pack_algorithm", "best_fit"),
                        pad_id=int(pad_id), max_audio_clips=None if clips is None else int(clips),
                        max_audio_frames=None if clips is None else int(max_audio_frames))
 

@@ -77,22 +77,6 @@ def test_padding_and_truncation(flamingo_tok):
     assert len(B.fit_length(a, 4, "truncate")["input_ids"]) == 4
 
 
-def test_packing_keeps_examples_apart():
-    ex = [{"input_ids": np.arange(1, n + 1, dtype=np.int32), "loss_mask": np.ones(n, bool)} for n in (5, 3, 7, 2, 6)]
-    p = B.pack_sequences(ex, 10, pad_id=0)
-    assert p["input_ids"].shape[1] == 10 and p["input_ids"].shape[0] == 3
-    total = sum(len(e["input_ids"]) for e in ex)
-    assert (p["segment_ids"] > 0).sum() == total
-    for r in range(p["input_ids"].shape[0]):
-        for s in set(p["segment_ids"][r].tolist()) - {0}:
-            m = p["segment_ids"][r] == s
-            assert np.array_equal(p["positions"][r][m], np.arange(m.sum()))
-            assert not p["loss_mask"][r][m][0]  # never predict across the boundary
-    mask = B.packed_attention_mask(p["segment_ids"])
-    r, i, j = np.nonzero(mask)
-    assert (p["segment_ids"][r, i] == p["segment_ids"][r, j]).all() and (j <= i).all()
-
-
 def test_family_pipelines_on_shapes(flamingo_tok, tmp_path):
     src = S.ShapesSource("interleaved", "train", size=16, image_size=32)
     ds, c = P.build_dataset(src, FD.FlamingoInterleavedTransform(flamingo_tok, 128, 32, max_images=6), batch_size=4,
