@@ -1,5 +1,6 @@
 """Shared test setup: deterministic, offline, float32 CPU; helpers to build tiny HF checkpoints."""
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,6 +20,11 @@ if "xla_force_host_platform_device_count" not in _flags:
 if "xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = _flags.strip()
+# One persistent XLA compilation cache for the whole run (xdist workers and the subprocesses of the CLI, notebook
+# and reproduction tests inherit it): the same tiny programs are compiled by many tests. It lives under the system
+# temp directory, keyed by program and flags, and only ever saves compile time.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "mmlm_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
 
