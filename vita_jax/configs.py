@@ -1,6 +1,6 @@
-"""VITA-1.5's published sizes (Fu et al. 2025, Sec. 3.1; the release's config.json, VITA_FACTS.md Sec. 2.1 / 2.3 /
-1.3) and a tiny configuration for CPU tests and the miniature, as `VitaConfig`s (a released folder carries its own
-sizes: use `vita_jax.load_original`).
+"""VITA-1.5's published sizes (Fu et al. 2025, Sec. 3.1; the release's config.json; docs/vita_release.md,
+"LLM", "Vision", "Speech encoder") and a tiny configuration for CPU tests and the miniature, as `VitaConfig`s (a
+released folder carries its own sizes: use `vita_jax.load_original`).
 
 VITA-1.5 parameter counts (jax.eval_shape, tests/vita/test_vita_model.py):
   LLM Qwen2.5-7B-Instruct (vocab 152064, untied head)  7,615,616,512

@@ -1,5 +1,5 @@
 """VITA-1.5's prompt format (the release's `conv_qwen2p5_instruct`, `preprocess_multimodal` of
-data_utils_video_audio_neg_patch.py and `tokenizer_image_audio_token`; VITA_FACTS.md Sec. 2.2 / 2.4 / 1.6):
+data_utils_video_audio_neg_patch.py and `tokenizer_image_audio_token`; docs/vita_release.md):
 ChatML with a system prompt chosen by modality, one `<image>` per tile (or video frame) followed by a newline, the
 `<audio>` after the question text, and a state character opening every answer:
   ☞ the answer to a spoken query (the human turn held `<audio>`), ☜ the answer to a typed query,

@@ -1,4 +1,5 @@
-"""Loading the released VITA-1.5 layout (VITA-MLLM/VITA-1.5; VITA_FACTS.md Sec. 4) into `vita_jax.Vita`.
+"""Loading the released VITA-1.5 layout (VITA-MLLM/VITA-1.5; docs/vita_release.md, "The release folder") into
+`vita_jax.Vita`.
 
 model_dir holds config.json (model_type `vita-Qwen2`: the Qwen2 LM's fields plus mm_* fields) and
 model-0000{1..4}-of-00004.safetensors (+ index) with

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 import ticodec_reference as ref  # noqa: E402
 from vita_jax import codec as codec_lib  # noqa: E402
 
-RELEASE_MODEL_JSON = {  # codec/model.json of VITA-1.5 (VITA_FACTS 3.4)
+RELEASE_MODEL_JSON = {  # codec/model.json of VITA-1.5 (docs/vita_release.md, "Speech output")
     "resblock": "1", "upsample_rates": [8, 5, 5, 3], "upsample_kernel_sizes": [16, 11, 11, 5],
     "upsample_initial_channel": 512, "resblock_kernel_sizes": [3, 7, 11],
     "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "segment_size": 24000, "num_mels": 80,
