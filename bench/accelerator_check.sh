@@ -3,7 +3,7 @@
 #
 # 1. The parity and core tests on the GPU backend (float32 with the highest matmul precision, so that the
 #    1e-4 bounds against PyTorch-on-CPU hold; TF32 would not): LM / CLIP / InternViT / IDEFICS / LLaVA parity,
-#    KV-cache decoding, generation, and cuDNN flash attention against the XLA path (bf16).
+#    KV-cache decoding, generation, and cuDNN flash attention against the XLA path (bf16), also on packed rows.
 # 2. (LM=1) bench/lm_train_step.py on the GPU in bf16 compute (float32 parameters and AdamW state) next to PyTorch
 #    transformers on CUDA (autocast bf16, sdpa, fused AdamW): the 100M Llama with cuDNN attention, then alone
 #    with the XLA attention path (64-query blocks; as one masked softmax, attention_block_size 0, this batch
@@ -35,7 +35,7 @@ $PY -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version
 JAX_DEFAULT_MATMUL_PRECISION=highest XLA_FLAGS="--xla_backend_optimization_level=3" timeout "${TEST_TIMEOUT:-330}" \
   $PY -m pytest -q -p no:cacheprovider -n 14 --continue-on-collection-errors -k "not sharding and not mesh" \
   ${TESTS:-tests/test_lm_parity.py tests/test_vision_parity.py tests/test_lm_core.py tests/test_generate.py \
-  tests/test_losses.py tests/flamingo/test_idefics_parity.py tests/flamingo/test_open_flamingo_parity.py \
+  tests/test_losses.py tests/test_packed_lm.py tests/flamingo/test_idefics_parity.py tests/flamingo/test_open_flamingo_parity.py \
   tests/flamingo/test_model.py tests/flamingo/test_flops.py tests/llava/test_parity.py} \
   2>&1 | tee "$OUT/tests.log" | tail -25
 

@@ -36,6 +36,15 @@ def get(config, name, default=None):
     return default if value is None else value
 
 
+def keep_tokenizer(tokenizer, workdir: str | None) -> None:
+    """Saves the run's tokenizer into its workdir at the first start (process 0; `common.tokenizers.save_tokenizer`),
+    where every family's `build_tokenizer` reads it back on resume."""
+    from common.tokenizers import SAVED_TOKENIZER_FILE, save_tokenizer
+
+    if workdir and not os.path.isfile(os.path.join(workdir, SAVED_TOKENIZER_FILE)) and jax.process_index() == 0:
+        save_tokenizer(tokenizer, workdir)
+
+
 def lora_config_from(config, prefix: str = "lm/") -> lora_lib.LoraConfig | None:
     """config.lora {rank (0 = off), alpha, targets} -> LoraConfig for the LLM under `prefix`, or None."""
     lcfg = plain(get(config, "lora", {}) or {})

@@ -17,7 +17,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 # Special tokens each family adds to its base tokenizer.
 IMAGE_TOKEN = "<image>"
@@ -488,6 +488,47 @@ def load_tokenizer(checkpoint_dir: str) -> Tokenizer:
     raise TokenizerError(
         f"no tokenizer in {checkpoint_dir}: expected tokenizer.json, tokenizer.model or a .tiktoken file"
     )
+
+
+SAVED_TOKENIZER_FILE = "tokenizer.json"
+
+
+def save_tokenizer(tokenizer, directory: str) -> None:
+    """Writes tokenizer.json and tokenizer_config.json (its bos / eos / pad names) of an HFJsonTokenizer into
+    `directory` (a training workdir, an exported checkpoint), where `build_tokenizer` finds it again. Other
+    tokenizers (SentencePiece) are not written: their checkpoint folder stays the source."""
+    if not isinstance(tokenizer, HFJsonTokenizer):
+        return
+    os.makedirs(directory, exist_ok=True)
+    tokenizer.tok.save(os.path.join(directory, SAVED_TOKENIZER_FILE))
+    names = {f"{k}_token": tokenizer.id_to_token(getattr(tokenizer, f"{k}_id"))
+             for k in ("bos", "eos", "pad") if getattr(tokenizer, f"{k}_id") is not None}
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump(names, f)
+
+
+def build_tokenizer(tok_config, workdir: str | None, *, shapes_tokenizer: Callable[[int], Tokenizer],
+                    default_vocab_size: int, family: str | None = None) -> Tokenizer:
+    """A family's tokenizer from config.tokenizer: {kind: 'shapes_bpe', vocab_size} (the family's in-memory BPE of
+    the bundled data, `shapes_tokenizer(vocab_size)`) or {kind: 'dir', path} (a checkpoint's tokenizer). A workdir
+    holding a saved tokenizer.json (`save_tokenizer`, at a run's first start) wins, so a resumed run keeps its
+    vocabulary whatever a later library version would build. `family` ('flamingo', 'llava'): its special tokens are
+    added to a checkpoint's or a saved tokenizer (a no-op where they are in it already)."""
+    tok_config = dict(tok_config or {"kind": "shapes_bpe"})
+    if workdir and os.path.isfile(os.path.join(workdir, SAVED_TOKENIZER_FILE)):
+        tokenizer = load_tokenizer(workdir)
+    else:
+        kind = tok_config.get("kind", "shapes_bpe")
+        if kind == "shapes_bpe":
+            return shapes_tokenizer(int(tok_config.get("vocab_size") or default_vocab_size))
+        if kind != "dir":
+            raise ValueError(f"unknown tokenizer kind {kind!r}; use 'shapes_bpe' or 'dir' (with path=)")
+        if not tok_config.get("path"):
+            raise ValueError("tokenizer kind 'dir' needs path= (a checkpoint folder with its tokenizer)")
+        tokenizer = load_tokenizer(tok_config["path"])
+    if family is not None:
+        tokenizer.add_family_tokens(family)
+    return tokenizer
 
 
 def train_byte_level_bpe(corpus: Sequence[str], vocab_size: int, special_tokens: Sequence[str], *,

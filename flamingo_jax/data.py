@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,7 +30,8 @@ from common.data import shapes
 from common.data.batching import fit_length, tokenize_segments
 from common.data.pipeline import ImageTextPairTransform, clip_image
 from common.data.records import IMAGE_MARKER_MISMATCH, BadRecord, decode_text
-from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer, load_tokenizer
+from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer
+from common.tokenizers import build_tokenizer as build_family_tokenizer
 
 SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN, END_OF_CHUNK_TOKEN)
 NAMES_SENTENCE = "This is a {}."
@@ -151,18 +151,12 @@ def shapes_tokenizer(vocab_size: int = 768) -> HFJsonTokenizer:
                            config={"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"})
 
 
-def build_tokenizer(tok_config=None):
+def build_tokenizer(tok_config=None, workdir: str | None = None):
     """config.tokenizer {kind: 'shapes_bpe' (vocab_size) | 'dir' (path: an HF / SentencePiece checkpoint dir, to which
-    `<image>`, `<|endofchunk|>` and a pad are added, OpenFlamingo style)}."""
-    tok_config = dict(tok_config or {"kind": "shapes_bpe"})
-    kind = tok_config.get("kind", "shapes_bpe")
-    if kind == "shapes_bpe":
-        return shapes_tokenizer(int(tok_config.get("vocab_size", 768)))
-    if kind == "dir":
-        tok = load_tokenizer(tok_config["path"])
-        tok.add_family_tokens("flamingo")
-        return tok
-    raise ValueError(f"unknown tokenizer kind {kind!r}; use 'shapes_bpe' or 'dir' (with path=)")
+    `<image>`, `<|endofchunk|>` and a pad are added, OpenFlamingo style)}; a workdir's saved tokenizer.json wins
+    (`common.tokenizers.build_tokenizer`: a resumed run keeps its vocabulary)."""
+    return build_family_tokenizer(tok_config, workdir, shapes_tokenizer=shapes_tokenizer, default_vocab_size=768,
+                                  family="flamingo")
 
 
 def special_ids(tokenizer) -> dict[str, int]:
@@ -392,10 +386,3 @@ def make_pair_transform(spec: dict, tokenizer, image_size: int):
     return ImageTextPairTransform(tokenizer, int(spec["max_len"]), image_size, spec.get("over_length", "truncate"),
                                   convert_image_modes=bool(spec.get("convert_image_modes", False)))
 
-
-def save_tokenizer_json(tokenizer, directory: str) -> None:
-    if isinstance(tokenizer, HFJsonTokenizer):
-        os.makedirs(directory, exist_ok=True)
-        tokenizer.tok.save(os.path.join(directory, "tokenizer.json"))
-        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-            json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, f)

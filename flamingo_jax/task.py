@@ -51,7 +51,7 @@ from common.data.packing import packed_batch_spec, packed_model_inputs, packing_
 from common.data.pipeline import Collate, collated_batch_spec, task_iterator
 from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
 from common.lm_task import next_token_loss
-from common.task_utils import get, graft, plain, restore_params
+from common.task_utils import get, graft, keep_tokenizer, plain, restore_params
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
 from common.trainer import DataShard, Task
 from flamingo_jax import data as data_lib
@@ -237,7 +237,7 @@ def new_token_rows(tokenizer) -> dict[str, int]:
 def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     """The Flamingo task of `config`; `tokenizer` (default: built from config.tokenizer) may be a stand-in that
     only sizes the vocabulary when the task is only planned (common.aot)."""
-    tokenizer = tokenizer or data_lib.build_tokenizer(get(config, "tokenizer", None))
+    tokenizer = tokenizer or data_lib.build_tokenizer(get(config, "tokenizer", None), workdir)
     cfg = flamingo_config_from(config.model, tokenizer)
     stage = get(config, "stage", "flamingo")
     if stage not in ("flamingo", "lm", "contrastive"):
@@ -250,8 +250,7 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     dcfg = plain(config.data)
     image_size = cfg.vision.image_size if cfg.vision is not None else int(dcfg.get("image_size", 64))
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-    if workdir and jax.process_index() == 0:
-        data_lib.save_tokenizer_json(tokenizer, workdir)
+    keep_tokenizer(tokenizer, workdir)
 
     def init_params(rng):
         if stage == "lm":

@@ -21,6 +21,8 @@ import flax
 import jax
 import numpy as np
 
+from common.tokenizers import save_tokenizer
+
 from llava_jax import data as data_lib
 from llava_jax.model import Llava
 
@@ -76,7 +78,7 @@ def save(out_dir: str, module: Llava, params, tokenizer, template: str = "vicuna
         json.dump({"llava_config": cfg, "template": template}, f, indent=1)
     with open(os.path.join(out_dir, EXPORT_PARAMS), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
-    data_lib.save_tokenizer(tokenizer, out_dir)
+    save_tokenizer(tokenizer, out_dir)
 
 
 def _config_from_dict(d: dict):

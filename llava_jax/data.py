@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 
 import numpy as np
 
 from common.data import image_ops, shapes
 from common.data.batching import fit_length
 from common.data.shapes import COLOURS, NUMBER_WORDS, SHAPES, ShapesSource
-from common.tokenizers import IMAGE_TOKEN, HFJsonTokenizer, load_tokenizer
+from common.tokenizers import IMAGE_TOKEN, HFJsonTokenizer
+from common.tokenizers import build_tokenizer as build_family_tokenizer
 from llava_jax import conversation
 
 VQA_SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
-TOKENIZER_FILE = "tokenizer.json"
 SHAPES_SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN)
 
 
@@ -80,40 +79,18 @@ def shapes_tokenizer(vocab_size: int = 512) -> HFJsonTokenizer:
 
 
 def build_tokenizer(tok_config, workdir: str | None = None):
-    """config.tokenizer -> Tokenizer with `<image>`. A workdir holding tokenizer.json (written at the first start)
-    takes precedence, so a run keeps its tokenizer whatever library version rebuilds it."""
-    tok_config = dict(tok_config or {"kind": "shapes_bpe"})
-    if workdir and os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)):
-        return load_saved_tokenizer(workdir)
-    kind = tok_config.get("kind", "shapes_bpe")
-    if kind == "shapes_bpe":
-        tok = shapes_tokenizer(int(tok_config.get("vocab_size", 512)))
-    elif kind == "dir":
-        tok = load_tokenizer(tok_config["path"])
-        tok.add_family_tokens("llava")
-        if tok.pad_id is None:
-            tok.pad_id = tok.token_to_id(tok_config.get("pad_token", "<unk>")) or 0
-    else:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; use 'shapes_bpe' or 'dir' (with path=)")
+    """config.tokenizer -> Tokenizer with `<image>` (`common.tokenizers.build_tokenizer`: a workdir's saved
+    tokenizer.json wins); a checkpoint tokenizer without a pad pads with `pad_token` (default `<unk>`)."""
+    tok = build_family_tokenizer(tok_config, workdir, shapes_tokenizer=shapes_tokenizer, default_vocab_size=512,
+                                 family="llava")
+    if tok.pad_id is None:
+        tok.pad_id = tok.token_to_id(dict(tok_config or {}).get("pad_token", "<unk>")) or 0
     return tok
-
-
-def save_tokenizer(tokenizer, directory: str) -> None:
-    """Writes tokenizer.json (+ the bos / eos / pad names) of an HFJsonTokenizer; other backends are not saved."""
-    if not isinstance(tokenizer, HFJsonTokenizer):
-        return
-    os.makedirs(directory, exist_ok=True)
-    tokenizer.tok.save(os.path.join(directory, TOKENIZER_FILE))
-    names = {f"{k}_token": tokenizer.id_to_token(getattr(tokenizer, f"{k}_id"))
-             for k in ("bos", "eos", "pad") if getattr(tokenizer, f"{k}_id") is not None}
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump(names, f)
 
 
 def load_saved_tokenizer(directory: str):
-    tok = load_tokenizer(directory)
-    tok.add_family_tokens("llava")
-    return tok
+    """The tokenizer `save_tokenizer` wrote into `directory` (a workdir or an exported checkpoint)."""
+    return build_tokenizer({"kind": "dir", "path": directory}, directory)
 
 
 # ----------------------------------------------------------------------------------------------------------------

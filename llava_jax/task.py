@@ -25,7 +25,6 @@ Trainable parameters are chosen by optimizer.param_groups (regexes; the stage co
 from __future__ import annotations
 
 import logging
-import os
 
 import flax.linen as nn
 import jax
@@ -36,7 +35,7 @@ from common.data.pipeline import Collate, collated_batch_spec, task_iterator
 from common.lm import LMConfig, matmul_flops_per_token
 from common.lm_task import next_token_loss
 from common.tokenizers import IMAGE_TOKEN, padded_vocab_size
-from common.task_utils import get as _get, graft, lora_config_from, plain as _plain, restore_params
+from common.task_utils import get as _get, graft, keep_tokenizer, lora_config_from, plain as _plain, restore_params
 from common.trainer import DataShard, Task
 from common.vision.clip import CLIPVisionConfig
 from llava_jax import data as data_lib
@@ -133,8 +132,7 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     """The LLaVA task of `config`; `tokenizer` (default: built from config.tokenizer) may be a stand-in that only
     sizes the vocabulary when the task is only planned (common.aot)."""
     tokenizer = tokenizer or data_lib.build_tokenizer(_get(config, "tokenizer", None), workdir)
-    if workdir and not os.path.isfile(os.path.join(workdir, data_lib.TOKENIZER_FILE)) and jax.process_index() == 0:
-        data_lib.save_tokenizer(tokenizer, workdir)
+    keep_tokenizer(tokenizer, workdir)
     cfg = llava_config_from(config.model, tokenizer)
     model = Llava(cfg)
     lcfg = lora_config_from(config)

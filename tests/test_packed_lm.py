@@ -118,3 +118,21 @@ def test_segment_ids_need_no_cache_and_the_right_shape():
     with pytest.raises(ValueError, match="without a KV cache"):
         model.apply({"params": params}, ids, segment_ids=jnp.ones((2, 8), jnp.int32),
                     cache=KVCache.create(CFG, 2, 16))
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+def test_cudnn_packed_rows_equal_the_xla_path():
+    """attention_impl='cudnn' with segment_ids (its mask input): the packed logits and gradients equal the XLA
+    path's (bf16 compute, so within bf16 rounding). Runs on a GPU (bench/accelerator_check.sh)."""
+    cfg = CFG.replace(dtype="bfloat16", hidden_size=64, num_heads=4, num_kv_heads=2)
+    xla, cudnn = DecoderLM(cfg), DecoderLM(cfg.replace(attention_impl="cudnn"))
+    params = random_params(xla, jnp.zeros((1, ROW), jnp.int32))
+    ids, seg, _ = pack(samples())
+
+    def loss(model):
+        return lambda p: model.apply({"params": p}, ids, segment_ids=seg).astype(jnp.float32).std()
+
+    out_x, out_c = (jax.jit(lambda p, m=m: m.apply({"params": p}, ids, segment_ids=seg))(params)
+                    for m in (xla, cudnn))
+    chex.assert_trees_all_close(out_c, out_x, atol=5e-2)
+    chex.assert_trees_all_close(jax.grad(loss(cudnn))(params), jax.grad(loss(xla))(params), atol=5e-2)

@@ -28,13 +28,13 @@ from common.data.records import (CORRUPT_AUDIO, MALFORMED, MISSING_AUDIO, TOO_LO
                                  require_path)
 from common.data.speech import load_word_bank
 from common.tokenizers import (AUDIO_TOKEN, IMAGE_TOKEN, QWEN_SPECIAL_TOKENS, VITA_STATE_TOKENS, HFJsonTokenizer,
-                               load_tokenizer, train_byte_level_bpe)
+                               train_byte_level_bpe)
+from common.tokenizers import build_tokenizer as build_family_tokenizer
 from vita_jax import conversation
 
 EMPTY_AUDIO = "empty_audio"
 CLIPPED_AUDIO = "clipped_audio"
 AUDIO_REASONS = (WRONG_SAMPLE_RATE, EMPTY_AUDIO, CLIPPED_AUDIO, TOO_LONG, MISSING_AUDIO, CORRUPT_AUDIO)
-TOKENIZER_FILE = "tokenizer.json"
 ASR_PROMPT = "Convert the speech to text."
 CAPTION_PROMPT = "Describe the image briefly."
 
@@ -76,23 +76,8 @@ def shapes_tokenizer(vocab_size: int = 1024) -> HFJsonTokenizer:
 
 def build_tokenizer(tok_config, workdir: str | None = None):
     """{kind: 'shapes_bpe', vocab_size} | {kind: 'dir', path} (a release folder / any Qwen2 tokenizer dir); a
-    workdir's saved tokenizer.json wins (a resumed run keeps its vocabulary)."""
-    if workdir and os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)):
-        return load_tokenizer(workdir)
-    cfg = dict(tok_config or {})
-    kind = cfg.get("kind", "shapes_bpe")
-    if kind == "shapes_bpe":
-        return shapes_tokenizer(int(cfg.get("vocab_size", 1024)))
-    if kind == "dir":
-        return load_tokenizer(require_path(cfg["path"], "tokenizer directory", "dir"))
-    raise ValueError(f"unknown tokenizer kind {kind!r}; use 'shapes_bpe' or 'dir'")
-
-
-def save_tokenizer(tokenizer, directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
-    tokenizer.tok.save(os.path.join(directory, TOKENIZER_FILE))
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, f)
+    workdir's saved tokenizer.json wins (`common.tokenizers.build_tokenizer`: a resumed run keeps its vocabulary)."""
+    return build_family_tokenizer(tok_config, workdir, shapes_tokenizer=shapes_tokenizer, default_vocab_size=1024)
 
 
 # ----------------------------------------------------------------------------------------------------------------

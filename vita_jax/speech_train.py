@@ -25,7 +25,8 @@ from common.data import shapes
 from common.data.pipeline import task_iterator
 from common.data.records import MALFORMED, TOO_LONG, BadRecord
 from common.data.speech import load_word_bank
-from common.task_utils import get, plain, restore_config, restore_params
+from common.task_utils import get, keep_tokenizer, plain, restore_config, restore_params
+from common.tokenizers import SAVED_TOKENIZER_FILE
 from common.trainer import DataShard, Task
 from vita_jax import data as data_lib
 from vita_jax.codec import Codec, load_original as load_codec
@@ -145,10 +146,9 @@ def normalise_text_table(table: np.ndarray, text_norm: str) -> np.ndarray:
 def make_task(config, workdir: str | None = None) -> Task:
     tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None), workdir)
     text_from = get(config, "text_from", "")
-    if text_from and os.path.isfile(os.path.join(text_from, data_lib.TOKENIZER_FILE)):
+    if text_from and os.path.isfile(os.path.join(text_from, SAVED_TOKENIZER_FILE)):
         tokenizer = data_lib.build_tokenizer(None, text_from)  # the LLM's own vocabulary
-    if workdir and not os.path.isfile(os.path.join(workdir, data_lib.TOKENIZER_FILE)) and jax.process_index() == 0:
-        data_lib.save_tokenizer(tokenizer, workdir)
+    keep_tokenizer(tokenizer, workdir)
     cfg = decoder_config_from(config)
     decoder = SpeechDecoder(cfg)
     codec_from = get(config, "codec_from", "")

@@ -18,7 +18,6 @@ Config (ml_collections; configs/vita/*.py):
 """
 from __future__ import annotations
 
-import os
 
 import flax.linen as nn
 import jax
@@ -28,7 +27,7 @@ from common.data.packing import packed_batch_spec, packed_model_inputs, packing_
 from common.data.pipeline import Collate, collated_batch_spec, task_iterator
 from common.lm import LMConfig, matmul_flops_per_token
 from common.lm_task import next_token_loss
-from common.task_utils import get, graft, lora_config_from, plain, restore_params
+from common.task_utils import get, graft, keep_tokenizer, lora_config_from, plain, restore_params
 from common.tokenizers import padded_vocab_size
 from common.trainer import DataShard, Task
 from common.vision.intern_vit import InternViTConfig
@@ -98,8 +97,7 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     """The VITA task of `config`; `tokenizer` (default: built from config.tokenizer) may be a stand-in that only
     sizes the vocabulary when the task is only planned (common.aot)."""
     tokenizer = tokenizer or data_lib.build_tokenizer(get(config, "tokenizer", None), workdir)
-    if workdir and not os.path.isfile(os.path.join(workdir, data_lib.TOKENIZER_FILE)) and jax.process_index() == 0:
-        data_lib.save_tokenizer(tokenizer, workdir)
+    keep_tokenizer(tokenizer, workdir)
     cfg = vita_config_from(config.model, tokenizer)
     model = Vita(cfg)
     lcfg = lora_config_from(config)

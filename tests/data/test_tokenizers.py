@@ -139,3 +139,23 @@ def test_missing_dir_and_empty_dir_are_clear_errors(tmp_path):
         load_tokenizer(str(tmp_path / "nope"))
     with pytest.raises(TokenizerError, match="no tokenizer"):
         load_tokenizer(str(tmp_path))
+
+
+@pytest.mark.parametrize("family", ["flamingo", "llava", "vita"])
+def test_a_resumed_run_keeps_the_tokenizer_of_its_workdir(family, tmp_path):
+    """Every family builds its tokenizer through common.tokenizers.build_tokenizer: the workdir's saved tokenizer.json
+    (written at the first start, common.task_utils.keep_tokenizer) wins over what the config would build now."""
+    import importlib
+
+    from common.task_utils import keep_tokenizer
+
+    data_lib = importlib.import_module(f"{family}_jax.data")
+    first = data_lib.build_tokenizer({"kind": "shapes_bpe", "vocab_size": 600}, str(tmp_path))
+    keep_tokenizer(first, str(tmp_path))
+    assert (tmp_path / "tokenizer.json").is_file()
+    resumed = data_lib.build_tokenizer({"kind": "shapes_bpe", "vocab_size": 900}, str(tmp_path))
+    assert resumed.vocab_size == first.vocab_size != data_lib.build_tokenizer(
+        {"kind": "shapes_bpe", "vocab_size": 900}).vocab_size
+    text = "a small red circle <image> next to a blue square"
+    assert resumed.encode(text) == first.encode(text)
+    assert (resumed.bos_id, resumed.eos_id, resumed.pad_id) == (first.bos_id, first.eos_id, first.pad_id)

@@ -29,7 +29,7 @@ def lora_workdir(tmp_path_factory):
     """A workdir of the micro LoRA stage-2 config (config.json, tokenizer.json, checkpoints/1/state) with random
     base weights and random adapters; -> (workdir, task, merged params, base params)."""
     from common.checkpoints import Checkpointer
-    from llava_jax import data as data_lib
+    from common.tokenizers import save_tokenizer
     from llava_jax.task import make_task
 
     config = micro(load_config("tiny_stage2_lora"))
@@ -44,7 +44,7 @@ def lora_workdir(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("lora_workdir"))
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    data_lib.save_tokenizer(task.tokenizer, workdir)
+    save_tokenizer(task.tokenizer, workdir)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, async_save=False)
     assert ckpt.save(1, {"params": params}, [])
     ckpt.close()
