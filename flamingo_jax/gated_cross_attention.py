@@ -78,12 +78,15 @@ class MediaInputs:
       see `text_time_from_ids` (with a KV cache, it continues from the <image> count already in the cache).
     segment_ids [B, T], media_segment_ids [B, N] (packed rows, both or neither): a token sees only the media of its
       own segment (sample).
+    visible: [B, T, N] bool (optional; HF IDEFICS' `image_attention_mask`): which media each token may attend to,
+      instead of the mask text_time implies; a token that may attend to none gets a zero cross-attention output.
     """
 
     media: jax.Array
     text_time: jax.Array
     segment_ids: jax.Array | None = None
     media_segment_ids: jax.Array | None = None
+    visible: jax.Array | None = None
 
 
 def text_time_from_ids(input_ids: jax.Array, image_token_id: int, media_seen: jax.Array | None = None,
@@ -156,7 +159,10 @@ class GatedCrossAttentionBlock(nn.Module):
         if cfg.qk_norm:
             q = make_norm("rms", cfg.norm_eps, False, dtype, param_dtype, "q_norm")(q)
             k = make_norm("rms", cfg.norm_eps, False, dtype, param_dtype, "k_norm")(k)
-        visible = media_mask(text_time, n, cfg.only_attend_immediate_media)  # [B, T, N]
+        if inputs.visible is None:
+            visible = media_mask(text_time, n, cfg.only_attend_immediate_media)  # [B, T, N]
+        else:
+            visible = inputs.visible.astype(bool)
         if inputs.segment_ids is not None:  # packed rows: only the media of the token's own sample
             if cfg.openflamingo_zeroing and not cfg.only_attend_immediate_media:
                 raise ValueError("packed rows need a token that sees no medium to see nothing: "
@@ -164,7 +170,7 @@ class GatedCrossAttentionBlock(nn.Module):
             visible &= inputs.media_segment_ids[:, None, :] == inputs.segment_ids[:, :, None]
         key_mask = jnp.repeat(visible, r, axis=-1)[:, None]  # [B, 1, T, N*R]
         out = dot_product_attention(q, k, v, mask=key_mask)  # [B, T, H, Dh]
-        if cfg.openflamingo_zeroing:
+        if cfg.openflamingo_zeroing and inputs.visible is None:
             zero = (text_time == 0) if cfg.only_attend_immediate_media else jnp.zeros_like(text_time, bool)
         else:
             zero = ~jnp.any(visible, axis=-1)  # [B, T]: sees no medium

@@ -148,7 +148,7 @@ class Flamingo(nn.Module):
                  media: jax.Array | None = None, position_ids: jax.Array | None = None, cache: KVCache | None = None,
                  media_seen: jax.Array | None = None, text_time: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, image_segment_ids: jax.Array | None = None,
-                 return_hidden: bool = False):
+                 image_attention_mask: jax.Array | None = None, return_hidden: bool = False):
         """Float32 logits [B, L, V] (with `cache`: (logits, new cache)).
 
         Give the images as exactly one of pixel_values ([B, N, H, W, C] / [B, N, T, H, W, C]), vision_features
@@ -156,6 +156,8 @@ class Flamingo(nn.Module):
         e.g. cached across generation steps); none = text only (no token sees an image; the dense branch of
         every block still applies, as in OpenFlamingo). media_seen [B]: <image> tokens already in `cache`.
         text_time [B, L] overrides the per-token image index computed from the <image> tokens.
+        image_attention_mask [B, L, N] (HF IDEFICS' input: 1 where a token may attend to an image) replaces the mask
+        text_time implies; a token that may attend to no image gets a zero cross-attention output.
         Packed rows (several samples per row, `common.data.packing`): segment_ids [B, L] (0 = padding) keep every
         sample's attention and positions to itself and restart text_time per sample, the row's media numbered across
         its samples in order; image_segment_ids [B, N] name each medium's sample (default: read from where the
@@ -189,8 +191,14 @@ class Flamingo(nn.Module):
         if segment_ids is not None:
             media_segment_ids = (media_segments_from_ids(input_ids, cfg.image_token_id, segment_ids, media.shape[1])
                                  if image_segment_ids is None else jnp.asarray(image_segment_ids, jnp.int32))
+        visible = None
+        if image_attention_mask is not None:
+            visible = jnp.asarray(image_attention_mask).astype(bool)
+            if visible.shape != input_ids.shape + (media.shape[1],):
+                raise ValueError(f"image_attention_mask must be [B, L, N] = {input_ids.shape + (media.shape[1],)}, "
+                                 f"got {tuple(visible.shape)}")
         inputs = MediaInputs(media=media, text_time=text_time.astype(jnp.int32), segment_ids=segment_ids,
-                             media_segment_ids=media_segment_ids)
+                             media_segment_ids=media_segment_ids, visible=visible)
         return self.lm(input_ids, attention_mask, position_ids=position_ids, segment_ids=segment_ids, cache=cache,
                        block_inputs=inputs, return_hidden=return_hidden)
 

@@ -63,6 +63,9 @@ def test_idefics_logits_match(name, save_hf):
     diff = np.abs(out - ref).max()
     print(f"{name}: max |diff| {diff:.2e} (logits up to {np.abs(ref).max():.2f})")
     assert diff <= 1e-4
+    # HF's own input: the same image_attention_mask as the reference was given
+    masked = np.asarray(jit_apply(ours)(params, ids, px, image_attention_mask=image_attention_mask.numpy()))
+    assert np.abs(masked - ref).max() <= 1e-4
     # the images matter: other pixels change the logits after the first image
     other = np.asarray(jit_apply(ours)(params, ids, px[:, ::-1], text_time=text_time))
     assert np.abs(other - out).max() > 1e-3

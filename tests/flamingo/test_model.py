@@ -4,6 +4,7 @@ import functools
 import re
 
 import flax.linen as nn
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,6 +90,22 @@ def test_masking_semantics(immediate):
     np.testing.assert_array_equal(moved, expected)
     # the <image> token itself attends to its own image
     assert moved[0, 2] and moved[1, 1]
+
+
+def test_idefics_image_attention_mask_is_accepted(tiny):
+    """HF IDEFICS' input name: image_attention_mask [B, T, N] (one-hot of text_time) gives the logits text_time
+    gives; a mask that hides every image from a token makes its cross-attention zero; a wrong shape is named."""
+    cfg, model, params = tiny
+    px = pixels(2, 2)
+    tt = np.asarray(text_time_from_ids(IDS, IMAGE))
+    mask = np.eye(3, dtype=np.int32)[tt][..., 1:]  # [B, T, N]
+    apply = jit_apply(model)
+    chex.assert_trees_all_close(apply(params, IDS, px, image_attention_mask=mask), apply(params, IDS, px),
+                                atol=1e-6)
+    blind = apply(params, IDS, px, image_attention_mask=np.zeros_like(mask))
+    chex.assert_trees_all_close(blind, apply(params, IDS, px, text_time=np.zeros_like(tt)), atol=1e-6)
+    with pytest.raises(ValueError, match="image_attention_mask must be"):
+        model.apply({"params": params}, IDS, px, image_attention_mask=mask[:, :, :1])
 
 
 def test_openflamingo_zeroing_quirk():
