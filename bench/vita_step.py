@@ -70,7 +70,7 @@ def bench_train_step(config, steps: int, peak: float) -> tuple[dict, object, obj
         trainer.close()
     step_s = sorted(times)[len(times) // 2]
     tokens = int(sum(int(b["attention_mask"].sum()) for b in entry["batches"].values()))
-    record = {"bench": "vita_train_step", "stage": "2.2", "params": param_counts(task.vita_config),
+    record = {"bench": "vita_train_step", "stage": "2.2", "params": param_counts(task.model_config),
               "batch": config.batch_size, "seq_len": int(config.data.datasets["spoken_qa"]["max_len"]),
               "step_s": step_s, "first_step_s": entry["compile_s"], "tokens_per_s": tokens / step_s,
               "model_flops_per_step": flops, "mfu": flops / step_s / peak, "loss": float(entry["metrics"]["loss"])}
@@ -86,7 +86,7 @@ def bench_generation(task, params, batch_sizes, new_tokens: int) -> list[dict]:
 
     params = nn.unbox(params)
     pad = task.tokenizer.pad_id if task.tokenizer.pad_id is not None else 0
-    cfg = task.vita_config
+    cfg = task.model_config
     source = data_lib.ShapesVitaSource("spoken_qa", "validation", 64, image_size=cfg.vision.image_size,
                                        typed_fraction=0.0)
     records = [r for r in (source[i] for i in range(64)) if r["kind"] == "spoken"]

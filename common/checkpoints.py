@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 
 log = logging.getLogger("common.checkpoints")
 
+CHECKPOINTS_DIR = "checkpoints"  # under a workdir
 STATE_ITEM = "state"
 DATA_ITEM = "data"
 
@@ -114,6 +115,24 @@ class Checkpointer:
         restored = self.manager.restore(step, args=args)
         log.info("restored step %d from %s", step, self.directory)
         return restored[STATE_ITEM], restored[DATA_ITEM]["iterators"]
+
+    def restore_params(self, step: int | None = None) -> Any:
+        """Host (numpy) parameters of the checkpoint at `step` (latest by default), without the optimizer or data
+        state: what evaluation, export and `init_from` read."""
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
+        step = max(steps) if step is None else int(step)
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (it has {steps})")
+        path = os.path.join(self.directory, str(step), STATE_ITEM)
+        with ocp.PyTreeCheckpointer() as reader:
+            tree = reader.metadata(path).item_metadata.tree  # {step, params, opt_state, ...}
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])
+            out = reader.restore(path, args=ocp.args.PyTreeRestore(item={"params": tree["params"]},
+                                                                   restore_args={"params": restore_args},
+                                                                   partial_restore=True))
+        return out["params"]
 
     def reached_preemption(self, step: int) -> bool:
         """True when the JAX distributed preemption service says all hosts reached a preemption sync point."""

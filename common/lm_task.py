@@ -48,7 +48,9 @@ def token_splits_from(data_config) -> dict[str, np.ndarray]:
     raise ValueError(f"unknown data source {source!r}; use 'bundled' or 'text_file'")
 
 
-def make_task(config) -> Task:
+def make_task(config, workdir: str | None = None) -> Task:
+    """The LM task of `config` (`workdir` unused: the byte-level data needs no tokenizer file)."""
+    del workdir
     lm_config = lm_config_from(config.model)
     model = DecoderLM(lm_config)
     seq_len = int(config.data.seq_len)

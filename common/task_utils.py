@@ -107,23 +107,15 @@ def restore_config(workdir: str):
 
 
 def restore_params(workdir: str, step: int | None = None):
-    """Host (numpy) params of a training workdir's checkpoint (latest by default), without its optimizer state."""
-    import orbax.checkpoint as ocp
+    """Host (numpy) params of a training workdir's checkpoint (latest by default), without its optimizer state
+    (`common.checkpoints.Checkpointer.restore_params`)."""
+    from common.checkpoints import CHECKPOINTS_DIR, Checkpointer
 
-    root = os.path.join(os.path.abspath(workdir), "checkpoints")
+    root = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"no checkpoints in {workdir} (expected {root}/<step>/state)")
-    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit())
-    if not steps:
-        raise FileNotFoundError(f"no finished checkpoint in {root}")
-    step = steps[-1] if step is None else step
-    path = os.path.join(root, str(step), "state")
-    with ocp.PyTreeCheckpointer() as ckpt:
-        tree = ckpt.metadata(path).item_metadata.tree  # {step, params, opt_state, ...}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree["params"])
-        out = ckpt.restore(path, args=ocp.args.PyTreeRestore(item={"params": tree["params"]},
-                                                             restore_args={"params": restore_args},
-                                                             partial_restore=True))
-    return out["params"]
-
-
+        raise FileNotFoundError(f"no checkpoints in {workdir} (expected {root})")
+    checkpointer = Checkpointer(root, async_save=False)
+    try:
+        return checkpointer.restore_params(step)
+    finally:
+        checkpointer.close()

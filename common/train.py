@@ -58,12 +58,13 @@ class _QuietLibraries(logging.Filter):
 
 
 def train(config, workdir: str, make_task: Callable):
-    """Builds the task and trainer from `config` and runs to completion (or preemption)."""
+    """Builds the task (`make_task(config, workdir)`: every family's `make_task`) and the trainer from `config` and
+    runs to completion (or preemption)."""
     import jax
 
     from common.trainer import Trainer
 
-    trainer = Trainer(config, make_task(config), workdir)
+    trainer = Trainer(config, make_task(config, workdir), workdir)
     try:
         result = trainer.run()
     finally:
@@ -74,7 +75,8 @@ def train(config, workdir: str, make_task: Callable):
 
 
 def run(make_task: Callable) -> None:
-    """The `main` of every `<family>.train` module: parse flags, init distributed, train, exit 0."""
+    """The `main` of every `<family>.train` module: parse flags, init distributed, train (the workdir of
+    --workdir passed to `make_task(config, workdir)`), exit 0."""
 
     def main(argv):
         if len(argv) > 1:
@@ -92,10 +94,10 @@ def run(make_task: Callable) -> None:
     app.run(main)
 
 
-def _make_lm_task(config):
+def _make_lm_task(config, workdir):
     from common.lm_task import make_task
 
-    return make_task(config)
+    return make_task(config, workdir)
 
 
 if __name__ == "__main__":

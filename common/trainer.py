@@ -28,7 +28,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from common import optimizer as optimizer_lib
-from common.checkpoints import Checkpointer, PreemptionWatcher
+from common.checkpoints import CHECKPOINTS_DIR, Checkpointer, PreemptionWatcher
 from common.sharding import LOGICAL_AXIS_RULES, MESH_AXES, activate, logical_sharding, logical_to_spec, make_mesh
 
 log = logging.getLogger("common.trainer")
@@ -90,6 +90,9 @@ class Task:
         not learnt by gradient, e.g. a VQ codebook's dead-code restarts. Frozen parameters may change here.
     batch_spec() -> {name: {field: jax.ShapeDtypeStruct}}: each dataset's global batch as the pipeline collates it
         (no data read), for compiling the step ahead of time (`common.aot`, `python -m mmlm_jax.plan`).
+    What the task was built from, for whoever runs its model outside the trainer (evaluation, export, benches):
+    model (the flax module), model_config (the family's config dataclass), tokenizer, lora_config (None: no
+    adapters), extras (anything else a family's own tools read, by name: Flamingo's `stage`, the codec's `segment`).
     """
 
     init_params: Callable[[jax.Array], Any]
@@ -103,6 +106,11 @@ class Task:
     named_rows: Mapping[str, int] | None = None
     update_params: Callable[[Any, Mapping[str, Mapping[str, jax.Array]], jax.Array], Any] | None = None
     batch_spec: Callable[[], Mapping[str, Mapping[str, jax.ShapeDtypeStruct]]] | None = None
+    model: Any = None
+    model_config: Any = None
+    tokenizer: Any = None
+    lora_config: Any = None
+    extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -433,7 +441,7 @@ class Trainer:
         self.is_main = jax.process_index() == 0
         os.makedirs(self.workdir, exist_ok=True)
         self.data_shard = host_data_shard(self.mesh)
-        self.checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"),
+        self.checkpointer = Checkpointer(os.path.join(self.workdir, CHECKPOINTS_DIR),
                                          keep=int(_config_get(config, "keep_checkpoints", 3)),
                                          async_save=bool(_config_get(config, "async_checkpoints", True)))
         self._step_fns: dict[tuple[str, ...], Callable] = {}

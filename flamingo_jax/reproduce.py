@@ -47,7 +47,7 @@ def _train(config, workdir: str):
     from common.train import train
     from flamingo_jax.task import make_task
 
-    result = train(config, workdir, lambda c: make_task(c, workdir))
+    result = train(config, workdir, make_task)
     if result.preempted:
         raise Preempted(f"{workdir}: preempted at step {result.final_step} of {config.total_steps}; the checkpoint is "
                         "saved, run the same command again to resume")

@@ -350,6 +350,6 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
                 flops_per_example=flops, load_pretrained=load,
                 make_eval_data=make_eval_data if int(get(config, "eval_batches", 0)) else None,
-                named_rows=new_token_rows(tokenizer), batch_spec=batch_spec)
-    task.model, task.flamingo_config, task.tokenizer, task.stage = model, cfg, tokenizer, stage
+                named_rows=new_token_rows(tokenizer), batch_spec=batch_spec, model=model, model_config=cfg,
+                tokenizer=tokenizer, extras={"stage": stage})
     return task

@@ -7,10 +7,10 @@ Same flags, resume and multi-host behaviour as `common.train`; the task is `flam
 from common import train as common_train
 
 
-def _make_task(config):
+def _make_task(config, workdir):
     from flamingo_jax.task import make_task
 
-    return make_task(config, common_train.FLAGS.workdir)
+    return make_task(config, workdir)
 
 
 if __name__ == "__main__":

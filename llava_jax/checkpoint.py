@@ -21,6 +21,7 @@ import flax
 import jax
 import numpy as np
 
+from common.checkpoints import CHECKPOINTS_DIR
 from common.tokenizers import save_tokenizer
 
 from llava_jax import data as data_lib
@@ -111,7 +112,7 @@ def load_model(path: str, template: str | None = None):
         raise FileNotFoundError(f"checkpoint {path!r} is not a directory")
     if os.path.isfile(os.path.join(path, EXPORT_CONFIG)):
         module, params, tok, tmpl = load_export(path)
-    elif os.path.isdir(os.path.join(path, "checkpoints")):
+    elif os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
         module, params, tok, tmpl, _ = load_workdir(path)
     elif os.path.isfile(os.path.join(path, "config.json")):
         from common.tokenizers import load_tokenizer

@@ -18,7 +18,6 @@ Writes WORKDIR/results.json and WORKDIR/results.md; stages already trained in WO
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import logging
@@ -68,7 +67,7 @@ def train_stage(stage: str, workdir: str, scale: float) -> float:
     out = os.path.join(workdir, stage)
     config = stage_config(stage, workdir, scale)
     start = time.time()
-    train(config, out, functools.partial(make_task, workdir=out))
+    train(config, out, make_task)
     return time.time() - start
 
 

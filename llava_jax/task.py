@@ -229,6 +229,6 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
                 flops_per_example=flops, load_pretrained=load,
                 make_eval_data=make_eval_data if int(_get(config, "eval_batches", 0) or 0) else None,
-                evaluate=evaluate if int(eval_cfg.get("num_questions", 0) or 0) else None, batch_spec=batch_spec)
-    task.model, task.llava_config, task.tokenizer, task.lora_config = model, cfg, tokenizer, lcfg
+                evaluate=evaluate if int(eval_cfg.get("num_questions", 0) or 0) else None, batch_spec=batch_spec,
+                model=model, model_config=cfg, tokenizer=tokenizer, lora_config=lcfg)
     return task

@@ -4,17 +4,13 @@ Running it again with the same workdir resumes; `--config.init_from=OTHER_WORKDI
 """
 from __future__ import annotations
 
-from absl import flags
-
 from common.train import run
 
-FLAGS = flags.FLAGS
 
-
-def _make_task(config):
+def _make_task(config, workdir):
     from llava_jax.task import make_task
 
-    return make_task(config, workdir=FLAGS.workdir)
+    return make_task(config, workdir)
 
 
 def main() -> None:

@@ -360,8 +360,8 @@ def make_task(config, workdir: str | None = None) -> Task:
                                                             int(config.seed))}
     task = Task(init_params=init_params, loss_fn=make_losses(codec, disc, loss_cfg), make_train_data=make_train_data,
                 dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()}, load_pretrained=load,
-                update_params=update_params if restart else None)
-    task.codec, task.codec_config, task.segment = codec, cfg, segment
+                update_params=update_params if restart else None, model=codec, model_config=cfg,
+                extras={"segment": segment})
     return task
 
 
@@ -427,7 +427,7 @@ def export(workdir: str, out_dir: str, num_clips: int = 64, step: int | None = N
 
     config = restore_config(workdir)
     task = make_task(config, None)
-    codec, cfg = task.codec, task.codec_config
+    codec, cfg = task.model, task.model_config
     params = restore_params(workdir, step)["codec"]
     waves = clips_for_calibration(config, cfg, num_clips)
     params = calibrate_style_norm(codec, params, waves)

@@ -49,7 +49,7 @@ def run_stages(workdir: str, scale: float = 1.0, seed: int = 0, stages=STAGES) -
         config.init_from = previous or ""
         stage_dir = os.path.join(workdir, f"stage{name}")
         start = time.time()
-        result = train(config, stage_dir, lambda c, w=stage_dir: make_task(c, workdir=w))
+        result = train(config, stage_dir, make_task)
         if result.preempted:
             raise SystemExit(f"stage {name} was preempted: not evaluating a half-trained model")
         times[name] = time.time() - start
@@ -72,7 +72,7 @@ def run_speech_stages(workdir: str, scale: float = 1.0, seed: int = 0) -> dict:
             config.text_from = os.path.join(workdir, "stage2_2")
         stage_dir = os.path.join(workdir, f"stage{name}")
         start = time.time()
-        result = train(config, stage_dir, lambda c, w=stage_dir: make_task_for(c, w))
+        result = train(config, stage_dir, make_task_for)
         if result.preempted:
             raise SystemExit(f"stage {name} was preempted: not evaluating a half-trained model")
         if name == "3_1":

@@ -216,8 +216,8 @@ def make_task(config, workdir: str | None = None) -> Task:
         return {name: iterator(name, spec, shard, "train", True) for name, spec in datasets.items()}
 
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
-                dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()})
-    task.decoder, task.codec, task.tokenizer, task.transform = decoder, codec, tokenizer, transform
+                dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()},
+                model=decoder, tokenizer=tokenizer, extras={"codec": codec, "transform": transform})
     return task
 
 
@@ -231,7 +231,7 @@ def text_use(workdir: str, num_pairs: int = 32, split: str = "validation", step:
     pairs = []
     for i in range(len(source)):
         try:
-            pairs.append(task.transform(source[i]))
+            pairs.append(task.extras["transform"](source[i]))
         except BadRecord:
             continue
         if len(pairs) == num_pairs:

@@ -175,6 +175,5 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
                 flops_per_example=flops, load_pretrained=load,
                 make_eval_data=make_eval_data if int(get(config, "eval_batches", 0) or 0) else None,
-                batch_spec=batch_spec)
-    task.model, task.vita_config, task.tokenizer, task.lora_config = model, cfg, tokenizer, lcfg
+                batch_spec=batch_spec, model=model, model_config=cfg, tokenizer=tokenizer, lora_config=lcfg)
     return task

@@ -6,11 +6,7 @@ anything else the VITA model (vita_jax.task).
 """
 from __future__ import annotations
 
-from absl import flags
-
 from common.train import run
-
-FLAGS = flags.FLAGS
 
 
 def make_task_for(config, workdir=None, tokenizer=None):
@@ -27,8 +23,8 @@ def make_task_for(config, workdir=None, tokenizer=None):
     return make_task(config, workdir=workdir)
 
 
-def _make_task(config):
-    return make_task_for(config, FLAGS.workdir)
+def _make_task(config, workdir):
+    return make_task_for(config, workdir)
 
 
 def main() -> None:

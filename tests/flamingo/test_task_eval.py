@@ -115,11 +115,11 @@ def test_stage_lm_continues_from_another_mix_and_refuses_another_model(tmp_path)
 
     names = dict(names=dict(source="names_text", max_len=48, batch_size=4, size=64))
     first = stage0(names, 2)
-    train(first, str(tmp_path / "names"), lambda c: make_task(c, str(tmp_path / "names")))
+    train(first, str(tmp_path / "names"), make_task)
     second = stage0(dict(names, captions=dict(source="captions_text", max_len=32, batch_size=4, size=64)), 1)
     second.optimizer.lr = 0.0  # the continued params stay as loaded
     second.init_lm = dict(workdir=str(tmp_path / "names"))
-    train(second, str(tmp_path / "mix"), lambda c: make_task(c, str(tmp_path / "mix")))
+    train(second, str(tmp_path / "mix"), make_task)
     for a, b in zip(jax.tree.leaves(restore_params(str(tmp_path / "names"))),
                     jax.tree.leaves(restore_params(str(tmp_path / "mix")))):
         np.testing.assert_array_equal(a, b)

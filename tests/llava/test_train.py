@@ -22,10 +22,10 @@ def stage1_run(tmp_path_factory):
     s0 = micro(load_config("tiny_stage0"), steps=10, batch=8)
     del s0.data.datasets["captions"]
     s0.optimizer.lr, s0.optimizer.warmup_steps = 1e-2, 2
-    result = train(s0, str(root / "s0"), lambda c: make_task(c, workdir=str(root / "s0")))
+    result = train(s0, str(root / "s0"), make_task)
     s1 = micro(load_config("tiny_stage1"), steps=2)
     s1.init_from = str(root / "s0")
-    train(s1, str(root / "s1"), lambda c: make_task(c, workdir=str(root / "s1")))
+    train(s1, str(root / "s1"), make_task)
     return root, result
 
 

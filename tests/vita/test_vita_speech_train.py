@@ -34,7 +34,7 @@ def test_one_gradient_is_each_players_update():
     """d(total)/d(codec) is the generator's loss gradient alone; d(total)/d(discriminator) the discriminator's."""
     task = codec_train.make_task(codec_config())
     params = jax.tree.map(jnp.asarray, __import__("flax").linen.unbox(jax.jit(task.init_params)(jax.random.key(0))))
-    wav = jnp.asarray(0.1 * np.random.default_rng(0).standard_normal((2, task.segment)), jnp.float32)
+    wav = jnp.asarray(0.1 * np.random.default_rng(0).standard_normal((2, task.extras["segment"])), jnp.float32)
     batch = {"wav": wav}
     disc = codec_train.discriminators_from(codec_config())
 
@@ -43,7 +43,7 @@ def test_one_gradient_is_each_players_update():
         return total - aux["discriminator"]
 
     def discriminator_only(d):
-        recon = task.codec.apply({"params": params["codec"]}, wav, True)[0]
+        recon = task.model.apply({"params": params["codec"]}, wav, True)[0]
         return codec_train.discriminator_loss(disc.apply({"params": d}, wav), disc.apply({"params": d}, recon))
 
     grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, batch, None)[0]))(params)
@@ -61,14 +61,14 @@ def test_dead_codes_restart_onto_batch_latents():
     task = codec_train.make_task(config)
     assert task.update_params is not None
     params = jax.tree.map(jnp.asarray, __import__("flax").linen.unbox(jax.jit(task.init_params)(jax.random.key(0))))
-    k = task.codec_config.n_codes
-    wav = jnp.asarray(0.1 * np.random.default_rng(0).standard_normal((4, task.segment)), jnp.float32)
-    latent, codes = task.codec.apply({"params": params["codec"]}, wav, True, method="quantizer_inputs")
+    k = task.model_config.n_codes
+    wav = jnp.asarray(0.1 * np.random.default_rng(0).standard_normal((4, task.extras["segment"])), jnp.float32)
+    latent, codes = task.model.apply({"params": params["codec"]}, wav, True, method="quantizer_inputs")
     used = np.unique(np.asarray(codes))
     far = params["codec"]["codebook"].at[:].add(100.0).at[used].set(params["codec"]["codebook"][used])
     usage = jnp.full((k,), 0.01 / k).at[used].set(1.0)  # every code not picked by this batch is dead
     params = {**params, "codec": {**params["codec"], "codebook": far}, "code_usage": usage}
-    new = jax.jit(lambda p, w, r: codec_train.restart_dead_codes(task.codec, p, w, r))(params, wav, jax.random.key(1))
+    new = jax.jit(lambda p, w, r: codec_train.restart_dead_codes(task.model, p, w, r))(params, wav, jax.random.key(1))
     book, rows = np.asarray(new["codec"]["codebook"]), np.asarray(latent).reshape(-1, latent.shape[-1])
     dead = np.setdiff1d(np.arange(k), used)
     np.testing.assert_array_equal(book[used], np.asarray(far)[used])

@@ -61,7 +61,7 @@ def stages(tmp_path_factory):
             start = jax.jit(task.init_params)(jax.random.key(config.seed))
             if task.load_pretrained is not None:
                 start = task.load_pretrained(nn.unbox(start))
-            result = train(config, str(workdir), lambda c, w=str(workdir): make_task(c, workdir=w))
+            result = train(config, str(workdir), make_task)
             out[stage] = (flat(start), flat(restore_params(str(workdir))), result)
             previous = workdir
         out["root"] = root
@@ -221,7 +221,7 @@ def test_lora_stage_trains_the_adapters_and_the_projector_only(tmp_path):
                                      (r".*", dict(frozen=True)))
     task = make_task(config, workdir=str(tmp_path))
     start = flat(jax.jit(task.init_params)(jax.random.key(config.seed)))
-    train(config, str(tmp_path), lambda c: make_task(c, workdir=str(tmp_path)))
+    train(config, str(tmp_path), make_task)
     end = flat(restore_params(str(tmp_path)))
     changed = {p for p in start if not np.array_equal(start[p], end[p])}
     assert any(p.startswith("lora/") for p in changed) and any(p.startswith("projector/") for p in changed)
