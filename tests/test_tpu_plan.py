@@ -17,6 +17,18 @@ def load(name: str):
     return importlib.import_module("configs." + name).get_config()
 
 
+# The LLaVA and VITA towers and LMs at one layer (the step keeps every part: vision, speech encoder, projector, LM).
+SMALLER = {
+    "llava": {"text": dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64),
+              "vision": dict(image_size=32, patch_size=16, hidden_size=32, intermediate_size=64, num_layers=1,
+                             num_heads=2)},
+    "vita": {"text": dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=48),
+             "vision": dict(image_size=28, patch_size=14, hidden_size=16, intermediate_size=32, num_layers=1,
+                            num_heads=1),
+             "audio": dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=48)},
+}
+
+
 # One dataset each (a step over several compiles one loss per dataset): Flamingo's interleaved image-text
 # sequences, VITA's spoken questions about images (vision, speech encoder and LLM in one step).
 @pytest.mark.slow
@@ -27,6 +39,10 @@ def test_tiny_config_compiles_for_a_tpu_slice(family, name, dataset):
     config = load(name)
     if dataset:
         config.data.datasets = {dataset: config.data.datasets[dataset]}
+    for part, fields in SMALLER.get(family, {}).items():  # the family's whole step, at a size that compiles fast
+        config.model[part].update(fields)
+        for spec in config.data.datasets.values():
+            spec.image_size = config.model.vision.image_size
     plan = plan_cli.plan(config, family, "v5e-4", mesh={"fsdp": -1}, config_name=name)
     assert plan["chip"] == "v5e" and plan["devices"] == 4 and plan["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     mem = plan["per_device_gb"]
