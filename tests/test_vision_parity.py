@@ -6,6 +6,7 @@ unrolled layers, remat, stochastic depth, sharded loading and clear errors for b
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,6 +64,10 @@ def max_diff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
 
 
+def f32(x) -> np.ndarray:
+    return np.asarray(x, np.float32)
+
+
 # ----------------------------------------------------------------------------------------------
 # CLIP
 
@@ -114,24 +119,26 @@ def test_clip_matches_hf(name, save_hf):
     n_layers = kwargs["num_hidden_layers"]
     assert out.hidden_states.shape == (n_layers + 1, 3, module.config.num_patches + 1, kwargs["hidden_size"])
     assert len(ref.hidden_states) == n_layers + 1
-    diffs = {i: max_diff(out.hidden_states[i], ref.hidden_states[i]) for i in range(n_layers + 1)}
-    diffs["last"] = max_diff(out.last_hidden_state, ref.last_hidden_state)
-    diffs["pooled"] = max_diff(out.pooled, ref.pooler_output)
+    pairs = {i: (out.hidden_states[i], ref.hidden_states[i]) for i in range(n_layers + 1)}
+    pairs["last"] = (out.last_hidden_state, ref.last_hidden_state)
+    pairs["pooled"] = (out.pooled, ref.pooler_output)
     with torch.no_grad():  # open_clip-style tokens: post_layernorm on every token
-        diffs["post_norm_tokens"] = max_diff(out.post_norm_tokens, tower.post_layernorm(ref.last_hidden_state))
+        pairs["post_norm_tokens"] = (out.post_norm_tokens, tower.post_layernorm(ref.last_hidden_state))
     if projection is not None:
         with torch.no_grad():
-            diffs["image_embeds"] = max_diff(out.image_embeds, projection(ref.pooler_output))
+            pairs["image_embeds"] = (out.image_embeds, projection(ref.pooler_output))
     else:
         assert out.image_embeds is None
+    diffs = {k: max_diff(a, b) for k, (a, b) in pairs.items()}
     print(name, {k: f"{v:.2e}" for k, v in diffs.items()})
-    assert max(diffs.values()) <= TOL, diffs
+    chex.assert_trees_all_close({str(k): f32(a) for k, (a, _) in pairs.items()},
+                                {str(k): f32(b) for k, (_, b) in pairs.items()}, atol=TOL, rtol=0)
 
     # LLaVA's selection: penultimate layer, CLS dropped ('default') or kept ('full').
     feats = select_features(out, -2, "default")
     assert feats.shape == (3, module.config.num_patches, kwargs["hidden_size"])
-    assert max_diff(feats, ref.hidden_states[-2][:, 1:]) <= TOL
-    assert max_diff(select_features(out, -2, "full"), ref.hidden_states[-2]) <= TOL
+    chex.assert_trees_all_close(f32(feats), f32(ref.hidden_states[-2][:, 1:]), atol=TOL, rtol=0)
+    chex.assert_trees_all_close(f32(select_features(out, -2, "full")), f32(ref.hidden_states[-2]), atol=TOL, rtol=0)
     both = select_features(out, [-2, -1], "default")
     assert both.shape[-1] == 2 * kwargs["hidden_size"]
 
@@ -150,8 +157,8 @@ def test_clip_scan_unrolled_remat_equal(save_hf):
     assert "layers_0" in abstract["encoder"] and "layers" not in abstract["encoder"]
     unrolled_params = fill_params(iter_tensors(path), clip_rule(unrolled.config), hf.nn.unbox(abstract))
     out = run(unrolled, unrolled_params, pixels)
-    assert max_diff(out.hidden_states, ref.hidden_states) <= 1e-5
-    assert max_diff(out.pooled, ref.pooled) <= 1e-5
+    chex.assert_trees_all_close(f32(out.hidden_states), f32(ref.hidden_states), atol=1e-5, rtol=0)
+    chex.assert_trees_all_close(f32(out.pooled), f32(ref.pooled), atol=1e-5, rtol=0)
     # The unrolled leaves are the slices of the scanned ones.
     np.testing.assert_array_equal(unrolled_params["encoder"]["layers_1"]["mlp"]["up"]["kernel"],
                                   params["encoder"]["layers"]["mlp"]["up"]["kernel"][1])
@@ -169,8 +176,8 @@ def test_clip_scan_unrolled_remat_equal(save_hf):
 
     (v_ref, g_ref), (v_remat, g_remat) = value_and_grad(module), value_and_grad(remat)
     expected = float(jnp.mean(jnp.square(ref.last_hidden_state)))
-    assert abs(float(v_ref) - expected) <= 1e-6 * expected and abs(float(v_remat) - expected) <= 1e-6 * expected
-    assert max(jax.tree.leaves(jax.tree.map(max_diff, g_ref, g_remat))) <= 1e-5
+    chex.assert_trees_all_close((float(v_ref), float(v_remat)), (expected, expected), atol=0, rtol=1e-6)
+    chex.assert_trees_all_close(jax.tree.map(f32, g_ref), jax.tree.map(f32, g_remat), atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
@@ -189,14 +196,14 @@ def test_clip_sharded_load_and_bf16(save_hf):
         assert q.sharding.spec[1] == "fsdp" and q.sharding.spec[2] == "tensor"
         with activate(mesh):
             out = jax.jit(module_s.apply)({"params": params_s}, pixels[:2])
-        assert max_diff(out.hidden_states, ref.hidden_states[:, :2]) <= TOL
+        chex.assert_trees_all_close(f32(out.hidden_states), f32(ref.hidden_states[:, :2]), atol=TOL, rtol=0)
 
     module_bf, params_bf = hf.load(path, dtype=jnp.bfloat16)
     assert params_bf["embeddings"]["position_embedding"].dtype == jnp.bfloat16
     out_bf = run(module_bf, params_bf, pixels)
     assert out_bf.last_hidden_state.dtype == jnp.bfloat16
     scale = float(jnp.max(jnp.abs(ref.last_hidden_state)))
-    assert max_diff(out_bf.last_hidden_state, ref.last_hidden_state) <= 0.1 * scale
+    chex.assert_trees_all_close(f32(out_bf.last_hidden_state), f32(ref.last_hidden_state), atol=0.1 * scale, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,10 +238,12 @@ def compare_internvit(module, params, model, kwargs, pixels, name):
     n_layers = kwargs["num_hidden_layers"]
     assert out.hidden_states.shape == (n_layers + 1, 3, module.config.num_patches + 1, kwargs["hidden_size"])
     assert len(ref.hidden_states) == n_layers + 1
-    diffs = {i: max_diff(out.hidden_states[i], ref.hidden_states[i]) for i in range(n_layers + 1)}
-    diffs["last"] = max_diff(out.last_hidden_state, ref.last_hidden_state)
+    pairs = {i: (out.hidden_states[i], ref.hidden_states[i]) for i in range(n_layers + 1)}
+    pairs["last"] = (out.last_hidden_state, ref.last_hidden_state)
+    diffs = {k: max_diff(a, b) for k, (a, b) in pairs.items()}
     print(name, {k: f"{v:.2e}" for k, v in diffs.items()})
-    assert max(diffs.values()) <= TOL, diffs
+    chex.assert_trees_all_close({str(k): f32(a) for k, (a, _) in pairs.items()},
+                                {str(k): f32(b) for k, (_, b) in pairs.items()}, atol=TOL, rtol=0)
     return out, ref
 
 
@@ -259,7 +268,7 @@ def test_internvit_matches_hf(name, save_hf):
         ref_ps = ref_ps.reshape(3, -1, 4 * kwargs["hidden_size"])
         feats = image_features(out, module.config, feature_layer=layer)
         assert feats.shape == (3, module.config.num_patches // 4, 4 * kwargs["hidden_size"])
-        assert max_diff(feats, ref_ps) <= TOL
+        chex.assert_trees_all_close(f32(feats), f32(ref_ps), atol=TOL, rtol=0)
 
 
 def to_original_naming(state: dict, hf_config: dict) -> tuple[dict, dict]:
@@ -328,8 +337,8 @@ def test_internvit_scan_vs_unrolled_and_drop_path(save_hf):
     unrolled_params = fill_params(iter_tensors(path), internvit_rule(unrolled.config, "hf"),
                                   hf.nn.unbox(hf.abstract_params(unrolled, (pixels[:1],))))
     out = run(unrolled, unrolled_params, pixels)
-    assert max_diff(out.hidden_states, ref.hidden_states) <= 1e-5
-    assert max_diff(out.last_hidden_state, ref.last_hidden_state) <= 1e-5
+    chex.assert_trees_all_close(f32(out.hidden_states), f32(ref.hidden_states), atol=1e-5, rtol=0)
+    chex.assert_trees_all_close(f32(out.last_hidden_state), f32(ref.last_hidden_state), atol=1e-5, rtol=0)
 
     # Stochastic depth: only with deterministic=False; rates 0 .. rate linearly (layer 0 never dropped).
     # (deterministic=True with a non-zero rate is covered by test_internvit_original_naming.)
@@ -337,7 +346,8 @@ def test_internvit_scan_vs_unrolled_and_drop_path(save_hf):
         dp = InternViT(InternViTConfig.from_hf(hf.checkpoint.read_config(path), drop_path_rate=0.9, scan_layers=scan))
         fn = jax.jit(lambda p, key, dp=dp: dp.apply({"params": p}, pixels, deterministic=False, rngs={"dropout": key}))
         a, b = fn(p, jax.random.key(0)), fn(p, jax.random.key(1))
-        assert max_diff(a.hidden_states[1], ref.hidden_states[1]) <= 1e-5  # layer 0 has rate 0
+        # layer 0 has rate 0
+        chex.assert_trees_all_close(f32(a.hidden_states[1]), f32(ref.hidden_states[1]), atol=1e-5, rtol=0)
         assert max_diff(a.last_hidden_state, b.last_hidden_state) > 1e-3
         assert max_diff(a.last_hidden_state, ref.last_hidden_state) > 1e-3
 

@@ -1,5 +1,6 @@
 """IDEFICS v1 (HF `IdeficsForVisionText2Text`, random weights) -> `flamingo_jax.load_hf`: logits equal within 1e-4
 for several configurations (cross_layer_interval, alpha_type, qk_layer_norms, perceiver on / off)."""
+import chex
 import numpy as np
 import pytest
 import torch
@@ -62,10 +63,10 @@ def test_idefics_logits_match(name, save_hf):
     assert out.shape == ref.shape == (2, 9, V + 2)
     diff = np.abs(out - ref).max()
     print(f"{name}: max |diff| {diff:.2e} (logits up to {np.abs(ref).max():.2f})")
-    assert diff <= 1e-4
+    chex.assert_trees_all_close(out, ref, atol=1e-4, rtol=0)
     # HF's own input: the same image_attention_mask as the reference was given
     masked = np.asarray(jit_apply(ours)(params, ids, px, image_attention_mask=image_attention_mask.numpy()))
-    assert np.abs(masked - ref).max() <= 1e-4
+    chex.assert_trees_all_close(masked, ref, atol=1e-4, rtol=0)
     # the images matter: other pixels change the logits after the first image
     other = np.asarray(jit_apply(ours)(params, ids, px[:, ::-1], text_time=text_time))
     assert np.abs(other - out).max() > 1e-3

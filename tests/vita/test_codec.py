@@ -2,6 +2,7 @@
 loader), its config reader and its checkpoint round trip."""
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,7 +68,7 @@ def test_release_size_generator_matches_reference():
     got = jax.jit(lambda p, c: codec_lib.Codec(cfg).apply({"params": p}, c,
                                                           method="decode"))(params, jnp.asarray(codes))
     assert got.shape == (1, 5 * 600)
-    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+    chex.assert_trees_all_close(np.asarray(got), want, atol=1e-4, rtol=1e-7)
     assert float(np.std(want)) > 1e-2  # a real signal, not a saturated or silent one
 
 
@@ -82,13 +83,13 @@ def test_encoder_codes_and_decoder_match_reference():
         want_wav = gen(quant.embed(codes), quant.embed_gst(tokens))[:, 0].numpy()
     latent_j, style_j = jax.jit(lambda p, w: codec.apply({"params": p}, w, method=lambda m, w: m.encoder(w)))(
         params, jnp.asarray(wav))
-    np.testing.assert_allclose(np.asarray(latent_j).transpose(0, 2, 1), latent.numpy(), atol=1e-4)
-    np.testing.assert_allclose(np.asarray(style_j), g.numpy(), atol=1e-4)
+    chex.assert_trees_all_close(np.asarray(latent_j).transpose(0, 2, 1), latent.numpy(), atol=1e-4, rtol=1e-7)
+    chex.assert_trees_all_close(np.asarray(style_j), g.numpy(), atol=1e-4, rtol=1e-7)
     codes_j, tokens_j = jax.jit(lambda p, w: codec.apply({"params": p}, w, method="encode"))(params, jnp.asarray(wav))
     np.testing.assert_array_equal(np.asarray(codes_j), codes.numpy())
     np.testing.assert_array_equal(np.asarray(tokens_j), tokens.numpy())
     got = jax.jit(lambda p, c, t: codec.apply({"params": p}, c, t, method="decode"))(params, codes_j, tokens_j)
-    np.testing.assert_allclose(np.asarray(got), want_wav, atol=1e-4)
+    chex.assert_trees_all_close(np.asarray(got), want_wav, atol=1e-4, rtol=1e-7)
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The NAR + AR speech decoder against the release's LLM2TTSCodecAR built from transformers' Llama layers (random
 weights, converted by our loader): teacher-forced logits, padded batches, greedy decoding through the KV cache."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +41,7 @@ def test_teacher_forced_logits_match_reference_on_a_padded_batch(c):
         with torch.no_grad():
             want = ref.forward_logits(torch.from_numpy(text[i:i + 1, :lens[i]]), torch.tensor([lens[i]]),
                                       torch.from_numpy(codes[i:i + 1, :code_lens[i]]), torch.tensor([code_lens[i]]))
-        np.testing.assert_allclose(np.asarray(got[i, :code_lens[i] + 1]), want[0].numpy(), atol=1e-4)
+        chex.assert_trees_all_close(np.asarray(got[i, :code_lens[i] + 1]), want[0].numpy(), atol=1e-4, rtol=1e-7)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """VITA-1.5's speech encoder + adapter against a PyTorch reference written from the upstream semantics
 (tests/vita/whale_reference.py, the release's state-dict names), through vita_jax.hf.speech_rule; real espeak speech,
 batched with padding; full, static-chunk and unrolled variants; lengths; dynamic chunks; bad inputs."""
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -75,12 +76,12 @@ def test_speech_encoder_and_adapter_match_reference(name):
     np.testing.assert_array_equal(np.asarray(got_lengths), audio_token_lengths(lengths))
     assert got.shape == tuple(want.shape)
     for b, n in enumerate(np.asarray(got_lengths)):  # valid tokens only (what the LLM receives)
-        diff = float(np.abs(np.asarray(got[b, :n]) - want[b, :n].numpy()).max())
-        assert diff <= TOL, (name, b, diff)
+        chex.assert_trees_all_close(np.asarray(got[b, :n]), want[b, :n].numpy(), atol=TOL, rtol=0,
+                                    custom_message=f"{name}, sample {b}")
     # a sample's tokens do not depend on the padding of the batch: alone it gives the same values
     alone, _ = module.apply({"params": params}, jnp.asarray(feats[1:, :lengths[1]]), jnp.asarray(lengths[1:]))
     n = int(got_lengths[1])
-    assert float(jnp.abs(alone[0, :n] - got[1, :n]).max()) <= TOL
+    chex.assert_trees_all_close(alone[0, :n], got[1, :n], atol=TOL, rtol=0)
 
 
 def test_token_lengths_are_the_release_formula():
@@ -106,7 +107,7 @@ def test_dynamic_chunks_train_and_evaluate_full():
     params = enc.init(jax.random.key(0), jnp.asarray(feats), jnp.asarray(lengths))["params"]
     evaluated, _ = enc.apply({"params": params}, jnp.asarray(feats), jnp.asarray(lengths))
     reference, _ = SpeechEncoder(full).apply({"params": params}, jnp.asarray(feats), jnp.asarray(lengths))
-    np.testing.assert_allclose(evaluated, reference, atol=1e-6)  # evaluation: full attention
+    chex.assert_trees_all_close(evaluated, reference, atol=1e-6, rtol=1e-7)  # evaluation: full attention
     outs = [enc.apply({"params": params}, jnp.asarray(feats), jnp.asarray(lengths), deterministic=False,
                       rngs={"dropout": jax.random.key(s)})[0] for s in range(6)]
     assert any(float(jnp.abs(o - reference).max()) > 1e-3 for o in outs)  # some calls drew a chunked mask

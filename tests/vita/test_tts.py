@@ -2,6 +2,7 @@
 chunk windows (first packet after 20 + 10 tokens, nothing lost or repeated), segmenting and the Speaker pipeline."""
 import itertools
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -40,10 +41,10 @@ def test_quiet_point_split_matches_the_release(threshold):
     got_buf, got = tts.split_at_quiet_point(buffer, syn, 2401, threshold)
     want_buf, want = release_find_min_sum_index(torch.from_numpy(buffer)[None, None], torch.from_numpy(syn)[None, None],
                                                 2401, threshold)
-    np.testing.assert_allclose(got_buf, want_buf[0, 0].numpy(), atol=1e-6)
+    chex.assert_trees_all_close(got_buf, want_buf[0, 0].numpy(), atol=1e-6, rtol=1e-7)
     assert (got is None) == (want is None)
     if got is not None:
-        np.testing.assert_allclose(got, want[0, 0].numpy(), atol=1e-6)
+        chex.assert_trees_all_close(got, want[0, 0].numpy(), atol=1e-6, rtol=1e-7)
 
 
 def test_segments_for_speech():
@@ -78,7 +79,7 @@ def test_chunk_windows(tiny_codec):
     assert len(audio) == 75 * TINY.hop_length  # every token's audio exactly once
     # the first packet is the first 40 tokens of the window's decode (up to the quiet-point split)
     full = dec.decode(tokens[:50])[:40 * TINY.hop_length]
-    np.testing.assert_allclose(first, full[:len(first)], atol=1e-6)
+    chex.assert_trees_all_close(first, full[:len(first)], atol=1e-6, rtol=1e-7)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ PyTorch reference composition (tests/vita/vita_reference.py: HF Qwen2ForCausalLM
 release's InternViT names + projector + the whale reference) loads through vita_jax.load_original, and its logits on
 mixed image + audio + text batches equal the reference's (<= 1e-4); the published sizes; (2, 2, 2) sharding equals
 one device; placeholder mismatches fail loudly."""
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -92,7 +93,7 @@ def test_release_folder_matches_reference(name, tmp_path):
     valid = mask.astype(bool)
     diff = float(np.abs(np.asarray(got)[valid] - want[valid]).max())
     print(name, f"max |diff| {diff:.2e}, logits std {want[valid].std():.3f}")
-    assert diff <= TOL, diff
+    chex.assert_trees_all_close(np.asarray(got)[valid], want[valid], atol=TOL, rtol=0)
     assert want[valid].std() > 0.1  # the comparison is not between near-constant logits
     # one request at a time gives the same logits as the mixed batch
     for b in range(2):
@@ -100,7 +101,7 @@ def test_release_folder_matches_reference(name, tmp_path):
         one = module.apply({"params": params}, ids[b:b + 1, :n], pixels[b:b + 1, :int(image_mask[b].sum())], None,
                            None, feats[b:b + 1, :int(fmask[b].any(-1).sum())],
                            fmask[b:b + 1, :int(fmask[b].any(-1).sum())])
-        assert float(np.abs(np.asarray(one[0]) - np.asarray(got[b, :n])).max()) <= TOL
+        chex.assert_trees_all_close(np.asarray(one[0]), np.asarray(got[b, :n]), atol=TOL, rtol=0)
 
 
 def test_published_sizes():
@@ -145,7 +146,7 @@ def test_video_frames_are_tiles():
     ids = np.array([[7] * 3 + [IMAGE_TOKEN_INDEX] * (4 * config.tokens_per_tile) + [9] * 2], np.int32)
     video = module.apply({"params": params}, ids, frames)
     tiles = module.apply({"params": params}, ids, frames[:, 0])  # the same 4 frames as 4 tile slots
-    np.testing.assert_allclose(video, tiles, atol=1e-6)
+    chex.assert_trees_all_close(video, tiles, atol=1e-6, rtol=1e-7)
 
 
 @pytest.mark.slow
@@ -184,9 +185,9 @@ def test_sharded_forward_and_gradients_equal_single_device():
         step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), in_shardings=(shardings,) + (batch,) * 4,
                        out_shardings=((NamedSharding(mesh, P()), None), shardings))
         (loss, logits), grads = step(jax.device_put(params, shardings), *(jax.device_put(a, batch) for a in args))
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads, ref_grads)
+    chex.assert_trees_all_close(loss, ref_loss, atol=0, rtol=1e-5)
+    chex.assert_trees_all_close(logits, ref_logits, atol=1e-4, rtol=1e-7)
+    chex.assert_trees_all_close(grads, ref_grads, atol=1e-5, rtol=1e-7)
     q = grads["audio_encoder"]["layers"]["self_attn"]["proj"]["q"]["kernel"]  # [L, D, H, d]
     assert q.sharding.spec == P(None, "fsdp", "tensor", None)
     assert grads["audio_adapter"]["project"]["kernel"].sharding.spec == P("tensor", "fsdp")
