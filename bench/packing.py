@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from common.data.packing import PackingSpec, padding_fraction
+from common.data.packing import PackingSpec, packed_model_inputs, padding_fraction
 from common.data.pipeline import Collate, build_dataset
 from common.lm import DecoderLM, LMConfig
 from common.lm_task import next_token_loss
@@ -91,6 +91,7 @@ class ListSource:
 def llava_setup(samples: int, seed: int):
     from configs.llava.tiny_base import model as tiny_model
     from llava_jax.model import Llava, LlavaConfig, example_inputs
+    from llava_jax.task import model_inputs
     from common.vision.clip import CLIPVisionConfig
 
     m = tiny_model()
@@ -111,12 +112,7 @@ def llava_setup(samples: int, seed: int):
     params = nn.unbox(jax.jit(lambda k: model.init(k, *example_inputs(cfg)))(jax.random.key(0))["params"])
 
     def loss_fn(trainable, frozen, batch):
-        kwargs = {"attention_mask": batch["attention_mask"], "pixel_values": batch["images"],
-                  "image_mask": batch["image_mask"]}
-        if "segment_ids" in batch:
-            kwargs.update(segment_ids=batch["segment_ids"], position_ids=batch["positions"],
-                          image_segment_ids=batch["image_segment_ids"])
-        logits = model.apply({"params": {**trainable, **frozen}}, batch["input_ids"], **kwargs)
+        logits = model.apply({"params": {**trainable, **frozen}}, batch["input_ids"], **model_inputs(batch))
         ids = batch["input_ids"]
         return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])[0]
 
@@ -141,10 +137,8 @@ def asr_setup(samples: int, seed: int):
 
     def loss_fn(trainable, frozen, batch):
         del frozen
-        kwargs = {"attention_mask": batch["attention_mask"]}
-        if "segment_ids" in batch:
-            kwargs = {"segment_ids": batch["segment_ids"], "position_ids": batch["positions"]}
-        logits = model.apply({"params": trainable}, batch["input_ids"], **kwargs)
+        logits = model.apply({"params": trainable}, batch["input_ids"], attention_mask=batch["attention_mask"],
+                             **packed_model_inputs(batch))
         ids = batch["input_ids"]
         return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])[0]
 

@@ -448,7 +448,7 @@ def causal_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Ar
         end = min(start + block_size, t)
         mask = (jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None])[None, None]  # [1, 1, Tb, end]
         if segment_ids is not None:  # [B, 1, Tb, end]: and the same segment
-            mask = mask & (segment_ids[:, None, start:end, None] == segment_ids[:, None, None, :end])
+            mask = mask & same_segment(segment_ids[:, start:end], segment_ids[:, :end])
         block_bias = None
         if bias is not None:
             block_bias = bias[..., :end] if bias.shape[-1] > 1 else bias
@@ -456,6 +456,11 @@ def causal_dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Ar
         outs.append(dot_product_attention(query[:, start:end], key[:, :end], value[:, :end], mask=mask,
                                           bias=block_bias, scale=scale))
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
+def same_segment(query_ids: jax.Array, key_ids: jax.Array) -> jax.Array:
+    """Segment ids of queries [B, T] and keys [B, S] -> bool [B, 1, T, S]: True where both are in one segment."""
+    return query_ids[:, None, :, None] == key_ids[:, None, None, :]
 
 
 def positions_within_segments(segment_ids: jax.Array) -> jax.Array:

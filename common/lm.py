@@ -23,7 +23,8 @@ import jax.numpy as jnp
 
 from common.layers import (MLP, REMAT_POLICIES, MultiHeadAttention, alibi_slopes, apply_rope,  # noqa: F401
                            causal_dot_product_attention, check_remat_policy, dot_product_attention, dtype_of,
-                           make_norm, positions_within_segments, remat, rope_inverse_frequencies)
+                           make_norm, positions_within_segments, remat, rope_inverse_frequencies,
+                           same_segment)
 from common.sharding import constrain, target_platform, with_partitioning
 from common.splash_attention import splash_causal_attention
 
@@ -150,7 +151,7 @@ def cudnn_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     if platform != "gpu":
         raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU; this program is compiled for {platform!r}: "
                          "use attention_impl='xla' (or 'splash' on a TPU)")
-    mask = None if segment_ids is None else (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    mask = None if segment_ids is None else same_segment(segment_ids, segment_ids)  # [B, 1, T, T]
     return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=True, implementation="cudnn")
 
 
@@ -183,19 +184,17 @@ class DecoderLayer(nn.Module):
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
             layer_cache = (k, v)  # [B, S_max, K, D]
-        if isinstance(mask, SegmentIds) and cfg.attention_impl == "splash":  # within segments, [B, T, H, D]
-            attended = splash_causal_attention(q, k.astype(dtype), v.astype(dtype), mask.ids)
-        elif isinstance(mask, SegmentIds) and cfg.attention_impl == "cudnn":
-            attended = cudnn_causal_attention(q, k.astype(dtype), v.astype(dtype), mask.ids)
-        elif isinstance(mask, SegmentIds):  # block-causal within segments, [B, T, H, D]
+        # Causal self-attention without a cache: plain (mask None) or within segments (SegmentIds).
+        causal = isinstance(mask, SegmentIds) or (mask is None and layer_cache is None)
+        segment_ids = mask.ids if isinstance(mask, SegmentIds) else None
+        if segment_ids is not None and cfg.attention_impl == "splash":  # [B, T, H, D]
+            attended = splash_causal_attention(q, k.astype(dtype), v.astype(dtype), segment_ids)
+        elif causal and cfg.attention_impl == "cudnn":  # flash attention, [B, T, H, D]
+            attended = cudnn_causal_attention(q, k.astype(dtype), v.astype(dtype), segment_ids)
+        elif causal:  # block-causal, [B, T, H, D]
             attended = causal_dot_product_attention(q, k.astype(dtype), v.astype(dtype), bias=bias,
                                                     block_size=cfg.attention_block_size or q.shape[1],
-                                                    segment_ids=mask.ids)
-        elif mask is None and layer_cache is None and cfg.attention_impl == "cudnn":  # flash attention, [B, T, H, D]
-            attended = cudnn_causal_attention(q, k.astype(dtype), v.astype(dtype))
-        elif mask is None and layer_cache is None:  # plain causal self-attention without padding
-            attended = causal_dot_product_attention(q, k.astype(dtype), v.astype(dtype), bias=bias,
-                                                    block_size=cfg.attention_block_size or q.shape[1])
+                                                    segment_ids=segment_ids)
         else:
             attended = dot_product_attention(q, k.astype(dtype), v.astype(dtype), mask=mask, bias=bias)
         attn_out = attention.project_out(attended)  # [B, T, E]
@@ -419,7 +418,7 @@ class DecoderLM(nn.Module):
         mask = None if plain_causal else causal[None, None] & key_valid[:, None, None, :]
         if segment_ids is not None:
             mask = SegmentIds(segment_ids) if cfg.sliding_window is None else (  # [B, 1, T, S] with the window
-                mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :]))
+                mask & same_segment(segment_ids, segment_ids))
         elif cfg.attention_impl == "splash" and cache is None and cfg.sliding_window is None:
             mask = SegmentIds(attention_mask.astype(jnp.int32))  # padding = segment 0: real tokens see real keys
         if position_ids is None:

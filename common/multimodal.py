@@ -41,9 +41,16 @@ def scatter_features(embeds: jax.Array, is_placeholder: jax.Array, features: jax
     merged = jnp.where(is_placeholder[..., None], gathered, embeds)
     ok = is_placeholder.sum(axis=1) == lengths.sum(axis=1)  # [B]
     if segment_ids is not None and item_segment_ids is not None:
-        owner = jnp.take_along_axis(jnp.asarray(item_segment_ids), slot, axis=1)  # [B, T]
-        ok &= jnp.all(~is_placeholder | (owner == segment_ids), axis=1)
+        ok &= placeholders_in_own_segment(is_placeholder, slot, segment_ids, item_segment_ids)
     return merged, ok
+
+
+def placeholders_in_own_segment(is_placeholder: jax.Array, slot: jax.Array, segment_ids: jax.Array,
+                                item_segment_ids: jax.Array) -> jax.Array:
+    """Packed rows: [B] bool, True where every placeholder [B, T] takes its features from an item slot [B, T] whose
+    segment (item_segment_ids [B, N]) is the placeholder's own (segment_ids [B, T])."""
+    owner = jnp.take_along_axis(jnp.asarray(item_segment_ids), slot, axis=1)  # [B, T]
+    return jnp.all(~is_placeholder | (owner == segment_ids), axis=1)
 
 
 def check_counts(is_placeholder, lengths, what: str, token_index: int, hint: str) -> None:

@@ -182,8 +182,9 @@ class Flamingo(nn.Module):
             raise ValueError(f"media must be [B={input_ids.shape[0]}, N, R, Dv={cfg.media_width}], got shape "
                              f"{tuple(media.shape)}")
         if text_time is None:
-            _check_media_count(text_time_from_ids(input_ids, cfg.image_token_id, media_seen), media.shape[1])
             text_time = text_time_from_ids(input_ids, cfg.image_token_id, media_seen, segment_ids)
+            seen = 0 if media_seen is None else jnp.asarray(media_seen, jnp.int32).reshape(-1)
+            _check_media_count(count_media(input_ids, cfg.image_token_id) + seen, media.shape[1])
         elif text_time.shape != input_ids.shape:
             raise ValueError(f"text_time must be [B, L] = {tuple(input_ids.shape)}, got {tuple(text_time.shape)}")
         media = constrain(media, ("act_batch", None, "act_media", "act_embed"))
@@ -212,10 +213,11 @@ class FlamingoForGeneration(Flamingo):
         return super().__call__(input_ids, attention_mask=attention_mask, **kwargs)
 
 
-def _check_media_count(text_time: jax.Array, num_media: int) -> None:
-    """Raises when a row has more <image> tokens than media were given (only for concrete, non-traced inputs)."""
+def _check_media_count(media_counts: jax.Array, num_media: int) -> None:
+    """Raises when a row has more <image> tokens (media_counts [B], media_seen included) than media were given
+    (only for concrete, non-traced inputs)."""
     try:
-        counts = np.asarray(text_time)[:, -1] if text_time.shape[1] else np.zeros(text_time.shape[0], int)
+        counts = np.asarray(media_counts)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return
     bad = np.nonzero(counts > num_media)[0]

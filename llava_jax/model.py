@@ -31,6 +31,7 @@ import numpy as np
 
 from common.layers import dtype_of
 from common.lm import DecoderLM, KVCache, LMConfig
+from common.multimodal import placeholders_in_own_segment
 from common.sharding import constrain, with_partitioning
 from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer, select_features
 from llava_jax import anyres
@@ -197,8 +198,7 @@ class Llava(nn.Module):
         x = jnp.where(is_ph[..., None], gathered, text)
         ok = num_ph == lengths.sum(axis=1)  # [B]
         if segment_ids is not None and image_segment_ids is not None:  # packed rows: features stay in their sample
-            owner = jnp.take_along_axis(jnp.asarray(image_segment_ids), slot, axis=1)  # [B, T]
-            ok &= jnp.all(~is_ph | (owner == segment_ids), axis=1)
+            ok &= placeholders_in_own_segment(is_ph, slot, segment_ids, image_segment_ids)
         return constrain(x, ("act_batch", "act_length", "act_embed")), ok
 
     def __call__(self, input_ids, pixel_values=None, attention_mask=None, image_mask=None, image_sizes=None, *,

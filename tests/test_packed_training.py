@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from common.data.packing import PackingSpec
+from common.data.packing import PackingSpec, packed_model_inputs
 from common.data.pipeline import Collate, build_dataset
 from common.lm import DecoderLM, LMConfig
 from common.lm_task import next_token_loss
@@ -41,9 +41,8 @@ def layouts(group):
 
 
 def loss_fn(model, params, batch):
-    kwargs = ({"segment_ids": batch["segment_ids"], "position_ids": batch["positions"]} if "segment_ids" in batch
-              else {"attention_mask": batch["attention_mask"]})
-    logits = model.apply({"params": params}, batch["input_ids"], **kwargs)
+    logits = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
+                         **packed_model_inputs(batch))
     ids = batch["input_ids"]
     return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])[0]
 
