@@ -145,38 +145,87 @@ def _norm_keys(d: dict | None) -> dict:
     return {str(k).replace("-", "_"): v for k, v in (d or {}).items()}
 
 
+# What the release's code uses for a key that train.yaml leaves out (commit 35d064a): the whale encoder fills its
+# overview / para conf from argparse defaults (module/encoder/encoder.py: add_encoder_args; component/transformer.py and
+# component/subsampling.py: add_arguments) and the adapter's model_conf from audioEncoder's keyword defaults
+# (init_model.py). Keys with '-' written as '_'.
+RELEASE_YAML_DEFAULTS = {
+    "overview_conf": {"encoder_layer_config": "tdnn-dtc", "encoder_input_dim": 256},
+    "subsampling": {"subsampling_rate": 4, "subsampling_input_dim": 256, "subsampling_dropout_rate": 0.1},
+    "transformer": {
+        "transformer_attention_dim": 256, "transformer_attention_heads": 4, "transformer_linear_units": 1024,
+        "transformer_num_blocks": 6, "transformer_dropout_rate": 0.1, "transformer_attention_dropout_rate": 0.0,
+        "transformer_positional_dropout_rate": 0.1, "transformer_pos_enc_class": "abs-enc",
+        "transformer_normalize_before": True, "transformer_concat_after": False, "transformer_chunk_size": -1,
+        "transformer_left_chunks": -1, "transformer_dynamic_chunks": True},
+    "model_conf": {"adpter_type": "cnn", "kernel_size": 3, "activation_func": "relu", "norm": "batch"},
+}
+
+
+def _with_release_defaults(section: str, given: dict, missing: list[str]) -> dict:
+    """`given` (keys normalised) completed with the release's defaults; records which keys were missing."""
+    defaults = RELEASE_YAML_DEFAULTS[section]
+    missing.extend(f"{section}.{k}={defaults[k]!r}" for k in defaults if k not in given)
+    return {**defaults, **given}
+
+
+def _yaml_bool(value) -> bool:
+    """The release parses these flags with strtobool ('true' / 'false' / '1' / '0' ...) or takes YAML booleans."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("y", "yes", "t", "true", "on", "1")
+    return bool(value)
+
+
 def speech_config_from_yaml(conf: dict, **overrides) -> SpeechEncoderConfig:
-    """The audio folder's train.yaml (encoder_conf.{overview_conf, para_conf}, model_conf) -> SpeechEncoderConfig."""
+    """The audio folder's train.yaml (encoder_conf.{overview_conf, para_conf}, model_conf) -> SpeechEncoderConfig.
+
+    A key the file leaves out takes the value the release's code gives it (RELEASE_YAML_DEFAULTS: e.g. dynamic chunks
+    on, a ReLU adapter), with a warning naming every such key; a value we do not implement raises CheckpointError."""
+    import warnings
+
+    missing: list[str] = []
     enc = conf.get("encoder_conf") or {}
-    overview = _norm_keys(enc.get("overview_conf"))
-    layers = overview.get("encoder_layer_config", "subsampling-transformer")
+    overview = _with_release_defaults("overview_conf", _norm_keys(enc.get("overview_conf")), missing)
+    layers = overview["encoder_layer_config"]
     if layers.split("-") != ["subsampling", "transformer"]:
         raise CheckpointError(f"audio encoder layer config {layers!r} is not supported (subsampling-transformer)")
     para = {k: _norm_keys(v) for k, v in (enc.get("para_conf") or {}).items()}
-    tr, sub = para.get("transformer", {}), para.get("subsampling", {})
-    model = _norm_keys(conf.get("model_conf"))
-    if tr.get("transformer_pos_enc_class", "rel-enc") != "rel-enc":
+    tr = _with_release_defaults("transformer", para.get("transformer", {}), missing)
+    sub = _with_release_defaults("subsampling", para.get("subsampling", {}), missing)
+    model = _with_release_defaults("model_conf", _norm_keys(conf.get("model_conf")), missing)
+    if missing:
+        warnings.warn("the audio encoder's train.yaml lacks " + ", ".join(missing) + "; using the release code's "
+                      "defaults shown", stacklevel=2)
+    if tr["transformer_pos_enc_class"] != "rel-enc":
         raise CheckpointError(f"pos_enc_class {tr['transformer_pos_enc_class']!r} is not supported (rel-enc)")
-    if not bool(tr.get("transformer_normalize_before", True)) or bool(tr.get("transformer_concat_after", False)):
+    if not _yaml_bool(tr["transformer_normalize_before"]) or _yaml_bool(tr["transformer_concat_after"]):
         raise CheckpointError("only normalize_before=True, concat_after=False audio encoders are supported")
-    if sub.get("subsampling_rate", 4) != 4:
+    if int(sub["subsampling_rate"]) != 4:
         raise CheckpointError(f"subsampling rate {sub['subsampling_rate']} is not supported (4)")
-    if model.get("adpter_type", "subsampling") != "subsampling" or model.get("norm", "layer") != "layer":
-        raise CheckpointError("only the 'subsampling' adapter with LayerNorm (VITA-1.5's) is supported")
-    chunk, left = int(tr.get("transformer_chunk_size", -1)), int(tr.get("transformer_left_chunks", -1))
-    dynamic = bool(tr.get("transformer_dynamic_chunks", False))
+    if model["adpter_type"] != "subsampling" or model["norm"] != "layer":
+        raise CheckpointError(f"audio adapter {model['adpter_type']!r} with {model['norm']!r} norm is not supported "
+                              "(VITA-1.5's 'subsampling' adapter with LayerNorm)")
+    if model["activation_func"] not in ("relu", "gelu"):
+        raise CheckpointError(f"audio adapter activation {model['activation_func']!r} is not supported (relu, gelu)")
+    # The fbank width the network is built for is the subsampling's input dim (the release ignores input_dim there).
+    input_dim = int(sub["subsampling_input_dim"])
+    if int(overview["encoder_input_dim"]) != input_dim:
+        raise CheckpointError(f"encoder-input-dim {overview['encoder_input_dim']} != subsampling-input-dim "
+                              f"{input_dim} (the release refuses this config)")
+    chunk, left = int(tr["transformer_chunk_size"]), int(tr["transformer_left_chunks"])
+    dynamic = _yaml_bool(tr["transformer_dynamic_chunks"])
     mode = "dynamic" if dynamic else ("static" if chunk > 0 else "full")
     fields = dict(
-        input_dim=int(conf.get("input_dim", overview.get("encoder_input_dim", 80))),
-        hidden_size=int(tr.get("transformer_attention_dim", 1024)),
-        num_layers=int(tr.get("transformer_num_blocks", 24)),
-        num_heads=int(tr.get("transformer_attention_heads", 16)),
-        intermediate_size=int(tr.get("transformer_linear_units", 4096)),
-        dropout_rate=float(tr.get("transformer_dropout_rate", 0.1)),
-        positional_dropout_rate=float(tr.get("transformer_positional_dropout_rate", 0.1)),
-        attention_dropout_rate=float(tr.get("transformer_attention_dropout_rate", 0.0)),
+        input_dim=input_dim,
+        hidden_size=int(tr["transformer_attention_dim"]),
+        num_layers=int(tr["transformer_num_blocks"]),
+        num_heads=int(tr["transformer_attention_heads"]),
+        intermediate_size=int(tr["transformer_linear_units"]),
+        dropout_rate=float(tr["transformer_dropout_rate"]),
+        positional_dropout_rate=float(tr["transformer_positional_dropout_rate"]),
+        attention_dropout_rate=float(tr["transformer_attention_dropout_rate"]),
         chunk_mode=mode, chunk_size=max(chunk, 0), left_chunks=left,
-        adapter_kernel_size=int(model.get("kernel_size", 5)), adapter_act=model.get("activation_func", "gelu"))
+        adapter_kernel_size=int(model["kernel_size"]), adapter_act=model["activation_func"])
     fields.update(overrides)
     return SpeechEncoderConfig(**fields)
 

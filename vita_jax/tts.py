@@ -7,9 +7,11 @@ audio, chunk by chunk while the tokens are still being generated.
   --codec.decode--> audio with the context trimmed --split at a quiet point (min-energy window of 2401 samples in
   the second half, when quieter than the threshold; else held back)--> chunks of float32 in [-1, 1]
 
-The first packet of an answer therefore needs 30 generated tokens and carries 0.5 s of audio. Text is cut for speech
-at punctuation (`, ， . 。 ? \\n ？ ! ！ 、`, at least 5 characters), and each segment is synthesised on its own, as the
-release does. `resample` moves audio between the codec's 24 kHz and the speech encoder's 16 kHz (soxr).
+The last window decodes exactly the tokens left. Every packet of an answer's first sentence loses its leading samples
+of |x| <= 0.03, as the release's server trims them. The first packet of an answer therefore needs 30 generated tokens
+and carries up to 0.5 s of audio. Text is cut for speech at punctuation (`, ， . 。 ? \\n ？ ! ！ 、`, at least 5
+characters), and each segment is synthesised on its own, as the release does. `resample` moves audio between the
+codec's 24 kHz and the speech encoder's 16 kHz (soxr).
 """
 from __future__ import annotations
 
@@ -80,10 +82,12 @@ class StreamConfig:
     first_threshold: float = 0.1  # mean |x| below which a chunk may be split at its quietest point
     threshold: float = 0.015
     window: int = 2401  # samples of the energy window
-    first_trim: float = 0.03  # leading samples of the first sentence's first packet at or under this are dropped
+    # The release's server drops the leading samples at or under this from every packet of the first sentence
+    # (web_demo/server.py, tts_worker); first_trim_first_packet_only=True trims only the answer's first packet.
+    first_trim: float = 0.03
+    first_trim_first_packet_only: bool = False
     top_k: int = 2
     temperature: float = 1.0
-    tail_bucket: int = 10  # the last window is padded (by repeating its last token) to a multiple of this
 
 
 def split_at_quiet_point(buffer: np.ndarray, syn: np.ndarray, window: int, threshold: float):
@@ -135,7 +139,7 @@ class ChunkedCodecDecoder:
             if trim:
                 loud = np.nonzero(np.abs(audio) > cfg.first_trim)[0]
                 audio = audio[loud[0]:] if loud.size else audio
-                trim = False
+                trim = not cfg.first_trim_first_packet_only
             return audio
 
         for token in tokens:
@@ -148,9 +152,9 @@ class ChunkedCodecDecoder:
                 if out is not None and out.size:
                     yield emit(out)
         if window:
-            n = len(window)
-            padded = window + [window[-1]] * ((-n) % cfg.tail_bucket)  # few compiled shapes; the pad is cut off
-            syn = self.decode(padded)[left * hop: n * hop]
+            # Exactly the tokens left, as the release decodes them: padding the window to fewer compiled shapes would
+            # change the kept samples (the codec's convolutions look several tokens ahead). One compile per length.
+            syn = self.decode(window)[left * hop:]
             audio = np.concatenate([buffer, syn])
             if audio.size:
                 yield emit(audio)

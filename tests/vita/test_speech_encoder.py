@@ -37,7 +37,7 @@ class AudioTower(nn.Module):
     @nn.compact
     def __call__(self, features, lengths):
         hidden, enc_lengths = SpeechEncoder(self.config, name="audio_encoder")(features, lengths)
-        return AudioAdapter(self.out_features, name="audio_adapter")(hidden, enc_lengths)
+        return AudioAdapter(self.out_features, act=self.config.adapter_act, name="audio_adapter")(hidden, enc_lengths)
 
 
 def speech_batch(texts=("how many shapes are there", "red circle"), seed=0):
@@ -137,3 +137,68 @@ def test_bad_inputs_raise():
         SpeechEncoderConfig(chunk_mode="static")
     with pytest.raises(ValueError, match="chunk_mode"):
         SpeechEncoderConfig(chunk_mode="causal")
+
+
+def release_yaml(dim=32, heads=2, ffn=64, layers=2, llm_dim=24, drop=()):
+    """An audio folder's train.yaml as the release writes it (every key), less the keys in `drop`."""
+    transformer = {"transformer-attention-dim": dim, "transformer-attention-heads": heads,
+                   "transformer-linear-units": ffn, "transformer-num-blocks": layers,
+                   "transformer-dropout-rate": 0.1, "transformer-attention-dropout-rate": 0.0,
+                   "transformer-positional-dropout-rate": 0.1, "transformer-pos-enc-class": "rel-enc",
+                   "transformer-normalize-before": True, "transformer-concat-after": False,
+                   "transformer-chunk_size": -1, "transformer-left_chunks": -1, "transformer-dynamic-chunks": False}
+    model = {"enc_out_dim": dim, "llm_embed_dim": llm_dim, "kernel_size": 5, "adpter_type": "subsampling",
+             "activation_func": "gelu", "norm": "layer"}
+    for key in drop:
+        transformer.pop(key, None)
+        model.pop(key, None)
+    return {"input_dim": 80, "model_conf": model, "encoder_conf": {
+        "overview_conf": {"encoder-input-dim": 80, "encoder-output-dim": dim,
+                          "encoder-layer-config": "subsampling-transformer"},
+        "para_conf": {"subsampling": {"subsampling-rate": 4, "subsampling-input-dim": 80,
+                                      "subsampling-output-dim": dim, "subsampling-dropout-rate": 0.1},
+                      "transformer": transformer}}}
+
+
+def test_yaml_with_every_key_reads_without_warning():
+    import warnings
+
+    from vita_jax.hf import speech_config_from_yaml
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = speech_config_from_yaml(release_yaml())
+    assert (config.chunk_mode, config.adapter_act, config.hidden_size, config.input_dim) == ("full", "gelu", 32, 80)
+
+
+def test_missing_yaml_keys_take_the_release_defaults():
+    """A train.yaml without transformer-dynamic-chunks and activation_func: the release's code builds a dynamic-chunk
+    encoder (transformer.py's argparse default True) and a ReLU adapter (init_model.py's default); so do we, with a
+    warning. The encoder + adapter then equal the PyTorch port built as the release would build it (ReLU)."""
+    from vita_jax.hf import speech_config_from_yaml
+
+    with pytest.warns(UserWarning, match=r"transformer_dynamic_chunks=True.*activation_func='relu'"):
+        config = speech_config_from_yaml(release_yaml(drop=("transformer-dynamic-chunks", "activation_func")))
+    assert (config.chunk_mode, config.adapter_act) == ("dynamic", "relu")
+    model = ref.randomize(ref.AudioEncoder(dim=32, heads=2, ffn=64, layers=2, llm_dim=24, activation_func="relu"),
+                          seed=3)
+    module, params = convert(model, config, 24)
+    feats, lengths = speech_batch()
+    with torch.no_grad():
+        want, want_mask = model(torch.tensor(feats), torch.tensor(lengths))
+    got, got_lengths = module.apply({"params": params}, jnp.asarray(feats), jnp.asarray(lengths))
+    for b, n in enumerate(np.asarray(got_lengths)):  # evaluation: full attention (docs/vita_release.md)
+        chex.assert_trees_all_close(np.asarray(got[b, :n]), want[b, :n].numpy(), atol=TOL, rtol=0)
+    gelu = ref.randomize(ref.AudioEncoder(dim=32, heads=2, ffn=64, layers=2, llm_dim=24), seed=3)
+    with torch.no_grad():  # the old default (GELU) would not have matched
+        assert float((gelu(torch.tensor(feats), torch.tensor(lengths))[0] - want).abs().max()) > 1e-2
+
+
+def test_missing_yaml_keys_whose_release_default_we_lack_raise():
+    from common.hf.checkpoint import CheckpointError
+    from vita_jax.hf import speech_config_from_yaml
+
+    with pytest.warns(UserWarning, match="adpter_type='cnn'"), pytest.raises(CheckpointError, match="'cnn'"):
+        speech_config_from_yaml(release_yaml(drop=("adpter_type",)))
+    with pytest.warns(UserWarning, match="pos_enc_class='abs-enc'"), pytest.raises(CheckpointError, match="abs-enc"):
+        speech_config_from_yaml(release_yaml(drop=("transformer-pos-enc-class",)))

@@ -106,3 +106,77 @@ def test_speaker_streams_and_stops(tiny_codec):
     stopped = list(speaker.speak_stream(["Yes, a red circle."], should_stop=lambda: next(calls) > 5))
     assert sum(len(a) for _, a in stopped) < sum(len(a) for _, a in out)
     assert list(speaker.speak_stream(["☟"])) == []  # nothing to say
+
+
+def release_stream(decode, tokens, chunk, padding, window, threshold, hop, first_sentence, trim):
+    """The release's streaming speech output, ported: llm2tts.py::llm2TTS.run's windows (commit 35d064a) followed by
+    web_demo/server.py::tts_worker's first-sentence trim. decode: ids [1, n] -> audio [1, 1, n * hop]."""
+    left, right = 0, padding
+    buffer = torch.zeros([1, 1, 0])
+    token = torch.zeros((1, 0), dtype=torch.long)
+
+    def run():
+        nonlocal left, buffer, token
+        for next_token in tokens:
+            token = torch.cat([token, torch.tensor([[int(next_token)]])], dim=-1)
+            if token.size(1) == left + chunk + right:
+                syn = decode(token)[:, :, left * hop: -right * hop]
+                left = padding
+                token = token[:, -(left + right):]
+                buffer, syn = release_find_min_sum_index(buffer, syn, window, threshold)
+                if syn is not None:
+                    yield syn
+        if token.size(1) > 0:
+            syn = decode(token)[:, :, left * hop:]  # exactly the tokens left
+            yield torch.cat([buffer, syn], dim=-1)
+
+    for seg in run():
+        if first_sentence:
+            try:
+                split_idx = torch.nonzero(seg.abs() > trim, as_tuple=True)[-1][0]
+                seg = seg[:, :, split_idx:]
+            except IndexError:  # the server's bare except: nothing loud, keep the packet
+                pass
+        yield seg[0, 0].numpy()
+
+
+@pytest.mark.parametrize("first_sentence", [True, False])
+@pytest.mark.parametrize("n_tokens", [77, 50])  # a 27-token tail after two windows; a window that ends exactly
+def test_stream_matches_the_release(tiny_codec, first_sentence, n_tokens):
+    """Every packet, the last window's included, equals the release's run + tts_worker on the same codec decode
+    (the codec itself is compared with the release's in test_codec.py)."""
+    codec, params = tiny_codec
+    probe = tts.ChunkedCodecDecoder(codec, params)
+    tokens = list(np.random.default_rng(n_tokens).integers(0, TINY.n_codes, n_tokens))
+    level = float(np.median(np.abs(probe.decode(tokens))))  # a trim level that cuts somewhere inside packets
+    cfg = tts.StreamConfig(window=2 * TINY.hop_length + 1, first_threshold=1e9, threshold=1e9, first_trim=level)
+    dec = tts.ChunkedCodecDecoder(codec, params, config=cfg)
+    got = list(dec.stream(iter(tokens), first_sentence=first_sentence))
+
+    def decode(ids):
+        return torch.from_numpy(np.array(dec.decode([int(i) for i in ids[0]])))[None, None]
+
+    chunk = cfg.first_chunk if first_sentence else cfg.chunk
+    want = [seg for seg in release_stream(decode, tokens, chunk, cfg.padding, cfg.window, 1e9, TINY.hop_length,
+                                          first_sentence, level) if seg.size]
+    assert len(got) == len(want) >= 2
+    for g, w in zip(got, want):
+        chex.assert_trees_all_close(g, w, atol=1e-6, rtol=1e-7)
+    if first_sentence:  # the release trims every packet of the first sentence, not only the first one
+        assert all(abs(float(g[0])) > level for g in got)
+
+
+@pytest.mark.slow
+def test_last_window_is_decoded_without_padding(tiny_codec):
+    """The tail's samples are the decode of exactly its tokens: a padded window would change them (the codec looks
+    ahead), which this compares against."""
+    codec, params = tiny_codec
+    dec = tts.ChunkedCodecDecoder(codec, params, config=tts.StreamConfig(first_threshold=1e9, threshold=1e9))
+    tokens = list(np.random.default_rng(5).integers(0, TINY.n_codes, 77))
+    audio = np.concatenate(list(dec.stream(iter(tokens), first_sentence=False)))
+    hop, tail_start = TINY.hop_length, 50 - 20 + 10  # windows: 0 + 40 + 10, then 10 + 40 + 10 is never full
+    tail = tokens[tail_start:]
+    exact = dec.decode(tail)[10 * hop:]
+    chex.assert_trees_all_close(audio[-len(exact):], exact, atol=1e-6, rtol=1e-7)
+    padded = dec.decode(tail + [tail[-1]] * ((-len(tail)) % 10))[10 * hop: len(tail) * hop]
+    assert float(np.abs(padded - exact).max()) > 1e-2 * float(np.abs(exact).max())  # the random codec is quiet

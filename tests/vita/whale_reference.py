@@ -136,12 +136,12 @@ class WhaleEncoder(nn.Module):
 
 
 class CNNSubsampling(nn.Module):
-    def __init__(self, enc_dim, llm_dim, kernel_size=5):
+    def __init__(self, enc_dim, llm_dim, kernel_size=5, activation_func="gelu"):
         super().__init__()
         self.left_padding2 = nn.ConstantPad1d((0, kernel_size - 1), 0.0)
         self.conv1d2 = nn.Conv1d(enc_dim, 2 * enc_dim, kernel_size, 2, 0)
         self.bn2 = nn.LayerNorm(2 * enc_dim, eps=1e-3)
-        self.relu2 = nn.GELU()
+        self.relu2 = nn.GELU() if activation_func == "gelu" else nn.ReLU()  # as upstream: anything else is ReLU
         self.project = nn.Linear(2 * enc_dim, llm_dim)
 
     def forward(self, x, mask_pad):
@@ -155,10 +155,10 @@ class AudioEncoder(nn.Module):
     """encoder + adpter, as `audioEncoder.forward`: -> (inputs_embeds [B, N, E], attention_mask [B, N])."""
 
     def __init__(self, idim=80, dim=64, heads=4, ffn=128, layers=2, llm_dim=48, eps=1e-5, chunk_size=-1,
-                 left_chunks=-1):
+                 left_chunks=-1, activation_func="gelu"):
         super().__init__()
         self.encoder = WhaleEncoder(idim, dim, heads, ffn, layers, eps, chunk_size, left_chunks)
-        self.adpter = CNNSubsampling(dim, llm_dim)
+        self.adpter = CNNSubsampling(dim, llm_dim, activation_func=activation_func)
 
     def forward(self, speech, lengths):
         out, mask = self.encoder(speech, lengths)
