@@ -192,25 +192,45 @@ def make_train_step(task: Task, opt: optimizer_lib.Optimizer, seed: int, grad_ac
     reduction over the batch shards is a reduce-scatter onto the parameter's shards (FSDP) rather than an
     all-reduce of the whole gradient."""
     loss_fn = task.loss_fn
-    frozen = opt.frozen
+    frozen_flags = [bool(f) for f in jax.tree.leaves(opt.frozen)]  # params' leaf order
+
+    def trained_part(tree) -> list:
+        """The leaves of a params-shaped tree that the optimizer trains."""
+        return [x for x, f in zip(jax.tree.leaves(tree), frozen_flags, strict=True) if not f]
+
+    def full_grads(trained_grads: list, params):
+        """Trained gradients -> a params-shaped tree, zeros at the frozen leaves (which the optimizer drops)."""
+        it = iter(trained_grads)
+        leaves, treedef = jax.tree.flatten(params)
+        return treedef.unflatten([jnp.zeros_like(p) if f else next(it) for p, f in zip(leaves, frozen_flags)])
+
+    trained_sharding = None if grad_sharding is None else trained_part(grad_sharding)
 
     def grad_fn(params, batch, rng):
-        # Frozen parameters are constants to the gradient: XLA drops their weight-gradient computation.
-        params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
+        """(loss, aux, gradients of the trained leaves, a list). Only the trained leaves are differentiated: frozen
+        ones enter the loss as constants, so no backward pass forms their gradients, not even inside a scanned
+        stack (where XLA would otherwise carry a zero gradient buffer per frozen weight through the loop)."""
+        leaves, treedef = jax.tree.flatten(params)
+
+        def loss_of_trained(trained):
+            it = iter(trained)
+            return loss_fn(treedef.unflatten([jax.lax.stop_gradient(p) if f else next(it)
+                                              for p, f in zip(leaves, frozen_flags)]), batch, rng)
+
+        (loss, aux), grads = jax.value_and_grad(loss_of_trained, has_aux=True)(trained_part(params))
         if "tokens" not in aux:
             raise ValueError("Task.loss_fn must return aux['tokens'] (the number of loss tokens)")
-        if grad_sharding is not None:
-            grads = jax.lax.with_sharding_constraint(grads, grad_sharding)
+        if trained_sharding is not None:
+            grads = jax.lax.with_sharding_constraint(grads, trained_sharding)
         return loss, dict(aux), grads
 
     def dataset_grads(params, batch, rng):
-        """Token-weighted mean loss / aux / gradient of one dataset's batch over its micro-batches."""
+        """Token-weighted mean loss / aux / trained gradients of one dataset's batch over its micro-batches."""
         if grad_accum_steps == 1:
             loss, aux, grads = grad_fn(params, batch, rng)
             return loss, {k: v.astype(jnp.float32) for k, v in aux.items()}, grads
         micro = jax.tree.map(lambda x: _split_micro_batches(x, grad_accum_steps), batch)
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        zeros = [jnp.zeros_like(p) for p in trained_part(params)]
         aux_shape = jax.eval_shape(lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)[1])
         zero_aux = {k: jnp.zeros((), jnp.float32) for k in aux_shape}
 
@@ -244,11 +264,12 @@ def make_train_step(task: Task, opt: optimizer_lib.Optimizer, seed: int, grad_ac
                 metrics[f"loss/{name}"] = loss
             metrics.update({(k if len(dataset_weights) == 1 else f"{k}/{name}"): v
                             for k, v in aux.items() if k != "tokens"})
+        grads = full_grads(grads, state.params)
         grad_norm = optax.tree.norm(opt.trained_grads(grads))  # the gradient the optimizer clips and applies
         finite = jnp.isfinite(total_loss) & jnp.isfinite(grad_norm)  # else keep params and optimizer state
         updates, new_opt_state = opt.tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        new_params = jax.tree.map(lambda new, old, f: old if f else new, new_params, state.params, frozen)
+        new_params = jax.tree.map(lambda new, old, f: old if f else new, new_params, state.params, opt.frozen)
         if task.update_params is not None:
             new_params = task.update_params(new_params, batches, jax.random.fold_in(rng, len(batches)))
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731

@@ -3,6 +3,7 @@ frozen parameters, optimizer-state size, non-finite step skipping, multi-dataset
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -269,3 +270,48 @@ def test_metrics_tensorboard_config_and_eval(tmp_path):
         restore_config(str(tmp_path / "tensorboard"))
     events = os.listdir(os.path.join(tmp_path, "tensorboard"))
     assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+def _scan_output_shapes(jaxpr) -> list[tuple]:
+    """Shapes of every scan output anywhere in a jaxpr (nested jaxprs included)."""
+    shapes = []
+
+    def walk(j):
+        for eqn in j.eqns:
+            if eqn.primitive.name == "scan":
+                shapes.extend(tuple(v.aval.shape) for v in eqn.outvars)
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        walk(inner)
+
+    walk(jaxpr.jaxpr)
+    return shapes
+
+
+@pytest.mark.parametrize("grad_accum_steps", [1, 2])
+def test_frozen_weights_get_no_gradient_inside_the_layer_scan(grad_accum_steps):
+    """The backward pass of a scanned stack forms gradients for the trained weights only: a frozen weight's
+    gradient, even one that is thrown away, would be a [L, ...] float32 buffer carried through the backward loop
+    (in OpenFlamingo-4B's step that was 24 GB of the temporaries, docs/tpu.md)."""
+    from common.trainer import TrainState, make_train_step
+
+    config = tiny_test_config(grad_accum_steps=grad_accum_steps)
+    config.model.update(intermediate_size=48)  # MLP kernels [L, 32, 48] / [L, 48, 32]: no other weight has these
+    config.optimizer.param_groups = (("decoder/layers/mlp/.*", dict(frozen=True)),)
+    task = make_task(config)
+    abstract = jax.eval_shape(task.init_params, jax.random.key(0))
+    opt = optimizer_lib.make_optimizer(config.optimizer, abstract, 6)
+    state = jax.eval_shape(lambda p: TrainState.create(p, opt.tx), nn.unbox(abstract))
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in task.batch_spec()["text"].items()}
+    step = make_train_step(task, opt, 0, grad_accum_steps, {"text": 1.0})
+    shapes = _scan_output_shapes(jax.make_jaxpr(step)(state, {"text": batch}))
+    layers = config.model.num_layers
+    assert (layers, 32, 48) not in shapes and (layers, 48, 32) not in shapes, shapes
+    # the same step with the MLP trained does form them (the check can fail)
+    config.optimizer.param_groups = ()
+    opt = optimizer_lib.make_optimizer(config.optimizer, abstract, 6)
+    state = jax.eval_shape(lambda p: TrainState.create(p, opt.tx), nn.unbox(abstract))
+    step = make_train_step(task, opt, 0, grad_accum_steps, {"text": 1.0})
+    assert (layers, 32, 48) in _scan_output_shapes(jax.make_jaxpr(step)(state, {"text": batch}))
