@@ -442,10 +442,18 @@ def _check_ids(input_ids: jax.Array, vocab_size: int) -> None:
         raise ValueError(f"input_ids must be integers, got {input_ids.dtype}")
 
 
-def param_count(module: nn.Module, *example_inputs) -> int:
-    """Number of parameters from `jax.eval_shape` (no memory used); token ids [1, 8] by default."""
-    from common.params import abstract_params, count
-    return count(abstract_params(module, *(example_inputs or (jnp.zeros((1, 8), jnp.int32),))))
+def abstract_params(config: LMConfig) -> Any:
+    """Boxed ShapeDtypeStructs of a DecoderLM's parameters (jax.eval_shape: no memory used)."""
+    from common.params import abstract_params as abstract
+
+    return abstract(DecoderLM(config), jnp.zeros((1, 8), jnp.int32))
+
+
+def param_counts(config: LMConfig) -> dict[str, int]:
+    """Parameters per part (embed, decoder, final_norm, lm_head when untied) and 'total'."""
+    from common.params import counts_by_part
+
+    return counts_by_part(abstract_params(config))
 
 
 def matmul_flops_per_token(config: LMConfig, seq_len: int) -> float:

@@ -17,19 +17,28 @@ import numpy as np
 
 
 def abstract_params(module: nn.Module, *args, **kwargs) -> Any:
-    """ShapeDtypeStructs of `module.init(...)["params"]` (unboxed), without allocating memory."""
-    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
-    return nn.unbox(variables["params"])
+    """ShapeDtypeStructs of `module.init(rng, *args, **kwargs)["params"]`, boxed with their logical axis names
+    (`nn.unbox` for plain shapes), without allocating memory. Every family's `abstract_params(config)` is this with
+    the family's example inputs."""
+    return jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))["params"]
 
 
 def count(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+    """Scalars in a parameter tree (arrays, ShapeDtypeStructs, boxed or not)."""
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(params))))
+
+
+def counts_by_part(params: Any) -> dict[str, int]:
+    """{top-level name: scalars} of a parameter tree, plus 'total': what every family's `param_counts` returns."""
+    counts = {name: count(part) for name, part in nn.unbox(params).items()}
+    counts["total"] = sum(counts.values())
+    return counts
 
 
 def random_params(module: nn.Module, *args, seed: int = 0, stddev: float = 0.02, **kwargs) -> Any:
     """Random parameters with the structure of `module.init(...)["params"]`, drawn with numpy."""
     rng = np.random.default_rng(seed)
-    flat = flax.traverse_util.flatten_dict(abstract_params(module, *args, **kwargs))
+    flat = flax.traverse_util.flatten_dict(nn.unbox(abstract_params(module, *args, **kwargs)))
     out = {}
     for path, leaf in flat.items():
         name = path[-1]

@@ -2,10 +2,10 @@
 common.lm.DecoderLM, a frozen vision encoder, and loaders for IDEFICS v1 and OpenFlamingo checkpoints."""
 from flamingo_jax.convert import load_hf, load_open_flamingo
 from flamingo_jax.gated_cross_attention import GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs
-from flamingo_jax.model import (Flamingo, FlamingoConfig, count_media, param_counts, param_groups,
-                                trainable_param_patterns)
+from flamingo_jax.model import (Flamingo, FlamingoConfig, abstract_params, count_media, example_inputs, init_params,
+                                param_counts, param_groups, trainable_param_patterns)
 from flamingo_jax.perceiver_resampler import PerceiverResampler, ResamplerConfig
 
 __all__ = ["Flamingo", "FlamingoConfig", "GatedCrossAttentionBlock", "GatedXAttnConfig", "MediaInputs",
-           "PerceiverResampler", "ResamplerConfig", "count_media", "load_hf", "load_open_flamingo", "param_counts",
-           "param_groups", "trainable_param_patterns"]
+           "PerceiverResampler", "ResamplerConfig", "abstract_params", "count_media", "example_inputs", "init_params",
+           "load_hf", "load_open_flamingo", "param_counts", "param_groups", "trainable_param_patterns"]

@@ -264,7 +264,7 @@ def load_hf(path: str, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
     hf = read_config(path)
     config = idefics_config(hf, dtype, image_token_id, scan_layers)
     model = Flamingo(config)
-    boxed = abstract_params(model)
+    boxed = abstract_params(model.config)
     shardings = None
     if mesh is not None:
         from common.sharding import params_sharding
@@ -440,7 +440,7 @@ def load_open_flamingo(checkpoint_pt: str, lm_dir: str, clip_dir: str, *, cross_
             return block_targets(config, "open_flamingo", int(i) // every, rest)
         return resampler(name, tensor)
 
-    boxed = abstract_params(model)
+    boxed = abstract_params(model.config)
     shardings = None
     if mesh is not None:
         from common.sharding import params_sharding

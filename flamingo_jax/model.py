@@ -375,15 +375,18 @@ def init_params(model: Flamingo, rng: jax.Array, **kwargs) -> Any:
     return model.init(rng, *args, **kw)["params"]
 
 
-def abstract_params(model: Flamingo, **kwargs) -> Any:
-    args, kw = example_inputs(model.config, **kwargs)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kw))["params"]
+def abstract_params(config: FlamingoConfig, **kwargs) -> Any:
+    """Boxed ShapeDtypeStructs of every parameter (jax.eval_shape: no memory used); kwargs go to example_inputs."""
+    from common.params import abstract_params as abstract
+
+    args, kw = example_inputs(config, **kwargs)
+    return abstract(Flamingo(config), *args, **kw)
 
 
-def param_counts(model: Flamingo) -> dict[str, int]:
+def param_counts(config: FlamingoConfig) -> dict[str, int]:
     """Parameter counts per part from `jax.eval_shape` (no memory): vision, resampler, xattn (gated blocks),
     lm (the LM without blocks), total."""
-    shapes = nn.unbox(abstract_params(model))
+    shapes = nn.unbox(abstract_params(config))
     flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
     counts = {"vision": 0, "resampler": 0, "xattn": 0, "lm": 0}
     for path, leaf in flat:

@@ -4,8 +4,8 @@ common.lm decoder. Modules: model (Llava, LlavaConfig), projector, anyres, hf (l
 conversation (templates + answer-only loss masks), configs (published model sizes), data + task + train (two-stage
 training, LoRA), inference (generate_batch), chat (CLI), eval (VQA / multiple choice), checkpoint (load / export to HF),
 reproduce (the miniature reproduction)."""
-from llava_jax.model import (Llava, LlavaConfig, example_inputs, frozen_patterns, init_params, param_count,
-                             trainable_patterns)
+from llava_jax.model import (Llava, LlavaConfig, abstract_params, example_inputs, frozen_patterns, init_params,
+                             param_counts, trainable_patterns)
 
 
 def load_hf(path, dtype=None, mesh=None):
@@ -33,5 +33,5 @@ def generate_batch(model, params, tokenizer, requests, **kwargs):
     return _generate(model, params, tokenizer, requests, **kwargs)
 
 
-__all__ = ["generate_batch", "Llava", "LlavaConfig", "example_inputs", "frozen_patterns", "init_params", "load_hf",
-           "load_original", "param_count", "save_hf", "trainable_patterns"]
+__all__ = ["generate_batch", "Llava", "LlavaConfig", "abstract_params", "example_inputs", "frozen_patterns",
+           "init_params", "load_hf", "load_original", "param_counts", "save_hf", "trainable_patterns"]

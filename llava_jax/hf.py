@@ -28,14 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.data.image_ops import LLAVA_NEXT_PINPOINTS
-from common.hf import Architecture, abstract_params, load_from_config, register
+from common.hf import Architecture, load_from_config, register
 from common.hf.checkpoint import (CheckpointError, Rule, Target, fill_params, identity, iter_tensors, named,
                                   read_config, transpose)
 from common.hf.lm import comparable, config_from_hf, config_to_hf, lm_rule
 from common.hf.vision import clip_config_to_hf, clip_rule
 from common.sharding import params_sharding
 from common.vision.clip import CLIPVisionConfig, clip_vit_l14_336
-from llava_jax.model import Llava, LlavaConfig, example_inputs
+from llava_jax.model import Llava, LlavaConfig, abstract_params, example_inputs
 from common.projector import parse_projector_type
 
 # transformers' defaults for the fields hub configs leave out of `text_config` (they store only non-defaults).
@@ -380,7 +380,7 @@ def load_original(lm_dir: str, mm_projector_bin: str | None = None, vision_tower
                 if "mm_projector." in name else None
         return vision(name, tensor)
 
-    boxed = abstract_params(module, example_inputs(config))
+    boxed = abstract_params(config)
     shardings = params_sharding(boxed, mesh) if mesh is not None else None
     params = fill_params(tensors(), rule, nn.unbox(boxed), dtype=dtype, shardings=shardings,
                          source=f"original LLaVA ({lm_dir})")

@@ -305,11 +305,18 @@ def init_params(module: Llava, rng: jax.Array) -> Any:
     return module.init(rng, *example_inputs(module.config))["params"]
 
 
-def param_count(config: LlavaConfig) -> int:
-    """Parameters from `jax.eval_shape` (no memory used)."""
-    module = Llava(config)
-    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs(config)))["params"]
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(shapes))))
+def abstract_params(config: LlavaConfig) -> Any:
+    """Boxed ShapeDtypeStructs of every parameter (jax.eval_shape: no memory used)."""
+    from common.params import abstract_params as abstract
+
+    return abstract(Llava(config), *example_inputs(config))
+
+
+def param_counts(config: LlavaConfig) -> dict[str, int]:
+    """Parameters per part (vision_tower, projector, lm, image_newline when anyres) and 'total'."""
+    from common.params import counts_by_part
+
+    return counts_by_part(abstract_params(config))
 
 
 def trainable_patterns(stage: int | str, config: LlavaConfig | None = None) -> Sequence[str]:

@@ -141,7 +141,7 @@ def test_bad_generation_arguments():
 @pytest.mark.slow
 def test_generation_sharded_over_a_mesh_equals_single_device(save_hf):
     from common.sharding import activate, make_mesh, params_sharding
-    from common.hf import abstract_params
+    from common.params import abstract_params
 
     if jax.device_count() < 8:
         pytest.skip("needs 8 (fake) devices")
@@ -152,7 +152,7 @@ def test_generation_sharded_over_a_mesh_equals_single_device(save_hf):
     config = GenerationConfig(max_new_tokens=6, bucket=16)
     single = generate(module, params, ids, mask, config=config)
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    sharded = jax.device_put(params, params_sharding(abstract_params(module, (jnp.zeros((1, 8), jnp.int32),)), mesh))
+    sharded = jax.device_put(params, params_sharding(abstract_params(module, jnp.zeros((1, 8), jnp.int32)), mesh))
     with activate(mesh):
         out = generate(module, sharded, ids, mask, config=config)
     np.testing.assert_array_equal(out["tokens"], single["tokens"])

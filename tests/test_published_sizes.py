@@ -1,7 +1,7 @@
 """Parameter counts of the published LM sizes from `jax.eval_shape` (no memory used) match the model cards."""
 import pytest
 
-from common.lm import DecoderLM, param_count
+from common.lm import param_counts
 from configs import models
 
 PUBLISHED = {
@@ -15,5 +15,5 @@ PUBLISHED = {
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_param_count_matches_published(name):
-    count = param_count(DecoderLM(getattr(models, name)()))
+    count = param_counts(getattr(models, name)())["total"]
     assert abs(count - PUBLISHED[name]) / PUBLISHED[name] <= 0.005, (name, count)

@@ -19,6 +19,7 @@ from PIL import Image  # noqa: E402
 
 import common.hf as hf  # noqa: E402
 from common.hf.checkpoint import CheckpointError, fill_params, iter_tensors  # noqa: E402
+from common.params import abstract_params  # noqa: E402
 from common.hf.vision import clip_rule, internvit_rule  # noqa: E402
 from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer, select_features  # noqa: E402
 from common.vision.intern_vit import InternViT, InternViTConfig, image_features, pixel_shuffle  # noqa: E402
@@ -153,7 +154,7 @@ def test_clip_scan_unrolled_remat_equal(save_hf):
 
     # Unrolled layers, filled straight from the checkpoint (layers_0 .. layers_{L-1}).
     unrolled = CLIPVisionTransformer(CLIPVisionConfig.from_hf(hf.checkpoint.read_config(path), scan_layers=False))
-    abstract = hf.abstract_params(unrolled, (pixels[:1],))
+    abstract = abstract_params(unrolled, pixels[:1])
     assert "layers_0" in abstract["encoder"] and "layers" not in abstract["encoder"]
     unrolled_params = fill_params(iter_tensors(path), clip_rule(unrolled.config), hf.nn.unbox(abstract))
     out = run(unrolled, unrolled_params, pixels)
@@ -335,7 +336,7 @@ def test_internvit_scan_vs_unrolled_and_drop_path(save_hf):
     ref = run(module, params, pixels)
     unrolled = InternViT(InternViTConfig.from_hf(hf.checkpoint.read_config(path), scan_layers=False))
     unrolled_params = fill_params(iter_tensors(path), internvit_rule(unrolled.config, "hf"),
-                                  hf.nn.unbox(hf.abstract_params(unrolled, (pixels[:1],))))
+                                  hf.nn.unbox(abstract_params(unrolled, pixels[:1])))
     out = run(unrolled, unrolled_params, pixels)
     chex.assert_trees_all_close(f32(out.hidden_states), f32(ref.hidden_states), atol=1e-5, rtol=0)
     chex.assert_trees_all_close(f32(out.last_hidden_state), f32(ref.last_hidden_state), atol=1e-5, rtol=0)
@@ -374,7 +375,7 @@ def test_bad_inputs_raise():
     clip = CLIPVisionTransformer(CLIPVisionConfig(image_size=28, patch_size=14, hidden_size=32, intermediate_size=64,
                                                   num_layers=1, num_heads=4))
     # Shapes only: real `init` compiles every random initializer, which is slow on CPU.
-    params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), hf.abstract_params(clip, (jnp.zeros((1, 28, 28, 3)),)))
+    params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract_params(clip, jnp.zeros((1, 28, 28, 3))))
     params = hf.nn.unbox(params)
     assert run(clip, params, jnp.zeros((2, 28, 28, 3))).last_hidden_state.shape == (2, 5, 32)
     for bad, match in [(jnp.zeros((28, 28, 3)), "rank 4"), (jnp.zeros((1, 28, 28, 1)), "3 channels"),

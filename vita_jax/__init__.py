@@ -2,8 +2,8 @@
 core: InternViT tiles + speech encoder / adapter placed into a Qwen2 LM. Modules: model (Vita, VitaConfig, training
 stage param groups), speech_encoder (the release's "whale" encoder and CNN adapter), hf (load_original: the released
 VITA-1.5 folder), configs (vita_1_5 and tiny sizes)."""
-from vita_jax.model import (AUDIO_TOKEN_INDEX, IMAGE_TOKEN_INDEX, Vita, VitaConfig, example_inputs, init_params,
-                            param_counts, trainable_patterns)
+from vita_jax.model import (AUDIO_TOKEN_INDEX, IMAGE_TOKEN_INDEX, Vita, VitaConfig, abstract_params, example_inputs,
+                            init_params, param_counts, trainable_patterns)
 from vita_jax.speech_encoder import AudioAdapter, SpeechEncoder, SpeechEncoderConfig, audio_token_lengths
 
 
@@ -16,5 +16,5 @@ def load_original(model_dir, **kwargs):
 load_hf = load_original  # VITA-1.5 has no transformers format: its release folder is the checkpoint
 
 __all__ = ["AUDIO_TOKEN_INDEX", "AudioAdapter", "IMAGE_TOKEN_INDEX", "SpeechEncoder", "SpeechEncoderConfig", "Vita",
-           "VitaConfig", "audio_token_lengths", "example_inputs", "init_params", "load_hf", "load_original",
-           "param_counts", "trainable_patterns"]
+           "VitaConfig", "abstract_params", "audio_token_lengths", "example_inputs", "init_params", "load_hf",
+           "load_original", "param_counts", "trainable_patterns"]

@@ -38,7 +38,7 @@ from common.hf.lm import config_from_hf, lm_rule
 from common.hf.vision import internvit_rule
 from common.sharding import params_sharding
 from common.vision.intern_vit import InternViTConfig, internvit_300m_448px
-from vita_jax.model import AUDIO_TOKEN_INDEX, IMAGE_TOKEN_INDEX, Vita, VitaConfig, example_inputs
+from vita_jax.model import AUDIO_TOKEN_INDEX, IMAGE_TOKEN_INDEX, Vita, VitaConfig, abstract_params
 from vita_jax.speech_encoder import SpeechEncoderConfig
 
 AUDIO_PREFIX = "model.audio_encoder."
@@ -429,12 +429,9 @@ def load_original(model_dir: str, *, audio_dir: str | None = None, vision_tower_
             return audio_plain(name, tensor)
         return vision_plain(name, tensor)
 
-    boxed = abstract_params_of(module)
+    boxed = abstract_params(module.config)
     shardings = params_sharding(boxed, mesh) if mesh is not None else None
     params = fill_params(tensors(), rule, nn.unbox(boxed), dtype=dtype, shardings=shardings,
                          source=f"VITA-1.5 ({model_dir})")
     return module, params
 
-
-def abstract_params_of(module: Vita) -> Any:
-    return jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs(module.config)))["params"]

@@ -232,16 +232,16 @@ def init_params(module: Vita, rng: jax.Array) -> Any:
 
 def abstract_params(config: VitaConfig) -> Any:
     """Boxed ShapeDtypeStructs of every parameter (jax.eval_shape: no memory used)."""
-    module = Vita(config)
-    return jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs(config)))["params"]
+    from common.params import abstract_params as abstract
+
+    return abstract(Vita(config), *example_inputs(config))
 
 
 def param_counts(config: VitaConfig) -> dict[str, int]:
     """Parameters per part (vision_tower, projector, audio_encoder, audio_adapter, lm) and 'total'."""
-    shapes = nn.unbox(abstract_params(config))
-    counts = {k: int(sum(np.prod(x.shape) for x in jax.tree.leaves(v))) for k, v in shapes.items()}
-    counts["total"] = sum(counts.values())
-    return counts
+    from common.params import counts_by_part
+
+    return counts_by_part(abstract_params(config))
 
 
 # Parameter groups of the training stages (regexes, full match on '/'-joined param paths: common/optimizer.py).

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common.params import abstract_params
 from common.hf.checkpoint import (CheckpointError, Rule, fill_params, iter_tensors, read_config, save_tensors,
                                   weight_files)
 
@@ -71,11 +72,6 @@ def model_type_of(config: dict) -> str:
     return model_type
 
 
-def abstract_params(module: nn.Module, example_inputs: tuple) -> Any:
-    """Parameter shapes, boxed with their logical axis names, without allocating memory."""
-    return jax.eval_shape(lambda: module.init(jax.random.key(0), *example_inputs))["params"]
-
-
 def load_from_config(path: str, config: dict, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
                      architecture: Architecture | None = None) -> tuple[nn.Module, dict]:
     _ensure_registered()
@@ -87,7 +83,7 @@ def load_from_config(path: str, config: dict, dtype: Any = None, mesh: jax.shard
         architecture = ARCHITECTURES[model_type]
     weight_files(path)  # fail early, before building anything, when the weights are absent
     module = architecture.build(config, dtype)
-    boxed = abstract_params(module, architecture.example_inputs(module))
+    boxed = abstract_params(module, *architecture.example_inputs(module))
     shardings = None
     if mesh is not None:
         from common.sharding import params_sharding

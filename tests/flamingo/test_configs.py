@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from flamingo_jax.configs import CONFIGS, OPEN_FLAMINGO_VOCAB
-from flamingo_jax.model import Flamingo, param_counts
+from flamingo_jax.model import param_counts
 
 sys.modules.setdefault("open_clip", types.ModuleType("open_clip"))
 from open_flamingo.src import helpers as of_helpers  # noqa: E402
@@ -34,7 +34,7 @@ def _torch_count(module_fn):
 
 @pytest.fixture(scope="module")
 def counts():
-    return {name: param_counts(Flamingo(fn())) for name, fn in CONFIGS.items() if name != "flamingo-80b"}
+    return {name: param_counts(fn()) for name, fn in CONFIGS.items() if name != "flamingo-80b"}
 
 
 @pytest.mark.parametrize("name,width,every,layers,base_lm,tied", [
@@ -77,8 +77,8 @@ def test_flamingo_80b_layout_and_counts():
     are the 3B / 9B blocks at width 8192 (no parameter is allocated: jax.eval_shape)."""
     cfg = CONFIGS["flamingo-80b"]()
     assert cfg.cross_attn_every == 7 and cfg.num_blocks == 11
-    c = param_counts(Flamingo(cfg))
-    c3 = param_counts(Flamingo(CONFIGS["flamingo-3b"]()))
+    c = param_counts(cfg)
+    c3 = param_counts(CONFIGS["flamingo-3b"]())
     assert c["vision"] == c3["vision"] and c["resampler"] == c3["resampler"]
     d, dv, inner = 8192, 1536, 64 * 128  # width, media width, heads x head dim
     ffw = 4 * d

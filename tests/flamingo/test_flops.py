@@ -50,7 +50,7 @@ def test_flamingo_forward_and_training_flops_match_the_traced_ones(every, positi
     cfg = tiny_config(every=every, position=position, scan=False)
     model = Flamingo(cfg)
     ids, px = _ids(), jax.ShapeDtypeStruct((2, N, 16, 16, 3), jnp.float32)
-    params = nn.unbox(abstract_params(model))
+    params = nn.unbox(abstract_params(model.config))
     parts = {k: 2 * v for k, v in train_flops_per_example(cfg, L, N).items()}  # batch 2
 
     forward = matmul_flops(lambda p, x: model.apply({"params": p}, ids, pixel_values=x), params, px)
