@@ -56,8 +56,10 @@ class GatedXAttnConfig:
     # Projection kernels' init (common.layers.kernel_initializer): torch.nn.Linear's default as OpenFlamingo and
     # flamingo-pytorch, or "normal_0.02" (HF, IDEFICS).
     kernel_init: str = "torch_linear"
-    dtype: str = "float32"
-    param_dtype: str = "float32"
+    # None: the LM's (inside Flamingo; float32 for a block used alone). A float32 param_dtype with the LM's in
+    # bfloat16 keeps the trained blocks' master weights in float32 while the frozen LM is stored in bfloat16.
+    dtype: str | None = None
+    param_dtype: str | None = None
 
     def __post_init__(self):
         if self.alpha_shape not in ("scalar", "vector"):
@@ -136,7 +138,7 @@ class GatedCrossAttentionBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, inputs: MediaInputs) -> jax.Array:
         cfg = self.config
-        dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        dtype, param_dtype = dtype_of(cfg.dtype or "float32"), dtype_of(cfg.param_dtype or "float32")
         e = x.shape[-1]
         media, text_time = inputs.media, inputs.text_time
         if media.ndim != 4:

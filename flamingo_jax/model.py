@@ -93,9 +93,8 @@ class Flamingo(nn.Module):
             self.vision = build_vision_tower(cfg.vision)
         if cfg.resampler is not None:
             self.resampler = PerceiverResampler(cfg.resampler)
-        xattn = cfg.xattn
-        if xattn.dtype != cfg.lm.dtype or xattn.param_dtype != cfg.lm.param_dtype:
-            xattn = dataclasses.replace(xattn, dtype=cfg.lm.dtype, param_dtype=cfg.lm.param_dtype)
+        xattn = dataclasses.replace(cfg.xattn, dtype=cfg.xattn.dtype or cfg.lm.dtype,
+                                    param_dtype=cfg.xattn.param_dtype or cfg.lm.param_dtype)
         self.lm = DecoderLM(cfg.lm, block=functools.partial(GatedCrossAttentionBlock, xattn),
                             block_every=cfg.cross_attn_every, block_position=cfg.position)
 

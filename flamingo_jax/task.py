@@ -73,7 +73,7 @@ def flamingo_config_from(model_config, tokenizer=None) -> FlamingoConfig:
         cfg = CONFIGS[m["preset"]]()
         if m.get("lm"):
             cfg = cfg.replace(lm=cfg.lm.replace(**m["lm"]))
-        for part in ("vision", "resampler"):  # e.g. {"dtype": "bfloat16"}: the frozen tower and the resampler
+        for part in ("vision", "resampler", "xattn"):  # e.g. {"dtype": "bfloat16"}: the frozen tower, the resampler
             if m.get(part):
                 cfg = cfg.replace(**{part: dataclasses.replace(getattr(cfg, part), **m[part])})
         return cfg

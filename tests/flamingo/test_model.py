@@ -1,5 +1,6 @@
 """Flamingo model semantics: gates at 0 give the bare LM, per-image masking, cached generation, video path with
 time embeddings, trainable-parameter patterns and clear errors on bad input."""
+import dataclasses
 import functools
 import re
 
@@ -260,3 +261,18 @@ def test_idefics_configs_keep_hf_init():
                                                                       "intermediate_size": 96},
                           "perceiver_config": {}})
     assert cfg.xattn.kernel_init == cfg.resampler.kernel_init == "normal_0.02"
+
+
+def test_blocks_keep_their_own_param_dtype():
+    """The frozen LM stored in bfloat16 with the trained gated blocks' weights in float32 (docs/tpu.md: OpenFlamingo-
+    4B's step); with no xattn dtype given the blocks follow the LM, as before."""
+    from flamingo_jax.model import abstract_params
+
+    cfg = tiny_config()
+    lm_bf16 = cfg.replace(lm=cfg.lm.replace(param_dtype="bfloat16"))
+    mixed = nn.unbox(abstract_params(lm_bf16.replace(xattn=dataclasses.replace(lm_bf16.xattn, param_dtype="float32"))))
+    groups = mixed["lm"]["decoder"]["groups"]
+    assert {x.dtype for x in jax.tree.leaves(groups["block"])} == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree.leaves(groups["layer_0"])} == {jnp.dtype(jnp.bfloat16)}
+    follows = nn.unbox(abstract_params(lm_bf16))["lm"]["decoder"]["groups"]["block"]
+    assert {x.dtype for x in jax.tree.leaves(follows)} == {jnp.dtype(jnp.bfloat16)}
