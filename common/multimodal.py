@@ -32,17 +32,30 @@ def scatter_features(embeds: jax.Array, is_placeholder: jax.Array, features: jax
     batch, n_slots, rows = features.shape[:3]
     lengths = jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (batch, n_slots))
     table = features.reshape(batch, n_slots * rows, -1).astype(embeds.dtype)  # [B, N*F, E]
-    k = jnp.cumsum(is_placeholder, axis=1) - 1  # [B, T]: index of each placeholder among its sample's
-    ends = jnp.cumsum(lengths, axis=1)  # [B, N]
-    slot = jnp.minimum((k[:, :, None] >= ends[:, None, :]).sum(-1), n_slots - 1)  # [B, T]
-    within = k - jnp.take_along_axis(ends - lengths, slot, axis=1)  # [B, T]
-    row = jnp.where(is_placeholder, jnp.clip(slot * rows + within, 0, n_slots * rows - 1), 0)
-    gathered = jnp.take_along_axis(table, row[..., None], axis=1)  # [B, T, E]
-    merged = jnp.where(is_placeholder[..., None], gathered, embeds)
+    slot, within = placeholder_slots(is_placeholder, lengths)
+    merged = gather_rows(embeds, is_placeholder, table, slot * rows + within)
     ok = is_placeholder.sum(axis=1) == lengths.sum(axis=1)  # [B]
     if segment_ids is not None and item_segment_ids is not None:
         ok &= placeholders_in_own_segment(is_placeholder, slot, segment_ids, item_segment_ids)
     return merged, ok
+
+
+def placeholder_slots(is_placeholder: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """For every token [B, T]: the item slot its placeholder reads (the k-th placeholder of a sample belongs to the
+    slot whose cumulated lengths [B, N] first exceed k) and its index `within` that item's rows. Non-placeholder
+    tokens get meaningless values (mask them with is_placeholder)."""
+    k = jnp.cumsum(is_placeholder, axis=1) - 1  # [B, T]: index of each placeholder among its sample's
+    ends = jnp.cumsum(lengths, axis=1)  # [B, N]
+    slot = jnp.minimum((k[:, :, None] >= ends[:, None, :]).sum(-1), lengths.shape[1] - 1)  # [B, T]
+    within = k - jnp.take_along_axis(ends - lengths, slot, axis=1)  # [B, T]
+    return slot, within
+
+
+def gather_rows(embeds: jax.Array, is_placeholder: jax.Array, table: jax.Array, row: jax.Array) -> jax.Array:
+    """embeds [B, T, E] with each placeholder replaced by table[b, row[b, t]] (table [B, R, E]; rows clipped)."""
+    row = jnp.where(is_placeholder, jnp.clip(row, 0, table.shape[1] - 1), 0)
+    gathered = jnp.take_along_axis(table, row[..., None], axis=1)  # [B, T, E]
+    return jnp.where(is_placeholder[..., None], gathered, embeds)
 
 
 def placeholders_in_own_segment(is_placeholder: jax.Array, slot: jax.Array, segment_ids: jax.Array,

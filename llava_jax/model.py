@@ -31,7 +31,7 @@ import numpy as np
 
 from common.layers import dtype_of
 from common.lm import DecoderLM, KVCache, LMConfig
-from common.multimodal import placeholders_in_own_segment
+from common.multimodal import check_counts, concrete, gather_rows, placeholder_slots, placeholders_in_own_segment
 from common.sharding import constrain, with_partitioning
 from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer, select_features
 from llava_jax import anyres
@@ -103,16 +103,6 @@ class LlavaConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _concrete(x) -> np.ndarray | None:
-    """numpy value of x, or None when x is traced (inside jit / eval_shape)."""
-    if x is None:
-        return None
-    try:
-        return np.asarray(x)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-
-
 class Llava(nn.Module):
     """`apply({"params": p}, input_ids, pixel_values, attention_mask, image_mask, image_sizes)` -> float32 logits
     [B, T, V] (see the module docstring for the image inputs; `cache` / `return_hidden` pass through to DecoderLM)."""
@@ -155,16 +145,17 @@ class Llava(nn.Module):
         num_ph = is_ph.sum(axis=1)  # [B]
 
         if pixel_values is None:
-            concrete = _concrete(num_ph)
-            if concrete is not None and concrete.any():
+            counts = concrete(num_ph)
+            if counts is not None and counts.any():
                 raise ValueError(f"input_ids hold image placeholders (id {cfg.image_token_index}; per sample "
-                                 f"{concrete.tolist()}) but no pixel_values were given")
+                                 f"{counts.tolist()}) but no pixel_values were given")
             return text, num_ph == 0
 
         pixels, image_mask, layout = self._normalize_images(pixel_values, image_mask, image_sizes, image_layout, batch)
         n_slots, n_crops = pixels.shape[1], pixels.shape[2]
         lengths = self._tokens_per_image(layout) * image_mask  # [B, N]
-        self._check_counts(num_ph, lengths)
+        check_counts(is_ph, lengths, "image", cfg.image_token_index, "Expand each <image> into tokens_per_image "
+                     "copies (llava_jax.conversation.expand_image_tokens) and mask unused image slots.")
 
         crops = pixels.reshape((-1,) + pixels.shape[3:])  # [B, N, P, H, W, C] -> [B*N*P, H, W, C]
         feats = self.image_features(crops.astype(jnp.float32))  # [B*N*P, F, E]
@@ -175,11 +166,9 @@ class Llava(nn.Module):
                                 axis=1)  # [B, N*P*F + 1, E]; the last row is image_newline
         newline_row = n_slots * n_crops * f
 
-        # k-th placeholder of a sample -> (image slot n, token t within that image) -> row of the table.
-        k = jnp.cumsum(is_ph, axis=1) - 1  # [B, T]
-        ends = jnp.cumsum(lengths, axis=1)  # [B, N]
-        slot = jnp.minimum((k[:, :, None] >= ends[:, None, :]).sum(-1), n_slots - 1)  # [B, T]
-        t = k - jnp.take_along_axis(ends - lengths, slot, axis=1)  # [B, T]
+        # k-th placeholder of a sample -> (image slot n, token t within that image) -> row of the table (anyres: the
+        # base image's rows, then the stitched grid row by row with image_newline closing each row).
+        slot, t = placeholder_slots(is_ph, lengths)  # [B, T] each
         if not cfg.anyres:
             row = (slot * n_crops) * f + t
         else:
@@ -193,9 +182,7 @@ class Llava(nn.Module):
             crop = 1 + (gy // side) * cols + gx // side
             grid_row = (slot * n_crops + crop) * f + (gy % side) * side + gx % side
             row = jnp.where(t < f, (slot * n_crops) * f + t, jnp.where(c == width, newline_row, grid_row))
-        row = jnp.where(is_ph, jnp.clip(row, 0, newline_row), 0)
-        gathered = jnp.take_along_axis(table, row[..., None], axis=1)  # [B, T, E]
-        x = jnp.where(is_ph[..., None], gathered, text)
+        x = gather_rows(text, is_ph, table, row)
         ok = num_ph == lengths.sum(axis=1)  # [B]
         if segment_ids is not None and image_segment_ids is not None:  # packed rows: features stay in their sample
             ok &= placeholders_in_own_segment(is_ph, slot, segment_ids, image_segment_ids)
@@ -249,7 +236,7 @@ class Llava(nn.Module):
             if image_layout is None:
                 if image_sizes is None:
                     raise ValueError("LLaVA-NeXT needs image_sizes [B, N, 2] (height, width) or image_layout")
-                sizes = _concrete(image_sizes)
+                sizes = concrete(image_sizes)
                 if sizes is None:
                     raise ValueError("image_sizes is traced (inside jit): compute image_layout = "
                                      "config.image_layout(image_sizes) outside jit and pass image_layout=")
@@ -259,7 +246,7 @@ class Llava(nn.Module):
                     raise ValueError(f"image_sizes must be [B, N, 2] = {(batch, n_slots, 2)}, got {sizes.shape}")
                 image_layout = cfg.image_layout(sizes)
                 crops = image_layout[..., 0] * image_layout[..., 1] + 1  # [B, N] crops each image needs
-                mask = _concrete(image_mask)
+                mask = concrete(image_mask)
                 if mask is not None and (crops * mask).max(initial=0) > pixels.shape[2]:
                     raise ValueError(f"an image needs {(crops * mask).max()} crops but pixel_values has "
                                      f"P={pixels.shape[2]}")
@@ -277,18 +264,6 @@ class Llava(nn.Module):
         h, w = layout[..., 3] - layout[..., 2], layout[..., 5] - layout[..., 4]
         return cfg.tokens_per_crop + h * (w + 1)  # [B, N]
 
-    def _check_counts(self, num_ph, lengths) -> None:
-        have, want = _concrete(num_ph), _concrete(lengths)
-        if have is None or want is None:
-            return
-        want = np.broadcast_to(want, (have.shape[0], want.shape[-1])).sum(axis=1)
-        bad = np.nonzero(have != want)[0]
-        if bad.size:
-            detail = ", ".join(f"sample {b}: {have[b]} placeholder tokens vs {want[b]} image feature tokens"
-                               for b in bad[:4])
-            raise ValueError(f"image placeholders (id {self.config.image_token_index}) do not match the image "
-                             f"features: {detail}. Expand each <image> into tokens_per_image copies "
-                             f"(llava_jax.conversation.expand_image_tokens) and mask unused image slots.")
 
 
 def example_inputs(config: LlavaConfig, batch: int = 1, length: int = 8) -> tuple:
