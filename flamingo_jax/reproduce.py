@@ -137,6 +137,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO)
     logging.getLogger().setLevel(logging.INFO)
     from flamingo_jax import eval as fl_eval
+    from flamingo_jax import names_diagnostics
     from flamingo_jax.task import make_task, restore_params
 
     recipe = RECIPES[args.recipe]
@@ -173,7 +174,7 @@ def main(argv=None) -> dict:
         report["wall_seconds"][f"{part}_train"] = time.time() - t
         report["stage0_final_loss"][part] = _final_loss(stage0_dir)
         s0_task = make_task(s0)
-        report["stage0_key_binding"][part] = fl_eval.lm_key_binding(s0_task.model, restore_params(stage0_dir),
+        report["stage0_key_binding"][part] = names_diagnostics.lm_key_binding(s0_task.model, restore_params(stage0_dir),
                                                                     s0_task.tokenizer, args.diagnostic_episodes)
         logging.info("%s key binding: %s", part, report["stage0_key_binding"][part])
 
@@ -197,8 +198,8 @@ def main(argv=None) -> dict:
             res["details"].update(extra["details"])
         eval_s = time.time() - t
         episodes = args.diagnostic_episodes
-        reliance = {"names_4shot": fl_eval.names_image_reliance(runner, shots=4, num_episodes=episodes),
-                    "names_image_as_key": fl_eval.names_image_as_key(runner, num_episodes=episodes),
+        reliance = {"names_4shot": names_diagnostics.names_image_reliance(runner, shots=4, num_episodes=episodes),
+                    "names_image_as_key": names_diagnostics.names_image_as_key(runner, num_episodes=episodes),
                     "losses": image_reliance_losses(config, runner.params)}
         logging.info("%s image reliance: %s", variant, reliance)
         report["variants"][variant] = {"description": VARIANTS.get(variant, variant), "results": res,

@@ -16,6 +16,7 @@ from common import metrics
 from common.generate import GenerationConfig, generate
 from flamingo_jax import data as data_lib
 from flamingo_jax import eval as fl_eval
+from flamingo_jax import names_diagnostics
 from flamingo_jax.model import FlamingoForGeneration, count_media
 
 from flamingo_testlib import IMAGE, build, pixels, tiny_config, with_gates
@@ -328,10 +329,10 @@ def test_names_image_reliance_is_blind_with_closed_gates(tmp_path):
     (tmp_path / "cfg.py").write_text(TINY_EVAL_CONFIG)
     config = fl_eval.load_config(str(tmp_path / "cfg.py"))
     runner = fl_eval.load_runner(config, None, random_init=True, num_beams=1, batch_size=4)
-    closed = fl_eval.names_image_reliance(runner, shots=2, num_episodes=8)
+    closed = names_diagnostics.names_image_reliance(runner, shots=2, num_episodes=8)
     assert closed["own_image"] == closed["other_image"]
     runner.params = with_gates(runner.params, 1.0)
-    opened = fl_eval.names_image_reliance(runner, shots=2, num_episodes=8)
+    opened = names_diagnostics.names_image_reliance(runner, shots=2, num_episodes=8)
     assert set(opened) == {"own_image", "other_image"} and all(0 <= v <= 100 for v in opened.values())
 
 
@@ -348,7 +349,7 @@ def test_names_image_as_key_and_where_the_image_is_read(tmp_path):
     for spec in config.data.datasets.values():
         spec["batch_size"] = 2
     runner = fl_eval.load_runner(config, None, random_init=True, num_beams=1, batch_size=4)
-    closed = fl_eval.names_image_as_key(runner, num_episodes=6)
+    closed = names_diagnostics.names_image_as_key(runner, num_episodes=6)
     assert set(closed) == {"own_image", "other_image", "text_key"} and closed["own_image"] == closed["other_image"]
     losses = image_reliance_losses(config, runner.params, num_batches=1)
     for by_mode in losses.values():
@@ -356,8 +357,8 @@ def test_names_image_as_key_and_where_the_image_is_read(tmp_path):
     opened = image_reliance_losses(config, with_gates(runner.params, 1.0), num_batches=1)["captions"]
     assert len({round(v, 4) for v in opened.values()}) == 5, opened
     image_id = data_lib.special_ids(runner.tok)["image"]
-    image_rows = fl_eval._key_binding_rows(runner.tok, 6, 5, image_query=True)
-    for (text_ids, _, info), (img_ids, _, _) in zip(fl_eval._key_binding_rows(runner.tok, 6, 5), image_rows):
+    image_rows = names_diagnostics._key_binding_rows(runner.tok, 6, 5, image_query=True)
+    for (text_ids, _, info), (img_ids, _, _) in zip(names_diagnostics._key_binding_rows(runner.tok, 6, 5), image_rows):
         key = runner.tok.encode(info["query_shape"], add_bos=False)
         assert list(img_ids).count(image_id) == 1 and len(text_ids) - len(img_ids) == len(key) - 1
 
@@ -374,13 +375,14 @@ class _PeekingLM:
 
 def test_lm_key_binding_scores_the_first_name_token():
     tok = data_lib.shapes_tokenizer()
-    assert fl_eval.lm_key_binding(_PeekingLM(), {}, tok, num_episodes=16) == {"true_key": 100.0, "wrong_key": 100.0}
+    binding = names_diagnostics.lm_key_binding(_PeekingLM(), {}, tok, num_episodes=16)
+    assert binding == {"true_key": 100.0, "wrong_key": 100.0}
 
     class Shifted(_PeekingLM):  # one position late: never right
         def apply(self, variables, ids):
             return jax.nn.one_hot(ids, self.vocab)
 
-    assert fl_eval.lm_key_binding(Shifted(), {}, tok, num_episodes=16) == {"true_key": 0.0, "wrong_key": 0.0}
+    assert names_diagnostics.lm_key_binding(Shifted(), {}, tok, num_episodes=16) == {"true_key": 0.0, "wrong_key": 0.0}
 
 
 @pytest.mark.slow
@@ -395,10 +397,10 @@ def test_lm_key_interpolation_at_full_key_is_the_binding_check():
     lm = DecoderLM(LMConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=2,
                             intermediate_size=64, max_position_embeddings=128))
     params = random_params(lm, jnp.zeros((1, 8), jnp.int32))
-    out = fl_eval.lm_key_interpolation(lm, params, tok, scales=(0.0, 0.5, 1.0), num_episodes=12)
+    out = names_diagnostics.lm_key_interpolation(lm, params, tok, scales=(0.0, 0.5, 1.0), num_episodes=12)
     assert set(out) == {0.0, 0.5, 1.0}
-    assert out[1.0]["accuracy"] == fl_eval.lm_key_binding(lm, params, tok, num_episodes=12)["true_key"]
-    rows = fl_eval._key_binding_rows(tok, 12, 5)
+    assert out[1.0]["accuracy"] == names_diagnostics.lm_key_binding(lm, params, tok, num_episodes=12)["true_key"]
+    rows = names_diagnostics._key_binding_rows(tok, 12, 5)
     nll = [-float(jax.nn.log_softmax(lm.apply({"params": params}, jnp.asarray([t]))[0, pos - 1])[t[pos]])
            for t, pos, _ in rows]
     np.testing.assert_allclose(out[1.0]["nll"], np.mean(nll), rtol=1e-5)
