@@ -19,24 +19,21 @@ shapes (kind asr | spoken_qa) | librispeech (root) | audio_dir (dir), ...}}}.
 """
 from __future__ import annotations
 
-import math
-import os
-import zlib
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.data.audio import load_audio, mel_banks
+from common.data.audio import mel_banks
 from common.data.pipeline import task_iterator
-from common.data.records import CORRUPT_AUDIO, BadRecord
+from common.data.records import BadRecord
 from common.task_utils import get, plain
 from common.trainer import DataShard, Task
-from vita_jax import data as data_lib
-from vita_jax.codec import Codec, CodecConfig, LRELU_SLOPE
-from vita_jax.tts import resample
+from vita_jax.codec import LRELU_SLOPE, Codec, CodecConfig
+from vita_jax.codec_discriminators import (Discriminators, discriminator_loss, feature_matching_loss,
+                                           generator_adversarial_loss)
+from vita_jax.speech_sources import SegmentTransform, make_speech_source, record_waveform
 
 STYLE_STATS = r"codec/encoder/global_encoder/fn_2/running_.*"
 
@@ -78,151 +75,6 @@ def multi_resolution_stft_loss(wav, recon, resolutions: Sequence[Sequence[int]])
 def mel_distance(wav, recon, cfg: CodecConfig) -> jax.Array:
     """Mean |log mel - log mel'| per example [B] (the reconstruction metric of the reports)."""
     return jnp.mean(jnp.abs(log_mel(wav, cfg) - log_mel(recon, cfg)), axis=(1, 2))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Discriminators (HiFi-GAN's, as in the release's ticodec/models.py; widths scalable for small runs)
-# ----------------------------------------------------------------------------------------------------------------
-def _scaled(ch: int, scale: float) -> int:
-    return max(1, int(round(ch * scale)))
-
-
-class PeriodDiscriminator(nn.Module):
-    """The waveform folded into [N / p, p] columns, 2-D convs over time only."""
-
-    period: int
-    channel_scale: float = 1.0
-
-    @nn.compact
-    def __call__(self, wav):  # [B, N] -> (logits [B, *], feature maps)
-        b, n = wav.shape
-        if n % self.period:
-            wav = jnp.pad(wav, ((0, 0), (0, self.period - n % self.period)), mode="reflect")
-        x = wav.reshape(b, -1, self.period, 1)  # [B, N / p, p, 1]
-        fmaps = []
-        for i, ch in enumerate((32, 128, 512, 1024, 1024)):
-            stride = 3 if i < 4 else 1
-            x = nn.Conv(_scaled(ch, self.channel_scale), (5, 1), strides=(stride, 1), padding=((2, 2), (0, 0)),
-                        name=f"convs_{i}")(x)
-            x = jax.nn.leaky_relu(x, LRELU_SLOPE)
-            fmaps.append(x)
-        x = nn.Conv(1, (3, 1), padding=((1, 1), (0, 0)), name="conv_post")(x)
-        fmaps.append(x)
-        return x.reshape(b, -1), fmaps
-
-
-class ScaleDiscriminator(nn.Module):
-    channel_scale: float = 1.0
-    grouped: bool = True  # HiFi-GAN's grouped convs; False: dense convs (XLA's CPU grouped convs are slow)
-
-    @nn.compact
-    def __call__(self, wav):  # [B, N] -> (logits [B, *], feature maps)
-        x = wav[..., None]
-        fmaps = []
-        specs = ((128, 15, 1, 1), (128, 41, 2, 4), (256, 41, 2, 16), (512, 41, 4, 16), (1024, 41, 4, 16),
-                 (1024, 41, 1, 16), (1024, 5, 1, 1))
-        for i, (ch, k, s, g) in enumerate(specs):
-            out = _scaled(ch, self.channel_scale)
-            groups = math.gcd(math.gcd(g, x.shape[-1]), out) if self.grouped else 1
-            x = nn.Conv(out, (k,), strides=(s,), padding=[((k - 1) // 2, (k - 1) // 2)], feature_group_count=groups,
-                        name=f"convs_{i}")(x)
-            x = jax.nn.leaky_relu(x, LRELU_SLOPE)
-            fmaps.append(x)
-        x = nn.Conv(1, (3,), padding=[(1, 1)], name="conv_post")(x)
-        fmaps.append(x)
-        return x.reshape(x.shape[0], -1), fmaps
-
-
-class Discriminators(nn.Module):
-    """Multi-period + multi-scale (average-pooled x2, x4) discriminators -> lists of (logits, feature maps)."""
-
-    periods: Sequence[int] = (2, 3, 5, 7, 11)
-    channel_scale: float = 1.0
-    num_scales: int = 3
-    grouped: bool = True
-
-    @nn.compact
-    def __call__(self, wav):
-        outs = [PeriodDiscriminator(p, self.channel_scale, name=f"mpd_{p}")(wav) for p in self.periods]
-        x = wav
-        for i in range(self.num_scales):
-            if i:
-                x = nn.avg_pool(x[..., None], (4,), (2,), padding=((2, 2),), count_include_pad=True)[..., 0]
-            outs.append(ScaleDiscriminator(self.channel_scale, self.grouped, name=f"msd_{i}")(x))
-        return outs
-
-
-def discriminator_loss(real, fake) -> jax.Array:
-    return sum(jnp.mean((1 - r) ** 2) + jnp.mean(f**2) for (r, _), (f, _) in zip(real, fake))
-
-
-def generator_adversarial_loss(fake) -> jax.Array:
-    return sum(jnp.mean((1 - f) ** 2) for f, _ in fake)
-
-
-def feature_matching_loss(real, fake) -> jax.Array:
-    return sum(jnp.mean(jnp.abs(jax.lax.stop_gradient(r) - f)) for (_, rs), (_, fs) in zip(real, fake)
-               for r, f in zip(rs, fs))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data: speech segments at the codec's rate
-# ----------------------------------------------------------------------------------------------------------------
-class AudioDirSource:
-    """Every .wav / .flac under a folder (any rate; resampled by the transform)."""
-
-    def __init__(self, root: str):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"audio folder {root!r} does not exist")
-        self.files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
-                            if f.lower().endswith((".wav", ".flac")))
-        if not self.files:
-            raise ValueError(f"no .wav / .flac files under {root!r}")
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"audio": [self.files[index]]}
-
-
-def make_speech_source(spec: dict, split: str = "train"):
-    if spec.get("source") == "audio_dir":
-        return AudioDirSource(spec["root"])
-    return data_lib.make_source(spec, split)
-
-
-def record_waveform(record: dict, rate: int) -> np.ndarray:
-    """A record's first clip (waveform at 16 kHz, or a file at any rate) -> float32 [N] at `rate`."""
-    audio = (record.get("audio") or [None])[0]
-    if audio is None:
-        raise BadRecord(data_lib.EMPTY_AUDIO, "the record has no audio")
-    if isinstance(audio, np.ndarray):
-        wave, src_rate = audio.astype(np.float32).reshape(-1), data_lib.SAMPLE_RATE
-    else:
-        wave, src_rate = load_audio(audio, expected_rate=None)
-    if wave.size == 0 or float(np.abs(wave).max()) <= 1e-6:
-        raise BadRecord(data_lib.EMPTY_AUDIO, "silent or empty audio")
-    if not np.isfinite(wave).all():
-        raise BadRecord(CORRUPT_AUDIO, "non-finite samples")
-    return resample(wave, src_rate, rate)
-
-
-class SegmentTransform:
-    """record -> {"wav": float32 [segment]}: a crop (deterministic per clip) at the codec's rate, zero-padded when
-    the clip is shorter."""
-
-    def __init__(self, cfg: CodecConfig, segment: int):
-        if segment % cfg.hop_length:
-            raise ValueError(f"segment of {segment} samples is not a multiple of the {cfg.hop_length}-sample token")
-        self.cfg, self.segment = cfg, segment
-
-    def __call__(self, record: dict) -> dict:
-        wave = record_waveform(record, self.cfg.sampling_rate)
-        if wave.size > self.segment:
-            start = zlib.crc32(wave[:64].tobytes()) % (wave.size - self.segment + 1)
-            wave = wave[start:start + self.segment]
-        return {"wav": np.pad(wave, (0, self.segment - wave.size)).astype(np.float32)}
 
 
 # ----------------------------------------------------------------------------------------------------------------

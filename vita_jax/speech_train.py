@@ -30,7 +30,7 @@ from common.tokenizers import SAVED_TOKENIZER_FILE
 from common.trainer import DataShard, Task
 from vita_jax import data as data_lib
 from vita_jax.codec import Codec, load_original as load_codec
-from vita_jax.codec_train import record_waveform
+from vita_jax.speech_sources import record_waveform
 from vita_jax.speech_decoder import SpeechDecoder, SpeechDecoderConfig, init_params as init_decoder
 from vita_jax.tts import clean_for_speech
 

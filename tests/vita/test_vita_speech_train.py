@@ -10,7 +10,7 @@ pytest.importorskip("torch")  # the release layout's final.pt
 from common.trainer import Trainer
 from configs.vita import tiny_stage3_1, tiny_stage3_2
 from vita_jax import codec as codec_lib
-from vita_jax import codec_train, speech_train
+from vita_jax import codec_discriminators, codec_train, speech_train
 from vita_jax.train import make_task_for
 
 pytestmark = pytest.mark.slow  # trainings
@@ -44,7 +44,7 @@ def test_one_gradient_is_each_players_update():
 
     def discriminator_only(d):
         recon = task.model.apply({"params": params["codec"]}, wav, True)[0]
-        return codec_train.discriminator_loss(disc.apply({"params": d}, wav), disc.apply({"params": d}, recon))
+        return codec_discriminators.discriminator_loss(disc.apply({"params": d}, wav), disc.apply({"params": d}, recon))
 
     grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, batch, None)[0]))(params)
     want_codec = jax.jit(jax.grad(generator_only))(params["codec"])
