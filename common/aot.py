@@ -311,7 +311,8 @@ def abstract_batches(program, batch_spec: Mapping[str, Mapping[str, jax.ShapeDty
     """Global batch specs -> ShapeDtypeStructs carrying the trainer's batch sharding."""
     from common.trainer import batch_sharding
 
-    return {name: {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(program.mesh, len(x.shape)))
+    return {name: {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(program.mesh, len(x.shape),
+                                                                                    program.rules))
                    for k, x in fields.items()} for name, fields in batch_spec.items()}
 
 
@@ -331,7 +332,7 @@ def plan_train_step(config, task, topology: Topology, *, keep_hlo: bool = False)
     names = program.step_names(0, spec)
     batches = abstract_batches(program, {name: spec[name] for name in names})
     t0 = time.perf_counter()
-    with activate(mesh):
+    with activate(mesh, program.rules):
         lowered = program.jit_step(batches, list(spec)).lower(program.abstract_state, batches)
     t1 = time.perf_counter()
     try:

@@ -138,15 +138,31 @@ class NonFiniteError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def batch_sharding(mesh, ndim: int) -> NamedSharding:
+def batch_sharding(mesh, ndim: int, rules=LOGICAL_AXIS_RULES) -> NamedSharding:
     """Leading (batch) axis over the `act_batch` mesh axes, the rest replicated."""
-    return NamedSharding(mesh, logical_to_spec(("act_batch",) + (None,) * (ndim - 1)))
+    return NamedSharding(mesh, logical_to_spec(("act_batch",) + (None,) * (ndim - 1), rules))
 
 
-def host_data_shard(mesh) -> DataShard:
+def axis_rules_from(config) -> tuple[tuple[str, Any], ...]:
+    """`config.logical_axis_rules` (pairs of logical name -> mesh axis, a tuple of mesh axes or None; MaxText's
+    field of the same name) or, when absent or empty, the library's table (common.sharding.LOGICAL_AXIS_RULES)."""
+    rules = _config_get(config, "logical_axis_rules", None)
+    if not rules:
+        return LOGICAL_AXIS_RULES
+    out = []
+    for pair in rules:
+        name, axes = tuple(pair)
+        axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+        if axes is not None and not set((axes,) if isinstance(axes, str) else axes) <= set(MESH_AXES):
+            raise ValueError(f"logical_axis_rules maps {name!r} to {axes!r}; mesh axes are {MESH_AXES}")
+        out.append((str(name), axes))
+    return tuple(out)
+
+
+def host_data_shard(mesh, rules=LOGICAL_AXIS_RULES) -> DataShard:
     """The block of every global batch this process must load, from the batch sharding on `mesh`."""
-    batch_shards = math.prod(mesh.shape[a] for a in _batch_mesh_axes())
-    sharding = batch_sharding(mesh, 1)
+    batch_shards = math.prod(mesh.shape[a] for a in _batch_mesh_axes(rules))
+    sharding = batch_sharding(mesh, 1, rules)
     rows = sorted({(s.start or 0) for s in (idx[0] for idx in
                                             sharding.addressable_devices_indices_map((batch_shards,)).values())})
     if rows != list(range(rows[0], rows[0] + len(rows))):
@@ -155,8 +171,8 @@ def host_data_shard(mesh) -> DataShard:
     return DataShard(index=rows[0] // len(rows), count=batch_shards // len(rows))
 
 
-def _batch_mesh_axes() -> tuple[str, ...]:
-    axes = dict(LOGICAL_AXIS_RULES)["act_batch"]
+def _batch_mesh_axes(rules=LOGICAL_AXIS_RULES) -> tuple[str, ...]:
+    axes = dict(rules)["act_batch"]
     return (axes,) if isinstance(axes, str) else tuple(axes or ())
 
 
@@ -394,11 +410,13 @@ class TrainProgram:
     step for a given set of batches. `Trainer` runs it on real devices; `common.aot` lowers the same program for a
     TPU topology ahead of time (no data, workdir or arrays needed).
 
-    Config fields read here: seed, total_steps, batch_size, grad_accum_steps, multi_dataset_mode, optimizer.
+    Config fields read here: seed, total_steps, batch_size, grad_accum_steps, multi_dataset_mode, optimizer,
+    logical_axis_rules (default: common.sharding.LOGICAL_AXIS_RULES).
     """
 
     def __init__(self, config, task: Task, mesh):
         self.config, self.task, self.mesh = config, task, mesh
+        self.rules = axis_rules_from(config)
         self.total_steps = int(config.total_steps)
         self.grad_accum_steps = int(_config_get(config, "grad_accum_steps", 1))
         self.mode = _config_get(config, "multi_dataset_mode", "accumulate")
@@ -411,7 +429,7 @@ class TrainProgram:
         self.opt = optimizer_lib.make_optimizer(config.optimizer, abstract_params, self.total_steps,
                                                 named_rows=task.named_rows)
         boxed_state = jax.eval_shape(lambda k: TrainState.create(task.init_params(k), self.opt.tx), self.init_key)
-        self.state_sharding = logical_sharding(nn.get_partition_spec(boxed_state), mesh)
+        self.state_sharding = logical_sharding(nn.get_partition_spec(boxed_state), mesh, self.rules)
         self.abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                            nn.unbox(boxed_state), self.state_sharding)
         self.param_count = optimizer_lib.count_params(self.abstract_state.params)
@@ -420,7 +438,7 @@ class TrainProgram:
         if opt_size != 2 * self.trainable_count:
             raise AssertionError(f"optimizer state holds {opt_size:,} floats, expected 2 x {self.trainable_count:,} "
                                  "trainable parameters")
-        self.batch_shards = math.prod(mesh.shape[a] for a in _batch_mesh_axes())
+        self.batch_shards = math.prod(mesh.shape[a] for a in _batch_mesh_axes(self.rules))
         batch_size = int(_config_get(config, "batch_size", 0) or 0)
         if batch_size and (batch_size % self.grad_accum_steps or
                            (batch_size // self.grad_accum_steps) % self.batch_shards):
@@ -441,7 +459,7 @@ class TrainProgram:
         state donated, state and batch shardings from the rules, metrics replicated."""
         step = make_train_step(self.task, self.opt, int(self.config.seed), self.grad_accum_steps,
                                self.dataset_weights(dataset_names), grad_sharding=self.state_sharding.params)
-        in_batch_sharding = jax.tree.map(lambda x: batch_sharding(self.mesh, len(x.shape)), batches)
+        in_batch_sharding = jax.tree.map(lambda x: batch_sharding(self.mesh, len(x.shape), self.rules), batches)
         return jax.jit(step, in_shardings=(self.state_sharding, in_batch_sharding),
                        out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
 
@@ -452,7 +470,8 @@ class Trainer:
     Config fields read here: seed, total_steps, batch_size, log_every, checkpoint_every, keep_checkpoints,
     eval_every, mesh {data, fsdp, tensor}, grad_accum_steps, multi_dataset_mode ('accumulate' |
     'round_robin'), max_nonfinite_in_a_row, peak_flops (per device; 0 = no MFU), async_checkpoints,
-    optimizer {...} (see common.optimizer.make_optimizer). The step itself is a `TrainProgram`.
+    logical_axis_rules (optional: the sharding rules table), optimizer {...} (see common.optimizer.make_optimizer).
+    The step itself is a `TrainProgram`.
     """
 
     def __init__(self, config, task: Task, workdir: str, devices=None):
@@ -461,7 +480,7 @@ class Trainer:
         self.program = TrainProgram(config, task, self.mesh)
         self.is_main = jax.process_index() == 0
         os.makedirs(self.workdir, exist_ok=True)
-        self.data_shard = host_data_shard(self.mesh)
+        self.data_shard = host_data_shard(self.mesh, self.program.rules)
         self.checkpointer = Checkpointer(os.path.join(self.workdir, CHECKPOINTS_DIR),
                                          keep=int(_config_get(config, "keep_checkpoints", 3)),
                                          async_save=bool(_config_get(config, "async_checkpoints", True)))
@@ -494,7 +513,8 @@ class Trainer:
         for k, x in batch.items():
             x = np.asarray(x)
             global_shape = (x.shape[0] * self.data_shard.count,) + x.shape[1:]
-            out[k] = jax.make_array_from_process_local_data(batch_sharding(self.mesh, x.ndim), x, global_shape)
+            out[k] = jax.make_array_from_process_local_data(batch_sharding(self.mesh, x.ndim, self.program.rules), x,
+                                                            global_shape)
         return out
 
     def _step_fn(self, names: tuple[str, ...], batches) -> Callable:
@@ -615,7 +635,7 @@ class Trainer:
 
         # With several processes, SIGTERM belongs to JAX's preemption service (`reached_preemption` below).
         signals = (signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT)
-        with activate(self.mesh), PreemptionWatcher(signals) as watcher:
+        with activate(self.mesh, self.program.rules), PreemptionWatcher(signals) as watcher:
             try:
                 for step in range(start, end):
                     names = self.program.step_names(step, self._dataset_names)

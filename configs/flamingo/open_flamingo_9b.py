@@ -8,28 +8,15 @@ Point the datasets at your data (coco_captions / interleaved_jsonl sources, see 
 at the MPT-7B checkpoint directory and init_lm.hf_dir at its weights (CLIP weights: extend init_lm or convert with
 flamingo_jax.convert). Global batch: LAION 1536 / MMC4 768 on 64 GPUs in the release; set batch sizes per dataset.
 """
-import ml_collections
 
+from configs.trainer import trainer_config
 from flamingo_jax.model import param_groups
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = trainer_config(total_steps=250000, batch_size=512, log_every=100, checkpoint_every=2000,
+                            mesh=dict(data=1, fsdp=-1, tensor=1))
     config.stage = "flamingo"
-    config.total_steps = 250000
-    config.batch_size = 512
-    config.grad_accum_steps = 1
-    config.log_every = 100
-    config.checkpoint_every = 2000
-    config.keep_checkpoints = 3
-    config.async_checkpoints = True
-    config.eval_every = 0
-    config.eval_batches = 0
-    config.mesh = dict(data=1, fsdp=-1, tensor=1)
-    config.multi_dataset_mode = "accumulate"
-    config.max_nonfinite_in_a_row = 10
-    config.peak_flops = 0.0
     config.model = dict(preset="open-flamingo-9b", lm=dict(remat_policy="full", dtype="bfloat16"),
                         vision=dict(dtype="bfloat16"), resampler=dict(dtype="bfloat16"))
     config.tokenizer = dict(kind="dir", path="/path/to/mpt-7b")

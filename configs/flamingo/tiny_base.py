@@ -12,6 +12,7 @@ shape of a single-object image 26-43% of the time, chance 17%).
 """
 import ml_collections
 
+from configs.trainer import trainer_config
 from flamingo_jax.model import param_groups
 
 IMAGE_SIZE = 48
@@ -33,22 +34,10 @@ def model(every: int = 1, gating: str = "tanh") -> dict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    # checkpoint_every: only the final step
+    # multi_dataset_mode: the paper's gradient accumulation over all datasets
+    config = trainer_config(log_every=50, checkpoint_every=100000, keep_checkpoints=1, async_checkpoints=False)
     config.stage = "flamingo"
-    config.total_steps = 1000
-    config.batch_size = 16
-    config.grad_accum_steps = 1
-    config.log_every = 50
-    config.checkpoint_every = 100000  # only the final step
-    config.keep_checkpoints = 1
-    config.async_checkpoints = False
-    config.eval_every = 0
-    config.eval_batches = 0
-    config.mesh = dict(data=-1, fsdp=1, tensor=1)
-    config.multi_dataset_mode = "accumulate"  # the paper's gradient accumulation over all datasets
-    config.max_nonfinite_in_a_row = 10
-    config.peak_flops = 0.0
     config.model = model()
     config.tokenizer = dict(kind="shapes_bpe", vocab_size=768)
     config.data = dict(num_threads=0, max_skip_fraction=0.05, convert_image_modes=False, pack=False, datasets=dict(

@@ -4,22 +4,12 @@ mark where the 576 placeholders go), bf16 compute with float32 master weights, F
 images, max length 2048 (Liu et al. 2023b, Appendix Table 9 hyper-parameters)."""
 import ml_collections
 
+from configs.trainer import trainer_config
+
 
 def base_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.batch_size = 128
-    config.grad_accum_steps = 1
-    config.log_every = 10
-    config.checkpoint_every = 500
-    config.keep_checkpoints = 2
-    config.async_checkpoints = True
-    config.eval_every = 0
-    config.eval_batches = 0
-    config.mesh = dict(data=1, fsdp=-1, tensor=1)
-    config.multi_dataset_mode = "accumulate"
-    config.max_nonfinite_in_a_row = 10
-    config.peak_flops = 0.0
+    config = trainer_config(batch_size=128, checkpoint_every=500, keep_checkpoints=2,
+                            mesh=dict(data=1, fsdp=-1, tensor=1))
     config.model = dict(preset="llava_v1_5_7b",
                         text=dict(dtype="bfloat16", param_dtype="float32", remat_policy="dots_no_batch",
                                   max_position_embeddings=4096),

@@ -9,6 +9,8 @@ and only the projector has to learn to read them; see the README's LLaVA section
 """
 import ml_collections
 
+from configs.trainer import trainer_config
+
 IMAGE_SIZE = 48
 
 
@@ -29,21 +31,7 @@ def shapes(kind: str, max_len: int, **extra) -> dict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.total_steps = 200
-    config.batch_size = 32
-    config.grad_accum_steps = 1
-    config.log_every = 20
-    config.checkpoint_every = 1000
-    config.keep_checkpoints = 1
-    config.async_checkpoints = False
-    config.eval_every = 0
-    config.eval_batches = 0
-    config.mesh = dict(data=-1, fsdp=1, tensor=1)
-    config.multi_dataset_mode = "accumulate"
-    config.max_nonfinite_in_a_row = 10
-    config.peak_flops = 0.0
+    config = trainer_config(total_steps=200, batch_size=32, log_every=20, keep_checkpoints=1, async_checkpoints=False)
     config.model = model()
     config.tokenizer = dict(kind="shapes_bpe", vocab_size=1024)
     config.data = dict(template="vicuna_v1", text_only=False, pad_to_square=True, over_length="skip",

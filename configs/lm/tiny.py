@@ -4,23 +4,16 @@ python -m common.train --config configs/lm/tiny.py --workdir /tmp/lm_tiny [--con
 """
 import ml_collections
 
+from configs.trainer import trainer_config
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.total_steps = 300
-    config.batch_size = 16  # global, in sequences
-    config.grad_accum_steps = 1  # micro-batches summed inside one step
-    config.log_every = 10
-    config.checkpoint_every = 100
-    config.keep_checkpoints = 3
-    config.async_checkpoints = True
-    config.eval_every = 100
-    config.eval_batches = 4
-    config.mesh = dict(data=-1, fsdp=1, tensor=1)  # -1: the remaining devices
-    config.multi_dataset_mode = "accumulate"  # or 'round_robin' (one dataset per step)
-    config.max_nonfinite_in_a_row = 10
-    config.peak_flops = 0.0  # per device, for MFU; 0 = not reported
+    # batch_size: global, in sequences
+    # grad_accum_steps: micro-batches summed inside one step
+    # mesh: -1: the remaining devices
+    # multi_dataset_mode: or 'round_robin' (one dataset per step)
+    # peak_flops: per device, for MFU; 0 = not reported
+    config = trainer_config(total_steps=300, checkpoint_every=100, eval_every=100, eval_batches=4)
 
     config.model = dict(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                         intermediate_size=128, max_position_embeddings=256, norm="rms", mlp_act="silu",

@@ -8,6 +8,7 @@ mesh fsdp over all devices by default.
 """
 import ml_collections
 
+from configs.trainer import trainer_config
 from configs.vita.tiny_base import stage_groups
 
 LR = {"1.1": 1e-3, "1.2": 2e-5, "1.3": 2e-5, "2.1": 1e-4, "2.2": 2e-5}
@@ -16,21 +17,8 @@ LR = {"1.1": 1e-3, "1.2": 2e-5, "1.3": 2e-5, "2.1": 1e-4, "2.2": 2e-5}
 def get_config(stage: str = "2.2") -> ml_collections.ConfigDict:
     if stage not in LR:
         raise ValueError(f"unknown VITA stage {stage!r}; use one of {sorted(LR)}")
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.total_steps = 10000
-    config.batch_size = 128
-    config.grad_accum_steps = 1
-    config.log_every = 10
-    config.checkpoint_every = 500
-    config.keep_checkpoints = 3
-    config.async_checkpoints = True
-    config.eval_every = 0
-    config.eval_batches = 0
-    config.mesh = dict(data=1, fsdp=-1, tensor=1)
-    config.multi_dataset_mode = "accumulate"
-    config.max_nonfinite_in_a_row = 10
-    config.peak_flops = 0.0
+    config = trainer_config(total_steps=10000, batch_size=128, checkpoint_every=500,
+                            mesh=dict(data=1, fsdp=-1, tensor=1))
     config.model = dict(preset="vita_1_5", text=dict(dtype="bfloat16", param_dtype="float32", remat_policy="dots",
                                                      max_position_embeddings=32768),
                         vision=dict(dtype="bfloat16", remat_policy="full"),

@@ -3,6 +3,8 @@ Qwen2-style LM, a 2-layer InternViT on 56 px tiles (16 patches -> 4 tokens per t
 2-layer 64-wide speech encoder, the shapes BPE tokenizer with ChatML specials and the state characters."""
 import ml_collections
 
+from configs import trainer
+
 from vita_jax.model import STAGE_TRAINABLE
 
 IMAGE_SIZE = 56
@@ -30,22 +32,8 @@ def stage_groups(stage: str) -> tuple:
 
 def trainer_config(total_steps: int = 200, batch_size: int = 16, log_every: int = 20) -> ml_collections.ConfigDict:
     """The trainer's fields every tiny VITA stage shares (CPU, data-parallel mesh, one checkpoint at the end)."""
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.total_steps = total_steps
-    config.batch_size = batch_size
-    config.grad_accum_steps = 1
-    config.log_every = log_every
-    config.checkpoint_every = 1000
-    config.keep_checkpoints = 1
-    config.async_checkpoints = False
-    config.eval_every = 0
-    config.eval_batches = 0
-    config.mesh = dict(data=-1, fsdp=1, tensor=1)
-    config.multi_dataset_mode = "accumulate"
-    config.max_nonfinite_in_a_row = 10
-    config.peak_flops = 0.0
-    return config
+    return trainer.trainer_config(total_steps=total_steps, batch_size=batch_size, log_every=log_every,
+                                  keep_checkpoints=1, async_checkpoints=False)
 
 
 def base_config(stage: str) -> ml_collections.ConfigDict:

@@ -315,3 +315,22 @@ def test_frozen_weights_get_no_gradient_inside_the_layer_scan(grad_accum_steps):
     state = jax.eval_shape(lambda p: TrainState.create(p, opt.tx), nn.unbox(abstract))
     step = make_train_step(task, opt, 0, grad_accum_steps, {"text": 1.0})
     assert (layers, 32, 48) in _scan_output_shapes(jax.make_jaxpr(step)(state, {"text": batch}))
+
+
+def test_sharding_rules_are_a_config_field():
+    """config.logical_axis_rules replaces the library's table: with `embed` unsharded the kernels are no longer
+    split over fsdp; the default table (configs/trainer.py) splits them; a rule naming no mesh axis is refused."""
+    require_devices(2)
+    from common.sharding import LOGICAL_AXIS_RULES
+    from common.trainer import TrainProgram, mesh_from_config
+
+    config = tiny_test_config(mesh=dict(data=1, fsdp=2, tensor=1))
+    mesh = mesh_from_config(config.mesh, jax.devices()[:2])
+    task = make_task(config)
+    default = TrainProgram(config, task, mesh).state_sharding.params["lm_head"]["kernel"].spec
+    config.logical_axis_rules = tuple((name, None if name == "embed" else axes) for name, axes in LOGICAL_AXIS_RULES)
+    replicated = TrainProgram(config, task, mesh).state_sharding.params["lm_head"]["kernel"].spec
+    assert "fsdp" in tuple(default) and "fsdp" not in tuple(replicated)
+    config.logical_axis_rules = (("embed", "model"),)
+    with pytest.raises(ValueError, match="mesh axes"):
+        TrainProgram(config, task, mesh)
