@@ -16,7 +16,6 @@ The load average (/proc/loadavg) at the start and end of each measurement is inc
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.provenance import provenance
+from configs import load_config
 
 DEFAULT_CONFIGS = "flamingo/tiny,llava/tiny_stage1,llava/tiny_stage2,vita/tiny_stage2_1,vita/tiny_stage2_2,lm/tiny"
 
@@ -61,8 +61,10 @@ def make_task(name: str, config, workdir: str):
     return mk(config)
 
 
-def load_config(name: str, threads: int | None):
-    config = importlib.import_module("configs." + name.replace("/", ".")).get_config()
+def config_for_bench(name: str, threads: int | None):
+    """configs/<name>.py (configs.load_config) without its init checkpoints, synchronous checkpoints, `threads`
+    input threads."""
+    config = load_config(name)
     with config.unlocked():
         if "init_from" in config:
             config.init_from = ""
@@ -121,7 +123,7 @@ def bench_config(name: str, seconds: float, steps: int, threads: int | None) -> 
     from common.sharding import activate
     from common.trainer import Trainer
 
-    config = load_config(name, threads)
+    config = config_for_bench(name, threads)
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as workdir:
         task = make_task(name, config, workdir)
         trainer = Trainer(config, task, workdir)

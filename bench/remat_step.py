@@ -27,13 +27,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.provenance import provenance
 
-from input_pipeline import compiled_step, load_config, loadavg, make_task, timed_steps
+from input_pipeline import compiled_step, config_for_bench, loadavg, make_task, timed_steps
 
 
 def build_step(name: str, policy: str, workdir: str):
     from common.trainer import Trainer
 
-    config = load_config(name, None)
+    config = config_for_bench(name, None)
     config.model.lm.remat_policy = policy
     task = make_task(name, config, workdir)
     trainer = Trainer(config, task, workdir)

@@ -10,7 +10,6 @@ paths are placeholders: planning reads no data, only the shapes the pipeline wou
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
@@ -19,6 +18,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+from configs import load_config
 
 LLAVA_DATA = {"data.json": "/path/to/llava_v1_5_mix665k.json", "data.image_dir": "/path/to/images"}
 VITA_DATA = {"data.datasets": {"sft": {"source": "vita_json", "json": "/path/to/sft.json", "max_len": 2048,
@@ -34,7 +35,14 @@ OF4B = {"model.preset": "open-flamingo-4b", "batch_size": 16,
                                    "image_dir": "/path/to/images", "max_len": 256, "max_images": 6, "weight": 1.0,
                                    "batch_size": 16}}}
 
-# name -> (family, config module[:argument], topology, mesh, overrides)
+# Flamingo-3B's recipe (M3W 256 + LTIP 1024 samples a step, frozen NFNet-F6 and LM, bf16) at the paper's larger sizes.
+FLAMINGO_9B = {"model.preset": "flamingo-9b"}
+FLAMINGO_80B = {"model.preset": "flamingo-80b"}
+LLAVA7B_S2_ACCUM4 = {**LLAVA_S2, "grad_accum_steps": 4}
+VITA_S2_2 = {**VITA_DATA, "grad_accum_steps": 4, "model.text.remat_policy": "full"}
+
+# name -> (family, config module[:argument], topology, mesh, overrides[, num_slices]). A topology that names only a
+# chip ("v6e") plans that chip's standard slices in increasing size and stops at the first that fits (--smallest).
 PLANS: dict[str, tuple] = {
     "llava7b_s2_config_default@v5p-8": ("llava", "llava.stage2_7b", "v5p-8", {"fsdp": -1}, LLAVA_DATA),
     "llava7b_s2@v5p-8": ("llava", "llava.stage2_7b", "v5p-8", {"fsdp": -1}, {**LLAVA_S2, "grad_accum_steps": 4}),
@@ -62,36 +70,57 @@ PLANS: dict[str, tuple] = {
         **OF4B, "model.lm.remat_policy": "none", "model.lm.attention_impl": "splash"}),
     "of4b_b16_dots_splash@v5p-2": ("flamingo", "flamingo.open_flamingo_9b", "v5p-2", {}, {
         **OF4B, "model.lm.remat_policy": "dots", "model.lm.attention_impl": "splash"}),
+    # The frozen LM stored in bfloat16 (its float32 copy is never updated), the trained blocks' weights in float32.
+    "of4b_b16_dots_splash_bf16lm@v5p-2": ("flamingo", "flamingo.open_flamingo_9b", "v5p-2", {}, {
+        **OF4B, "model.lm.remat_policy": "dots", "model.lm.attention_impl": "splash",
+        "model.lm.param_dtype": "bfloat16", "model.xattn": {"param_dtype": "float32"}}),
     "llava7b_s2@v5p-128": ("llava", "llava.stage2_7b", "v5p-128", {"fsdp": -1}, LLAVA_S2),
-    "llava7b_s2@v5e-16": ("llava", "llava.stage2_7b", "v5e-16", {"fsdp": -1}, {**LLAVA_S2, "grad_accum_steps": 4}),
+    "llava7b_s2@v5e": ("llava", "llava.stage2_7b", "v5e", {"fsdp": -1}, LLAVA7B_S2_ACCUM4),
+    # The LM core alone at Llama-2-7B, batch 16 x 2048 (the TPU issue's first measurement, now through the trainer).
+    "lm7b_b16@v5p-8": ("lm", "lm.llama2_7b", "v5p-8", {"fsdp": -1}, {"batch_size": 16, "grad_accum_steps": 1}),
+    "lm7b@v5p": ("lm", "lm.llama2_7b", "v5p", {"fsdp": -1}, {}),
+    "flamingo9b@v5p-16": ("flamingo", "flamingo.flamingo_3b", "v5p-16", {"fsdp": -1}, FLAMINGO_9B),
+    "flamingo80b@v5p-64": ("flamingo", "flamingo.flamingo_3b", "v5p-64", {"fsdp": -1}, FLAMINGO_80B),
+    "vita_1.2@v5p-32": ("vita", "vita.stage_7b:1.2", "v5p-32", {"fsdp": -1}, VITA_S2_2),
+    # Scale-out of one step (global batch 128) over v5p slices, and over two v5p-32 slices joined by DCN.
+    "llava7b_s2@v5p-16": ("llava", "llava.stage2_7b", "v5p-16", {"fsdp": -1}, {**LLAVA_S2, "grad_accum_steps": 2}),
+    "llava7b_s2@v5p-64": ("llava", "llava.stage2_7b", "v5p-64", {"fsdp": -1}, LLAVA_S2),
+    "llava7b_s2@v5p-256": ("llava", "llava.stage2_7b", "v5p-256", {"fsdp": -1}, LLAVA_S2),
+    "llava7b_s2@2xv5p-32": ("llava", "llava.stage2_7b", "v5p-32", {"data": 2, "fsdp": -1}, LLAVA_S2, 2),
+    # What makes the two that did not fit fit: stage 1 at its captions' length, 13B with splash on a larger slice.
+    "llava7b_s1_len704@v5p-8": ("llava", "llava.stage1_7b", "v5p-8", {"fsdp": -1}, {
+        **LLAVA7B_S2_ACCUM4, "data.max_len": 704}),
+    "llava13b_s2_splash@v5p-32": ("llava", "llava.stage2_7b", "v5p-32", {"fsdp": -1}, {
+        **LLAVA_S2, "grad_accum_steps": 2, "model.preset": "llava_v1_5_13b", "model.text.attention_impl": "splash"}),
+    # The smallest v6e slices (32 GB per chip).
+    "llava7b_s2@v6e": ("llava", "llava.stage2_7b", "v6e", {"fsdp": -1}, {
+        **LLAVA7B_S2_ACCUM4, "model.text.attention_impl": "splash"}),
+    "vita_2.2@v6e": ("vita", "vita.stage_7b:2.2", "v6e", {"fsdp": -1}, VITA_S2_2),
+    "flamingo3b@v6e": ("flamingo", "flamingo.flamingo_3b", "v6e", {"fsdp": -1}, {}),
 }
 
 
-def load(module_arg: str):
-    module, _, arg = module_arg.partition(":")
-    get_config = importlib.import_module("configs." + module).get_config
-    return get_config(arg) if arg else get_config()
+def run_one(name: str, out: str | None) -> list[dict]:
+    from mmlm_jax.plan import plan, report, smallest_slice
 
+    family, module_arg, topology, mesh, overrides, *rest = PLANS[name]
+    num_slices = rest[0] if rest else 1
 
-def set_field(config, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for name in parents:
-        config = getattr(config, name)
-    setattr(config, leaf, value)
+    def config_with_overrides():
+        return load_config(module_arg, overrides)
 
-
-def run_one(name: str, out: str | None) -> dict:
-    from mmlm_jax.plan import plan, report
-
-    family, module_arg, topology, mesh, overrides = PLANS[name]
-    config = load(module_arg)
-    for field, value in overrides.items():
-        set_field(config, field, value)
     config_file = "configs/" + module_arg.split(":")[0].replace(".", "/") + ".py"
-    result = plan(config, family, topology, mesh=mesh, config_name=config_file)
+    if "-" not in topology and ":" not in topology:  # a chip: its smallest slice that fits
+        plans = smallest_slice(config_with_overrides, family, topology, mesh=mesh, config_name=config_file)
+        for result in plans:  # each try under its own slice's name
+            result.update(plan_name=name.split("@")[0] + "@" + result["topology"], overrides=overrides)
+            report(result, out)
+        return plans
+    result = plan(config_with_overrides(), family, topology, num_slices=num_slices, mesh=mesh,
+                  config_name=config_file)
     result.update(plan_name=name, overrides=overrides)
     report(result, out)
-    return result
+    return [result]
 
 
 def table(path: str) -> str:

@@ -30,12 +30,12 @@ import jax.numpy as jnp
 
 from input_pipeline import compiled_step, timed_steps
 from lm_train_step import emit, measure_matmul_peak
-from vita_jax.reproduce import load_config
+from configs import load_config
 
 
 
 def stage2_2_config(size: str, batch: int, dtype: str):
-    config = load_config("tiny_stage2_2")
+    config = load_config("vita/tiny_stage2_2")
     config.init_from = ""
     config.batch_size = batch
     config.mesh = dict(data=-1, fsdp=1, tensor=1)

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
 import os
 import re
+import sys
 import time
 from typing import Any
 from collections.abc import Callable, Sequence
@@ -46,6 +46,7 @@ from common import metrics
 from common.data import image_ops, shapes
 from common.generate import GenerationConfig, generate
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
+from configs import load_config, split_config_overrides
 from flamingo_jax import data as data_lib
 from flamingo_jax.model import FlamingoForGeneration, count_media
 
@@ -370,13 +371,6 @@ def markdown_table(results: dict, title: str = "") -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------------
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("flamingo_eval_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def load_runner(config, workdir: str | None, random_init: bool = False, **kwargs) -> FlamingoRunner:
     import flax.linen as nn
 
@@ -413,9 +407,10 @@ def main(argv=None) -> dict:
                  "vqa_train_annotations", "vqa_val_questions", "vqa_val_annotations", "vqa_image_dir",
                  "vqa_val_image_dir"):
         p.add_argument(f"--{name}", default=None)
+    argv, overrides = split_config_overrides(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    config = load_config(args.config)
+    config = load_config(args.config, overrides)  # --config.a.b=value overrides
     runner = load_runner(config, args.workdir, args.random_init, num_beams=args.num_beams,
                          batch_size=args.batch_size)
     sets = {}

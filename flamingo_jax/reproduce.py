@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import json
 import logging
 import os
 import time
+
+from configs import load_config
 
 VARIANTS = {"tiny_keyed": "gated, every layer (main)", "tiny_keyed_ungated": "w/o tanh gating, every layer",
             "tiny_keyed_every4": "gated, every 4th layer", "tiny_keyed_middle": "gated, a single block in the middle",
@@ -105,14 +106,14 @@ def image_reliance_losses(config, params, num_batches: int = 6) -> dict:
     return out
 
 
-def config_module(name: str):
+def flamingo_config(name: str):
     """configs/flamingo/<name>.py, else configs/flamingo/experiments/<name>.py (the ablations)."""
     try:
-        return importlib.import_module(f"configs.flamingo.{name}")
+        return load_config(f"flamingo/{name}")
     except ModuleNotFoundError as e:
         if e.name != f"configs.flamingo.{name}":
             raise
-        return importlib.import_module(f"configs.flamingo.experiments.{name}")
+        return load_config(f"flamingo/experiments/{name}")
 
 
 def main(argv=None) -> dict:
@@ -152,7 +153,7 @@ def main(argv=None) -> dict:
     start_all = time.time()
 
     def load_config(name: str, steps: int | None = None):
-        config = config_module(name).get_config()
+        config = flamingo_config(name)
         config.seed = args.seed
         config.total_steps = steps if steps is not None else max(2, round(config.total_steps * args.scale))
         return config

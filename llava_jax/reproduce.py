@@ -18,13 +18,13 @@ Writes WORKDIR/results.json and WORKDIR/results.md; stages already trained in WO
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from configs import load_config
+
 STAGES = ("stage0", "stage1", "stage2", "stage2_only")
 CONFIGS = {"stage0": "tiny_stage0.py", "stage1": "tiny_stage1.py", "stage2": "tiny_stage2.py",
            "stage2_only": "tiny_stage2.py"}
@@ -33,16 +33,8 @@ ROWS = (("stage 1 + 2 (LLaVA)", "stage2"), ("stage 2 only (no feature alignment)
         ("stage 1 only (no instruction tuning)", "stage1"), ("stage 0 only (blind LM, untrained projector)", "stage0"))
 
 
-def load_config(name: str):
-    path = os.path.join(REPO, "configs", "llava", name)
-    spec = importlib.util.spec_from_file_location(f"llava_config_{name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def stage_config(stage: str, workdir: str, scale: float = 1.0):
-    config = load_config(CONFIGS[stage])
+    config = load_config(f"llava/{CONFIGS[stage]}")
     config.init_from = os.path.join(workdir, INIT[stage]) if INIT[stage] else ""
     config.total_steps = max(2, int(round(config.total_steps * scale)))
     config.log_every = max(1, min(config.log_every, config.total_steps))

@@ -13,25 +13,21 @@ WORKDIR/report.json and prints a table; docs/reproductions/vita.md records a run
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import time
 
+from configs import load_config
+
 STAGES = (("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_1", 150), ("2_2", 100))
 SPEECH_STAGES = (("3_1", 250), ("3_2", 800))  # the codec, then the speech decoders on the stage-2.2 LLM
-
-
-def load_config(name: str):
-    """configs/vita/<name>.py's get_config()."""
-    return importlib.import_module(f"configs.vita.{name}").get_config()
 
 
 def stage_config(name: str, steps: int, scale: float, seed: int):
     """configs/vita/tiny_stage<name>.py for a miniature run: steps x scale, one checkpoint at the end, warm-up at
     most a quarter of the run."""
-    config = load_config(f"tiny_stage{name}")
+    config = load_config(f"vita/tiny_stage{name}")
     config.seed = seed
     config.total_steps = max(2, int(round(steps * scale)))
     config.checkpoint_every = config.total_steps

@@ -15,6 +15,7 @@ import pytest
 from common import metrics
 from common.generate import GenerationConfig, generate
 from flamingo_jax import data as data_lib
+from configs import load_config
 from flamingo_jax import eval as fl_eval
 from flamingo_jax import names_diagnostics
 from flamingo_jax.model import FlamingoForGeneration, count_media
@@ -327,7 +328,7 @@ def test_names_image_reliance_is_blind_with_closed_gates(tmp_path):
     """With every gate at 0 the model cannot see the query image: own and other image score exactly the same; open
     gates make the logits depend on the image."""
     (tmp_path / "cfg.py").write_text(TINY_EVAL_CONFIG)
-    config = fl_eval.load_config(str(tmp_path / "cfg.py"))
+    config = load_config(str(tmp_path / "cfg.py"))
     runner = fl_eval.load_runner(config, None, random_init=True, num_beams=1, batch_size=4)
     closed = names_diagnostics.names_image_reliance(runner, shots=2, num_episodes=8)
     assert closed["own_image"] == closed["other_image"]
@@ -345,7 +346,7 @@ def test_names_image_as_key_and_where_the_image_is_read(tmp_path):
     from flamingo_jax.reproduce import image_reliance_losses
 
     (tmp_path / "cfg.py").write_text(TINY_EVAL_CONFIG)
-    config = fl_eval.load_config(str(tmp_path / "cfg.py"))
+    config = load_config(str(tmp_path / "cfg.py"))
     for spec in config.data.datasets.values():
         spec["batch_size"] = 2
     runner = fl_eval.load_runner(config, None, random_init=True, num_beams=1, batch_size=4)
@@ -508,9 +509,9 @@ def test_keyed_recipe_configs_chain_as_documented():
     """The keyed recipe's configs: names-only stage 0, its continuation on the mix with caption keys, and the
     Flamingo stage with text-keyed names documents (README, "The keyed recipe")."""
 
-    from flamingo_jax.reproduce import config_module
+    from flamingo_jax.reproduce import flamingo_config
 
-    load = lambda name: config_module(name).get_config()  # noqa: E731
+    load = flamingo_config
     names_only, keyed_s0, keyed = load("tiny_stage0_names"), load("tiny_stage0_keyed"), load("tiny_keyed")
     assert names_only.stage == keyed_s0.stage == "lm" and list(names_only.data.datasets) == ["names"]
     assert keyed_s0.data.datasets.captions.caption_keys and keyed_s0.total_steps == 1000

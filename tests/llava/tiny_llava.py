@@ -2,17 +2,16 @@
 tower, width 32, 4 image tokens on 32 px images) that compiles in seconds, and a random model built from it."""
 from __future__ import annotations
 
-import importlib.util
 import os
+
+import configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(REPO, "configs", "llava", name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    """configs/llava/<name>.py through the one loader (configs.load_config)."""
+    return configs.load_config(f"llava/{name}")
 
 
 def micro(config, steps: int = 4, batch: int = 4):

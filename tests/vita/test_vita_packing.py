@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.trainer import DataShard
-from vita_jax.reproduce import load_config
+from configs import load_config
 from vita_jax.task import make_task, model_inputs
 
 pytestmark = pytest.mark.slow  # builds and runs the VITA task (speech encoder, vision tower, LM)
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # builds and runs the VITA task (speech encoder, 
 
 @pytest.fixture(scope="module")
 def packed():
-    config = load_config("tiny_stage2_2")
+    config = load_config("vita/tiny_stage2_2")
     config.model.text.update(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=48,
                              max_position_embeddings=1024)
     config.model.vision.update(image_size=28, patch_size=14, hidden_size=16, intermediate_size=32, num_layers=1,

@@ -11,7 +11,7 @@ import pytest
 
 from common.data.records import BadRecord
 
-from vita_jax.reproduce import load_config
+from configs import load_config
 
 pytestmark = pytest.mark.slow  # trainings
 
@@ -54,7 +54,7 @@ def stages(tmp_path_factory):
         out = {}
         previous = None
         for stage in ("1_1", "2_1", "2_2"):
-            config = micro(load_config(f"tiny_stage{stage}"))
+            config = micro(load_config(f"vita/tiny_stage{stage}"))
             config.init_from = str(previous) if previous else ""
             workdir = root / stage
             task = make_task(config, workdir=str(workdir))
@@ -214,7 +214,7 @@ def test_lora_stage_trains_the_adapters_and_the_projector_only(tmp_path):
     from vita_jax.eval import load_model
     from vita_jax.task import make_task, restore_params
 
-    config = micro(load_config("tiny_stage2_2"))
+    config = micro(load_config("vita/tiny_stage2_2"))
     config.init_from = ""
     config.lora = dict(rank=4, alpha=8.0, targets=("q", "v", "gate"))
     config.optimizer.param_groups = ((r"lora/.*", dict()), (r"projector/.*", dict()), (r"audio_adapter/.*", dict()),

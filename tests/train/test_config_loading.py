@@ -1,0 +1,45 @@
+"""The one config loader (configs.load_config): names, file paths and stage arguments give the same config; dotted
+overrides from a dict or `--config.a.b=value` arguments; unknown fields and malformed overrides raise."""
+import os
+
+import pytest
+
+import configs
+from configs import apply_overrides, load_config, split_config_overrides
+from configs.trainer import TRAINER_DEFAULTS, trainer_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_every_spelling_loads_the_same_config():
+    by_name = load_config("llava/tiny_stage1").to_dict()
+    assert load_config("llava.tiny_stage1").to_dict() == by_name
+    assert load_config("configs/llava/tiny_stage1.py").to_dict() == by_name
+    assert load_config(os.path.join(REPO, "configs", "llava", "tiny_stage1.py")).to_dict() == by_name
+    assert load_config("vita/stage_7b:1.2").optimizer.lr == 2e-5  # an argument after the colon
+
+
+def test_overrides_from_a_dict_and_from_the_command_line():
+    argv = ["--workdir", "w", "--config.total_steps=7", "--config.optimizer.lr=0.5", "--config.data.pack=True",
+            "--config.tokenizer.kind=shapes_bpe"]
+    rest, overrides = split_config_overrides(argv)
+    assert rest == ["--workdir", "w"]
+    config = load_config("llava/tiny_stage1", overrides)
+    assert (config.total_steps, config.optimizer.lr, config.data.pack, config.tokenizer.kind) == (7, 0.5, True,
+                                                                                               "shapes_bpe")
+    apply_overrides(config, {"mesh.fsdp": 2})
+    assert config.mesh.fsdp == 2
+    with pytest.raises(KeyError, match="no field 'nope'"):
+        apply_overrides(config, ["nope.lr=1"])
+    with pytest.raises(ValueError, match="field=value"):
+        apply_overrides(config, ["total_steps"])
+
+
+def test_trainer_fields_come_from_one_base():
+    config = trainer_config(total_steps=3)
+    assert config.total_steps == 3 and set(config.keys()) == set(TRAINER_DEFAULTS)
+    with pytest.raises(ValueError, match="not trainer fields"):
+        trainer_config(totl_steps=3)
+    for name in ("lm/tiny", "flamingo/tiny", "llava/tiny_stage2", "vita/tiny_stage2_2", "llava/stage2_7b"):
+        assert set(TRAINER_DEFAULTS) <= set(load_config(name).keys()), name
+    assert configs.load_config("lm/tiny").logical_axis_rules == TRAINER_DEFAULTS["logical_axis_rules"]
