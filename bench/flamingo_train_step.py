@@ -43,8 +43,8 @@ from common.lm import REMAT_POLICIES, LMConfig
 from common.lm_task import next_token_loss
 from common.optimizer import make_optimizer
 from common.vision.clip import CLIPVisionConfig
-from flamingo_jax import configs as fl_configs
-from flamingo_jax.convert import open_clip_style_encoder
+from flamingo_jax import presets as fl_configs
+from flamingo_jax.hf import open_clip_style_encoder
 from flamingo_jax.model import Flamingo, param_groups, train_flops_per_example
 
 END_OF_CHUNK = 1  # token ids of the synthetic documents (any ids below the vocabulary do)

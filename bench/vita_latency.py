@@ -48,12 +48,12 @@ def stand_in_configs(size: str, dtype: str = "float32", quick_codec: bool = Fals
 
       tiny  the miniature's shapes (configs/vita/tiny_*.py), shapes vocabulary
       7b    VITA-1.5's: Qwen2.5-7B (vocab 152064) + InternViT-300M + the 24-layer speech encoder
-            (vita_jax.configs.vita_1_5), the decoder at the release's reported size (NAR 2 + AR 4 layers of 896,
+            (vita_jax.presets.vita_1_5), the decoder at the release's reported size (NAR 2 + AR 4 layers of 896,
             14 heads, MLP 4864, reading 3584-d embeddings as 4 pieces) and the release codec (HiFi-GAN V1, 512 wide)
     """
     from configs.vita import tiny_base, tiny_stage3_1, tiny_stage3_2
     from vita_jax import codec as codec_lib
-    from vita_jax import configs as presets
+    from vita_jax import presets as presets
     from vita_jax import speech_decoder as sd
     from vita_jax.task import vita_config_from
 

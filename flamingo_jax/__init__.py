@@ -1,6 +1,6 @@
 """Flamingo (Alayrac et al. 2022) on the shared core: Perceiver Resampler + GATED XATTN-DENSE blocks inserted into
 common.lm.DecoderLM, a frozen vision encoder, and loaders for IDEFICS v1 and OpenFlamingo checkpoints."""
-from flamingo_jax.convert import load_hf, load_open_flamingo
+from flamingo_jax.hf import load_hf, load_open_flamingo
 from flamingo_jax.gated_cross_attention import GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs
 from flamingo_jax.model import (Flamingo, FlamingoConfig, abstract_params, count_media, example_inputs, init_params,
                                 param_counts, param_groups, trainable_param_patterns)

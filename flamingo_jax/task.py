@@ -14,7 +14,7 @@ it into the Flamingo, frozen.
 
 Config (ml_collections; configs/flamingo/*.py):
   stage      'flamingo' | 'lm' | 'contrastive'
-  model      {preset: None | a flamingo_jax.configs.CONFIGS name (then lm / vision / resampler hold field overrides of
+  model      {preset: None | a flamingo_jax.presets.CONFIGS name (then lm / vision / resampler hold field overrides of
              the preset's, e.g. dtype), lm: LMConfig fields (vocab_size None = the
              tokenizer's, rounded up to 64), vision: CLIPVisionConfig fields | None, vision_width, resampler:
              ResamplerConfig fields (width = the vision width), xattn: GatedXAttnConfig fields (gating 'tanh' |
@@ -68,7 +68,7 @@ def flamingo_config_from(model_config, tokenizer=None) -> FlamingoConfig:
 
     m = plain(model_config)
     if m.get("preset"):
-        from flamingo_jax.configs import CONFIGS
+        from flamingo_jax.presets import CONFIGS
 
         cfg = CONFIGS[m["preset"]]()
         if m.get("lm"):

@@ -1,7 +1,7 @@
 """LLaVA / LLaVA-1.5 / LLaVA-NeXT (Liu et al. 2023, "Visual Instruction Tuning"; 2023b, "Improved Baselines with
 Visual Instruction Tuning"; 2024, LLaVA-NeXT) on the shared core: CLIP tower (common/vision), projector, any
 common.lm decoder. Modules: model (Llava, LlavaConfig), projector, anyres, hf (load_hf, load_original),
-conversation (templates + answer-only loss masks), configs (published model sizes), data + task + train (two-stage
+conversation (templates + answer-only loss masks), presets (published model sizes), data + task + train (two-stage
 training, LoRA), inference (generate_batch), chat (CLI), eval (VQA / multiple choice), checkpoint (load / export to HF),
 reproduce (the miniature reproduction)."""
 from llava_jax.model import (Llava, LlavaConfig, abstract_params, example_inputs, frozen_patterns, init_params,

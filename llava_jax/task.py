@@ -58,7 +58,7 @@ def llava_config_from(model_config, tokenizer=None) -> LlavaConfig:
         fields["vision_feature_layer"] = tuple(fields["vision_feature_layer"])
     image_token_index = m.get("image_token_index")
     if preset:
-        from llava_jax import configs as presets
+        from llava_jax import presets as presets
 
         base = getattr(presets, preset)()
         text_cfg = base.text.replace(**text)

@@ -40,7 +40,7 @@ def vita_config_from(model_config, tokenizer=None) -> VitaConfig:
     m = plain(model_config)
     text, vision, audio = (dict(m.get(k) or {}) for k in ("text", "vision", "audio"))
     if m.get("preset"):
-        from vita_jax import configs as presets
+        from vita_jax import presets as presets
 
         base = getattr(presets, m["preset"])()
         return base.replace(text=base.text.replace(**text),

@@ -6,7 +6,7 @@ accumulated over both datasets each step.
 
 Point the datasets at your data (coco_captions / interleaved_jsonl sources, see flamingo_jax/data.py), the tokenizer
 at the MPT-7B checkpoint directory and init_lm.hf_dir at its weights (CLIP weights: extend init_lm or convert with
-flamingo_jax.convert). Global batch: LAION 1536 / MMC4 768 on 64 GPUs in the release; set batch sizes per dataset.
+flamingo_jax.hf). Global batch: LAION 1536 / MMC4 768 on 64 GPUs in the release; set batch sizes per dataset.
 """
 
 from configs.trainer import trainer_config

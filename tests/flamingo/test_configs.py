@@ -18,7 +18,7 @@ import types
 import pytest
 import torch
 
-from flamingo_jax.configs import CONFIGS, OPEN_FLAMINGO_VOCAB
+from flamingo_jax.presets import CONFIGS, OPEN_FLAMINGO_VOCAB
 from flamingo_jax.model import param_counts
 
 sys.modules.setdefault("open_clip", types.ModuleType("open_clip"))

@@ -8,7 +8,7 @@ from flamingo_testlib import jit_apply
 from transformers import IdeficsConfig, IdeficsForVisionText2Text
 
 from flamingo_jax import load_hf
-from flamingo_jax.convert import idefics_text_time
+from flamingo_jax.hf import idefics_text_time
 
 V, IMG = 50, 51  # base vocabulary; <fake_token_around_image> = 50, <image> = 51 (additional vocabulary of 2)
 CONFIGS = {

@@ -251,7 +251,7 @@ def test_resampler_and_blocks_start_from_torch_linear_init():
 
 
 def test_idefics_configs_keep_hf_init():
-    from flamingo_jax.convert import idefics_config
+    from flamingo_jax.hf import idefics_config
 
     cfg = idefics_config({"model_type": "idefics", "use_resampler": True, "vocab_size": 64, "hidden_size": 32,
                           "intermediate_size": 64, "num_hidden_layers": 2,

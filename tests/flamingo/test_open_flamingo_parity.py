@@ -18,7 +18,7 @@ from flamingo_pytorch import PerceiverResampler as FPResampler  # noqa: E402
 from open_flamingo.src import helpers as of_helpers  # noqa: E402
 
 from flamingo_jax import load_open_flamingo  # noqa: E402
-from flamingo_jax.convert import block_names, open_clip_style_encoder, resampler_rule, torch_params  # noqa: E402
+from flamingo_jax.hf import block_names, open_clip_style_encoder, resampler_rule, torch_params  # noqa: E402
 from flamingo_jax.gated_cross_attention import GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs  # noqa: E402
 from flamingo_jax.perceiver_resampler import PerceiverResampler, ResamplerConfig  # noqa: E402
 from common.hf.checkpoint import Target  # noqa: E402

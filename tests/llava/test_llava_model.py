@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from common.lm import LMConfig
 from common.sharding import activate, make_mesh, params_sharding
 from common.vision.clip import CLIPVisionConfig
-from llava_jax import Llava, LlavaConfig, configs, example_inputs, param_counts, trainable_patterns
+from llava_jax import Llava, LlavaConfig, presets, example_inputs, param_counts, trainable_patterns
 from llava_test_utils import jit_apply, prompts, random_params
 
 CONFIG = LlavaConfig(
@@ -117,9 +117,9 @@ def test_trainable_patterns_per_stage(model):
     assert not any(p.startswith("vision_tower/") for p in trainable(2))
 
 
-@pytest.mark.parametrize("name", sorted(configs.PUBLISHED_PARAMS))
+@pytest.mark.parametrize("name", sorted(presets.PUBLISHED_PARAMS))
 def test_published_param_counts(name):
-    count = param_counts(getattr(configs, name)())["total"]
-    assert abs(count - configs.PUBLISHED_PARAMS[name]) / configs.PUBLISHED_PARAMS[name] <= 0.001, (name, count)
+    count = param_counts(getattr(presets, name)())["total"]
+    assert abs(count - presets.PUBLISHED_PARAMS[name]) / presets.PUBLISHED_PARAMS[name] <= 0.001, (name, count)
     if name == "llava_v1_5_7b":  # Vicuna-7B + CLIP ViT-L/14-336 (no visual projection) + mlp2x_gelu 1024->4096->4096
         assert count == 6_738_415_616 + 303_507_456 + (1024 * 4096 + 4096) + (4096 * 4096 + 4096)

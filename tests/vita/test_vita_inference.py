@@ -12,7 +12,7 @@ from skimage import data as skimage_data
 from common.data.speech import load_word_bank
 from common.tokenizers import load_tokenizer, padded_vocab_size, tiktoken_to_tokenizer_json
 from vita_jax import AUDIO_TOKEN_INDEX, IMAGE_TOKEN_INDEX, Vita, conversation
-from vita_jax.configs import tiny
+from vita_jax.presets import tiny
 from vita_jax.inference import Request, build_batch, generate_batch
 from vita_jax.model import example_inputs
 

@@ -16,7 +16,7 @@ from common.data.speech import load_word_bank
 from common.sharding import activate, make_mesh, params_sharding
 from test_vision_parity import IMAGENET_MEAN, IMAGENET_STD, real_images
 from vita_jax import AUDIO_TOKEN_INDEX, IMAGE_TOKEN_INDEX, Vita, load_original, param_counts
-from vita_jax.configs import PUBLISHED_PARAMS, tiny, vita_1_5
+from vita_jax.presets import PUBLISHED_PARAMS, tiny, vita_1_5
 from vita_jax.model import abstract_params, example_inputs
 
 TOL = 1e-4

@@ -131,7 +131,7 @@ def test_eval_cli_and_metrics_on_a_trained_workdir(stages, capsys):
 
 def test_transform_expands_masks_and_states():
     from vita_jax import data
-    from vita_jax.configs import tiny
+    from vita_jax.presets import tiny
 
     tok = data.shapes_tokenizer(1024)
     cfg = tiny(vocab_size=1024)
@@ -181,7 +181,7 @@ def test_librispeech_layout_through_the_pipeline(tmp_path):
     from common.data.records import SkipCounter
     from common.data.speech import load_word_bank
     from vita_jax import data
-    from vita_jax.configs import tiny
+    from vita_jax.presets import tiny
 
     bank, rng = load_word_bank(), np.random.default_rng(0)
     chapter = tmp_path / "19" / "198"
