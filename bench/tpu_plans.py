@@ -124,12 +124,13 @@ def run_one(name: str, out: str | None) -> list[dict]:
 
 
 def table(path: str) -> str:
-    """The markdown table of docs/tpu.md from a JSON-lines file of plans (the last line of each plan name wins)."""
+    """The markdown table of docs/tpu.md from a JSON-lines file of plans (the last line of each plan name wins; lines
+    marked `superseded` are skipped)."""
     rows = {}
     with open(path) as f:
         for line in f:
             plan = json.loads(line)
-            if plan.get("bench") == "tpu_aot_plan" and "per_device_gb" in plan:
+            if plan.get("bench") == "tpu_aot_plan" and "per_device_gb" in plan and not plan.get("superseded"):
                 rows[plan.get("plan_name") or plan["config"] + "@" + plan["topology"]] = plan
     out = ["| plan | chips | mesh | batch (accum) | params / trained | per chip: params + opt + batch, temps, total GB "
            "| fits | collectives per step (GB) | compile s | step bound ms (compute / HBM / ICI) | MFU ceiling |",
