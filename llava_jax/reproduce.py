@@ -21,9 +21,11 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
+from collections.abc import Sequence
 
-from configs import load_config
+from configs import apply_overrides, load_config, split_config_overrides
 
 STAGES = ("stage0", "stage1", "stage2", "stage2_only")
 CONFIGS = {"stage0": "tiny_stage0.py", "stage1": "tiny_stage1.py", "stage2": "tiny_stage2.py",
@@ -33,12 +35,15 @@ ROWS = (("stage 1 + 2 (LLaVA)", "stage2"), ("stage 2 only (no feature alignment)
         ("stage 1 only (no instruction tuning)", "stage1"), ("stage 0 only (blind LM, untrained projector)", "stage0"))
 
 
-def stage_config(stage: str, workdir: str, scale: float = 1.0):
+def stage_config(stage: str, workdir: str, scale: float = 1.0, overrides: Sequence[str] = ()):
+    """configs/llava/tiny_<stage>.py for the miniature: steps x scale, the previous stage's workdir as init, then the
+    command line's `--config.a.b=value` overrides (applied to every stage)."""
     config = load_config(f"llava/{CONFIGS[stage]}")
     config.init_from = os.path.join(workdir, INIT[stage]) if INIT[stage] else ""
     config.total_steps = max(2, int(round(config.total_steps * scale)))
     config.log_every = max(1, min(config.log_every, config.total_steps))
     config.checkpoint_every = config.total_steps
+    apply_overrides(config, overrides)
     return config
 
 
@@ -52,12 +57,12 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def train_stage(stage: str, workdir: str, scale: float) -> float:
+def train_stage(stage: str, workdir: str, scale: float, overrides: Sequence[str] = ()) -> float:
     from common.train import train
     from llava_jax.task import make_task
 
     out = os.path.join(workdir, stage)
-    config = stage_config(stage, workdir, scale)
+    config = stage_config(stage, workdir, scale, overrides)
     start = time.time()
     train(config, out, make_task)
     return time.time() - start
@@ -98,6 +103,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--num_questions", type=int, default=300)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every stage's steps (0.05: smoke test)")
+    argv, overrides = split_config_overrides(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in ("absl", "orbax", "jax._src"):
@@ -106,7 +112,7 @@ def main(argv=None) -> dict:
     os.makedirs(workdir, exist_ok=True)
     enable_compilation_cache(os.path.join(workdir, "jax_cache"))
     start = time.time()
-    train_seconds = {stage: train_stage(stage, workdir, args.scale) for stage in STAGES}
+    train_seconds = {stage: train_stage(stage, workdir, args.scale, overrides) for stage in STAGES}
     eval_start = time.time()
     results = {"eval": {stage: evaluate_stage(stage, workdir, args.num_questions) for _, stage in ROWS}}
     results.update(train_seconds=train_seconds, eval_seconds=time.time() - eval_start,

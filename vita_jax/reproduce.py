@@ -17,31 +17,34 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 
-from configs import load_config
+from configs import apply_overrides, load_config, split_config_overrides
 
 STAGES = (("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_1", 150), ("2_2", 100))
 SPEECH_STAGES = (("3_1", 250), ("3_2", 800))  # the codec, then the speech decoders on the stage-2.2 LLM
 
 
-def stage_config(name: str, steps: int, scale: float, seed: int):
+def stage_config(name: str, steps: int, scale: float, seed: int, overrides: Sequence[str] = ()):
     """configs/vita/tiny_stage<name>.py for a miniature run: steps x scale, one checkpoint at the end, warm-up at
-    most a quarter of the run."""
+    most a quarter of the run, then the command line's `--config.a.b=value` overrides (applied to every stage)."""
     config = load_config(f"vita/tiny_stage{name}")
     config.seed = seed
     config.total_steps = max(2, int(round(steps * scale)))
     config.checkpoint_every = config.total_steps
     config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, config.total_steps // 4)
+    apply_overrides(config, overrides)
     return config
 
 
-def run_stages(workdir: str, scale: float = 1.0, seed: int = 0, stages=STAGES) -> dict:
+def run_stages(workdir: str, scale: float = 1.0, seed: int = 0, stages=STAGES,
+               overrides: Sequence[str] = ()) -> dict:
     from common.train import train
     from vita_jax.task import make_task
 
     times, previous = {}, None
     for name, steps in stages:
-        config = stage_config(name, steps, scale, seed)
+        config = stage_config(name, steps, scale, seed, overrides)
         config.init_from = previous or ""
         stage_dir = os.path.join(workdir, f"stage{name}")
         start = time.time()
@@ -53,7 +56,7 @@ def run_stages(workdir: str, scale: float = 1.0, seed: int = 0, stages=STAGES) -
     return times
 
 
-def run_speech_stages(workdir: str, scale: float = 1.0, seed: int = 0) -> dict:
+def run_speech_stages(workdir: str, scale: float = 1.0, seed: int = 0, overrides: Sequence[str] = ()) -> dict:
     """Stages 3.1 (codec, exported to stage3_1/codec in the release layout) and 3.2 (decoders reading stage 2.2's
     LLM embeddings)."""
     from common.train import train
@@ -62,7 +65,7 @@ def run_speech_stages(workdir: str, scale: float = 1.0, seed: int = 0) -> dict:
 
     times = {}
     for name, steps in SPEECH_STAGES:
-        config = stage_config(name, steps, scale, seed)
+        config = stage_config(name, steps, scale, seed, overrides)
         if name == "3_2":
             config.codec_from = os.path.join(workdir, "stage3_1", "codec")
             config.text_from = os.path.join(workdir, "stage2_2")
@@ -212,10 +215,11 @@ def main(argv=None) -> int:
     parser.add_argument("--num_eval", type=int, default=96)
     parser.add_argument("--speech", action="store_true",
                         help="run stages 3.1-3.2 (speech output) on WORKDIR's trained stage 2.2 and measure them")
+    argv, overrides = split_config_overrides(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     start = time.time()
     if args.speech:
-        times = run_speech_stages(args.workdir, args.scale, args.seed)
+        times = run_speech_stages(args.workdir, args.scale, args.seed, overrides)
         report = {"stage_seconds": times, **evaluate_speech(args.workdir, min(args.num_eval, 48)),
                   "total_seconds": time.time() - start, "scale": args.scale, "seed": args.seed}
         with open(os.path.join(args.workdir, "report_speech.json"), "w") as f:
@@ -239,7 +243,7 @@ def main(argv=None) -> int:
         for k, v in rows:
             print(f"| {k} | {v} |")
         return 0
-    times = run_stages(args.workdir, args.scale, args.seed)
+    times = run_stages(args.workdir, args.scale, args.seed, overrides=overrides)
     report = {"stage_seconds": times, **evaluate(args.workdir, args.num_eval), "total_seconds": time.time() - start,
               "scale": args.scale, "seed": args.seed}
     with open(os.path.join(args.workdir, "report.json"), "w") as f:

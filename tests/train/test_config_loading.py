@@ -43,3 +43,14 @@ def test_trainer_fields_come_from_one_base():
     for name in ("lm/tiny", "flamingo/tiny", "llava/tiny_stage2", "vita/tiny_stage2_2", "llava/stage2_7b"):
         assert set(TRAINER_DEFAULTS) <= set(load_config(name).keys()), name
     assert configs.load_config("lm/tiny").logical_axis_rules == TRAINER_DEFAULTS["logical_axis_rules"]
+
+
+def test_reproduce_stages_take_command_line_overrides():
+    from llava_jax import reproduce as llava_reproduce
+    from vita_jax import reproduce as vita_reproduce
+
+    argv, overrides = split_config_overrides(["--workdir", "w", "--config.data.num_threads=0", "--config.seed=3"])
+    config = llava_reproduce.stage_config("stage1", "w", 0.5, overrides)
+    assert (config.data.num_threads, config.seed, config.init_from) == (0, 3, os.path.join("w", "stage0"))
+    config = vita_reproduce.stage_config("2_1", 10, 1.0, 0, ["optimizer.lr=0.25"])
+    assert config.optimizer.lr == 0.25 and config.total_steps == 10
