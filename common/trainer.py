@@ -214,11 +214,11 @@ def make_train_step(task: Task, opt: optimizer_lib.Optimizer, seed: int, grad_ac
         """The leaves of a params-shaped tree that the optimizer trains."""
         return [x for x, f in zip(jax.tree.leaves(tree), frozen_flags, strict=True) if not f]
 
-    def full_grads(trained_grads: list, params):
-        """Trained gradients -> a params-shaped tree, zeros at the frozen leaves (which the optimizer drops)."""
-        it = iter(trained_grads)
+    def merged(trained: list, params, at_frozen: Callable):
+        """A params-shaped tree: the trained leaves taken in order from `trained`, `at_frozen(p)` at the frozen ones."""
+        it = iter(trained)
         leaves, treedef = jax.tree.flatten(params)
-        return treedef.unflatten([jnp.zeros_like(p) if f else next(it) for p, f in zip(leaves, frozen_flags)])
+        return treedef.unflatten([at_frozen(p) if f else next(it) for p, f in zip(leaves, frozen_flags, strict=True)])
 
     trained_sharding = None if grad_sharding is None else trained_part(grad_sharding)
 
@@ -226,12 +226,8 @@ def make_train_step(task: Task, opt: optimizer_lib.Optimizer, seed: int, grad_ac
         """(loss, aux, gradients of the trained leaves, a list). Only the trained leaves are differentiated: frozen
         ones enter the loss as constants, so no backward pass forms their gradients, not even inside a scanned
         stack (where XLA would otherwise carry a zero gradient buffer per frozen weight through the loop)."""
-        leaves, treedef = jax.tree.flatten(params)
-
         def loss_of_trained(trained):
-            it = iter(trained)
-            return loss_fn(treedef.unflatten([jax.lax.stop_gradient(p) if f else next(it)
-                                              for p, f in zip(leaves, frozen_flags)]), batch, rng)
+            return loss_fn(merged(trained, params, jax.lax.stop_gradient), batch, rng)
 
         (loss, aux), grads = jax.value_and_grad(loss_of_trained, has_aux=True)(trained_part(params))
         if "tokens" not in aux:
@@ -280,7 +276,7 @@ def make_train_step(task: Task, opt: optimizer_lib.Optimizer, seed: int, grad_ac
                 metrics[f"loss/{name}"] = loss
             metrics.update({(k if len(dataset_weights) == 1 else f"{k}/{name}"): v
                             for k, v in aux.items() if k != "tokens"})
-        grads = full_grads(grads, state.params)
+        grads = merged(grads, state.params, jnp.zeros_like)  # zeros at the frozen leaves: the optimizer drops them
         grad_norm = optax.tree.norm(opt.trained_grads(grads))  # the gradient the optimizer clips and applies
         finite = jnp.isfinite(total_loss) & jnp.isfinite(grad_norm)  # else keep params and optimizer state
         updates, new_opt_state = opt.tx.update(grads, state.opt_state, state.params)
