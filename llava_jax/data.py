@@ -29,12 +29,12 @@ import numpy as np
 
 from common.data import image_ops, shapes
 from common.data.batching import fit_length
+from common.data.scene_text import CELL_WORDS, VQA_SHORT_ANSWER_PROMPT, ShapesSceneTextSource
 from common.data.shapes import COLOURS, NUMBER_WORDS, SHAPES, ShapesSource
 from common.tokenizers import IMAGE_TOKEN, HFJsonTokenizer
 from common.tokenizers import build_tokenizer as build_family_tokenizer
 from llava_jax import conversation
 
-VQA_SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 SHAPES_SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN)
 
 
@@ -43,7 +43,6 @@ SHAPES_SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN)
 # ----------------------------------------------------------------------------------------------------------------
 def _shapes_corpus() -> list[str]:
     """Text covering the bundled data's language, the templates and the evaluation prompts."""
-    from common.data import shapes
 
     lines = [conversation.VICUNA_V1_SYSTEM, conversation.LLAVA_V1_SYSTEM, "USER: ASSISTANT:", VQA_SHORT_ANSWER_PROMPT,
              "Answer with the option's letter from the given choices directly.", "Options: A. B. C. D. E.",
@@ -122,69 +121,6 @@ class ShapesLlavaSource:
             if self.max_rounds:
                 conv = conv[:2 * self.max_rounds]
         return {"image": ex["image"], "conversations": conv}
-
-
-def _objects(objects_json) -> list:
-    """A captions record's objects JSON -> shapes.Obj list (grid cell recovered from the position name)."""
-    from common.data.shapes import Obj
-
-    cells = {Obj("circle", "red", "small", r, c).position: (r, c) for r in range(3) for c in range(3)}
-    return [Obj(o["shape"], o["colour"], o["size"], *cells[o["position"]]) for o in json.loads(objects_json)]
-
-
-EMPTY_CELL = "<empty>"
-# One "word" per grid cell and content ("<large-red-circle>"): added tokens of the tiny tokenizer, so that a scene in
-# text is 9 tokens in raster order, one per 16 px cell, exactly where the 9 image tokens of the tiny tower will stand.
-CELL_WORDS = (EMPTY_CELL,) + tuple(f"<{z}-{c}-{s}>" for z in shapes.SIZES for c in shapes.COLOURS
-                                   for s in shapes.SHAPES)
-SCENE_FORMATS = ("cells", "words")
-
-
-def scene_text(objs, scene_format: str = "cells") -> str:
-    """The textual stand-in of an image for the LM's text pretraining. 'cells': the 3x3 grid in raster order, one
-    cell word per cell ("<empty><large-red-circle>..."), the stand-in for the words a real LM knows for what CLIP
-    sees, one per image token; 'words': a description ("Scene: large red circle top left; ...")."""
-    if scene_format == "words":
-        return "Scene: " + "; ".join(f"{o.size} {o.colour} {o.shape} {o.position}" for o in objs) + "."
-    if scene_format != "cells":
-        raise ValueError(f"scene_format must be one of {SCENE_FORMATS}, got {scene_format!r}")
-    grid = [EMPTY_CELL] * 9
-    for o in objs:
-        grid[3 * o.row + o.col] = f"<{o.size}-{o.colour}-{o.shape}>"
-    return "".join(grid)
-
-
-class ShapesSceneTextSource:
-    """Text-only records for the tiny LM's own pretraining: the scene of a bundled captions example written as text
-    (`scene_text`) where the image would be, followed by its caption (kind 'captions', plain template) or by a
-    short-answer question about it (kind 'vqa'). The LM learns to caption / answer from a description in context,
-    the reading skill a real LLM brings to LLaVA; it never sees an image."""
-
-    def __init__(self, kind: str, split: str = "train", size: int | None = None, seed: int = 0,
-                 vqa_prompt: str = VQA_SHORT_ANSWER_PROMPT, scene_format: str = "cells"):
-        if kind not in ("captions", "vqa"):
-            raise ValueError(f"scene-text kind {kind!r}: use captions or vqa")
-        if scene_format not in SCENE_FORMATS:
-            raise ValueError(f"scene_format must be one of {SCENE_FORMATS}, got {scene_format!r}")
-        self.kind, self.seed, self.vqa_prompt, self.scene_format = kind, seed, vqa_prompt, scene_format
-        self.source = ShapesSource("captions", split, size, seed + 1000, 8)  # a different scene stream
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> dict:
-        from common.data import shapes
-
-        ex = self.source[index]
-        objs = _objects(ex["objects"])
-        scene = scene_text(objs, self.scene_format)
-        if self.kind == "captions":
-            conv = [{"from": "human", "value": scene}, {"from": "gpt", "value": ex["caption"]}]
-        else:
-            q, a, _, _ = shapes.vqa_question(objs, np.random.default_rng([self.seed, 77, int(index)]))
-            conv = [{"from": "human", "value": f"{scene}\n{q[0].upper() + q[1:]}\n{self.vqa_prompt}"},
-                    {"from": "gpt", "value": a}]
-        return {"image": None, "conversations": conv}
 
 
 def make_source(spec, split: str = "train"):

@@ -168,7 +168,7 @@ def names_verdict(accuracy_by_shots: dict[int, float], margin: float = 10.0) -> 
 def vita_markdown(vita: dict) -> list[str]:
     qa = vita["spoken_qa_after_2.2"]
     times = vita["stage_seconds"]
-    return ["## VITA-1.5: stages 1.1 -> 1.2 -> 1.3 -> 2.1 -> 2.2", "",
+    return ["## VITA-1.5: stages 0 -> 1.1 -> 1.2 -> 1.3 -> 2.0 -> 2.1 -> 2.2", "",
             "| measure | value |", "| --- | --- |",
             f"| image QA accuracy after 1.3 / 2.2 (%) | {vita['image_qa_after_1.3']:.1f} / "
             f"{vita['image_qa_after_2.2']:.1f} |",
@@ -217,7 +217,8 @@ def main(argv=None) -> str:
         llava = run_llava(llava_dir, args.scale, max(8, int(args.num_questions * min(1.0, args.scale * 4))))
         part_seconds["LLaVA"] = time.time() - t
     if "vita" not in skip:
-        print("== VITA: stages 1.1 -> 1.2 -> 1.3 (vision) -> 2.1 (ASR) -> 2.2 (spoken QA, noise) ==", flush=True)
+        print("== VITA: stage 0 (text), 1.1 -> 1.2 -> 1.3 (vision), 2.0 (CTC encoder) -> 2.1 (ASR) -> 2.2 (spoken QA, "
+              "noise) ==", flush=True)
         t = time.time()
         vita = run_vita(vita_dir, args.scale)
         part_seconds["VITA"] = time.time() - t
@@ -231,7 +232,7 @@ def main(argv=None) -> str:
                                 "stage 1": os.path.join(llava_dir, "stage1"),
                                 "stage 2": os.path.join(llava_dir, "stage2")},
                       "VITA": {f"stage {st.replace('_', '.')}": os.path.join(vita_dir, f"stage{st}")
-                               for st in ("1_1", "1_2", "1_3", "2_1", "2_2")}},
+                               for st in ("0", "1_1", "1_2", "1_3", "2_0", "2_1", "2_2")}},
                      os.path.join(report_dir, "loss_curves.png"))
     shot_rows = {}
     names = flamingo["variants"][MAIN_FLAMINGO]["results"].get("names", {}) if flamingo else {}

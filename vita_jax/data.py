@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from common.data import formats, image_ops, shapes
+from common.data import formats, image_ops, scene_text, shapes
 from common.data.audio import SAMPLE_RATE, load_audio, speech_fbank
 from common.data.batching import fit_length
 from common.data.records import (CORRUPT_AUDIO, MALFORMED, MISSING_AUDIO, TOO_LONG, WRONG_SAMPLE_RATE, BadRecord,
@@ -36,6 +36,9 @@ EMPTY_AUDIO = "empty_audio"
 CLIPPED_AUDIO = "clipped_audio"
 AUDIO_REASONS = (WRONG_SAMPLE_RATE, EMPTY_AUDIO, CLIPPED_AUDIO, TOO_LONG, MISSING_AUDIO, CORRUPT_AUDIO)
 ASR_PROMPT = "Convert the speech to text."
+# The miniature's ASR query: the prompt on its own line, then the speech; its text stage 0 repeats the words written
+# on the line after the same prompt, so that the frozen LM of stage 2.1 already knows the task.
+ASR_QUERY = ASR_PROMPT + "\n"
 CAPTION_PROMPT = "Describe the image briefly."
 
 
@@ -116,10 +119,8 @@ class ShapesVitaSource:
             q, a, _, _ = shapes.vqa_question(objs, rng)
             return _record([("<image>\n" + q.capitalize(), a)], image=shapes.render(objs, rng, size))
         if self.kind == "asr":
-            objs = shapes.random_scene(rng)  # a question about a scene, or a one-object caption: 1-7 s of speech
-            one = shapes.random_scene(rng, 1, 1)
-            text = spoken_words(shapes.vqa_question(objs, rng)[0] if rng.random() < 0.5 else shapes.caption(one, rng))
-            return _record([(ASR_PROMPT + "<audio>", text)], audio=[load_word_bank().say(text, rng)], text=text)
+            text = scene_text.utterance(rng)  # a question about a scene, or a one-object caption: 1-7 s of speech
+            return _record([(ASR_QUERY + "<audio>", text)], audio=[load_word_bank().say(text, rng)], text=text)
         ex = shapes.gen_spoken_qa(rng, size, index)
         if ex["kind"] == "noise":
             return _record([("<image>\n<audio>", "")], image=ex["image"], audio=[ex["audio"]], noise_turn=1,
@@ -179,7 +180,7 @@ class LibriSpeechSource:
     """ASR records from a LibriSpeech-layout folder (read by `common.data.formats.librispeech`): {conversations,
     audio: [flac path], text}; a transcript line that is not UTF-8 stays a bad record, counted by the pipeline."""
 
-    def __init__(self, root: str, prompt: str = ASR_PROMPT):
+    def __init__(self, root: str, prompt: str = ASR_QUERY):
         self.items = formats.librispeech(root)
         self.prompt = prompt
 
@@ -200,11 +201,16 @@ def make_source(spec: dict, split: str = "train"):
         return ShapesVitaSource(spec["kind"], split, int(spec.get("size", 4096)), int(spec.get("seed", 0)),
                                 int(spec.get("image_size", 56)), float(spec.get("typed_fraction", 0.3)),
                                 int(spec.get("max_rounds", 2)))
+    if source == "shapes_scene_text":  # text only: the tiny LM's stage 0, and its copy skill kept through stage 1
+        return scene_text.ShapesSceneTextSource(spec["kind"], split, spec.get("size"), int(spec.get("seed", 0)),
+                                                scene_format=spec.get("scene_format", "words"),
+                                                repeat_prompt=spec.get("repeat_prompt", ASR_PROMPT))
     if source == "vita_json":
         return VitaJsonSource(spec["json"], spec.get("image_dir", ""), spec.get("audio_dir", ""))
     if source == "librispeech":
-        return LibriSpeechSource(spec["root"], spec.get("prompt", ASR_PROMPT))
-    raise ValueError(f"unknown VITA data source {source!r}; use shapes, vita_json or librispeech")
+        return LibriSpeechSource(spec["root"], spec.get("prompt", ASR_QUERY))
+    raise ValueError(f"unknown VITA data source {source!r}; use shapes, shapes_scene_text, vita_json or "
+                     "librispeech")
 
 
 # ----------------------------------------------------------------------------------------------------------------

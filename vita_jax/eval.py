@@ -47,7 +47,7 @@ def _answers(model, params, tokenizer, requests, batch_size, max_new_tokens):
 
 
 def evaluate_asr(model, params, tokenizer, records: Sequence[dict], *, language: str = "en", batch_size: int = 16,
-                 max_new_tokens: int = 48, prompt: str = data_lib.ASR_PROMPT) -> dict:
+                 max_new_tokens: int = 48, prompt: str = data_lib.ASR_QUERY) -> dict:
     """records {audio: [wave or path], text} -> {'wer' or 'cer' (%), 'count', 'predictions'}."""
     import jiwer
 
@@ -62,6 +62,34 @@ def evaluate_asr(model, params, tokenizer, records: Sequence[dict], *, language:
     refs_n, hyps_n = [_norm_en(r) for r in refs], [_norm_en(h) for h in hyps]
     score = jiwer.wer(refs_n, [h if h else "<empty>" for h in hyps_n])
     return {"wer": 100.0 * score, "count": len(refs), "predictions": hyps}
+
+
+def evaluate_ctc_asr(model, params, tokenizer, records: Sequence[dict], *, batch_size: int = 16) -> dict:
+    """Stage 2.0's own ASR (`vita_jax.ctc`: encoder + CTC head, greedy best path) on records {audio: [wave], text}
+    -> {'wer' (%), 'count', 'predictions'}. `model` is the Vita of the stage-2.0 workdir; `params` include ctc_head."""
+    import jax.numpy as jnp
+    import jiwer
+
+    from common.data.audio import speech_fbank
+    from vita_jax import ctc as ctc_lib
+
+    if "ctc_head" not in params:
+        raise ValueError("these parameters have no ctc_head: evaluate a stage-2.0 (objective 'ctc') workdir")
+    ctc_model = ctc_lib.SpeechCTC(model.config)
+    sub = {"audio_encoder": params["audio_encoder"], "ctc_head": params["ctc_head"]}
+    hyps = []
+    for chunk in _batched(list(records), batch_size):
+        feats = [speech_fbank(data_lib.checked_waveform(r["audio"][0], 1e9)) for r in chunk]
+        frames = max(len(f) for f in feats)
+        batch = np.zeros((len(feats), frames, feats[0].shape[1]), np.float32)
+        for i, f in enumerate(feats):
+            batch[i, :len(f)] = f
+        log_probs, lengths = ctc_model.apply({"params": sub}, jnp.asarray(batch),
+                                             jnp.asarray([len(f) for f in feats], jnp.int32))
+        hyps += [tokenizer.decode(ids) for ids in ctc_lib.greedy_decode(log_probs, lengths, ctc_model.blank_id)]
+    refs_n, hyps_n = [_norm_en(r["text"]) for r in records], [_norm_en(h) for h in hyps]
+    score = jiwer.wer(refs_n, [h if h else "<empty>" for h in hyps_n])
+    return {"wer": 100.0 * score, "count": len(records), "predictions": hyps}
 
 
 def state_decisions(states: Sequence[str | None], is_noise: Sequence[bool]) -> dict:

@@ -249,16 +249,19 @@ def param_counts(config: VitaConfig) -> dict[str, int]:
 # adapter on ASR with the LLM frozen; 2.2 the adapter and LLM (the released finetuneTaskNeg script: the encoder frozen).
 AUDIO_ENCODER_TRAINABLE = "audio_encoder/(?!global_cmvn).*"
 STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
+    "0": ("lm/.*",),  # the miniature's text pre-training of its LM (a real run starts from Qwen2)
     "1.1": ("projector/.*",),
     "1.2": ("vision_tower/.*", "projector/.*", "lm/.*"),
     "1.3": ("projector/.*", "lm/.*"),
+    "2.0": (AUDIO_ENCODER_TRAINABLE, "ctc_head/.*"),  # the miniature's CTC pre-training (vita_jax.ctc)
     "2.1": (AUDIO_ENCODER_TRAINABLE, "audio_adapter/.*"),
     "2.2": ("audio_adapter/.*", "projector/.*", "lm/.*"),
 }
 
 
 def trainable_patterns(stage: str) -> Sequence[str]:
-    """The trainable parameters of VITA-1.5's training stage '1.1' .. '2.2' (Fig. 3 of the paper)."""
+    """The trainable parameters of VITA-1.5's training stage '1.1' .. '2.2' (Fig. 3 of the paper; '2.0' is the
+    miniature's CTC pre-training of the speech encoder)."""
     stage = str(stage)
     if stage not in STAGE_TRAINABLE:
         raise ValueError(f"unknown VITA stage {stage!r}; use one of {sorted(STAGE_TRAINABLE)}")

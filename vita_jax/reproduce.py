@@ -1,14 +1,17 @@
 """The VITA-1.5 miniature (paper Fig. 3, progressive training, at toy scale on 2 CPU cores): a tiny VITA trained
-through stages 1.1 -> 1.2 -> 1.3 -> 2.1 -> 2.2 on the bundled shapes scenes and their real espeak speech, then
-measured: ASR word error rate on held-out spoken utterances (after 2.1, where the paper measures it, and after 2.2),
-spoken-question accuracy against the same questions typed, image-QA accuracy after stage 1.3, and the state-token
-decision on noise (the noise-rejection rate = recall of ☟).
+through a text stage 0 (its LM's own pre-training, standing in for Qwen2) -> 1.1 -> 1.2 -> 1.3 -> 2.0 (the speech
+encoder's CTC pre-training, standing in for the release's ASR-trained encoder) -> 2.1 -> 2.2 on the bundled shapes
+scenes and their real espeak speech, then measured: ASR word error rate on held-out spoken utterances (stage 2.0's
+CTC head, then after 2.1, where the paper measures it, and after 2.2), spoken-question accuracy against the same
+questions typed, image-QA accuracy, and the state-token decision on noise (recall / precision of ☟).
 
-    python -m vita_jax.reproduce --workdir workdirs/vita_mini [--scale 1.0] [--num_eval 96]
+    python -m vita_jax.reproduce --workdir workdirs/vita_mini [--scale 1.0] [--num_eval 96] [--config.a.b=value]
     python -m vita_jax.reproduce --workdir workdirs/vita_mini --speech   # then stages 3.1-3.2 (speech output)
 
-Each stage runs the configs/vita/tiny_stage*.py config (steps x scale), from the previous stage's workdir. Writes
-WORKDIR/report.json and prints a table; docs/reproductions/vita.md records a run.
+`--speech` also runs the duplex engine end to end (`evaluate_duplex`). Each stage runs the
+configs/vita/tiny_stage*.py config (steps x scale), from the previous stage's workdir. Writes WORKDIR/report.json
+(report_speech.json), WORKDIR/vita_mini.json (the headline figures) and prints a table; docs/reproductions/vita.md
+records a run.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from collections.abc import Sequence
 
 from configs import apply_overrides, load_config, split_config_overrides
 
-STAGES = (("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_1", 150), ("2_2", 100))
+STAGES = (("0", 600), ("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_0", 600), ("2_1", 300), ("2_2", 100))
 SPEECH_STAGES = (("3_1", 250), ("3_2", 800))  # the codec, then the speech decoders on the stage-2.2 LLM
 
 
@@ -81,7 +84,7 @@ def run_speech_stages(workdir: str, scale: float = 1.0, seed: int = 0, overrides
 
 
 def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
-    """Codec: mel distance of resynthesised held-out speech, and our stage-2.2 ASR's WER on it vs on the original.
+    """Codec: mel distance of resynthesised held-out speech, and our stage-2.1 ASR's WER on it vs on the original.
     Speech out: spoken questions answered by stage 2.2, spoken by stage 3.2, transcribed by the same ASR: WER of the
     transcript against the text answer."""
     import jax.numpy as jnp
@@ -100,6 +103,7 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     codec, cparams = codec_lib.load_original(os.path.join(workdir, "stage3_1", "codec"))
     rate, hop = codec.config.sampling_rate, codec.config.hop_length
     model, params, tok = load_model(os.path.join(workdir, "stage2_2"))
+    asr_model, asr_params, asr_tok = load_model(os.path.join(workdir, "stage2_1"))  # the judge: stage 2.1's ASR
     size = model.config.vision.image_size
     asr = data_lib.ShapesVitaSource("asr", "validation", num_eval, image_size=size)
     records = [asr[i] for i in range(num_eval)]
@@ -122,8 +126,8 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
         mels.append(float(mel_distance(wav, rec, codec.config)[0]))
         resynth.append({**r, "audio": [back]})
     out["codec_mel_distance"] = float(np.mean(mels))
-    out["asr_wer_original"] = evaluate_asr(model, params, tok, records)["wer"]
-    out["asr_wer_resynthesised"] = evaluate_asr(model, params, tok, resynth)["wer"]
+    out["asr_wer_original"] = evaluate_asr(asr_model, asr_params, asr_tok, records)["wer"]
+    out["asr_wer_resynthesised"] = evaluate_asr(asr_model, asr_params, asr_tok, resynth)["wer"]
 
     out["decoder_text_use"] = text_use(os.path.join(workdir, "stage3_2"))  # teacher-forced: own vs another's text
     speaker = load_speaker(os.path.join(workdir, "stage3_2"), max_tokens=160)  # 4 s: answers are 1-3 words
@@ -142,7 +146,8 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
         return waves, seconds
 
     spoken, durations = say(answers)
-    res = evaluate_asr(model, params, tok, [{"audio": [w], "text": a or "-"} for w, a in zip(spoken, answers)])
+    res = evaluate_asr(asr_model, asr_params, asr_tok, [{"audio": [w], "text": a or "-"}
+                                                        for w, a in zip(spoken, answers)])
     out["spoken_answer_transcript_wer"] = res["wer"]
     out["spoken_answer_seconds"] = float(np.mean(durations)) if durations else 0.0
     out["spoken_answer_examples"] = list(zip(answers[:4], res["predictions"][:4]))
@@ -151,8 +156,8 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     bank, espeak_rng = data_lib.load_word_bank(), np.random.default_rng(2)
     control = [{"audio": [bank.say(data_lib.spoken_form(a), espeak_rng)], "text": a}
                for a in answers if data_lib.spoken_form(a)]
-    out["spoken_answer_transcript_wer_espeak_control"] = evaluate_asr(model, params, tok, control)["wer"] \
-        if control else None
+    out["spoken_answer_transcript_wer_espeak_control"] = evaluate_asr(asr_model, asr_params, asr_tok,
+                                                                      control)["wer"] if control else None
     out["spoken_answer_distinct_transcripts"] = len(set(res["predictions"]))
     out["spoken_answer_distinct_answers"] = len(set(answers))
 
@@ -183,9 +188,75 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     return out
 
 
+def evaluate_duplex(workdir: str, num_queries: int = 24, num_noise: int = 8) -> dict:
+    """End to end through `vita_jax.duplex`: held-out spoken questions about a held-out scene and held-out noise
+    clips, written as 16 kHz WAV files, read back and fed as 80 ms frames (with 0.3 s of silence before and 1 s
+    after) to one `DuplexEngine` (stage 2.2's model, stage 3.2's speaker; the scene is the engine's image). Each
+    spoken answer is transcribed by stage 2.1's ASR. A query counts as answered when audio came back, and as correct
+    when that transcript equals the true answer (as said: '2' -> 'two'); a noise clip counts as met with silence when
+    no audio came back."""
+    import numpy as np
+    import soundfile
+
+    from common.data.audio import load_audio
+    from vita_jax import data as data_lib
+    from vita_jax.conversation import strip_states
+    from vita_jax.duplex import DuplexEngine, frames_of
+    from vita_jax.eval import evaluate_asr, load_model
+    from vita_jax.speech_train import load_speaker
+    from vita_jax.tts import resample
+
+    model, params, tok = load_model(os.path.join(workdir, "stage2_2"))
+    asr_model, asr_params, asr_tok = load_model(os.path.join(workdir, "stage2_1"))
+    speaker = load_speaker(os.path.join(workdir, "stage3_2"), max_tokens=160)
+    size = model.config.vision.image_size
+    source = data_lib.ShapesVitaSource("spoken_qa", "validation", 8 * (num_queries + num_noise), image_size=size,
+                                       typed_fraction=0.0)
+    records = [source[i] for i in range(len(source))]
+    queries = [r for r in records if r["kind"] == "spoken"][:num_queries]
+    noise = [r for r in records if r["kind"] == "noise"][:num_noise]
+    folder = os.path.join(workdir, "duplex_eval")
+    os.makedirs(folder, exist_ok=True)
+    engine = DuplexEngine(model, params, tok, speaker)
+    rate = engine.audio_rate
+    silence = lambda seconds: np.zeros(int(seconds * data_lib.SAMPLE_RATE), np.float32)  # noqa: E731
+    results = []
+    for i, record in enumerate(queries + noise):
+        path = os.path.join(folder, f"{i:03d}_{record['kind']}.wav")
+        soundfile.write(path, record["audio"][0], data_lib.SAMPLE_RATE)
+        wave, _ = load_audio(path)
+        engine.set_image(record["image"])
+        events = list(engine.run(frames_of(np.concatenate([silence(0.3), wave, silence(1.0)]))))
+        audio = [e.audio for e in events if e.kind == "audio"]
+        states = [e.text for e in events if e.kind == "state"]
+        results.append({"kind": record["kind"], "question": record["question"], "answer": record.get("answer", ""),
+                        "text": "".join(e.text for e in events if e.kind == "text"),
+                        "state": states[0] if states else None,
+                        "errors": [e.text for e in events if e.kind == "error"],
+                        "speech": np.concatenate(audio) if audio else np.zeros(0, np.float32)})
+    spoken = [r for r in results if r["kind"] == "spoken" and len(r["speech"])]
+    waves = [resample(r["speech"], rate, data_lib.SAMPLE_RATE) for r in spoken]
+    waves = [np.pad(w, (0, max(0, 1600 - len(w)))) for w in waves]  # at least 0.1 s
+    transcripts = evaluate_asr(asr_model, asr_params, asr_tok, [{"audio": [w], "text": r["answer"] or "-"}
+                                                                for w, r in zip(waves, spoken)])["predictions"]
+    same = lambda a, b: data_lib.spoken_form(a) == data_lib.spoken_form(b)  # noqa: E731
+    correct = [same(t, r["answer"]) for t, r in zip(transcripts, spoken)]
+    asked = [r for r in results if r["kind"] == "spoken"]
+    noise_results = [r for r in results if r["kind"] == "noise"]
+    return {
+        "queries": len(asked), "noise_clips": len(noise_results),
+        "answered_in_speech": 100.0 * len(spoken) / max(len(asked), 1),
+        "text_answer_correct": 100.0 * np.mean([same(strip_states(r["text"]), r["answer"]) for r in asked]),
+        "transcript_correct": 100.0 * sum(correct) / max(len(asked), 1),
+        "noise_silent": 100.0 * np.mean([len(r["speech"]) == 0 for r in noise_results]) if noise_results else None,
+        "errors": sum(len(r["errors"]) for r in results),
+        "examples": [(r["question"], r["answer"], strip_states(r["text"]), t)
+                     for r, t in zip(spoken[:6], transcripts[:6])]}
+
+
 def evaluate(workdir: str, num_eval: int = 96) -> dict:
     from vita_jax import data as data_lib
-    from vita_jax.eval import evaluate_asr, evaluate_image_qa, evaluate_spoken_qa, load_model
+    from vita_jax.eval import evaluate_asr, evaluate_ctc_asr, evaluate_image_qa, evaluate_spoken_qa, load_model
 
     out = {}
     model, params, tok = load_model(os.path.join(workdir, "stage1_3"))
@@ -194,6 +265,10 @@ def evaluate(workdir: str, num_eval: int = 96) -> dict:
     out["image_qa_after_1.3"] = evaluate_image_qa(model, params, tok, [vqa[i] for i in range(num_eval)])["accuracy"]
     asr = data_lib.ShapesVitaSource("asr", "validation", num_eval, image_size=size)
     asr_records = [asr[i] for i in range(num_eval)]
+    model, params, tok = load_model(os.path.join(workdir, "stage2_0"))
+    res = evaluate_ctc_asr(model, params, tok, asr_records)
+    out["asr_wer_after_2.0_ctc"] = res["wer"]
+    out["asr_examples_2_0_ctc"] = list(zip([r["text"] for r in asr_records[:3]], res["predictions"][:3]))
     for stage in ("2_1", "2_2"):
         model, params, tok = load_model(os.path.join(workdir, f"stage{stage}"))
         res = evaluate_asr(model, params, tok, asr_records)
@@ -205,6 +280,50 @@ def evaluate(workdir: str, num_eval: int = 96) -> dict:
     out["spoken_qa_after_2.2"] = res
     out["image_qa_after_2.2"] = evaluate_image_qa(model, params, tok, [vqa[i] for i in range(num_eval)])["accuracy"]
     return out
+
+
+def figures(workdir: str) -> dict:
+    """The miniature's headline figures (issue targets) from WORKDIR/report.json and, once `--speech` ran,
+    report_speech.json; None where a figure was not measured. Small: docs/reproductions/results/vita_mini.json
+    is a copy."""
+    def read(name):
+        path = os.path.join(workdir, name)
+        if not os.path.isfile(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    main_report, speech = read("report.json"), read("report_speech.json")
+    qa = main_report.get("spoken_qa_after_2.2", {})
+    recogniser, duplex = speech.get("template_recogniser", {}), speech.get("duplex", {})
+    typed, spoken = qa.get("typed_accuracy"), qa.get("spoken_accuracy")
+    recognised = recogniser.get("decoder_true_answers_vs_codec_templates")
+    minutes = lambda report: report["total_seconds"] / 60 if "total_seconds" in report else None  # noqa: E731
+    return {
+        "asr_wer_after_2_0_ctc": main_report.get("asr_wer_after_2.0_ctc"),
+        "asr_wer_after_2_1": main_report.get("asr_wer_after_2.1"),
+        "asr_wer_after_2_2": main_report.get("asr_wer_after_2.2"),
+        "image_qa_after_1_3": main_report.get("image_qa_after_1.3"),
+        "typed_accuracy": typed, "spoken_accuracy": spoken,
+        "spoken_over_typed": spoken / typed if typed and spoken is not None else None,
+        "state_correct_spoken": qa.get("spoken_state_ok"), "state_correct_typed": qa.get("typed_state_ok"),
+        "noise_recall": qa.get("noise_recall"), "noise_precision": qa.get("noise_precision"),
+        "decoder_answers_recognised": 100.0 * recognised if recognised is not None else None,
+        "recogniser_chance": 100.0 * recogniser["chance"] if "chance" in recogniser else None,
+        "asr_wer_decoder_answers": speech.get("spoken_answer_transcript_wer"),
+        "asr_wer_espeak_answers": speech.get("spoken_answer_transcript_wer_espeak_control"),
+        "duplex_answered_in_speech": duplex.get("answered_in_speech"),
+        "duplex_transcript_correct": duplex.get("transcript_correct"),
+        "duplex_noise_silent": duplex.get("noise_silent"),
+        "minutes_stages_0_to_2_2": minutes(main_report), "minutes_stages_3_1_to_3_2": minutes(speech),
+        "seed": main_report.get("seed"), "scale": main_report.get("scale"),
+    }
+
+
+def write_figures(workdir: str) -> None:
+    with open(os.path.join(workdir, "vita_mini.json"), "w") as f:
+        json.dump(figures(workdir), f, indent=1)
+        f.write("\n")
 
 
 def main(argv=None) -> int:
@@ -221,6 +340,7 @@ def main(argv=None) -> int:
     if args.speech:
         times = run_speech_stages(args.workdir, args.scale, args.seed, overrides)
         report = {"stage_seconds": times, **evaluate_speech(args.workdir, min(args.num_eval, 48)),
+                  "duplex": evaluate_duplex(args.workdir, min(args.num_eval, 24), min(args.num_eval, 8)),
                   "total_seconds": time.time() - start, "scale": args.scale, "seed": args.seed}
         with open(os.path.join(args.workdir, "report_speech.json"), "w") as f:
             json.dump(report, f, indent=1)
@@ -238,16 +358,21 @@ def main(argv=None) -> int:
                  f"{100 * report['template_recogniser']['decoder_true_answers_vs_codec_templates']:.1f}; "
                  f"{100 * report['template_recogniser']['chance']:.1f}"),
                 ("spoken answer length (s)", f"{report['spoken_answer_seconds']:.2f}"),
+                ("duplex: queries answered in speech / transcript correct / noise met with silence (%)",
+                 f"{report['duplex']['answered_in_speech']:.1f} / {report['duplex']['transcript_correct']:.1f} / "
+                 f"{report['duplex']['noise_silent']:.1f}"),
                 ("total time (min)", f"{report['total_seconds'] / 60:.1f}")]
         print("| measure | value |\n|---|---|")
         for k, v in rows:
             print(f"| {k} | {v} |")
+        write_figures(args.workdir)
         return 0
     times = run_stages(args.workdir, args.scale, args.seed, overrides=overrides)
     report = {"stage_seconds": times, **evaluate(args.workdir, args.num_eval), "total_seconds": time.time() - start,
               "scale": args.scale, "seed": args.seed}
     with open(os.path.join(args.workdir, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
+    write_figures(args.workdir)
     qa = report["spoken_qa_after_2.2"]
     rows = [("image QA accuracy after 1.3 / 2.2 (%)",
              f"{report['image_qa_after_1.3']:.1f} / {report['image_qa_after_2.2']:.1f}"),

@@ -15,12 +15,18 @@ Config (ml_collections; configs/vita/*.py):
               | vita_json (json, image_dir, audio_dir) | librispeech (root), max_len, weight?, batch_size?}}}
   init_from  a workdir of the previous stage (its params copied in by path and shape); init_checkpoint: a released
              VITA-1.5 folder (vita_jax.load_original) for paper-scale fine-tuning.
+  objective  'lm' (default: next-token loss on the answers) | 'ctc' (stage 2.0, `vita_jax.ctc`: the speech encoder +
+             a CTC head on ASR data; data.cmvn_utterances > 0 first sets the encoder's global CMVN from that many
+             training utterances).
 """
 from __future__ import annotations
 
 
+import logging
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from common import lora as lora_lib
 from common.data.packing import packed_batch_spec, packed_model_inputs, packing_from_config
@@ -31,9 +37,13 @@ from common.task_utils import get, graft, keep_tokenizer, lora_config_from, plai
 from common.tokenizers import padded_vocab_size
 from common.trainer import DataShard, Task
 from common.vision.intern_vit import InternViTConfig
+from vita_jax import ctc as ctc_lib
+from vita_jax import conversation
 from vita_jax import data as data_lib
 from vita_jax.model import Vita, VitaConfig, example_inputs
 from vita_jax.speech_encoder import SpeechEncoderConfig
+
+log = logging.getLogger(__name__)
 
 
 def vita_config_from(model_config, tokenizer=None) -> VitaConfig:
@@ -79,6 +89,27 @@ def make_transform(config, tokenizer, cfg: VitaConfig, spec) -> data_lib.VitaSam
         convert_image_modes=bool(d.get("convert_image_modes", False)))
 
 
+def cmvn_from_data(params, config, tokenizer, cfg: VitaConfig):
+    """The encoder's global CMVN from the first data.cmvn_utterances training utterances of the first speech
+    dataset (`vita_jax.ctc.cmvn_statistics`, WeNet's recipe)."""
+    count = int(get(config, "data", {}).get("cmvn_utterances", 0) or 0)
+    datasets = plain(config.data.get("datasets") or {})
+    speech = [spec for _, spec in sorted(datasets.items()) if has_audio(spec)]
+    if not speech:
+        raise ValueError("data.cmvn_utterances is set but no dataset carries speech")
+    source = data_lib.make_source(speech[0], "train")
+    transform = make_transform(config, tokenizer, cfg, speech[0])
+    features = []
+    for index in range(min(count, len(source))):
+        try:
+            features.append(transform(source[index])["audio_features"])
+        except data_lib.BadRecord:
+            continue  # the pipeline skips and counts them; the statistics simply leave them out
+    mean, istd = ctc_lib.cmvn_statistics(features)
+    log.info("global CMVN from %d utterances (%d frames)", len(features), sum(len(f) for f in features))
+    return ctc_lib.with_cmvn(params, mean, istd)
+
+
 def load_pretrained_weights(params, config):
     init_from = get(config, "init_from", "")
     if init_from:
@@ -111,14 +142,35 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     max_frames = max(int(dcfg.get("max_audio_frames", 0) or 0), int(float(dcfg.get("max_audio_seconds", 30.0)) * 100))
     dropout = cfg.audio.dropout_rate > 0 or cfg.audio.positional_dropout_rate > 0 or cfg.vision.drop_path_rate > 0
 
+    objective = get(config, "objective", "lm")
+    if objective not in ("lm", "ctc"):
+        raise ValueError(f"objective must be 'lm' or 'ctc', got {objective!r}")
+    ctc_model = ctc_lib.SpeechCTC(cfg) if objective == "ctc" else None
+    not_transcript = [tokenizer.token_to_id(t) for t in conversation.STATE_TOKENS.values()] + [tokenizer.eos_id]
+
     def init_params(rng):
         params = model.init(rng, *example_inputs(cfg))["params"]
+        if ctc_model is not None:  # Vita's parameters + the CTC head (the encoder is shared by path)
+            frames = jnp.zeros((1, 16, cfg.audio.input_dim), jnp.float32)
+            head = ctc_model.init(jax.random.fold_in(rng, 2), frames, jnp.array([16]))["params"]["ctc_head"]
+            params = {**params, "ctc_head": head}
         if lcfg is not None:
             params = dict(params)
             params["lora"] = lora_lib.init(nn.unbox(params), lcfg, jax.random.fold_in(rng, 1))
         return params
 
+    def ctc_loss_fn(params, batch, rng):
+        lengths = batch["audio_mask"].astype(jnp.int32).sum(-1)  # [B] fbank frames
+        log_probs, frames = ctc_model.apply(
+            {"params": {"audio_encoder": params["audio_encoder"], "ctc_head": params["ctc_head"]}},
+            batch["audio_features"], lengths, deterministic=not dropout,
+            rngs={"dropout": rng} if dropout else None)  # [B, T', V + 1]
+        labels, paddings = ctc_lib.transcript_labels(batch["input_ids"], batch["loss_mask"], not_transcript)
+        return ctc_lib.ctc_loss(log_probs, frames, labels, paddings, ctc_model.blank_id)
+
     def loss_fn(params, batch, rng):
+        if ctc_model is not None:
+            return ctc_loss_fn(params, batch, rng)
         params = lora_lib.merge_in_tree(params, lcfg)
         ids = batch["input_ids"]
         logits = model.apply({"params": params}, ids, **model_inputs(batch), deterministic=not dropout,
@@ -154,10 +206,15 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         return (next(it) for _ in range(int(get(config, "eval_batches", 0) or 0)))
 
     flops = {name: 3.0 * matmul_flops_per_token(cfg.text, int(spec["max_len"])) * int(spec["max_len"])
-             for name, spec in datasets.items()}
-    load = None
-    if get(config, "init_from", "") or get(config, "init_checkpoint", ""):
-        load = lambda params: load_pretrained_weights(params, config)  # noqa: E731
+             for name, spec in datasets.items()} if objective == "lm" else 0.0  # the LM's; not counted for CTC
+    if objective == "ctc" and any(plain(spec).get("pack") for spec in datasets.values()):
+        raise ValueError("objective 'ctc' reads one clip per row: packing (pack: true) is not supported with it")
+    cmvn = int(dcfg.get("cmvn_utterances", 0) or 0) > 0
+
+    def load(params):
+        if get(config, "init_from", "") or get(config, "init_checkpoint", ""):
+            params = load_pretrained_weights(params, config)
+        return cmvn_from_data(params, config, tokenizer, cfg) if cmvn else params
     def batch_spec():
         tile = (cfg.vision.image_size, cfg.vision.image_size, cfg.vision.num_channels)
 
@@ -173,7 +230,9 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
 
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
-                flops_per_example=flops, load_pretrained=load,
+                flops_per_example=flops,
+                load_pretrained=load if cmvn or get(config, "init_from", "") or get(config, "init_checkpoint", "")
+                else None,
                 make_eval_data=make_eval_data if int(get(config, "eval_batches", 0) or 0) else None,
                 batch_spec=batch_spec, model=model, model_config=cfg, tokenizer=tokenizer, lora_config=lcfg)
     return task

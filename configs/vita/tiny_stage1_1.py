@@ -7,5 +7,5 @@ from configs.vita.tiny_base import base_config, shapes
 
 def get_config():
     config = base_config("1.1")
-    config.data.datasets = dict(captions=shapes("captions", 208))
+    config.data.datasets = dict(captions=shapes("captions", 216))
     return config

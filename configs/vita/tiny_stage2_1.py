@@ -8,6 +8,6 @@ from configs.vita.tiny_base import base_config, shapes
 def get_config():
     config = base_config("2.1")
     config.init_from = "workdirs/vita_tiny_s1_3"
-    config.optimizer.lr = 2e-3
+    config.optimizer.lr = 3e-3
     config.data.datasets = dict(asr=shapes("asr", 184))
     return config

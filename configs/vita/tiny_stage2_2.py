@@ -7,5 +7,5 @@ def get_config():
     config = base_config("2.2")
     config.init_from = "workdirs/vita_tiny_s2_1"
     config.optimizer.lr = 5e-4
-    config.data.datasets = dict(spoken_qa=shapes("spoken_qa", 216), asr=shapes("asr", 184, weight=0.3))
+    config.data.datasets = dict(spoken_qa=shapes("spoken_qa", 224), asr=shapes("asr", 184, weight=0.3))
     return config

@@ -1,0 +1,53 @@
+"""The VITA miniature's plumbing that needs no training: the ASR data and the text stage 0 share one query (so the
+frozen LM of stage 2.1 meets a task it was taught), the ASR data says the answer words too, and the figures file
+is read from the reports with None where a figure was not measured."""
+import json
+
+import numpy as np
+
+from common.data import scene_text
+from vita_jax import data as data_lib
+from vita_jax import reproduce
+
+
+def test_repeat_text_and_asr_share_the_query():
+    repeat = data_lib.make_source({"source": "shapes_scene_text", "kind": "repeat"}, "train")
+    asr = data_lib.ShapesVitaSource("asr", "train", 4)
+    for i in range(4):
+        user, answer = (turn["value"] for turn in repeat[i]["conversations"])
+        assert user == data_lib.ASR_QUERY + answer  # the words on the line after the ASR prompt, repeated
+        record = asr[i]
+        assert record["conversations"][0]["value"] == data_lib.ASR_QUERY + "<audio>"
+        assert record["conversations"][1]["value"] == record["text"]
+
+
+def test_asr_utterances_include_the_answer_words():
+    texts = [scene_text.utterance(np.random.default_rng([0, i])) for i in range(300)]
+    words = {w for t in texts for w in t.split()}
+    assert {"yes", "no", "two", "three"} <= words  # answers as they are said
+    assert any(t.startswith(("what", "how", "where", "is")) for t in texts)  # questions
+    assert any(t.startswith("a ") for t in texts)  # captions
+    assert all(t == t.lower() and not any(c.isdigit() for c in t) for t in texts)
+
+
+def test_figures_read_both_reports(tmp_path):
+    main = {"asr_wer_after_2.0_ctc": 4.0, "asr_wer_after_2.1": 18.0, "asr_wer_after_2.2": 12.0,
+            "image_qa_after_1.3": 50.0, "total_seconds": 600.0, "seed": 0, "scale": 1.0,
+            "spoken_qa_after_2.2": {"typed_accuracy": 60.0, "spoken_accuracy": 57.0, "noise_recall": 95.0,
+                                    "noise_precision": 90.0, "spoken_state_ok": 100.0, "typed_state_ok": 100.0}}
+    (tmp_path / "report.json").write_text(json.dumps(main))
+    figures = reproduce.figures(str(tmp_path))
+    assert figures["asr_wer_after_2_1"] == 18.0 and figures["minutes_stages_0_to_2_2"] == 10.0
+    np.testing.assert_allclose(figures["spoken_over_typed"], 0.95)
+    assert figures["decoder_answers_recognised"] is None and figures["duplex_transcript_correct"] is None
+
+    speech = {"total_seconds": 120.0, "spoken_answer_transcript_wer": 30.0,
+              "spoken_answer_transcript_wer_espeak_control": 20.0,
+              "template_recogniser": {"chance": 0.04, "decoder_true_answers_vs_codec_templates": 0.5},
+              "duplex": {"answered_in_speech": 100.0, "transcript_correct": 40.0, "noise_silent": 75.0}}
+    (tmp_path / "report_speech.json").write_text(json.dumps(speech))
+    reproduce.write_figures(str(tmp_path))
+    figures = json.loads((tmp_path / "vita_mini.json").read_text())
+    assert figures["decoder_answers_recognised"] == 50.0 and figures["recogniser_chance"] == 4.0
+    assert figures["duplex_transcript_correct"] == 40.0 and figures["minutes_stages_3_1_to_3_2"] == 2.0
+    assert figures["asr_wer_decoder_answers"] == 30.0 and figures["asr_wer_espeak_answers"] == 20.0
