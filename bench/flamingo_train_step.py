@@ -40,7 +40,7 @@ from lm_train_step import emit, measure_matmul_peak
 
 from common import trainer as trainer_lib
 from common.lm import REMAT_POLICIES, LMConfig
-from common.lm_task import next_token_loss
+from common.losses import shifted_next_token_loss
 from common.optimizer import make_optimizer
 from common.vision.clip import CLIPVisionConfig
 from flamingo_jax import presets as fl_configs
@@ -121,7 +121,7 @@ def jax_stepper(cfg, ids, pixels):
         del rng
         logits = model.apply({"params": p}, batch["input_ids"], pixel_values=batch["images"])
         mask = jnp.ones(batch["input_ids"].shape, jnp.float32)
-        return next_token_loss(logits[:, :-1], batch["input_ids"][:, 1:], mask[:, 1:])
+        return shifted_next_token_loss(logits, batch["input_ids"], mask)
 
     task = trainer_lib.Task(init_params=None, loss_fn=loss_fn, make_train_data=None)
     holder = {"state": trainer_lib.TrainState.create(params, opt.tx)}

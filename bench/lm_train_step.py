@@ -36,8 +36,8 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.lm import DecoderLM, matmul_flops_per_token
-from common.losses import next_token_loss as fused_next_token_loss
+from common.lm import DecoderLM, head_kernel, matmul_flops_per_token
+from common.losses import shifted_next_token_loss
 from configs import models
 
 
@@ -94,12 +94,10 @@ def next_token_loss(logits, ids):
 
 
 def fused_loss(model, params, ids):
-    """Mean next-token CE from the final hidden states, fused with the LM head (no [B, T, V] logits)."""
-    hidden = model.apply({"params": params}, ids, return_hidden=True)
-    hidden = model.apply({"params": params}, hidden, method=lambda m, h: m.final_norm(h))
-    kernel = (params["embed"]["embedding"].T if model.config.tie_word_embeddings
-              else params["lm_head"]["kernel"])
-    return fused_next_token_loss(hidden, ids, kernel=kernel)
+    """Mean next-token CE from the final hidden states, fused with the LM head (no [B, T, V] logits): the
+    trainer's LM loss."""
+    hidden = model.apply({"params": params}, ids, return_hidden=True)  # [B, T, E], after the final norm
+    return shifted_next_token_loss(hidden, ids, jnp.ones(ids.shape, bool), kernel=head_kernel(params, model.config))[0]
 
 
 def make_train_step(model, tx, loss: str = "fused"):

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from common.data.packing import PackingSpec, packed_model_inputs, padding_fraction
 from common.data.pipeline import Collate, build_dataset
 from common.lm import DecoderLM, LMConfig
-from common.lm_task import next_token_loss
+from common.losses import shifted_next_token_loss
 from common.provenance import provenance
 
 # LLaVA-1.5 mix665k (paper Table 7): source -> (samples, has an image, median text tokens, lognormal sigma). The
@@ -114,7 +114,7 @@ def llava_setup(samples: int, seed: int):
     def loss_fn(trainable, frozen, batch):
         logits = model.apply({"params": {**trainable, **frozen}}, batch["input_ids"], **model_inputs(batch))
         ids = batch["input_ids"]
-        return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])[0]
+        return shifted_next_token_loss(logits, ids, batch["loss_mask"])[0]
 
     trainable = {k: v for k, v in params.items() if k != "vision_tower"}
     frozen = {"vision_tower": params["vision_tower"]}
@@ -140,7 +140,7 @@ def asr_setup(samples: int, seed: int):
         logits = model.apply({"params": trainable}, batch["input_ids"], attention_mask=batch["attention_mask"],
                              **packed_model_inputs(batch))
         ids = batch["input_ids"]
-        return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])[0]
+        return shifted_next_token_loss(logits, ids, batch["loss_mask"])[0]
 
     return items, ASR_ROW, None, loss_fn, (params, {})
 

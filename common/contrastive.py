@@ -69,8 +69,7 @@ class DualEncoder(nn.Module):
         """[B, T] token ids (right padded) -> unit-norm [B, P], read at each row's last real token."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, bool)
-        hidden = self.text(input_ids, attention_mask, return_hidden=True)  # [B, T, E]
-        hidden = self.text.final_norm(hidden)
+        hidden = self.text(input_ids, attention_mask, return_hidden=True)  # [B, T, E], after the final norm
         last = jnp.maximum(jnp.sum(attention_mask.astype(jnp.int32), axis=1) - 1, 0)  # [B]
         pooled = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0].astype(jnp.float32)  # [B, E]
         return _unit(self.text_projection(pooled))

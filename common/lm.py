@@ -352,9 +352,8 @@ class DecoderLM(nn.Module):
         return self.embed(input_ids)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """[B, T, E] final hidden states -> float32 logits [B, T, V]."""
-        h = self.final_norm(hidden)
-        logits = self.embed.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)
+        """[B, T, E] final hidden states (after the final norm) -> float32 logits [B, T, V]."""
+        logits = self.embed.attend(hidden) if self.config.tie_word_embeddings else self.lm_head(hidden)
         return constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
 
     def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None, *,
@@ -362,7 +361,9 @@ class DecoderLM(nn.Module):
                  segment_ids: jax.Array | None = None, cache: KVCache | None = None, block_inputs: Any = None,
                  return_hidden: bool = False):
         """Returns float32 logits [B, T, V]; with `cache`, (logits, updated cache); with
-        `return_hidden`, the final hidden states (before the final norm) instead of logits.
+        `return_hidden`, the final hidden states [B, T, E] the LM head reads (after the final norm, as HF's
+        `last_hidden_state`) instead of logits: `common.losses.next_token_loss(..., kernel=head_kernel(...))`
+        fuses the head with the loss from them.
 
         attention_mask [B, T]: 1 for real tokens, 0 for padding (left or right). position_ids [B, T]
         default to the slot index (0..T-1 after any cached tokens), as transformers' forward does.
@@ -428,6 +429,7 @@ class DecoderLM(nn.Module):
             bias = jnp.asarray(alibi_slopes(cfg.num_heads, cfg.alibi_bias_max))[None, :, None, None] * key_slots
 
         x, new_kv = self.decoder(x, cache_kv, position_ids, mask, bias, start, block_inputs)
+        x = self.final_norm(x)  # [B, T, E]
         out = x if return_hidden else self.logits(x)
         if cache is None:
             return out
@@ -440,6 +442,13 @@ def _check_ids(input_ids: jax.Array, vocab_size: int) -> None:
         raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
     if not jnp.issubdtype(input_ids.dtype, jnp.integer):
         raise ValueError(f"input_ids must be integers, got {input_ids.dtype}")
+
+
+def head_kernel(lm_params: Any, config: LMConfig) -> jax.Array:
+    """The LM head's kernel [E, V] in the compute dtype, from a DecoderLM's (unboxed) parameters: the embedding
+    table's transpose when the embeddings are tied, else lm_head/kernel."""
+    kernel = lm_params["embed"]["embedding"].T if config.tie_word_embeddings else lm_params["lm_head"]["kernel"]
+    return kernel.astype(dtype_of(config.dtype))
 
 
 def abstract_params(config: LMConfig) -> Any:

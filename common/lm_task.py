@@ -9,10 +9,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from common import bundled_text
-from common.lm import DecoderLM, LMConfig, matmul_flops_per_token
+from common.lm import DecoderLM, LMConfig, head_kernel, matmul_flops_per_token
+from common.losses import next_token_loss
 from common.trainer import DataShard, Task
 
 
@@ -21,17 +21,6 @@ def lm_config_from(model_config) -> LMConfig:
     if "rope_scaling" in fields:
         fields["rope_scaling"] = tuple(tuple(item) for item in fields["rope_scaling"])
     return LMConfig(**fields)
-
-
-def next_token_loss(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, dict]:
-    """Masked mean cross-entropy of float32 logits [B, T, V] against targets [B, T]; aux: tokens, accuracy."""
-    loss_mask = loss_mask.astype(jnp.float32)
-    tokens = loss_mask.sum()
-    denominator = jnp.maximum(tokens, 1.0)
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, T]
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return (cross_entropy * loss_mask).sum() / denominator, {
-        "tokens": tokens, "accuracy": (correct * loss_mask).sum() / denominator}
 
 
 def token_splits_from(data_config) -> dict[str, np.ndarray]:
@@ -63,8 +52,8 @@ def make_task(config, workdir: str | None = None) -> Task:
 
     def loss_fn(params, batch, rng):
         del rng  # no dropout in the LM core
-        logits = model.apply({"params": params}, batch["inputs"])  # [B, T, V]
-        return next_token_loss(logits, batch["targets"], batch["loss_mask"])
+        hidden = model.apply({"params": params}, batch["inputs"], return_hidden=True)  # [B, T, E]
+        return next_token_loss(hidden, batch["targets"], batch["loss_mask"], kernel=head_kernel(params, lm_config))
 
     def make_train_data(shard: DataShard):
         return {"text": bundled_text.TokenWindowIterator(splits["train"], seq_len, int(config.batch_size),

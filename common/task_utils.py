@@ -1,6 +1,8 @@
 """Helpers every family's training task shares: plain values from ml_collections configs, copying a pretrained
 (or earlier-stage) parameter tree into a fresh one by path and shape (`graft`), reading a training workdir's
-latest parameters (`restore_params`) and its config (`restore_config`), and the LoRA settings of a config."""
+latest parameters (`restore_params`) and its config (`restore_config`), the LoRA settings of a config, and the
+two functions a multimodal LM task gives the trainer: its parameter initialiser (`init_params_fn`, adapters
+included) and its next-token loss on the answer tokens (`lm_loss_fn`, fused with the LM head)."""
 from __future__ import annotations
 
 import logging
@@ -8,11 +10,14 @@ import os
 import re
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from common import lora as lora_lib
+from common.lm import LMConfig, head_kernel
+from common.losses import shifted_next_token_loss
 
 log = logging.getLogger("common.task_utils")
 
@@ -52,6 +57,43 @@ def lora_config_from(config, prefix: str = "lm/") -> lora_lib.LoraConfig | None:
         return None
     return lora_lib.LoraConfig(rank=int(lcfg["rank"]), alpha=float(lcfg.get("alpha", 2 * int(lcfg["rank"]))),
                                targets=tuple(lcfg.get("targets") or lora_lib.ALL_LINEAR), prefix=prefix)
+
+
+def init_params_fn(model: nn.Module, example_inputs: tuple, lora_config: lora_lib.LoraConfig | None = None,
+                   extra_params=None):
+    """rng -> the model's random (boxed) parameters for `model.init(rng, *example_inputs)`, plus `extra_params(rng)`
+    (parameters outside the model, e.g. VITA's CTC head) and, with `lora_config`, the adapters under params['lora']
+    (`common.lora`)."""
+
+    def init_params(rng):
+        params = dict(model.init(rng, *example_inputs)["params"])
+        if extra_params is not None:
+            params.update(extra_params(jax.random.fold_in(rng, 2)))
+        if lora_config is not None:
+            params["lora"] = lora_lib.init(nn.unbox(params), lora_config, jax.random.fold_in(rng, 1))
+        return params
+
+    return init_params
+
+
+def lm_loss_fn(model: nn.Module, lm_config: LMConfig, model_inputs, lora_config: lora_lib.LoraConfig | None = None,
+               dropout: bool = False, lm_path: str = "lm"):
+    """The trainer's `loss_fn` of a (multimodal) LM: `model.apply(params, batch['input_ids'], **model_inputs(batch))`
+    to its final hidden states [B, T, E], then the mean next-token cross-entropy on the tokens of
+    batch['loss_mask'] (the answers), fused with the LM head (`common.losses`: no [B, T, V] logits are formed).
+    lm_path: where the DecoderLM's parameters sit in the tree ('' = the root); LoRA adapters are merged in first;
+    dropout: the model runs with deterministic=False and the step's rng."""
+
+    def loss_fn(params, batch, rng):
+        params = lora_lib.merge_in_tree(params, lora_config)
+        ids = batch["input_ids"]
+        stochastic = dict(deterministic=False, rngs={"dropout": rng}) if dropout else {}
+        hidden = model.apply({"params": params}, ids, **model_inputs(batch), **stochastic,
+                             return_hidden=True)  # [B, T, E]
+        kernel = head_kernel(params[lm_path] if lm_path else params, lm_config)  # [E, V]
+        return shifted_next_token_loss(hidden, ids, batch["loss_mask"], kernel=kernel)
+
+    return loss_fn
 
 
 def _flat(tree) -> dict[str, object]:

@@ -7,6 +7,7 @@ Both torch layouts of the resampler and the gated block map here: OpenFlamingo /
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 from collections.abc import Callable, Iterator
@@ -15,9 +16,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from common.hf.checkpoint import (CheckpointError, Path, Target, fill_params, iter_tensors, linear_from_heads,
-                                  linear_to_heads, read_config, transpose)
-from common.hf.lm import config_from_hf, lm_rule
+from common.hf.checkpoint import (CheckpointError, Gather, Path, Target, fill_params, identity, iter_tensors,
+                                  linear_from_heads, linear_to_heads, named, read_config, save_tensors, transpose)
+from common.hf.lm import comparable, config_from_hf, lm_rule
 from common.hf.vision import clip_rule
 from common.vision.clip import CLIPVisionConfig
 from flamingo_jax.gated_cross_attention import GatedXAttnConfig
@@ -25,10 +26,6 @@ from flamingo_jax.model import Flamingo, FlamingoConfig, abstract_params, block_
 from flamingo_jax.perceiver_resampler import ResamplerConfig
 
 Rule = Callable[[str, np.ndarray], "list[Target] | None"]
-
-
-def _identity(a: np.ndarray) -> np.ndarray:
-    return a
 
 
 def _kv_half(heads: int, head_dim: int, half: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -91,7 +88,7 @@ def resampler_rule(cfg: ResamplerConfig, naming: str, prefix: Path = ("resampler
 
     def targets(entry, path_prefix: Path) -> list[Target]:
         entries = entry if isinstance(entry, list) else [entry]
-        return [Target(path_prefix + inner, (), transform or _identity) for inner, transform in entries]
+        return [Target(path_prefix + inner, (), transform or identity) for inner, transform in entries]
 
     def rule(name: str, tensor: np.ndarray) -> list[Target] | None:
         if not name.startswith(hf_prefix):
@@ -104,14 +101,18 @@ def resampler_rule(cfg: ResamplerConfig, naming: str, prefix: Path = ("resampler
             return targets(layer[match.group(2)], prefix + (f"layers_{match.group(1)}",))
         return None
 
-    return rule
+    layer_name = "blocks.{}.{}" if naming == "idefics" else "layers.{}.{}"
+    names = [hf_prefix + layer_name.format(i, inner) for i in range(cfg.depth) for inner in layer]
+    return named(rule, names + [hf_prefix + inner for inner in top])
 
 
 def block_names(cfg: GatedXAttnConfig, naming: str) -> dict:
     """Per-block map (torch name -> (our inner path, transform)) for 'open_flamingo' (flamingo-pytorch) or 'idefics'."""
     h, d = cfg.num_heads, cfg.head_dim
     to_heads, from_heads = linear_to_heads(h, d), linear_from_heads(h, d)
-    flat = lambda a: a.reshape(-1)  # noqa: E731  alphas [1] / [1, 1, E] -> [1] / [E]
+    # alphas: torch [1] (OpenFlamingo; IDEFICS alpha_type 'float') or [1, 1, E] (IDEFICS 'vector') -> [1] / [E]
+    torch_alpha = (lambda s: (1, 1) + tuple(s)) if naming == "idefics" and cfg.alpha_shape == "vector" else tuple
+    flat = Gather(lambda a: a.reshape(-1), torch_alpha, "alpha")
     if naming == "open_flamingo":
         return {
             "attn.norm.weight": (("attn_norm", "scale"), None), "attn.norm.bias": (("attn_norm", "bias"), None),
@@ -149,7 +150,7 @@ def block_targets(config: FlamingoConfig, naming: str, index: int, name: str) ->
         return None
     path, leaf_index = block_param_location(config, index)
     entries = entry if isinstance(entry, list) else [entry]
-    return [Target(path + inner, leaf_index, transform or _identity) for inner, transform in entries]
+    return [Target(path + inner, leaf_index, transform or identity) for inner, transform in entries]
 
 
 def torch_params(rule: Rule, state_dict: dict, abstract: Any) -> dict:
@@ -231,8 +232,10 @@ def _merge_decoupled(tensors: Iterator[tuple[str, np.ndarray]]) -> Iterator[tupl
 
 
 def idefics_rule(config: FlamingoConfig) -> Rule:
+    """IDEFICS v1 tensor names -> our Flamingo tree (the decoupled embedding merged first: `_merge_decoupled`). Its
+    `names` (for saving) are those of one embedding / head of the whole vocabulary (additional_vocab_size 0)."""
     lm = lm_rule(config.lm, "llama", prefix=("lm",), block_every=config.cross_attn_every)
-    vision = clip_rule(config.vision, prefix=("vision",), hf_prefix="model.vision_model.")
+    vision = clip_rule(config.vision, prefix=("vision",), hf_prefix="model.")  # model.vision_model.*
     resampler = resampler_rule(config.resampler, "idefics", hf_prefix="model.perceiver_resampler.") \
         if config.resampler is not None else (lambda name, tensor: None)
     block_re = re.compile(r"model\.gated_cross_attn_layers\.(\d+)\.(.+)")
@@ -247,7 +250,68 @@ def idefics_rule(config: FlamingoConfig) -> Rule:
             return block_targets(config, "idefics", int(match.group(1)), match.group(2))
         return lm(name, tensor)
 
-    return rule
+    blocks = [f"model.gated_cross_attn_layers.{i}.{inner}" for i in range(config.num_blocks)
+              for inner in block_names(config.xattn, "idefics")]
+    vision_names = [n for n in vision.names if n.startswith("model.vision_model.")]
+    return named(rule, [*lm.names, *vision_names, *getattr(resampler, "names", ()), *blocks])
+
+
+# Fields of the sub-configs that an IDEFICS config.json does not hold: compute and layout settings, and the
+# initialiser of the projections (a trained model's weights are what they are).
+_NOT_IDEFICS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl", "attention_block_size",
+                "kernel_init")
+
+
+def _comparable(config: FlamingoConfig) -> dict:
+    def fields(sub):
+        return None if sub is None else {k: v for k, v in dataclasses.asdict(sub).items() if k not in _NOT_IDEFICS}
+
+    xattn = fields(config.xattn)
+    xattn["ff_intermediate_size"] = config.xattn.ff_intermediate_size or config.xattn.ff_mult * config.lm.hidden_size
+    xattn.pop("ff_mult")  # the width it gives is compared above
+    return dict(lm=comparable(config.lm), xattn=xattn, resampler=fields(config.resampler),
+                vision=fields(config.vision), image_token_id=config.image_token_id,
+                cross_attn_every=config.cross_attn_every, block_position=config.position,
+                vision_features=config.vision_features, media_width=config.media_width)
+
+
+def idefics_config_to_hf(config: FlamingoConfig) -> dict:
+    """FlamingoConfig -> an IDEFICS v1 config.json dict (one embedding of the whole vocabulary: additional_vocab_size
+    0, the <image> id stored as image_token_id). Raises CheckpointError naming every setting IDEFICS cannot express
+    (an OpenFlamingo-style block, a GELU resampler, ...): the dict is read back with `idefics_config` and must give
+    the same model."""
+    lm, x, r, v = config.lm, config.xattn, config.resampler, config.vision
+    if not isinstance(v, CLIPVisionConfig):
+        raise CheckpointError(f"IDEFICS has a CLIP vision tower; this Flamingo has {type(v).__name__}")
+    hf = dict(model_type="idefics", architectures=["IdeficsForVisionText2Text"], vocab_size=lm.vocab_size,
+              additional_vocab_size=0, hidden_size=lm.hidden_size, intermediate_size=lm.intermediate_size,
+              num_hidden_layers=lm.num_layers, num_attention_heads=lm.num_heads,
+              max_position_embeddings=lm.max_position_embeddings, rms_norm_eps=lm.norm_eps, hidden_act="silu",
+              tie_word_embeddings=lm.tie_word_embeddings, rope_theta=float(lm.rope_theta),
+              cross_layer_interval=config.cross_attn_every, qk_layer_norms=x.qk_norm,
+              alpha_type="vector" if x.alpha_shape == "vector" else "float", use_resampler=r is not None,
+              image_token_id=config.image_token_id,
+              vision_config=dict(embed_dim=v.hidden_size, image_size=v.image_size, patch_size=v.patch_size,
+                                 num_channels=v.num_channels, intermediate_size=v.intermediate_size,
+                                 num_hidden_layers=v.num_layers, num_attention_heads=v.num_heads, hidden_act=v.act,
+                                 layer_norm_eps=v.layer_norm_eps),
+              perceiver_config=dict(use_resampler=r is not None))
+    if r is not None:
+        hf["perceiver_config"].update(resampler_depth=r.depth, resampler_n_heads=r.num_heads,
+                                      resampler_head_dim=r.head_dim, resampler_n_latents=r.num_latents,
+                                      qk_layer_norms_perceiver=r.qk_norm)
+    back = idefics_config(hf, lm.dtype, config.image_token_id, lm.scan_layers)
+    ours, theirs = _comparable(config), _comparable(back)
+    reasons = []
+    for key in ours:
+        if isinstance(ours[key], dict) and isinstance(theirs[key], dict):
+            reasons += [f"{key}.{k}: {ours[key].get(k)!r} (IDEFICS: {theirs[key].get(k)!r})"
+                        for k in sorted(set(ours[key]) | set(theirs[key])) if ours[key].get(k) != theirs[key].get(k)]
+        elif ours[key] != theirs[key]:
+            reasons.append(f"{key}: {ours[key]!r} (IDEFICS: {theirs[key]!r})")
+    if reasons:
+        raise CheckpointError(f"this Flamingo has no IDEFICS counterpart: {'; '.join(reasons)}")
+    return hf
 
 
 def load_hf(path: str, dtype: Any = None, mesh: jax.sharding.Mesh | None = None, image_token_id: int | None = None,
@@ -272,6 +336,35 @@ def load_hf(path: str, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
     params = fill_params(_merge_decoupled(iter_tensors(path)), idefics_rule(config), nn.unbox(boxed), dtype=dtype,
                          shardings=shardings, source=path)
     return model, params
+
+
+def save_hf(out_dir: str, module: Flamingo, params, tokenizer=None, *, dtype: Any = None,
+            max_shard_bytes: int = 5 * 2**30) -> str:
+    """(Flamingo, plain params) -> an IDEFICS v1 checkpoint directory that transformers'
+    `IdeficsForVisionText2Text.from_pretrained` and our `load_hf` read: config.json (`idefics_config_to_hf`, which
+    refuses a Flamingo IDEFICS cannot express), model.safetensors (sharded past `max_shard_bytes`; tensors in `dtype`,
+    default the parameters'), and the tokenizer's files when given. Every parameter must have a tensor name, else a
+    CheckpointError names the ones without. Returns out_dir."""
+    import json
+    import os
+
+    from common.hf import save_tokenizer_files
+
+    hf = idefics_config_to_hf(module.config)
+    leaves = jax.tree.leaves(params)
+    stored = np.dtype(dtype) if dtype is not None else np.dtype(leaves[0].dtype)
+    hf.update(torch_dtype=stored.name)
+    if tokenizer is not None:
+        hf.update({f"{k}_token_id": getattr(tokenizer, f"{k}_id") for k in ("bos", "eos", "pad")
+                   if getattr(tokenizer, f"{k}_id", None) is not None})
+    os.makedirs(out_dir, exist_ok=True)
+    save_tensors(out_dir, params, idefics_rule(module.config), dtype=dtype, max_shard_bytes=max_shard_bytes,
+                 source="IDEFICS model")
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2)
+    if tokenizer is not None:
+        save_tokenizer_files(tokenizer, out_dir)
+    return out_dir
 
 
 def idefics_text_time(input_ids: Any, image_token_id: int, eos_token_id: int | None = None) -> Any:

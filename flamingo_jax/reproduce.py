@@ -73,7 +73,7 @@ def image_reliance_losses(config, params, num_batches: int = 6) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from common.lm_task import next_token_loss
+    from common.losses import shifted_next_token_loss
     from common.trainer import DataShard
     from flamingo_jax.gated_cross_attention import text_time_from_ids
     from flamingo_jax.task import make_task
@@ -90,7 +90,7 @@ def image_reliance_losses(config, params, num_batches: int = 6) -> dict:
             text_time = jnp.where(at_image if where else ~at_image, text_time, 0)
         logits = task.model.apply({"params": p}, ids, pixel_values=b["images"], attention_mask=b["attention_mask"],
                                   text_time=text_time)
-        return next_token_loss(logits[:, :-1], ids[:, 1:], b["loss_mask"][:, 1:])[0]
+        return shifted_next_token_loss(logits, ids, b["loss_mask"])[0]
 
     modes = {"own": lambda b: (b, None), "other": lambda b: (dict(b, images=jnp.roll(b["images"], 1, axis=0)), None),
              "zero": lambda b: (dict(b, images=jnp.zeros_like(b["images"])), None),

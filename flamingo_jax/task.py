@@ -47,13 +47,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
-from common.data.packing import packed_batch_spec, packed_model_inputs, packing_from_config
-from common.data.pipeline import Collate, collated_batch_spec, task_iterator
+from common.data.packing import packed_model_inputs, packing_from_config
+from common.data.pipeline import Collate
 from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
-from common.lm_task import next_token_loss
-from common.task_utils import get, graft, keep_tokenizer, plain, restore_params
+from common.task_data import MediaShapes, TaskData
+from common.task_utils import get, graft, keep_tokenizer, lm_loss_fn, plain, restore_params
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
-from common.trainer import DataShard, Task
+from common.trainer import Task
 from flamingo_jax import data as data_lib
 from flamingo_jax.gated_cross_attention import GatedXAttnConfig
 from flamingo_jax.model import Flamingo, FlamingoConfig, train_flops_per_example
@@ -260,27 +260,22 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
             return model.init(rng, kw["pixel_values"][:, 0], ids)["params"]
         return model.init(rng, ids, **kw)["params"]
 
-    def loss_fn(params, batch, rng):
-        del rng  # no dropout
-        ids = batch["input_ids"]
-        if stage == "contrastive":  # one image per pair: images [B, 1, H, W, C]
-            image, text, scale = model.apply({"params": params}, batch["images"][:, 0], ids, batch["attention_mask"])
-            return contrastive_loss(image, text, scale, valid=batch["attention_mask"].any(axis=1))
+    def model_inputs(batch):
+        """Keyword inputs of the model (Flamingo, or the bare LM of stage lm) for a collated or packed batch."""
         packed = packed_model_inputs(batch)  # packed rows: attention, positions and media stay per sample
         if stage == "lm" or "images" not in batch:
             packed.pop("image_segment_ids", None)
-            if stage == "lm":
-                logits = model.apply({"params": params}, ids, batch["attention_mask"], **packed)
-            else:
-                logits = model.apply({"params": params}, ids, attention_mask=batch["attention_mask"], **packed)
-        else:
-            logits = model.apply({"params": params}, ids, pixel_values=batch["images"],
-                                 attention_mask=batch["attention_mask"], **packed)
-        return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
+            return {"attention_mask": batch["attention_mask"], **packed}
+        return {"attention_mask": batch["attention_mask"], "pixel_values": batch["images"], **packed}
 
-    def collate_for(spec):
-        return Collate(int(spec["max_len"]), pad_id, max_images=spec.get("max_images", 1) if
-                       "text" not in spec["source"] else None)
+    def contrastive_loss_fn(params, batch, rng):
+        del rng  # no dropout
+        image, text, scale = model.apply({"params": params}, batch["images"][:, 0], batch["input_ids"],
+                                         batch["attention_mask"])  # one image per pair: images [B, 1, H, W, C]
+        return contrastive_loss(image, text, scale, valid=batch["attention_mask"].any(axis=1))
+
+    loss_fn = (contrastive_loss_fn if stage == "contrastive" else
+               lm_loss_fn(model, cfg.lm, model_inputs, lm_path="" if stage == "lm" else "lm"))
 
     def packing_for(spec):
         """`pack: true` (stages flamingo / lm): several samples per row; image slots per row default to twice a
@@ -290,25 +285,21 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         images = None if "text" in spec["source"] else 2 * int(spec.get("max_images", 1))
         return packing_from_config(spec, dcfg, pad_id, images)
 
-    def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
-        spec = {"raw_image_size": image_size, "convert_image_modes": bool(dcfg.get("convert_image_modes", False)),
-                **spec}
-        source = data_lib.make_source(spec, split)
-        transform = (data_lib.make_pair_transform(spec, tokenizer, image_size) if stage == "contrastive" else
-                     data_lib.make_transform(spec, tokenizer, image_size))
-        batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
-        collate = collate_for(spec)
-        return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
-                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=None,
-                             packing=packing_for(spec))
+    def make_transform(spec):
+        return (data_lib.make_pair_transform(spec, tokenizer, image_size) if stage == "contrastive" else
+                data_lib.make_transform(spec, tokenizer, image_size))
 
-    def make_train_data(shard: DataShard):
-        return {name: iterator(name, spec, shard, "train", True) for name, spec in datasets.items()}
-
-    def make_eval_data(shard: DataShard):
-        name, spec = sorted(datasets.items())[0]
-        it = iterator(name, spec, shard, "validation", False)
-        return (next(it) for _ in range(int(get(config, "eval_batches", 0))))
+    image = (image_size, image_size, 3)
+    data = TaskData(
+        config, {name: {"raw_image_size": image_size,
+                        "convert_image_modes": bool(dcfg.get("convert_image_modes", False)), **spec}
+                 for name, spec in datasets.items()},
+        make_source=data_lib.make_source, make_transform=make_transform,
+        collate_for=lambda spec: Collate(int(spec["max_len"]), pad_id, max_images=spec.get("max_images", 1) if
+                                         "text" not in spec["source"] else None),
+        packing_for=packing_for,
+        media_shapes=lambda spec: MediaShapes(
+            images=None if "text" in spec["source"] else (int(spec.get("max_images", 1)),) + image))
 
     flops = {}
     text_lm = model.config.text if stage == "contrastive" else cfg.lm
@@ -334,22 +325,8 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         load_first = load or (lambda params: params)
         load = lambda params: load_vision(load_first(params), config, cfg)  # noqa: E731
 
-    def batch_spec():
-        image = (image_size, image_size, 3)
-
-        def one(spec):
-            batch, packing = int(spec.get("batch_size") or config.batch_size), packing_for(spec)
-            if packing is not None:
-                return packed_batch_spec(packing, batch, None if packing.max_images is None else image)
-            return collated_batch_spec(collate_for(spec), batch, images=None if "text" in spec["source"] else
-                                       (int(spec.get("max_images", 1)),) + image)
-
-        return {name: one(spec) for name, spec in datasets.items()}
-
-    task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
-                dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
-                flops_per_example=flops, load_pretrained=load,
-                make_eval_data=make_eval_data if int(get(config, "eval_batches", 0)) else None,
-                named_rows=new_token_rows(tokenizer), batch_spec=batch_spec, model=model, model_config=cfg,
-                tokenizer=tokenizer, extras={"stage": stage})
-    return task
+    return Task(init_params=init_params, loss_fn=loss_fn, make_train_data=data.train_data,
+                dataset_weights=data.weights, flops_per_example=flops, load_pretrained=load,
+                make_eval_data=data.eval_data if data.eval_batches else None, named_rows=new_token_rows(tokenizer),
+                batch_spec=data.batch_spec, model=model, model_config=cfg, tokenizer=tokenizer,
+                extras={"stage": stage})

@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import logging
 
-import flax.linen as nn
-import jax
-
 from common import lora as lora_lib
-from common.data.packing import packed_batch_spec, packed_model_inputs, packing_from_config
-from common.data.pipeline import Collate, collated_batch_spec, task_iterator
+from common.data.packing import packed_model_inputs, packing_from_config
+from common.data.pipeline import Collate
 from common.lm import LMConfig, matmul_flops_per_token
-from common.lm_task import next_token_loss
+from common.task_data import MediaShapes, TaskData
+from common.task_utils import (get as _get, graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from,
+                               plain as _plain, restore_params)
 from common.tokenizers import IMAGE_TOKEN, padded_vocab_size
-from common.task_utils import get as _get, graft, keep_tokenizer, lora_config_from, plain as _plain, restore_params
-from common.trainer import DataShard, Task
+from common.trainer import Task
 from common.vision.clip import CLIPVisionConfig
 from llava_jax import data as data_lib
 from llava_jax.model import Llava, LlavaConfig, example_inputs
@@ -136,59 +134,30 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     cfg = llava_config_from(config.model, tokenizer)
     model = Llava(cfg)
     lcfg = lora_config_from(config)
+    dcfg = _plain(config.data)
     datasets = _plain(config.data.get("datasets") or {})
-    if _plain(config.data).get("json"):  # users' own data: one LLaVA JSON file + its image folder
-        dcfg = _plain(config.data)
+    if dcfg.get("json"):  # users' own data: one LLaVA JSON file + its image folder
         datasets = {"own": dict(source="llava_json", json=dcfg["json"], image_dir=dcfg.get("image_dir", ""),
                                 max_len=int(dcfg.get("max_len", 2048)))}
     if not datasets:
         raise ValueError("no training data: set config.data.datasets, or config.data.json + config.data.image_dir")
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
-
-    def init_params(rng):
-        params = model.init(rng, *example_inputs(cfg))["params"]
-        if lcfg is not None:
-            params = dict(params)
-            params["lora"] = lora_lib.init(nn.unbox(params), lcfg, jax.random.fold_in(rng, 1))
-        return params
-
-    def loss_fn(params, batch, rng):
-        del rng  # no dropout
-        params = lora_lib.merge_in_tree(params, lcfg)
-        ids = batch["input_ids"]
-        logits = model.apply({"params": params}, ids, **model_inputs(batch))  # [B, T, V]
-        return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
-
-    def collate_for(spec):
-        return Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_images", 1)))
+    text_only = lambda spec: spec.get("text_only", dcfg.get("text_only", False))  # noqa: E731
+    image = example_inputs(cfg)[1].shape[2:]  # one image: [S, S, C] (anyres: [crops, S, S, C])
 
     def packing_for(spec):
         """`pack: true` (data-wide or per dataset): several samples per row of max_len, image slots per row by
         default as many as whole images the row's tokens can hold."""
-        text_only = spec.get("text_only", _plain(config.data).get("text_only", False))
-        images = None if text_only else max(1, int(spec["max_len"]) // (cfg.tokens_per_crop + 1))
-        return packing_from_config(spec, _plain(config.data), pad_id, images)
+        images = None if text_only(spec) else max(1, int(spec["max_len"]) // (cfg.tokens_per_crop + 1))
+        return packing_from_config(spec, dcfg, pad_id, images)
 
-    def iterator(name, spec, shard: DataShard, split: str, shuffle: bool, epochs):
-        source = data_lib.make_source(spec, split)
-        transform = make_transform(config, tokenizer, cfg, spec)
-        batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
-        dcfg = _plain(config.data)
-        collate = collate_for(spec)
-        return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
-                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=epochs,
-                             packing=packing_for(spec))
-
-    def make_train_data(shard: DataShard):
-        return {name: iterator(name, spec, shard, "train", True, None) for name, spec in datasets.items()}
-
-    def make_eval_data(shard: DataShard):
-        n = int(_get(config, "eval_batches", 0) or 0)
-        if not n:
-            return iter(())
-        name, spec = sorted(datasets.items())[0]
-        it = iterator(name, spec, shard, "validation", False, None)
-        return (next(it) for _ in range(n))
+    data = TaskData(
+        config, datasets, make_source=data_lib.make_source,
+        make_transform=lambda spec: make_transform(config, tokenizer, cfg, spec),
+        collate_for=lambda spec: Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_images", 1))),
+        packing_for=packing_for,
+        media_shapes=lambda spec: MediaShapes(
+            images=None if text_only(spec) else (int(spec.get("max_images", 1)),) + image))
 
     eval_cfg = _plain(_get(config, "eval_vqa", {}) or {})
 
@@ -199,36 +168,19 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         res = evaluate_shapes_vqa(model, params, tokenizer, num_questions=int(eval_cfg["num_questions"]),
                                   split=eval_cfg.get("split", "validation"),
                                   image_size=int(eval_cfg.get("image_size", cfg.vision.image_size)),
-                                  template=eval_cfg.get("template", _plain(config.data).get("template", "vicuna_v1")),
+                                  template=eval_cfg.get("template", dcfg.get("template", "vicuna_v1")),
                                   max_new_tokens=int(eval_cfg.get("max_new_tokens", 8)))
         return {"vqa_accuracy": res["accuracy"]}
-
-    flops = {}
-    for name, spec in datasets.items():
-        length = int(spec["max_len"])
-        flops[name] = 3.0 * matmul_flops_per_token(cfg.text, length) * length
 
     load = None
     if _get(config, "init_from", "") or any((_plain(_get(config, "init_checkpoint", {}) or {})).values()):
         load = lambda params: load_pretrained_weights(params, config, cfg)  # noqa: E731
 
-    def batch_spec():
-        image = example_inputs(cfg)[1].shape[2:]  # one image: [S, S, C] (anyres: [crops, S, S, C])
-        text_only = lambda spec: spec.get("text_only", _plain(config.data).get("text_only", False))  # noqa: E731
-        def one(spec):
-            batch = int(spec.get("batch_size") or config.batch_size)
-            packing = packing_for(spec)
-            if packing is not None:
-                return packed_batch_spec(packing, batch, None if text_only(spec) else image)
-            return collated_batch_spec(collate_for(spec), batch,
-                                       images=None if text_only(spec) else (int(spec.get("max_images", 1)),) + image)
-
-        return {name: one(spec) for name, spec in datasets.items()}
-
-    task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
-                dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
-                flops_per_example=flops, load_pretrained=load,
-                make_eval_data=make_eval_data if int(_get(config, "eval_batches", 0) or 0) else None,
-                evaluate=evaluate if int(eval_cfg.get("num_questions", 0) or 0) else None, batch_spec=batch_spec,
+    return Task(init_params=init_params_fn(model, example_inputs(cfg), lcfg),
+                loss_fn=lm_loss_fn(model, cfg.text, model_inputs, lcfg),
+                make_train_data=data.train_data, dataset_weights=data.weights,
+                flops_per_example={name: 3.0 * matmul_flops_per_token(cfg.text, int(spec["max_len"]))
+                                   * int(spec["max_len"]) for name, spec in datasets.items()},
+                load_pretrained=load, make_eval_data=data.eval_data if data.eval_batches else None,
+                evaluate=evaluate if int(eval_cfg.get("num_questions", 0) or 0) else None, batch_spec=data.batch_spec,
                 model=model, model_config=cfg, tokenizer=tokenizer, lora_config=lcfg)
-    return task

@@ -10,7 +10,7 @@ import pytest
 
 from common.layers import positions_within_segments
 from common.lm import DecoderLM, LMConfig
-from common.lm_task import next_token_loss
+from common.losses import shifted_next_token_loss
 from common.params import random_params
 
 CFG = LMConfig(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=48,
@@ -95,11 +95,11 @@ class PackedGradientsTest(chex.TestCase):
 
         def packed_loss(p):
             logits = model.apply({"params": p}, ids, segment_ids=seg)
-            return next_token_loss(logits[:, :-1], ids[:, 1:], jnp.asarray(targets_packed)[:, 1:])[0]
+            return shifted_next_token_loss(logits, ids, jnp.asarray(targets_packed))[0]
 
         def padded_loss(p):
             logits = model.apply({"params": p}, jnp.asarray(padded), jnp.asarray(padded_mask))
-            return next_token_loss(logits[:, :-1], jnp.asarray(padded)[:, 1:], jnp.asarray(padded_mask)[:, 1:])[0]
+            return shifted_next_token_loss(logits, jnp.asarray(padded), jnp.asarray(padded_mask))[0]
 
         loss_p, grads_p = self.variant(jax.value_and_grad(packed_loss))(params)
         loss_u, grads_u = self.variant(jax.value_and_grad(padded_loss))(params)

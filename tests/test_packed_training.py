@@ -12,7 +12,7 @@ import pytest
 from common.data.packing import PackingSpec, packed_model_inputs
 from common.data.pipeline import Collate, build_dataset
 from common.lm import DecoderLM, LMConfig
-from common.lm_task import next_token_loss
+from common.losses import shifted_next_token_loss
 from common.params import random_params
 
 pytestmark = pytest.mark.slow  # a (short) training
@@ -44,7 +44,7 @@ def loss_fn(model, params, batch):
     logits = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
                          **packed_model_inputs(batch))
     ids = batch["input_ids"]
-    return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])[0]
+    return shifted_next_token_loss(logits, ids, batch["loss_mask"])[0]
 
 
 def test_packed_and_padded_training_follow_the_same_loss_curve():

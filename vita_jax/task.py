@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import logging
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from common import lora as lora_lib
-from common.data.packing import packed_batch_spec, packed_model_inputs, packing_from_config
-from common.data.pipeline import Collate, collated_batch_spec, task_iterator
+from common.data.packing import packed_model_inputs, packing_from_config
+from common.data.pipeline import Collate
 from common.lm import LMConfig, matmul_flops_per_token
-from common.lm_task import next_token_loss
-from common.task_utils import get, graft, keep_tokenizer, lora_config_from, plain, restore_params
+from common.task_data import MediaShapes, TaskData
+from common.task_utils import (get, graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from, plain,
+                               restore_params)
 from common.tokenizers import padded_vocab_size
-from common.trainer import DataShard, Task
+from common.trainer import Task
 from common.vision.intern_vit import InternViTConfig
 from vita_jax import ctc as ctc_lib
 from vita_jax import conversation
@@ -133,33 +131,72 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     model = Vita(cfg)
     lcfg = lora_config_from(config)
     datasets = plain(config.data.get("datasets") or {})
-    if not datasets:
-        raise ValueError("no training data: set config.data.datasets")
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     dcfg = plain(config.data)
     # fixed audio frames per batch (static shapes): at least max_audio_seconds of fbank frames (longer clips are
     # skipped as too_long by the transform, never cut by the collation)
     max_frames = max(int(dcfg.get("max_audio_frames", 0) or 0), int(float(dcfg.get("max_audio_seconds", 30.0)) * 100))
     dropout = cfg.audio.dropout_rate > 0 or cfg.audio.positional_dropout_rate > 0 or cfg.vision.drop_path_rate > 0
+    tile = (cfg.vision.image_size, cfg.vision.image_size, cfg.vision.num_channels)
+
+    def packing_for(spec):
+        """`pack: true`: several samples per row; per row by default 4x a sample's tiles and, for speech data,
+        4 clips of max_audio_frames each."""
+        tiles = 4 * int(spec.get("max_tiles_per_sample", 1))
+        return packing_from_config(spec, dcfg, pad_id, tiles, 4 if has_audio(spec) else None,
+                                   max_frames if has_audio(spec) else None)
+
+    data = TaskData(
+        config, datasets, make_source=data_lib.make_source,
+        make_transform=lambda spec: make_transform(config, tokenizer, cfg, spec),
+        collate_for=lambda spec: Collate(int(spec["max_len"]), pad_id,
+                                         max_images=int(spec.get("max_tiles_per_sample", 1)),
+                                         max_audio_frames=max_frames if has_audio(spec) else None),
+        packing_for=packing_for,
+        media_shapes=lambda spec: MediaShapes(  # a batch without speech holds 0 audio frames
+            images=(int(spec.get("max_tiles_per_sample", 1)),) + tile,
+            audio=(max_frames if has_audio(spec) else 0, cfg.audio.input_dim)))
 
     objective = get(config, "objective", "lm")
     if objective not in ("lm", "ctc"):
         raise ValueError(f"objective must be 'lm' or 'ctc', got {objective!r}")
-    ctc_model = ctc_lib.SpeechCTC(cfg) if objective == "ctc" else None
+    ctc_head = None
+    if objective == "ctc":
+        if any(spec.get("pack", dcfg.get("pack")) for spec in datasets.values()):
+            raise ValueError("objective 'ctc' reads one clip per row: packing (pack: true) is not supported with it")
+        loss_fn, ctc_head = _ctc_loss_fn(cfg, tokenizer, dropout)
+    else:
+        loss_fn = lm_loss_fn(model, cfg.text, model_inputs, lcfg, dropout=dropout)
+    flops = {name: 3.0 * matmul_flops_per_token(cfg.text, int(spec["max_len"])) * int(spec["max_len"])
+             for name, spec in datasets.items()} if objective == "lm" else 0.0  # the LM's; not counted for CTC
+
+    cmvn = int(dcfg.get("cmvn_utterances", 0) or 0) > 0
+    load = None
+    if cmvn or get(config, "init_from", "") or get(config, "init_checkpoint", ""):
+        def load(params):
+            if get(config, "init_from", "") or get(config, "init_checkpoint", ""):
+                params = load_pretrained_weights(params, config)
+            return cmvn_from_data(params, config, tokenizer, cfg) if cmvn else params
+
+    return Task(init_params=init_params_fn(model, example_inputs(cfg), lcfg, extra_params=ctc_head),
+                loss_fn=loss_fn, make_train_data=data.train_data, dataset_weights=data.weights,
+                flops_per_example=flops, load_pretrained=load,
+                make_eval_data=data.eval_data if data.eval_batches else None, batch_spec=data.batch_spec,
+                model=model, model_config=cfg, tokenizer=tokenizer, lora_config=lcfg)
+
+
+def _ctc_loss_fn(cfg: VitaConfig, tokenizer, dropout: bool):
+    """(loss_fn, rng -> {'ctc_head': params}) of stage 2.0: the speech encoder + a CTC head over the LM's vocabulary
+    on the transcripts (the answer tokens, state tokens and end of text left out); the encoder's parameters are
+    Vita's own (shared by path)."""
+    ctc_model = ctc_lib.SpeechCTC(cfg)
     not_transcript = [tokenizer.token_to_id(t) for t in conversation.STATE_TOKENS.values()] + [tokenizer.eos_id]
 
-    def init_params(rng):
-        params = model.init(rng, *example_inputs(cfg))["params"]
-        if ctc_model is not None:  # Vita's parameters + the CTC head (the encoder is shared by path)
-            frames = jnp.zeros((1, 16, cfg.audio.input_dim), jnp.float32)
-            head = ctc_model.init(jax.random.fold_in(rng, 2), frames, jnp.array([16]))["params"]["ctc_head"]
-            params = {**params, "ctc_head": head}
-        if lcfg is not None:
-            params = dict(params)
-            params["lora"] = lora_lib.init(nn.unbox(params), lcfg, jax.random.fold_in(rng, 1))
-        return params
+    def head_params(rng):
+        frames = jnp.zeros((1, 16, cfg.audio.input_dim), jnp.float32)
+        return {"ctc_head": ctc_model.init(rng, frames, jnp.array([16]))["params"]["ctc_head"]}
 
-    def ctc_loss_fn(params, batch, rng):
+    def loss_fn(params, batch, rng):
         lengths = batch["audio_mask"].astype(jnp.int32).sum(-1)  # [B] fbank frames
         log_probs, frames = ctc_model.apply(
             {"params": {"audio_encoder": params["audio_encoder"], "ctc_head": params["ctc_head"]}},
@@ -168,71 +205,4 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         labels, paddings = ctc_lib.transcript_labels(batch["input_ids"], batch["loss_mask"], not_transcript)
         return ctc_lib.ctc_loss(log_probs, frames, labels, paddings, ctc_model.blank_id)
 
-    def loss_fn(params, batch, rng):
-        if ctc_model is not None:
-            return ctc_loss_fn(params, batch, rng)
-        params = lora_lib.merge_in_tree(params, lcfg)
-        ids = batch["input_ids"]
-        logits = model.apply({"params": params}, ids, **model_inputs(batch), deterministic=not dropout,
-                             rngs={"dropout": rng} if dropout else None)  # [B, T, V]
-        return next_token_loss(logits[:, :-1], ids[:, 1:], batch["loss_mask"][:, 1:])
-
-    def collate_for(spec):
-        return Collate(int(spec["max_len"]), pad_id, max_images=int(spec.get("max_tiles_per_sample", 1)),
-                       max_audio_frames=max_frames if has_audio(spec) else None)
-
-    def packing_for(spec):
-        """`pack: true`: several samples per row; per row by default 4x a sample's tiles and, for speech data,
-        4 clips of max_audio_frames each."""
-        tiles = 4 * int(spec.get("max_tiles_per_sample", 1))
-        return packing_from_config(spec, plain(config.data), pad_id, tiles, 4 if has_audio(spec) else None,
-                                   max_frames if has_audio(spec) else None)
-
-    def iterator(name, spec, shard: DataShard, split: str, shuffle: bool, epochs):
-        source = data_lib.make_source(spec, split)
-        transform = make_transform(config, tokenizer, cfg, spec)
-        batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
-        collate = collate_for(spec)
-        return task_iterator(name, source, transform, batch_size=batch, shard=(shard.index, shard.count),
-                             seed=config.seed, data_config=dcfg, collate=collate, shuffle=shuffle, num_epochs=epochs,
-                             packing=packing_for(spec))
-
-    def make_train_data(shard: DataShard):
-        return {name: iterator(name, spec, shard, "train", True, None) for name, spec in datasets.items()}
-
-    def make_eval_data(shard: DataShard):
-        name, spec = sorted(datasets.items())[0]
-        it = iterator(name, spec, shard, "validation", False, None)
-        return (next(it) for _ in range(int(get(config, "eval_batches", 0) or 0)))
-
-    flops = {name: 3.0 * matmul_flops_per_token(cfg.text, int(spec["max_len"])) * int(spec["max_len"])
-             for name, spec in datasets.items()} if objective == "lm" else 0.0  # the LM's; not counted for CTC
-    if objective == "ctc" and any(plain(spec).get("pack") for spec in datasets.values()):
-        raise ValueError("objective 'ctc' reads one clip per row: packing (pack: true) is not supported with it")
-    cmvn = int(dcfg.get("cmvn_utterances", 0) or 0) > 0
-
-    def load(params):
-        if get(config, "init_from", "") or get(config, "init_checkpoint", ""):
-            params = load_pretrained_weights(params, config)
-        return cmvn_from_data(params, config, tokenizer, cfg) if cmvn else params
-    def batch_spec():
-        tile = (cfg.vision.image_size, cfg.vision.image_size, cfg.vision.num_channels)
-
-        def one(spec):
-            batch, packing = int(spec.get("batch_size") or config.batch_size), packing_for(spec)
-            if packing is not None:
-                return packed_batch_spec(packing, batch, tile, cfg.audio.input_dim)
-            return collated_batch_spec(
-                collate_for(spec), batch, images=(int(spec.get("max_tiles_per_sample", 1)),) + tile,
-                audio=(max_frames, cfg.audio.input_dim) if has_audio(spec) else (0, cfg.audio.input_dim))
-
-        return {name: one(spec) for name, spec in datasets.items()}
-
-    task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
-                dataset_weights={name: float(spec.get("weight", 1.0)) for name, spec in datasets.items()},
-                flops_per_example=flops,
-                load_pretrained=load if cmvn or get(config, "init_from", "") or get(config, "init_checkpoint", "")
-                else None,
-                make_eval_data=make_eval_data if int(get(config, "eval_batches", 0) or 0) else None,
-                batch_spec=batch_spec, model=model, model_config=cfg, tokenizer=tokenizer, lora_config=lcfg)
-    return task
+    return loss_fn, head_params

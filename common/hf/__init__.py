@@ -136,5 +136,29 @@ def save(path: str, module: nn.Module, params: Any, model_type: str | None = Non
     return path
 
 
+def save_tokenizer_files(tokenizer, out_dir: str) -> None:
+    """The tokenizer as HF tokenizer files: tokenizer.json (a `tokenizers` tokenizer) or tokenizer.model +
+    added_tokens.json (SentencePiece, `<image>` and other added tokens with their ids), and tokenizer_config.json
+    with the bos / eos / pad tokens. `common.tokenizers.load_tokenizer(out_dir)` reads them back."""
+    from common.tokenizers import HFJsonTokenizer, SentencePieceTokenizer
+
+    specials = {f"{k}_token": tokenizer.id_to_token(getattr(tokenizer, f"{k}_id")) for k in ("bos", "eos", "pad")
+                if getattr(tokenizer, f"{k}_id", None) is not None}
+    os.makedirs(out_dir, exist_ok=True)
+    if isinstance(tokenizer, HFJsonTokenizer):
+        tokenizer.tok.save(os.path.join(out_dir, "tokenizer.json"))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **specials}
+    elif isinstance(tokenizer, SentencePieceTokenizer):
+        with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
+            f.write(tokenizer.sp.serialized_model_proto())
+        with open(os.path.join(out_dir, "added_tokens.json"), "w") as f:
+            json.dump(dict(sorted(tokenizer._added.items(), key=lambda kv: kv[1])), f, indent=1)
+        config = dict(specials)
+    else:
+        raise CheckpointError(f"cannot save a {type(tokenizer).__name__} as HF tokenizer files")
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+
+
 __all__ = ["Architecture", "ARCHITECTURES", "CheckpointError", "load", "load_from_config", "model_type_for",
-           "register", "save", "jnp"]
+           "register", "save", "save_tokenizer_files", "jnp"]

@@ -1,5 +1,7 @@
 """IDEFICS v1 (HF `IdeficsForVisionText2Text`, random weights) -> `flamingo_jax.load_hf`: logits equal within 1e-4
-for several configurations (cross_layer_interval, alpha_type, qk_layer_norms, perceiver on / off)."""
+for several configurations (cross_layer_interval, alpha_type, qk_layer_norms, perceiver on / off); and back:
+`flamingo_jax.save_hf` writes a directory transformers loads with the same logits, and refuses a Flamingo that
+IDEFICS cannot express."""
 import chex
 import numpy as np
 import pytest
@@ -7,7 +9,9 @@ import torch
 from flamingo_testlib import jit_apply
 from transformers import IdeficsConfig, IdeficsForVisionText2Text
 
-from flamingo_jax import load_hf
+from common.hf.checkpoint import CheckpointError
+import flamingo_jax
+from flamingo_jax import Flamingo, load_hf
 from flamingo_jax.hf import idefics_text_time
 
 V, IMG = 50, 51  # base vocabulary; <fake_token_around_image> = 50, <image> = 51 (additional vocabulary of 2)
@@ -70,6 +74,46 @@ def test_idefics_logits_match(name, save_hf):
     # the images matter: other pixels change the logits after the first image
     other = np.asarray(jit_apply(ours)(params, ids, px[:, ::-1], text_time=text_time))
     assert np.abs(other - out).max() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["every2_vector_qknorm_perceiver", "every2_no_perceiver"])
+def test_saved_idefics_loads_in_transformers_with_the_same_logits(name, save_hf, tmp_path):
+    """load_hf -> save_hf -> transformers: the logits of the original model, from one embedding of the whole
+    vocabulary (additional_vocab_size 0) instead of the decoupled one; load_hf reads the export back exactly."""
+    model = build_idefics(**CONFIGS[name])
+    ours, params = load_hf(save_hf(model))
+    out_dir = str(tmp_path / "export")
+    flamingo_jax.save_hf(out_dir, ours, params)
+    exported = IdeficsForVisionText2Text.from_pretrained(out_dir).eval()
+    assert exported.config.additional_vocab_size == 0 and exported.config.cross_layer_interval == \
+        CONFIGS[name]["cross_layer_interval"]
+    ids = np.array([[1, 7, IMG, 9, 10, IMG, 12, 2, 14], [3, IMG, 5, 6, 7, 8, IMG, 20, 4]])
+    px = np.random.RandomState(1).randn(2, 2, 16, 16, 3).astype(np.float32)
+    mask = torch.tensor(np.eye(3)[np.asarray(idefics_text_time(ids, IMG, eos_token_id=2))][..., 1:], dtype=torch.long)
+    inputs = dict(input_ids=torch.tensor(ids), pixel_values=torch.tensor(px).permute(0, 1, 4, 2, 3),
+                  image_attention_mask=mask)
+    with torch.no_grad():
+        want, got = model(**inputs).logits.numpy(), exported(**inputs).logits.numpy()
+    chex.assert_trees_all_close(got, want, atol=1e-4, rtol=0)
+    again, params_again = load_hf(out_dir)
+    assert again.config == ours.config
+    chex.assert_trees_all_close(params_again, params, atol=0, rtol=0)
+
+
+def test_save_refuses_a_flamingo_idefics_cannot_express(tmp_path):
+    """An OpenFlamingo-style Flamingo (LayerNorm + GELU blocks, GELU resampler; the tiny configs') has no IDEFICS
+    counterpart: the error names what differs, and nothing is written."""
+    from configs.flamingo.tiny_base import model as tiny_model
+    from flamingo_jax.task import flamingo_config_from
+
+    fields = tiny_model()
+    fields["lm"]["vocab_size"], fields["image_token_id"] = 64, 5
+    cfg = flamingo_config_from(fields)
+    expected = r"no IDEFICS counterpart: xattn.ff_act: 'gelu' \(IDEFICS: 'silu'\); xattn.ff_gated"
+    with pytest.raises(CheckpointError, match=expected):
+        flamingo_jax.save_hf(str(tmp_path / "out"), Flamingo(cfg), {})
+    assert not (tmp_path / "out").exists()
 
 
 def test_idefics_text_time_matches_the_processor():

@@ -56,14 +56,14 @@ def test_loss_ignores_everything_but_answers():
     """Changing a non-target token's logit target changes nothing; the loss counts exactly the masked tokens."""
     import jax.numpy as jnp
 
-    from common.lm_task import next_token_loss
+    from common.losses import shifted_next_token_loss
 
     logits = jnp.asarray(np.random.RandomState(0).randn(1, 6, 11), jnp.float32)
     ids = jnp.asarray([[1, 2, 3, 4, 5, 6]])
     mask = jnp.asarray([[False, False, False, True, True, False]])
-    loss, aux = next_token_loss(logits[:, :-1], ids[:, 1:], mask[:, 1:])
+    loss, aux = shifted_next_token_loss(logits, ids, mask)
     other = ids.at[0, 2].set(9).at[0, 5].set(10)  # targets outside the answer
-    loss2, _ = next_token_loss(logits[:, :-1], other[:, 1:], mask[:, 1:])
+    loss2, _ = shifted_next_token_loss(logits, other, mask)
     assert float(aux["tokens"]) == 2 and float(loss) == pytest.approx(float(loss2))
 
 
