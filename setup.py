@@ -42,7 +42,7 @@ setup(
     ],
     extras_require={
         # libtpu, matching the installed jax: TPU pods, and ahead-of-time compilation for TPU topologies on any host
-        # (python -m mmlm_jax.plan; tests/test_tpu_plan.py).
+        # (python -m mmlm_jax.plan; tests/common/test_tpu_plan.py).
         "tpu": ["jax[tpu]>=0.10,<0.11"],
         # Parity oracles and the test runner: never needed at run time. Two more oracles are installed with
         # --no-deps by the README / .ci/run test command, since their requirements would pull PyPI's torchvision (which

@@ -34,8 +34,8 @@ $PY -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version
 # 1. correctness on the GPU (opt level 3 = XLA's default, instead of the test suite's CPU-only level 0)
 JAX_DEFAULT_MATMUL_PRECISION=highest XLA_FLAGS="--xla_backend_optimization_level=3" timeout "${TEST_TIMEOUT:-330}" \
   $PY -m pytest -q -p no:cacheprovider -n 14 --continue-on-collection-errors -k "not sharding and not mesh" \
-  ${TESTS:-tests/test_lm_parity.py tests/test_vision_parity.py tests/test_lm_core.py tests/test_generate.py \
-  tests/test_losses.py tests/test_packed_lm.py tests/flamingo/test_idefics_parity.py tests/flamingo/test_open_flamingo_parity.py \
+  ${TESTS:-tests/common/test_lm_parity.py tests/common/test_vision_parity.py tests/common/test_lm_core.py tests/common/test_generate.py \
+  tests/common/test_losses.py tests/common/test_packed_lm.py tests/flamingo/test_idefics_parity.py tests/flamingo/test_open_flamingo_parity.py \
   tests/flamingo/test_model.py tests/flamingo/test_flops.py tests/llava/test_parity.py} \
   2>&1 | tee "$OUT/tests.log" | tail -25
 

@@ -275,7 +275,7 @@ def export(workdir: str, out_dir: str, num_clips: int = 64, step: int | None = N
     """A stage-3.1 workdir -> the release layout `out_dir/{model.json, final.pt}` (style norm calibrated, the voice
     picked from the training data) -> (config, params)."""
     from common.task_utils import restore_config, restore_params
-    from vita_jax.codec import save_original
+    from vita_jax.hf import save_codec
 
     config = restore_config(workdir)
     task = make_task(config, None)
@@ -284,7 +284,7 @@ def export(workdir: str, out_dir: str, num_clips: int = 64, step: int | None = N
     waves = clips_for_calibration(config, cfg, num_clips)
     params = calibrate_style_norm(codec, params, waves)
     cfg = cfg.replace(global_tokens=dominant_voice(codec, params, waves))
-    save_original(out_dir, params, cfg)
+    save_codec(out_dir, params, cfg)
     return cfg, params
 
 

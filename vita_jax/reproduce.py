@@ -95,12 +95,13 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     from vita_jax import data as data_lib
     from vita_jax.codec_train import mel_distance
     from vita_jax.eval import TemplateRecogniser, evaluate_asr, load_model
+    from vita_jax.hf import load_codec
     from vita_jax.inference import Request, generate_batch
     from vita_jax.speech_train import load_speaker, text_use
     from vita_jax.tts import resample
 
     out = {}
-    codec, cparams = codec_lib.load_original(os.path.join(workdir, "stage3_1", "codec"))
+    codec, cparams = load_codec(os.path.join(workdir, "stage3_1", "codec"))
     rate, hop = codec.config.sampling_rate, codec.config.hop_length
     model, params, tok = load_model(os.path.join(workdir, "stage2_2"))
     asr_model, asr_params, asr_tok = load_model(os.path.join(workdir, "stage2_1"))  # the judge: stage 2.1's ASR

@@ -29,7 +29,8 @@ from common.task_utils import get, keep_tokenizer, plain, restore_config, restor
 from common.tokenizers import SAVED_TOKENIZER_FILE
 from common.trainer import DataShard, Task
 from vita_jax import data as data_lib
-from vita_jax.codec import Codec, load_original as load_codec
+from vita_jax.codec import Codec
+from vita_jax.hf import load_codec
 from vita_jax.speech_sources import record_waveform
 from vita_jax.speech_decoder import SpeechDecoder, SpeechDecoderConfig, init_params as init_decoder
 from vita_jax.tts import clean_for_speech

@@ -10,7 +10,7 @@ Tolerances follow the precision of each published figure:
   it), and the LM stand-in has RoPE instead of Chinchilla's relative-position projections, so the 3B total is
   asserted within 3% (measured 3.121B, 2.5% below). The total includes the real NFNet-F6 encoder
   (common/vision/nfnet.py, no classifier): 435,286,116 parameters, the paper's "435M" (timm's dm_nfnet_f6 without
-  its 1000-class head; tests/test_nfnet.py).
+  its 1000-class head; tests/common/test_nfnet.py).
 """
 import sys
 import types

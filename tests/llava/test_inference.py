@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from common.data.shapes import ShapesSource
-from tiny_llava import REPO, random_model
+from tiny_llava_testlib import REPO, random_model
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_greedy_equals_transformers_generate(save_hf, real_images):
     import llava_jax
     from common.generate import GenerationConfig, generate
     from llava_jax.inference import GenerationAdapter
-    from llava_test_utils import clip_pixels, hf_llava, prompts
+    from llava_testlib import clip_pixels, hf_llava, prompts
 
     hf = hf_llava("llama", 42, seed=2)
     module, params = llava_jax.load_hf(save_hf(hf))

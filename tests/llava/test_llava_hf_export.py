@@ -18,8 +18,8 @@ transformers = pytest.importorskip("transformers")
 import llava_jax  # noqa: E402
 from common import lora  # noqa: E402
 from common.hf.checkpoint import CheckpointError  # noqa: E402
-from llava_test_utils import clip_pixels, hf_llava, jit_apply, prompts, random_params  # noqa: E402
-from tiny_llava import load_config, micro  # noqa: E402
+from llava_testlib import clip_pixels, hf_llava, jit_apply, prompts, random_params  # noqa: E402
+from tiny_llava_testlib import load_config, micro  # noqa: E402
 
 TOL = 1e-4
 

@@ -14,7 +14,7 @@ from common.lm import LMConfig
 from common.sharding import activate, make_mesh, params_sharding
 from common.vision.clip import CLIPVisionConfig
 from llava_jax import Llava, LlavaConfig, presets, example_inputs, param_counts, trainable_patterns
-from llava_test_utils import jit_apply, prompts, random_params
+from llava_testlib import jit_apply, prompts, random_params
 
 CONFIG = LlavaConfig(
     text=LMConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64),

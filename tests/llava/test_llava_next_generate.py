@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 import llava_jax  # noqa: E402
 from common.generate import GenerationConfig  # noqa: E402
 from llava_jax.inference import build_batch  # noqa: E402
-from llava_test_utils import IMAGE_TOKEN, hf_llava, next_inputs  # noqa: E402
+from llava_testlib import IMAGE_TOKEN, hf_llava, next_inputs  # noqa: E402
 
 PINPOINTS = [[42, 84], [84, 42], [84, 84], [126, 42], [42, 126]]  # LLaVA-NeXT's five, scaled to 42 px crops
 NEW = 8

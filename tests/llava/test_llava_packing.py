@@ -10,7 +10,7 @@ import pytest
 
 from common.trainer import DataShard
 from llava_jax.task import make_task, model_inputs
-from tiny_llava import load_config, micro
+from tiny_llava_testlib import load_config, micro
 
 pytestmark = pytest.mark.slow  # builds and runs the LLaVA task
 

@@ -11,7 +11,7 @@ import pytest
 from common import lora
 from common.trainer import DataShard
 from llava_jax.task import make_task
-from tiny_llava import load_config, micro
+from tiny_llava_testlib import load_config, micro
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 import common.hf  # noqa: E402
 import llava_jax  # noqa: E402
-from llava_test_utils import (IMAGE_TOKEN, clip_pixels, hf_llava, hf_logits, jit_apply, next_inputs,  # noqa: E402
+from llava_testlib import (IMAGE_TOKEN, clip_pixels, hf_llava, hf_logits, jit_apply, next_inputs,  # noqa: E402
                               prompts)
 
 TOL = 1e-4

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tiny_llava import load_config, micro
+from tiny_llava_testlib import load_config, micro
 
 pytestmark = pytest.mark.slow  # trainings
 

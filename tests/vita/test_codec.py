@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 
 import ticodec_reference as ref  # noqa: E402
 from vita_jax import codec as codec_lib  # noqa: E402
+from vita_jax.hf import codec as codec_hf  # noqa: E402
 
 RELEASE_MODEL_JSON = {  # codec/model.json of VITA-1.5 (docs/vita_release.md, "Speech output")
     "resblock": "1", "upsample_rates": [8, 5, 5, 3], "upsample_kernel_sizes": [16, 11, 11, 5],
@@ -38,8 +39,8 @@ def reference(cfg, seed=0):
         ref.randomize(m, seed + i)
         m.eval()
     as_np = lambda m: {k: v.detach().numpy() for k, v in m.state_dict().items()}  # noqa: E731
-    params = codec_lib.convert_state(as_np(gen), as_np(quant), as_np(enc), cfg)
-    return (gen, enc, quant), codec_lib.check_params(params, cfg)
+    params = codec_hf.convert_state(as_np(gen), as_np(quant), as_np(enc), cfg)
+    return (gen, enc, quant), codec_hf.check_params(params, cfg)
 
 
 def test_release_model_json_is_the_default_config():
@@ -59,7 +60,7 @@ def test_release_size_generator_matches_reference():
     ref.randomize(gen, 0, scale=0.05)
     ref.randomize(quant, 1)
     as_np = lambda m: {k: v.detach().numpy() for k, v in m.state_dict().items()}  # noqa: E731
-    params = codec_lib.check_params(codec_lib.convert_state(as_np(gen), as_np(quant), None, cfg), cfg,
+    params = codec_hf.check_params(codec_hf.convert_state(as_np(gen), as_np(quant), None, cfg), cfg,
                                     with_encoder=False)
     codes = np.random.default_rng(0).integers(0, 1024, (1, 5))
     tokens = np.asarray([cfg.global_tokens])
@@ -114,9 +115,9 @@ def test_training_forward_is_straight_through():
 @pytest.mark.slow
 def test_save_and_load_the_release_layout(tmp_path):
     _, params = reference(TINY, seed=3)
-    codec_lib.save_original(str(tmp_path / "codec"), params, TINY)
+    codec_hf.save_original(str(tmp_path / "codec"), params, TINY)
     assert json.load(open(tmp_path / "codec" / "model.json"))["n_codes"] == 64
-    model, loaded = codec_lib.load_original(str(tmp_path))
+    model, loaded = codec_hf.load_original(str(tmp_path))
     assert model.config == TINY
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, loaded)
 
@@ -130,4 +131,4 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"\[B, N\]"):
         codec.apply({"params": params}, jnp.zeros((1000,)), method="encode")
     with pytest.raises(FileNotFoundError, match="model.json"):
-        codec_lib.load_original("/nonexistent")
+        codec_hf.load_original("/nonexistent")

@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 from tts_decoder_reference import LLM2TTSCodecAR  # noqa: E402
 from vita_jax import speech_decoder as sd  # noqa: E402
+from vita_jax.hf import speech_decoder as decoder_hf  # noqa: E402
 
 CONFIGS = [dict(hidden=32, ffn=64, blocks=4, heads=4, odim=64),  # NAR 2 + AR 4, as the release's 4-block layout
            dict(hidden=24, ffn=40, blocks=3, heads=2, odim=40)]  # odd depth: NAR 1 + AR 3
@@ -23,8 +24,8 @@ def build(c, seed=0):
             if "norm" in name or "layernorm" in name:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape))
     state = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
-    config = sd.config_from_state({k: v.shape for k, v in state.items()}, num_heads=c["heads"])
-    return ref, sd.SpeechDecoder(config), sd.load_state(state, config)
+    config = decoder_hf.config_from_state({k: v.shape for k, v in state.items()}, num_heads=c["heads"])
+    return ref, sd.SpeechDecoder(config), decoder_hf.load_state(state, config)
 
 
 @pytest.mark.parametrize("c", CONFIGS, ids=["4blocks", "3blocks"])
@@ -66,13 +67,13 @@ def test_checkpoint_sizes_and_errors():
     shapes = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     model_json = sd.SpeechDecoderConfig(idim=32, num_codes=64, hidden_size=32, intermediate_size=64, num_layers=4,
                                         num_heads=4).to_model_json()
-    cfg = sd.config_from_state(shapes, model_json)
+    cfg = decoder_hf.config_from_state(shapes, model_json)
     assert (cfg.num_layers, cfg.num_heads, cfg.num_codes, cfg.vocab_size, cfg.eos) == (4, 4, 64, 68, 66)
-    with pytest.raises(sd.CheckpointError, match="heads"):
-        sd.config_from_state(shapes)
+    with pytest.raises(decoder_hf.CheckpointError, match="heads"):
+        decoder_hf.config_from_state(shapes)
     model_json[2]["transformer_num_blocks"] = 6
-    with pytest.raises(sd.CheckpointError, match="num_layers=6"):
-        sd.config_from_state(shapes, model_json)
+    with pytest.raises(decoder_hf.CheckpointError, match="num_layers=6"):
+        decoder_hf.config_from_state(shapes, model_json)
     with pytest.raises(ValueError, match="multiple of the speech decoder's idim"):
         sd.text_pieces(jnp.zeros((1, 2, 50)), 32)
     assert sd.text_pieces(jnp.zeros((1, 2, 64)), 32).shape == (1, 4, 32)

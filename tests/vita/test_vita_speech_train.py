@@ -9,8 +9,8 @@ pytest.importorskip("torch")  # the release layout's final.pt
 
 from common.trainer import Trainer
 from configs.vita import tiny_stage3_1, tiny_stage3_2
-from vita_jax import codec as codec_lib
 from vita_jax import codec_discriminators, codec_train, speech_train
+from vita_jax.hf import load_codec
 from vita_jax.train import make_task_for
 
 pytestmark = pytest.mark.slow  # trainings
@@ -86,7 +86,7 @@ def test_codec_then_decoder_stages_end_to_end(tmp_path):
     assert np.isfinite(run31.metrics[-1]["loss"]) and run31.metrics[-1]["codebook_usage"] > 1 / 64
     cfg, params = codec_train.export(str(tmp_path / "s3_1"), str(tmp_path / "codec"), num_clips=4)
     assert float(np.abs(np.asarray(params["encoder"]["global_encoder"]["fn_2"]["running_mean"])).sum()) > 0
-    codec, loaded = codec_lib.load_original(str(tmp_path / "codec"))
+    codec, loaded = load_codec(str(tmp_path / "codec"))
     assert codec.config.global_tokens == cfg.global_tokens
     codes, _ = codec.apply({"params": loaded}, jnp.zeros((1, 1200)), method="encode")
     assert codes.shape == (1, 2)

@@ -1,6 +1,7 @@
 """The one config loader (configs.load_config): names, file paths and stage arguments give the same config; dotted
 overrides from a dict or `--config.a.b=value` arguments; unknown fields and malformed overrides raise."""
 import os
+import pathlib
 
 import pytest
 
@@ -8,7 +9,7 @@ import configs
 from configs import apply_overrides, load_config, split_config_overrides
 from configs.trainer import TRAINER_DEFAULTS, trainer_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = str(pathlib.Path(__file__).resolve().parents[3])  # tests/common/train/ -> the repository
 
 
 def test_every_spelling_loads_the_same_config():

@@ -1,5 +1,7 @@
-"""Loading the released VITA-1.5 layout (VITA-MLLM/VITA-1.5; docs/vita_release.md, "The release folder") into
-`vita_jax.Vita`.
+"""VITA's checkpoint conversion, all of it: the released VITA-1.5 layout (VITA-MLLM/VITA-1.5; docs/vita_release.md,
+"The release folder") into `vita_jax.Vita` (`load_original`, here), and the speech-out parts of `vita_tts_ckpt/`:
+the codec (`load_codec` / `save_codec`, `vita_jax.hf.codec`) and the NAR + AR speech decoder (`load_speech_decoder`,
+`vita_jax.hf.speech_decoder`).
 
 model_dir holds config.json (model_type `vita-Qwen2`: the Qwen2 LM's fields plus mm_* fields) and
 model-0000{1..4}-of-00004.safetensors (+ index) with
@@ -435,3 +437,12 @@ def load_original(model_dir: str, *, audio_dir: str | None = None, vision_tower_
                          source=f"VITA-1.5 ({model_dir})")
     return module, params
 
+
+
+# The speech-out checkpoints (imported last: they need nothing above, and the names stay in this one namespace).
+from vita_jax.hf.codec import load_original as load_codec, save_original as save_codec  # noqa: E402
+from vita_jax.hf.speech_decoder import load_original as load_speech_decoder  # noqa: E402
+
+__all__ = ["AUDIO_DIR_NAME", "AUDIO_PREFIX", "RELEASE_YAML_DEFAULTS", "VISION_PREFIX", "load_cmvn_json", "load_codec",
+           "load_original", "load_speech_decoder", "original_config", "save_codec", "speech_config_from_shapes",
+           "speech_config_from_yaml", "speech_rule", "vision_config_from_shapes"]

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_test_utils import read_metrics, require_devices, run_trainer, step_losses, tiny_test_config, to_numpy
+from train_testlib import read_metrics, require_devices, run_trainer, step_losses, tiny_test_config, to_numpy
 
 from common import optimizer as optimizer_lib
 from common.checkpoints import Checkpointer

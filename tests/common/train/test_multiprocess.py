@@ -4,7 +4,7 @@ import socket
 import subprocess
 
 import numpy as np
-from train_test_utils import read_metrics, run_command, step_losses, subprocess_env, tiny_flags, train_command
+from train_testlib import read_metrics, run_command, step_losses, subprocess_env, tiny_flags, train_command
 import pytest
 
 pytestmark = pytest.mark.slow  # multi-process

@@ -18,7 +18,7 @@ def _kaldi_reference():
 
         return kaldi
     except Exception:
-        path = os.path.join(os.path.dirname(__file__), "_torchaudio_kaldi_ref.py")
+        path = os.path.join(os.path.dirname(__file__), "torchaudio_kaldi_reference.py")
         spec = importlib.util.spec_from_file_location("_torchaudio_kaldi_ref", path)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)

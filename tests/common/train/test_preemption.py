@@ -6,7 +6,7 @@ import subprocess
 import time
 
 import pytest
-from train_test_utils import read_metrics, run_command, subprocess_env, tiny_flags, train_command
+from train_testlib import read_metrics, run_command, subprocess_env, tiny_flags, train_command
 
 from common.checkpoints import Checkpointer, PreemptionWatcher
 

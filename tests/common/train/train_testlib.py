@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from common.lm_task import make_task
 from common.trainer import Trainer
 from configs.lm import tiny
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[3])  # tests/common/train/ -> the repository
 FAST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
