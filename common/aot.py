@@ -19,13 +19,15 @@ import dataclasses
 import math
 import re
 import time
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import topologies
 
 from common.sharding import activate
+from common.trainer import TrainProgram, batch_sharding, mesh_from_config
 
 GB = 1e9
 
@@ -79,8 +81,6 @@ class Topology:
         return math.prod(self.grid) * self.num_slices
 
     def devices(self) -> list:
-        from jax.experimental import topologies
-
         extra = {"num_slices": self.num_slices} if self.num_slices > 1 else {}
         if math.prod(self.grid) < 4:  # a slice smaller than one host (4 chips): the host is the slice
             extra["chips_per_host_bounds"] = tuple(self.grid) + (1,) * (3 - len(self.grid))
@@ -309,8 +309,6 @@ def _refused_plan(program, topology: Topology, batches, message: str, compile_s:
 
 def abstract_batches(program, batch_spec: Mapping[str, Mapping[str, jax.ShapeDtypeStruct]]):
     """Global batch specs -> ShapeDtypeStructs carrying the trainer's batch sharding."""
-    from common.trainer import batch_sharding
-
     return {name: {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(program.mesh, len(x.shape),
                                                                                     program.rules))
                    for k, x in fields.items()} for name, fields in batch_spec.items()}
@@ -321,8 +319,6 @@ def plan_train_step(config, task, topology: Topology, *, keep_hlo: bool = False)
 
     `task.batch_spec()` gives each dataset's global batch as ShapeDtypeStructs; nothing is allocated.
     """
-    from common.trainer import TrainProgram, mesh_from_config
-
     if task.batch_spec is None:
         raise ValueError("this task has no batch_spec: it cannot be planned ahead of time")
     devices = topology.devices()

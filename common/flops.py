@@ -5,10 +5,11 @@ without one (NFNet's grouped convolutions). XLA's `cost_analysis()` is no substi
 from __future__ import annotations
 
 import math
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import jax
+from jax._src.interpreters import partial_eval as pe  # no public DCE; its rules reach into scan / pjit bodies
 from jax.extend import core as jex_core
 
 
@@ -65,8 +66,6 @@ def _sub_jaxprs(params: dict[str, Any]):
 def matmul_flops(fn: Callable, *args, **kwargs) -> float:
     """FLOPs of the matmuls and convolutions `fn(*args, **kwargs)` runs (arguments may be ShapeDtypeStructs),
     after dead-code elimination (as XLA drops them: e.g. a custom_vjp's cotangents for frozen weights)."""
-    from jax._src.interpreters import partial_eval as pe  # no public DCE; its rules reach into scan / pjit bodies
-
     jaxpr = jax.make_jaxpr(fn)(*args, **kwargs).jaxpr
     jaxpr, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
     return _jaxpr_flops(jaxpr)

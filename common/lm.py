@@ -13,8 +13,8 @@ Shapes: B batch, T new tokens, S key slots (T, or the cache length), E width, V 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 
 from common.layers import (MLP, REMAT_POLICIES, MultiHeadAttention, alibi_slopes, apply_rope,  # noqa: F401
-                           causal_dot_product_attention, check_remat_policy, dot_product_attention, dtype_of,
-                           make_norm, positions_within_segments, remat, rope_inverse_frequencies,
-                           same_segment)
+                           causal_dot_product_attention, check_remat_policy, dot_product_attention, dtype_of, make_norm,
+                           positions_within_segments, remat, rope_inverse_frequencies, same_segment)
+from common.params import abstract_params as abstract
+from common.params import counts_by_part
 from common.sharding import constrain, target_platform, with_partitioning
 from common.splash_attention import splash_causal_attention
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,15 +453,11 @@ def head_kernel(lm_params: Any, config: LMConfig) -> jax.Array:
 
 def abstract_params(config: LMConfig) -> Any:
     """Boxed ShapeDtypeStructs of a DecoderLM's parameters (jax.eval_shape: no memory used)."""
-    from common.params import abstract_params as abstract
-
     return abstract(DecoderLM(config), jnp.zeros((1, 8), jnp.int32))
 
 
 def param_counts(config: LMConfig) -> dict[str, int]:
     """Parameters per part (embed, decoder, final_norm, lm_head when untied) and 'total'."""
-    from common.params import counts_by_part
-
     return counts_by_part(abstract_params(config))
 
 

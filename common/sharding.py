@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -83,7 +84,6 @@ def make_mesh(mesh_config: Mapping[str, int] | Sequence[int], devices: Sequence[
         raise ValueError(f"mesh sizes must be positive (or one -1), got {sizes}")
     if math.prod(sizes) != n_devices:
         raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {n_devices}")
-    from jax.experimental import mesh_utils
 
     slices = sorted({getattr(d, "slice_index", 0) or 0 for d in devices})
     if len(slices) > 1:  # multi-slice: the data axis spans the slices over DCN, fsdp / tensor stay within a slice

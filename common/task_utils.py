@@ -5,6 +5,7 @@ two functions a multimodal LM task gives the trainer: its parameter initialiser 
 included) and its next-token loss on the answer tokens (`lm_loss_fn`, fused with the LM head)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,8 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import lora as lora_lib
+from common.checkpoints import CHECKPOINTS_DIR, Checkpointer
 from common.lm import LMConfig, head_kernel
 from common.losses import shifted_next_token_loss
+from common.tokenizers import SAVED_TOKENIZER_FILE, save_tokenizer
+from common.trainer import CONFIG_FILE
 
 log = logging.getLogger("common.task_utils")
 
@@ -44,8 +48,6 @@ def get(config, name, default=None):
 def keep_tokenizer(tokenizer, workdir: str | None) -> None:
     """Saves the run's tokenizer into its workdir at the first start (process 0; `common.tokenizers.save_tokenizer`),
     where every family's `build_tokenizer` reads it back on resume."""
-    from common.tokenizers import SAVED_TOKENIZER_FILE, save_tokenizer
-
     if workdir and not os.path.isfile(os.path.join(workdir, SAVED_TOKENIZER_FILE)) and jax.process_index() == 0:
         save_tokenizer(tokenizer, workdir)
 
@@ -135,11 +137,7 @@ def graft(params, source, prefix: str = "", exclude=(), what: str = "checkpoint"
 
 def restore_config(workdir: str):
     """The training config a workdir was run with (its config.json, written by the trainer) as a ConfigDict."""
-    import json
-
     import ml_collections
-
-    from common.trainer import CONFIG_FILE
 
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
@@ -151,8 +149,6 @@ def restore_config(workdir: str):
 def restore_params(workdir: str, step: int | None = None):
     """Host (numpy) params of a training workdir's checkpoint (latest by default), without its optimizer state
     (`common.checkpoints.Checkpointer.restore_params`)."""
-    from common.checkpoints import CHECKPOINTS_DIR, Checkpointer
-
     root = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no checkpoints in {workdir} (expected {root})")

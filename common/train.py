@@ -11,8 +11,12 @@ import os
 import sys
 from collections.abc import Callable
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
+
+from common.lm_task import make_task
+from common.trainer import Trainer
 
 FLAGS = flags.FLAGS
 if "config" not in FLAGS:  # the module may be both __main__ and imported by a family's train module
@@ -32,8 +36,6 @@ _LAUNCHER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 def maybe_initialize_distributed(mode: str = "auto", coordinator_address: str | None = None,
                                  num_processes: int | None = None, process_id: int | None = None) -> bool:
     """Initialises `jax.distributed` when asked or when the environment says several processes run."""
-    import jax
-
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and "JAX_NUM_PROCESSES" in os.environ:
         num_processes = int(os.environ["JAX_NUM_PROCESSES"])
@@ -60,10 +62,6 @@ class _QuietLibraries(logging.Filter):
 def train(config, workdir: str, make_task: Callable):
     """Builds the task (`make_task(config, workdir)`: every family's `make_task`) and the trainer from `config` and
     runs to completion (or preemption)."""
-    import jax
-
-    from common.trainer import Trainer
-
     trainer = Trainer(config, make_task(config, workdir), workdir)
     try:
         result = trainer.run()
@@ -95,8 +93,6 @@ def run(make_task: Callable) -> None:
 
 
 def _make_lm_task(config, workdir):
-    from common.lm_task import make_task
-
     return make_task(config, workdir)
 
 

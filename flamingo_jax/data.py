@@ -26,11 +26,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.data import shapes
+from common.data import formats, shapes
 from common.data.batching import fit_length, tokenize_segments
 from common.data.pipeline import ImageTextPairTransform, clip_image
 from common.data.records import IMAGE_MARKER_MISMATCH, BadRecord, decode_text
-from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer
+from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, HFJsonTokenizer, train_byte_level_bpe
 from common.tokenizers import build_tokenizer as build_family_tokenizer
 
 SPECIALS = ("<pad>", "<s>", "</s>", IMAGE_TOKEN, END_OF_CHUNK_TOKEN)
@@ -137,8 +137,6 @@ def _corpus() -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _bpe_json(vocab_size: int) -> str:
-    from common.tokenizers import train_byte_level_bpe
-
     return train_byte_level_bpe(_corpus(), vocab_size, SPECIALS, isolate_punctuation=True)
 
 
@@ -330,8 +328,6 @@ class TextTransform:
 
 def make_source(spec: dict, split: str = "train"):
     """A dataset spec -> random-access source of records."""
-    from common.data import formats
-
     source = spec["source"]
     size = spec.get("size")
     seed = int(spec.get("seed", 0)) + (0 if split == "train" else 1000)  # names / text sources: a split = its seeds

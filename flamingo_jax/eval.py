@@ -35,20 +35,22 @@ import os
 import re
 import sys
 import time
-from typing import Any
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from common import metrics
-from common.data import image_ops, shapes
+from common.data import formats, image_ops, shapes
 from common.generate import GenerationConfig, generate
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 from configs import load_config, split_config_overrides
 from flamingo_jax import data as data_lib
 from flamingo_jax.model import FlamingoForGeneration, count_media
+from flamingo_jax.task import flamingo_config_from, restore_params
 
 log = logging.getLogger("flamingo_jax.eval")
 TASKS = ("names", "captions", "vqa")
@@ -212,8 +214,6 @@ def shapes_vqa(num_queries: int, support_size: int, image_size: int, seed: int =
 
 def coco_captions_set(train_json: str, val_json: str, image_dir: str, val_image_dir: str | None, num_queries: int,
                       support_size: int, seed: int = 0) -> EvalSet:
-    from common.data import formats
-
     train = [r for r in formats.coco_captions(train_json, image_dir) if "_bad" not in r]
     rng = np.random.default_rng(seed)
     train = [train[i] for i in rng.permutation(len(train))[:support_size]]
@@ -228,8 +228,6 @@ def coco_captions_set(train_json: str, val_json: str, image_dir: str, val_image_
 
 def vqav2_set(train_q: str, train_a: str, val_q: str, val_a: str, image_dir: str, val_image_dir: str | None,
               num_queries: int, support_size: int, seed: int = 0) -> EvalSet:
-    from common.data import formats
-
     train = formats.vqav2(train_q, train_a, image_dir)
     rng = np.random.default_rng(seed)
     train = [train[i] for i in rng.permutation(len(train))[:support_size]]
@@ -372,15 +370,11 @@ def markdown_table(results: dict, title: str = "") -> str:
 # CLI
 # ----------------------------------------------------------------------------------------------------------------
 def load_runner(config, workdir: str | None, random_init: bool = False, **kwargs) -> FlamingoRunner:
-    import flax.linen as nn
-
-    from flamingo_jax.task import flamingo_config_from, restore_params
-
     tokenizer = data_lib.build_tokenizer(config.get("tokenizer"))
     cfg = flamingo_config_from(config.model, tokenizer)
     if random_init:
-        from flamingo_jax.task import example_batch
         from flamingo_jax.model import Flamingo
+        from flamingo_jax.task import example_batch
 
         ids, kw = example_batch(cfg)
         params = jax.jit(lambda k: nn.unbox(Flamingo(cfg).init(k, ids, **kw)["params"]))(jax.random.key(0))

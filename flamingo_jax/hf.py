@@ -8,14 +8,18 @@ Both torch layouts of the resampler and the gated block map here: OpenFlamingo /
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
-from typing import Any
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from common.hf import save_tokenizer_files
 from common.hf.checkpoint import (CheckpointError, Gather, Path, Target, fill_params, identity, iter_tensors,
                                   linear_from_heads, linear_to_heads, named, read_config, save_tensors, transpose)
 from common.hf.lm import comparable, config_from_hf, lm_rule
@@ -345,11 +349,6 @@ def save_hf(out_dir: str, module: Flamingo, params, tokenizer=None, *, dtype: An
     refuses a Flamingo IDEFICS cannot express), model.safetensors (sharded past `max_shard_bytes`; tensors in `dtype`,
     default the parameters'), and the tokenizer's files when given. Every parameter must have a tensor name, else a
     CheckpointError names the ones without. Returns out_dir."""
-    import json
-    import os
-
-    from common.hf import save_tokenizer_files
-
     hf = idefics_config_to_hf(module.config)
     leaves = jax.tree.leaves(params)
     stored = np.dtype(dtype) if dtype is not None else np.dtype(leaves[0].dtype)
@@ -370,7 +369,6 @@ def save_hf(out_dir: str, module: Flamingo, params, tokenizer=None, *, dtype: An
 def idefics_text_time(input_ids: Any, image_token_id: int, eos_token_id: int | None = None) -> Any:
     """text_time as IDEFICS' processor builds `image_attention_mask`: the 1-based index of the latest <image>, but 0
     for tokens after an end-of-document token (until the next <image>)."""
-    import jax.numpy as jnp
     ids = jnp.asarray(input_ids)
     is_image = ids == image_token_id
     count = jnp.cumsum(is_image, axis=-1, dtype=jnp.int32)

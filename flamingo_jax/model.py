@@ -22,10 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.flops import matmul_flops
 from common.lm import DecoderLM, KVCache, LMConfig, matmul_flops_per_token
+from common.params import abstract_params as abstract
 from common.sharding import constrain
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 from common.vision import build_vision_tower
+from common.vision.clip import CLIPVisionConfig, matmul_flops_per_image
 from flamingo_jax.gated_cross_attention import (GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs,
                                                 media_segments_from_ids, text_time_from_ids)
 from flamingo_jax.perceiver_resampler import PerceiverResampler, ResamplerConfig
@@ -287,8 +290,6 @@ def block_param_location(config: FlamingoConfig, index: int) -> tuple[tuple[str,
 def vision_forward_flops(vision_config) -> float:
     """Forward FLOPs of one image (frame) through the vision tower: the matmul count for a CLIP ViT, the count from
     the forward's jaxpr (`common.flops`) for any other tower (an NFNet's convolutions)."""
-    from common.flops import matmul_flops
-    from common.vision.clip import CLIPVisionConfig, matmul_flops_per_image
     if isinstance(vision_config, CLIPVisionConfig):
         return matmul_flops_per_image(vision_config)
     tower, x = build_vision_tower(vision_config), _one_image(vision_config)
@@ -376,8 +377,6 @@ def init_params(model: Flamingo, rng: jax.Array, **kwargs) -> Any:
 
 def abstract_params(config: FlamingoConfig, **kwargs) -> Any:
     """Boxed ShapeDtypeStructs of every parameter (jax.eval_shape: no memory used); kwargs go to example_inputs."""
-    from common.params import abstract_params as abstract
-
     args, kw = example_inputs(config, **kwargs)
     return abstract(Flamingo(config), *args, **kw)
 

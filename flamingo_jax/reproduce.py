@@ -26,7 +26,18 @@ import logging
 import os
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.losses import shifted_next_token_loss
+from common.train import train
+from common.trainer import DataShard
 from configs import load_config
+from flamingo_jax import eval as fl_eval
+from flamingo_jax import names_diagnostics
+from flamingo_jax.gated_cross_attention import text_time_from_ids
+from flamingo_jax.task import make_task, restore_params
 
 VARIANTS = {"tiny_keyed": "gated, every layer (main)", "tiny_keyed_ungated": "w/o tanh gating, every layer",
             "tiny_keyed_every4": "gated, every 4th layer", "tiny_keyed_middle": "gated, a single block in the middle",
@@ -45,9 +56,6 @@ class Preempted(SystemExit):
 
 
 def _train(config, workdir: str):
-    from common.train import train
-    from flamingo_jax.task import make_task
-
     result = train(config, workdir, make_task)
     if result.preempted:
         raise Preempted(f"{workdir}: preempted at step {result.final_step} of {config.total_steps}; the checkpoint is "
@@ -69,15 +77,6 @@ def image_reliance_losses(config, params, num_batches: int = 6) -> dict:
     is read: own images seen only by the <image> tokens themselves (only_at_image) or by every token but them
     (except_at_image), through the per-token image index (`text_time`; a token that sees no image gets a zero
     cross-attention output)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from common.losses import shifted_next_token_loss
-    from common.trainer import DataShard
-    from flamingo_jax.gated_cross_attention import text_time_from_ids
-    from flamingo_jax.task import make_task
-
     task = make_task(config)
     image_id = task.model.config.image_token_id
 
@@ -137,9 +136,6 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     logging.getLogger().setLevel(logging.INFO)
-    from flamingo_jax import eval as fl_eval
-    from flamingo_jax import names_diagnostics
-    from flamingo_jax.task import make_task, restore_params
 
     recipe = RECIPES[args.recipe]
     variants = [v for v in (args.variants.split(",") if args.variants else recipe["variants"]) if v]

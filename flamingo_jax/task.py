@@ -38,7 +38,6 @@ Config (ml_collections; configs/flamingo/*.py):
 from __future__ import annotations
 
 import dataclasses
-
 import logging
 
 import flax
@@ -49,11 +48,14 @@ import numpy as np
 from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
 from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
+from common.hf.vision import load_timm_nfnet
 from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
 from common.task_data import MediaShapes, TaskData
 from common.task_utils import get, graft, keep_tokenizer, lm_loss_fn, plain, restore_params
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
 from common.trainer import Task
+from common.vision.clip import CLIPVisionConfig
+from common.vision.nfnet import NFNetConfig
 from flamingo_jax import data as data_lib
 from flamingo_jax.gated_cross_attention import GatedXAttnConfig
 from flamingo_jax.model import Flamingo, FlamingoConfig, train_flops_per_example
@@ -64,8 +66,6 @@ log = logging.getLogger("flamingo_jax.task")
 
 def flamingo_config_from(model_config, tokenizer=None) -> FlamingoConfig:
     """config.model -> FlamingoConfig (vocabulary and <image> id from the tokenizer where not given)."""
-    from common.vision.clip import CLIPVisionConfig
-
     m = plain(model_config)
     if m.get("preset"):
         from flamingo_jax.presets import CONFIGS
@@ -194,8 +194,6 @@ def load_vision(params, config, cfg: FlamingoConfig):
         return graft(params, vision, prefix="vision/", what=init["workdir"])
     if not init.get("timm_nfnet"):
         return params
-    from common.hf.vision import load_timm_nfnet
-    from common.vision.nfnet import NFNetConfig
 
     if not isinstance(cfg.vision, NFNetConfig):
         raise ValueError(f"init_vision.timm_nfnet needs an NFNet vision encoder, the model has {type(cfg.vision)}")

@@ -5,11 +5,10 @@ python -m flamingo_jax.train --config configs/flamingo/tiny.py --workdir DIR [--
 Same flags, resume and multi-host behaviour as `common.train`; the task is `flamingo_jax.task.make_task`.
 """
 from common import train as common_train
+from flamingo_jax.task import make_task
 
 
 def _make_task(config, workdir):
-    from flamingo_jax.task import make_task
-
     return make_task(config, workdir)
 
 

@@ -4,19 +4,20 @@ common.lm decoder. Modules: model (Llava, LlavaConfig), projector, anyres, hf (l
 conversation (templates + answer-only loss masks), presets (published model sizes), data + task + train (two-stage
 training, LoRA), inference (generate_batch), chat (CLI), eval (VQA / multiple choice), checkpoint (load / export to HF),
 reproduce (the miniature reproduction)."""
+from llava_jax.hf import load_hf as _load
+from llava_jax.hf import save_hf as _save
+from llava_jax.inference import generate_batch as _generate
 from llava_jax.model import (Llava, LlavaConfig, abstract_params, example_inputs, frozen_patterns, init_params,
                              param_counts, trainable_patterns)
 
 
 def load_hf(path, dtype=None, mesh=None):
     """Local HF llava / llava_next checkpoint dir -> (Llava, params). See llava_jax.hf.load_hf."""
-    from llava_jax.hf import load_hf as _load
     return _load(path, dtype=dtype, mesh=mesh)
 
 
 def save_hf(out_dir, module, params, tokenizer=None, **kwargs):
     """(Llava, plain params) -> HF llava / llava_next checkpoint dir. See llava_jax.hf.save_hf."""
-    from llava_jax.hf import save_hf as _save
     return _save(out_dir, module, params, tokenizer, **kwargs)
 
 
@@ -28,8 +29,6 @@ def load_original(lm_dir, mm_projector_bin=None, vision_tower_dir=None, **kwargs
 
 def generate_batch(model, params, tokenizer, requests, **kwargs):
     """Batched generation over (images, prompt) requests with mixed image counts. See llava_jax.inference."""
-    from llava_jax.inference import generate_batch as _generate
-
     return _generate(model, params, tokenizer, requests, **kwargs)
 
 

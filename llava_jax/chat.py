@@ -14,9 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+import jax
+
+from common.data.image_ops import decode_image
 from common.generate import GenerationConfig
 from common.tokenizers import IMAGE_TOKEN
 from llava_jax import conversation
+from llava_jax.checkpoint import load_model
 from llava_jax.inference import generate_batch
 
 
@@ -36,8 +40,6 @@ class ChatSession:
         self.seed = seed
 
     def ask(self, text: str) -> str:
-        import jax
-
         user, assistant = self.template.roles
         if not self.messages and self.images and IMAGE_TOKEN not in text:
             text = (IMAGE_TOKEN + "\n") * len(self.images) + text
@@ -57,9 +59,6 @@ def main(argv=None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     args = parser.parse_args(argv)
-
-    from common.data.image_ops import decode_image
-    from llava_jax.checkpoint import load_model
 
     module, params, tokenizer, template = load_model(args.checkpoint, args.template)
     images = [decode_image(path, convert_image_modes=True) for path in args.image]  # chat: any photo, made RGB

@@ -14,6 +14,7 @@ express (LLaVA-1's linear projector, the original's placeholder id -200).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -21,11 +22,15 @@ import flax
 import jax
 import numpy as np
 
+from common import lora as lora_lib
 from common.checkpoints import CHECKPOINTS_DIR
+from common.lm import LMConfig
+from common.task_utils import restore_config
 from common.tokenizers import save_tokenizer
-
+from common.vision.clip import CLIPVisionConfig
 from llava_jax import data as data_lib
-from llava_jax.model import Llava
+from llava_jax.model import Llava, LlavaConfig
+from llava_jax.task import llava_config_from, lora_config_from, restore_params
 
 EXPORT_CONFIG = "llava_config.json"
 EXPORT_PARAMS = "llava_params.msgpack"
@@ -38,10 +43,6 @@ def _read_json(path: str) -> dict:
 
 def load_workdir(workdir: str, step: int | None = None):
     """Training workdir -> (Llava, merged params (numpy), tokenizer, template, training config)."""
-    from common import lora as lora_lib
-    from common.task_utils import restore_config
-    from llava_jax.task import llava_config_from, lora_config_from, restore_params
-
     config = restore_config(workdir)
     tokenizer = data_lib.build_tokenizer(config.get("tokenizer"), workdir)
     cfg = llava_config_from(config.model, tokenizer)
@@ -71,8 +72,6 @@ def export(workdir: str, out_dir: str, step: int | None = None, *, format: str =
 
 def save(out_dir: str, module: Llava, params, tokenizer, template: str = "vicuna_v1") -> None:
     """Our own export format (llava_config.json + llava_params.msgpack + tokenizer); `export` writes HF by default."""
-    import dataclasses
-
     os.makedirs(out_dir, exist_ok=True)
     cfg = dataclasses.asdict(module.config)
     with open(os.path.join(out_dir, EXPORT_CONFIG), "w") as f:
@@ -83,10 +82,6 @@ def save(out_dir: str, module: Llava, params, tokenizer, template: str = "vicuna
 
 
 def _config_from_dict(d: dict):
-    from common.lm import LMConfig
-    from common.vision.clip import CLIPVisionConfig
-    from llava_jax.model import LlavaConfig
-
     d = dict(d)
     text = dict(d.pop("text"))
     if text.get("rope_scaling") is not None:

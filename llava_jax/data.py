@@ -31,7 +31,7 @@ from common.data import image_ops, shapes
 from common.data.batching import fit_length
 from common.data.scene_text import CELL_WORDS, VQA_SHORT_ANSWER_PROMPT, ShapesSceneTextSource
 from common.data.shapes import COLOURS, NUMBER_WORDS, SHAPES, ShapesSource
-from common.tokenizers import IMAGE_TOKEN, HFJsonTokenizer
+from common.tokenizers import IMAGE_TOKEN, HFJsonTokenizer, train_byte_level_bpe
 from common.tokenizers import build_tokenizer as build_family_tokenizer
 from llava_jax import conversation
 
@@ -62,8 +62,6 @@ def _shapes_corpus() -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _shapes_bpe_json(vocab_size: int) -> str:
-    from common.tokenizers import train_byte_level_bpe
-
     return train_byte_level_bpe(_shapes_corpus(), vocab_size, SHAPES_SPECIALS)
 
 

@@ -19,24 +19,25 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
 from collections.abc import Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common.hf
 from common.data.image_ops import LLAVA_NEXT_PINPOINTS
 from common.hf import Architecture, load_from_config, register, save_tokenizer_files
 from common.hf.checkpoint import (CheckpointError, Rule, Target, fill_params, identity, iter_tensors, named,
                                   read_config, transpose)
-from common.hf.lm import comparable, config_from_hf, config_to_hf, lm_rule
+from common.hf.lm import comparable, config_from_hf, config_to_hf, infer_model_type, lm_rule
 from common.hf.vision import clip_config_to_hf, clip_rule
+from common.projector import parse_projector_type
 from common.sharding import params_sharding
 from common.vision.clip import CLIPVisionConfig, clip_vit_l14_336
 from llava_jax.model import Llava, LlavaConfig, abstract_params, example_inputs
-from common.projector import parse_projector_type
 
 # transformers' defaults for the fields hub configs leave out of `text_config` (they store only non-defaults).
 TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -172,8 +173,6 @@ def _build(hf: dict, dtype: Any) -> Llava:
 def infer_text_model_type(config: LlavaConfig) -> str:
     """The HF family of the LLM (text_config.model_type): mistral with a sliding window, qwen2 with q/k/v biases
     only, else llama (our LMConfig does not record the family; Vicuna is a llama)."""
-    from common.hf.lm import infer_model_type
-
     return infer_model_type(config.text)
 
 
@@ -246,8 +245,6 @@ def save_hf(out_dir: str, module: Llava, params, tokenizer=None, *, text_model_t
     special-token ids (when given) and, when given, the conversation `template` (an extra config.json field that
     `llava_jax.checkpoint.load_model` reads). Params must hold no LoRA adapters: merge them first
     (`common.lora.merge_in_tree`); anything without a tensor name raises. Returns out_dir."""
-    import common.hf
-
     extra = {}
     if template:
         extra["conversation_template"] = template

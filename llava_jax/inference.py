@@ -20,15 +20,17 @@ image (`anyres.preprocess`, no padding to square), its placeholder count follows
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
+from common.data import image_ops
 from common.generate import GenerationConfig, generate
 from common.tokenizers import IMAGE_TOKEN
-from llava_jax import conversation
+from llava_jax import anyres, conversation
+from llava_jax.data import preprocess_image
 from llava_jax.model import Llava
 
 
@@ -88,9 +90,6 @@ def _prompt_ids(module: Llava, tokenizer, prompt, num_images: int, template: str
 
 def _anyres_images(module: Llava, images) -> tuple[np.ndarray, np.ndarray]:
     """LLaVA-NeXT: images -> (crops [n, P, S, S, C] zero past each image's count, sizes [n, 2] (height, width))."""
-    from common.data import image_ops
-    from llava_jax import anyres
-
     cfg = module.config
     arrays = [image_ops.decode_image(img, convert_image_modes=True) for img in images]  # uint8 RGB passes through
     if not arrays:
@@ -108,8 +107,6 @@ def build_batch(module: Llava, tokenizer, requests: Sequence[tuple[Any, Any]], *
     already a full template string holding one `<image>` per image; a token-id prompt holds one `image_token_index`
     per image.
     `pad_to_square` (LLaVA-1.5's pad) applies to LLaVA only: NeXT keeps the aspect ratio in its crop grid."""
-    from llava_jax.data import preprocess_image
-
     cfg = module.config
     size = cfg.vision.image_size
     rows, pixels, sizes = [], [], []

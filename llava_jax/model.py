@@ -21,8 +21,8 @@ Shapes: B batch, T tokens, N image slots, P crops, F feature tokens per crop, D_
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -32,10 +32,12 @@ import numpy as np
 from common.layers import dtype_of
 from common.lm import DecoderLM, KVCache, LMConfig
 from common.multimodal import check_counts, concrete, gather_rows, placeholder_slots, placeholders_in_own_segment
+from common.params import abstract_params as abstract
+from common.params import counts_by_part
+from common.projector import Projector, parse_projector_type
 from common.sharding import constrain, with_partitioning
 from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer, select_features
 from llava_jax import anyres
-from common.projector import Projector, parse_projector_type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,15 +284,11 @@ def init_params(module: Llava, rng: jax.Array) -> Any:
 
 def abstract_params(config: LlavaConfig) -> Any:
     """Boxed ShapeDtypeStructs of every parameter (jax.eval_shape: no memory used)."""
-    from common.params import abstract_params as abstract
-
     return abstract(Llava(config), *example_inputs(config))
 
 
 def param_counts(config: LlavaConfig) -> dict[str, int]:
     """Parameters per part (vision_tower, projector, lm, image_newline when anyres) and 'total'."""
-    from common.params import counts_by_part
-
     return counts_by_part(abstract_params(config))
 
 

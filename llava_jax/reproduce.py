@@ -25,7 +25,13 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jax
+
+from common.train import train
 from configs import apply_overrides, load_config, split_config_overrides
+from llava_jax.checkpoint import load_workdir
+from llava_jax.eval import evaluate_vqa, shapes_vqa_items
+from llava_jax.task import make_task
 
 STAGES = ("stage0", "stage1", "stage2", "stage2_only")
 CONFIGS = {"stage0": "tiny_stage0.py", "stage1": "tiny_stage1.py", "stage2": "tiny_stage2.py",
@@ -49,8 +55,6 @@ def stage_config(stage: str, workdir: str, scale: float = 1.0, overrides: Sequen
 
 def enable_compilation_cache(directory: str) -> None:
     """Persistent XLA cache: the two stage-2 runs and the evaluations share compiled programs."""
-    import jax
-
     os.makedirs(directory, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -58,9 +62,6 @@ def enable_compilation_cache(directory: str) -> None:
 
 
 def train_stage(stage: str, workdir: str, scale: float, overrides: Sequence[str] = ()) -> float:
-    from common.train import train
-    from llava_jax.task import make_task
-
     out = os.path.join(workdir, stage)
     config = stage_config(stage, workdir, scale, overrides)
     start = time.time()
@@ -69,9 +70,6 @@ def train_stage(stage: str, workdir: str, scale: float, overrides: Sequence[str]
 
 
 def evaluate_stage(stage: str, workdir: str, num_questions: int) -> dict:
-    from llava_jax.checkpoint import load_workdir
-    from llava_jax.eval import evaluate_vqa, shapes_vqa_items
-
     module, params, tokenizer, _, config = load_workdir(os.path.join(workdir, stage))
     size = module.config.vision.image_size
     start = time.time()

@@ -31,12 +31,14 @@ from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
 from common.lm import LMConfig, matmul_flops_per_token
 from common.task_data import MediaShapes, TaskData
-from common.task_utils import (get as _get, graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from,
-                               plain as _plain, restore_params)
+from common.task_utils import get as _get
+from common.task_utils import graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from, restore_params
+from common.task_utils import plain as _plain
 from common.tokenizers import IMAGE_TOKEN, padded_vocab_size
 from common.trainer import Task
 from common.vision.clip import CLIPVisionConfig
 from llava_jax import data as data_lib
+from llava_jax.eval import evaluate_shapes_vqa
 from llava_jax.model import Llava, LlavaConfig, example_inputs
 
 log = logging.getLogger("llava_jax.task")
@@ -162,8 +164,6 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     eval_cfg = _plain(_get(config, "eval_vqa", {}) or {})
 
     def evaluate(params, step):
-        from llava_jax.eval import evaluate_shapes_vqa
-
         params = lora_lib.merge_in_tree(params, lcfg)
         res = evaluate_shapes_vqa(model, params, tokenizer, num_questions=int(eval_cfg["num_questions"]),
                                   split=eval_cfg.get("split", "validation"),

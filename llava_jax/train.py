@@ -5,11 +5,10 @@ Running it again with the same workdir resumes; `--config.init_from=OTHER_WORKDI
 from __future__ import annotations
 
 from common.train import run
+from llava_jax.task import make_task
 
 
 def _make_task(config, workdir):
-    from llava_jax.task import make_task
-
     return make_task(config, workdir)
 
 

@@ -16,6 +16,11 @@ import logging
 import os
 import time
 
+from flamingo_jax import reproduce
+from llava_jax.checkpoint import load_workdir
+from llava_jax.eval import shapes_vqa_items, vqa_prompt
+from llava_jax.inference import generate_batch
+
 
 def _metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
@@ -76,8 +81,6 @@ MAIN_FLAMINGO = "tiny_keyed"
 
 
 def run_flamingo(workdir: str, scale: float) -> tuple[dict, str]:
-    from flamingo_jax import reproduce
-
     # The reproduction's main variant alone: the keyed recipe's stage 0 and Flamingo (no ablations).
     argv = ["--workdir", workdir, "--recipe", "keyed", "--variants", MAIN_FLAMINGO, "--main_extra_eval", "1"]
     if scale != 1.0:
@@ -88,9 +91,6 @@ def run_flamingo(workdir: str, scale: float) -> tuple[dict, str]:
 
 def run_llava(workdir: str, scale: float, num_questions: int) -> dict:
     from llava_jax import reproduce
-    from llava_jax.checkpoint import load_workdir
-    from llava_jax.eval import shapes_vqa_items, vqa_prompt
-    from llava_jax.inference import generate_batch
 
     reproduce.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
     stages = ("stage0", "stage1", "stage2")

@@ -15,6 +15,12 @@ import json
 import os
 import sys
 
+from common import aot
+from common.provenance import provenance
+from common.task_utils import plain
+from common.tokenizers import FAMILY_SPECIAL_TOKENS, VocabularyStandIn
+from flamingo_jax.task import flamingo_config_from
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # planning compiles for a TPU topology; it never runs on one
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # and holds no TPU chip: other libtpu users may run beside
 
@@ -66,15 +72,11 @@ def model_vocab(family: str, config) -> int:
     if family == "vita":
         from vita_jax.task import vita_config_from
         return vita_config_from(config.model).text.vocab_size
-    from flamingo_jax.task import flamingo_config_from
     return flamingo_config_from(config.model).lm.vocab_size
 
 
 def stand_in_tokenizer(family: str, config):
     """A VocabularyStandIn when the config's tokenizer is a checkpoint folder that is not here, else None."""
-    from common.task_utils import plain
-    from common.tokenizers import FAMILY_SPECIAL_TOKENS, VocabularyStandIn
-
     tok = plain(config.get("tokenizer") or {})
     if family == "lm" or tok.get("kind") != "dir" or os.path.isdir(tok.get("path") or ""):
         return None
@@ -136,9 +138,6 @@ def report(result: dict, out: str = "") -> None:
 def plan(config, family: str, topology_name: str, num_slices: int = 1, mesh: dict | None = None,
          config_name: str = "") -> dict:
     """The plan of `config` on `topology_name` (see common.aot.plan_train_step), with the run's provenance."""
-    from common import aot
-    from common.provenance import provenance
-
     if mesh:
         config.mesh = dict(mesh)  # missing axes are 1
     data = int(dict(config.mesh).get("data", 1))
@@ -155,8 +154,6 @@ def smallest_slice(config_factory, family: str, chip: str, mesh: dict | None = N
                    out: str = "") -> list[dict]:
     """Plans on the standard slices of `chip` in increasing size until one fits; returns every plan made.
     `config_factory()` gives a fresh config per try (a plan may rewrite config.mesh)."""
-    from common import aot
-
     grids = aot.standard_grids(chip)
     cores = aot.CHIPS[chip].cores_per_chip
     plans = []

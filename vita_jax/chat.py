@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vita_jax import conversation
+from common.data.image_ops import decode_image
+from common.tokenizers import load_tokenizer
+from vita_jax import conversation, load_original
+from vita_jax.inference import Request, generate_batch
 
 
 def main(argv=None) -> int:
@@ -29,11 +32,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.image and not args.audio and not args.question:
         parser.error("give at least one of --image, --audio, --question")
-
-    from common.data.image_ops import decode_image
-    from common.tokenizers import load_tokenizer
-    from vita_jax import load_original
-    from vita_jax.inference import Request, generate_batch
 
     module, params = load_original(args.model_dir, dtype=args.dtype)
     tokenizer = load_tokenizer(args.model_dir)

@@ -19,6 +19,7 @@ shapes (kind asr | spoken_qa) | librispeech (root) | audio_dir (dir), ...}}}.
 """
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import jax
@@ -28,11 +29,12 @@ import numpy as np
 from common.data.audio import mel_banks
 from common.data.pipeline import task_iterator
 from common.data.records import BadRecord
-from common.task_utils import get, plain
+from common.task_utils import get, plain, restore_config, restore_params
 from common.trainer import DataShard, Task
-from vita_jax.codec import LRELU_SLOPE, Codec, CodecConfig
+from vita_jax.codec import LRELU_SLOPE, Codec, CodecConfig, pad_to_tokens
 from vita_jax.codec_discriminators import (Discriminators, discriminator_loss, feature_matching_loss,
                                            generator_adversarial_loss)
+from vita_jax.hf import save_codec
 from vita_jax.speech_sources import SegmentTransform, make_speech_source, record_waveform
 
 STYLE_STATS = r"codec/encoder/global_encoder/fn_2/running_.*"
@@ -274,9 +276,6 @@ def dominant_voice(codec: Codec, params, waves: Sequence[np.ndarray]) -> tuple[i
 def export(workdir: str, out_dir: str, num_clips: int = 64, step: int | None = None) -> tuple[CodecConfig, dict]:
     """A stage-3.1 workdir -> the release layout `out_dir/{model.json, final.pt}` (style norm calibrated, the voice
     picked from the training data) -> (config, params)."""
-    from common.task_utils import restore_config, restore_params
-    from vita_jax.hf import save_codec
-
     config = restore_config(workdir)
     task = make_task(config, None)
     codec, cfg = task.model, task.model_config
@@ -289,8 +288,6 @@ def export(workdir: str, out_dir: str, num_clips: int = 64, step: int | None = N
 
 
 def clips_for_calibration(config, cfg: CodecConfig, num_clips: int) -> list[np.ndarray]:
-    from vita_jax.codec import pad_to_tokens
-
     waves = []
     for spec in plain(config.data.get("datasets") or {}).values():
         source = make_speech_source(spec, "train")
@@ -307,8 +304,6 @@ def clips_for_calibration(config, cfg: CodecConfig, num_clips: int) -> list[np.n
 
 
 def main(argv=None) -> None:
-    import argparse
-
     p = argparse.ArgumentParser(description="Stage 3.1 codec: export a trained workdir in the release layout "
                                             "(training: python -m vita_jax.train "
                                             "--config configs/vita/tiny_stage3_1.py)")

@@ -14,13 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
-from vita_jax import conversation, data as data_lib
+from common import lora as lora_lib
+from common.data.audio import speech_fbank
+from common.task_utils import lora_config_from, restore_config, restore_params
+from common.tokenizers import load_tokenizer
+from vita_jax import conversation
+from vita_jax import ctc as ctc_lib
+from vita_jax import data as data_lib
 from vita_jax.inference import Request, generate_batch
+from vita_jax.model import Vita
+from vita_jax.task import vita_config_from
 
 
 def _normalize(text: str) -> str:
@@ -28,8 +38,6 @@ def _normalize(text: str) -> str:
 
 
 def _norm_en(text: str) -> str:
-    import re
-
     return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
 
 
@@ -67,11 +75,7 @@ def evaluate_asr(model, params, tokenizer, records: Sequence[dict], *, language:
 def evaluate_ctc_asr(model, params, tokenizer, records: Sequence[dict], *, batch_size: int = 16) -> dict:
     """Stage 2.0's own ASR (`vita_jax.ctc`: encoder + CTC head, greedy best path) on records {audio: [wave], text}
     -> {'wer' (%), 'count', 'predictions'}. `model` is the Vita of the stage-2.0 workdir; `params` include ctc_head."""
-    import jax.numpy as jnp
     import jiwer
-
-    from common.data.audio import speech_fbank
-    from vita_jax import ctc as ctc_lib
 
     if "ctc_head" not in params:
         raise ValueError("these parameters have no ctc_head: evaluate a stage-2.0 (objective 'ctc') workdir")
@@ -158,8 +162,6 @@ class TemplateRecogniser:
     @staticmethod
     def features(wave: np.ndarray, rate: int = data_lib.SAMPLE_RATE) -> np.ndarray:
         """16 kHz waveform [N] -> normalised log-mel frames [T, 80] of its voiced span."""
-        from common.data.audio import speech_fbank
-
         wave = np.asarray(wave, np.float32).reshape(-1)
         if wave.size < rate // 20:
             wave = np.pad(wave, (0, rate // 20 - wave.size))
@@ -187,17 +189,11 @@ class TemplateRecogniser:
 
 def load_model(workdir: str | None = None, model_dir: str | None = None):
     """-> (Vita, params, tokenizer) from a training workdir of ours or a released VITA-1.5 folder."""
-    from common.tokenizers import load_tokenizer
-
     if model_dir:
         from vita_jax import load_original
 
         module, params = load_original(model_dir)
         return module, params, load_tokenizer(model_dir)
-    from common import lora as lora_lib
-    from common.task_utils import lora_config_from, restore_config, restore_params
-    from vita_jax.model import Vita
-    from vita_jax.task import vita_config_from
 
     config = restore_config(workdir)
     tokenizer = data_lib.build_tokenizer(config.get("tokenizer"), workdir)

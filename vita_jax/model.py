@@ -21,8 +21,8 @@ Shapes: B batch, T tokens, N tile slots, A audio slots, E LM width, V vocabulary
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -31,6 +31,8 @@ import numpy as np
 
 from common.lm import DecoderLM, KVCache, LMConfig
 from common.multimodal import check_counts, concrete, scatter_features
+from common.params import abstract_params as abstract
+from common.params import counts_by_part
 from common.projector import Projector, parse_projector_type
 from common.sharding import constrain
 from common.vision.intern_vit import InternViT, InternViTConfig, image_features
@@ -232,15 +234,11 @@ def init_params(module: Vita, rng: jax.Array) -> Any:
 
 def abstract_params(config: VitaConfig) -> Any:
     """Boxed ShapeDtypeStructs of every parameter (jax.eval_shape: no memory used)."""
-    from common.params import abstract_params as abstract
-
     return abstract(Vita(config), *example_inputs(config))
 
 
 def param_counts(config: VitaConfig) -> dict[str, int]:
     """Parameters per part (vision_tower, projector, audio_encoder, audio_adapter, lm) and 'total'."""
-    from common.params import counts_by_part
-
     return counts_by_part(abstract_params(config))
 
 

@@ -22,7 +22,27 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common.data.audio import load_audio
+from common.train import train
 from configs import apply_overrides, load_config, split_config_overrides
+from vita_jax import codec as codec_lib
+from vita_jax import conversation
+from vita_jax import data as data_lib
+from vita_jax.codec_train import export, mel_distance
+from vita_jax.conversation import strip_states
+from vita_jax.duplex import DuplexEngine, frames_of
+from vita_jax.eval import (TemplateRecogniser, evaluate_asr, evaluate_ctc_asr, evaluate_image_qa, evaluate_spoken_qa,
+                           load_model)
+from vita_jax.hf import load_codec
+from vita_jax.inference import Request, generate_batch
+from vita_jax.speech_train import load_speaker, text_use
+from vita_jax.task import make_task
+from vita_jax.train import make_task_for
+from vita_jax.tts import resample
 
 STAGES = (("0", 600), ("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_0", 600), ("2_1", 300), ("2_2", 100))
 SPEECH_STAGES = (("3_1", 250), ("3_2", 800))  # the codec, then the speech decoders on the stage-2.2 LLM
@@ -42,9 +62,6 @@ def stage_config(name: str, steps: int, scale: float, seed: int, overrides: Sequ
 
 def run_stages(workdir: str, scale: float = 1.0, seed: int = 0, stages=STAGES,
                overrides: Sequence[str] = ()) -> dict:
-    from common.train import train
-    from vita_jax.task import make_task
-
     times, previous = {}, None
     for name, steps in stages:
         config = stage_config(name, steps, scale, seed, overrides)
@@ -62,10 +79,6 @@ def run_stages(workdir: str, scale: float = 1.0, seed: int = 0, stages=STAGES,
 def run_speech_stages(workdir: str, scale: float = 1.0, seed: int = 0, overrides: Sequence[str] = ()) -> dict:
     """Stages 3.1 (codec, exported to stage3_1/codec in the release layout) and 3.2 (decoders reading stage 2.2's
     LLM embeddings)."""
-    from common.train import train
-    from vita_jax.codec_train import export
-    from vita_jax.train import make_task_for
-
     times = {}
     for name, steps in SPEECH_STAGES:
         config = stage_config(name, steps, scale, seed, overrides)
@@ -87,19 +100,6 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     """Codec: mel distance of resynthesised held-out speech, and our stage-2.1 ASR's WER on it vs on the original.
     Speech out: spoken questions answered by stage 2.2, spoken by stage 3.2, transcribed by the same ASR: WER of the
     transcript against the text answer."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from vita_jax import codec as codec_lib
-    from vita_jax import conversation
-    from vita_jax import data as data_lib
-    from vita_jax.codec_train import mel_distance
-    from vita_jax.eval import TemplateRecogniser, evaluate_asr, load_model
-    from vita_jax.hf import load_codec
-    from vita_jax.inference import Request, generate_batch
-    from vita_jax.speech_train import load_speaker, text_use
-    from vita_jax.tts import resample
-
     out = {}
     codec, cparams = load_codec(os.path.join(workdir, "stage3_1", "codec"))
     rate, hop = codec.config.sampling_rate, codec.config.hop_length
@@ -108,7 +108,6 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     size = model.config.vision.image_size
     asr = data_lib.ShapesVitaSource("asr", "validation", num_eval, image_size=size)
     records = [asr[i] for i in range(num_eval)]
-    import jax
 
     encode_decode = jax.jit(lambda p, w: codec.apply({"params": p}, codec.apply({"params": p}, w, method="encode")[0],
                                                       method="decode"))
@@ -196,16 +195,7 @@ def evaluate_duplex(workdir: str, num_queries: int = 24, num_noise: int = 8) -> 
     spoken answer is transcribed by stage 2.1's ASR. A query counts as answered when audio came back, and as correct
     when that transcript equals the true answer (as said: '2' -> 'two'); a noise clip counts as met with silence when
     no audio came back."""
-    import numpy as np
     import soundfile
-
-    from common.data.audio import load_audio
-    from vita_jax import data as data_lib
-    from vita_jax.conversation import strip_states
-    from vita_jax.duplex import DuplexEngine, frames_of
-    from vita_jax.eval import evaluate_asr, load_model
-    from vita_jax.speech_train import load_speaker
-    from vita_jax.tts import resample
 
     model, params, tok = load_model(os.path.join(workdir, "stage2_2"))
     asr_model, asr_params, asr_tok = load_model(os.path.join(workdir, "stage2_1"))
@@ -256,9 +246,6 @@ def evaluate_duplex(workdir: str, num_queries: int = 24, num_noise: int = 8) -> 
 
 
 def evaluate(workdir: str, num_eval: int = 96) -> dict:
-    from vita_jax import data as data_lib
-    from vita_jax.eval import evaluate_asr, evaluate_ctc_asr, evaluate_image_qa, evaluate_spoken_qa, load_model
-
     out = {}
     model, params, tok = load_model(os.path.join(workdir, "stage1_3"))
     size = model.config.vision.image_size

@@ -23,7 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vita_jax.duplex import DuplexEngine
+from vita_jax.duplex import DuplexConfig, DuplexEngine
+from vita_jax.eval import load_model
+from vita_jax.speech_train import load_speaker
 
 PAGE = os.path.join(os.path.dirname(__file__), "web", "index.html")
 
@@ -118,10 +120,6 @@ async def serve(engine_factory: Callable[[], DuplexEngine], host: str = "127.0.0
 
 
 def build_engine_factory(vita_workdir: str = "", model_dir: str = "", speech_workdir: str = "", image: str = ""):
-    from vita_jax.duplex import DuplexConfig
-    from vita_jax.eval import load_model
-    from vita_jax.speech_train import load_speaker
-
     model, params, tok = load_model(vita_workdir or None, model_dir or None)
     speaker = load_speaker(speech_workdir)
     picture = None

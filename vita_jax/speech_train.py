@@ -31,9 +31,10 @@ from common.trainer import DataShard, Task
 from vita_jax import data as data_lib
 from vita_jax.codec import Codec
 from vita_jax.hf import load_codec
+from vita_jax.speech_decoder import SpeechDecoder, SpeechDecoderConfig
+from vita_jax.speech_decoder import init_params as init_decoder
 from vita_jax.speech_sources import record_waveform
-from vita_jax.speech_decoder import SpeechDecoder, SpeechDecoderConfig, init_params as init_decoder
-from vita_jax.tts import clean_for_speech
+from vita_jax.tts import Speaker, StreamConfig, clean_for_speech
 
 
 class ShapesSpeechSource:
@@ -157,7 +158,8 @@ def make_task(config, workdir: str | None = None) -> Task:
         codec, codec_params = load_codec(codec_from)
     else:  # a random codec: for tests of the plumbing only
         from configs.vita.tiny_stage3_1 import codec as tiny_codec
-        from vita_jax.codec import CodecConfig, init_params as init_codec
+        from vita_jax.codec import CodecConfig
+        from vita_jax.codec import init_params as init_codec
 
         codec = Codec(CodecConfig(**tiny_codec()))
         codec_params = init_codec(codec.config, jax.random.key(1))
@@ -255,8 +257,6 @@ def text_use(workdir: str, num_pairs: int = 32, split: str = "validation", step:
 
 def load_speaker(workdir: str, step: int | None = None, stream_config=None, max_tokens: int = 400):
     """A stage-3.2 workdir -> `vita_jax.tts.Speaker` (decoder, the frozen LLM embedding table and codec it holds)."""
-    from vita_jax.tts import Speaker, StreamConfig
-
     config = restore_config(workdir)
     cfg = decoder_config_from(config)
     codec_from = get(config, "codec_from", "")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 
 from common.data.records import TOO_LONG, BadRecord
@@ -192,8 +193,6 @@ class PackedCollate:
 def packed_batch_spec(spec: PackingSpec, batch_size: int, image_shape: tuple[int, ...] | None = None,
                       audio_dim: int | None = None) -> dict:
     """The batch PackedCollate makes, as ShapeDtypeStructs (for the ahead-of-time planner)."""
-    import jax
-
     row = {"input_ids": np.zeros(spec.max_len, np.int32), "input_ids_segment_ids": np.zeros(spec.max_len, np.int32),
            "input_ids_positions": np.zeros(spec.max_len, np.int32), "loss_mask": np.zeros(spec.max_len, bool)}
     if image_shape is not None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from common.data.speech import load_word_bank
+
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 COLOURS = {
     "red": (215, 38, 38),
@@ -309,8 +311,6 @@ def gen_spoken_qa(rng, size: int, index: int, words=None) -> dict:
     """A spoken question about the image (state 'audio query') with its answer as text and as speech, or, one time
     in five, babble not addressed to the assistant (state 'noise', empty answer). Audio is float32 [N] at 16 kHz
     assembled from the word bank."""
-    from common.data.speech import load_word_bank
-
     words = words or load_word_bank()
     objs = random_scene(rng)
     image = render(objs, rng, size)

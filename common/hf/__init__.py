@@ -11,18 +11,20 @@ Each architecture registers an `Architecture` in `ARCHITECTURES` from its own fi
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from common.params import abstract_params
 from common.hf.checkpoint import (CheckpointError, Rule, fill_params, iter_tensors, read_config, save_tensors,
                                   weight_files)
+from common.params import abstract_params
+from common.tokenizers import HFJsonTokenizer, SentencePieceTokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +52,12 @@ def register(*model_types: str):
 
 
 def _ensure_registered() -> None:
-    # Importing the architecture modules fills ARCHITECTURES.
+    # Importing the architecture modules fills ARCHITECTURES (they import this package: imported here, not above).
     from common.hf import lm  # noqa: F401
     try:
         from common.hf import vision  # noqa: F401
     except ImportError:  # pragma: no cover - vision converters are optional at import time
         pass
-    import importlib
     for family in ("llava_jax.hf",):  # family packages register their multimodal architectures (llava, llava_next)
         try:
             importlib.import_module(family)
@@ -140,8 +141,6 @@ def save_tokenizer_files(tokenizer, out_dir: str) -> None:
     """The tokenizer as HF tokenizer files: tokenizer.json (a `tokenizers` tokenizer) or tokenizer.model +
     added_tokens.json (SentencePiece, `<image>` and other added tokens with their ids), and tokenizer_config.json
     with the bos / eos / pad tokens. `common.tokenizers.load_tokenizer(out_dir)` reads them back."""
-    from common.tokenizers import HFJsonTokenizer, SentencePieceTokenizer
-
     specials = {f"{k}_token": tokenizer.id_to_token(getattr(tokenizer, f"{k}_id")) for k in ("bos", "eos", "pad")
                 if getattr(tokenizer, f"{k}_id", None) is not None}
     os.makedirs(out_dir, exist_ok=True)

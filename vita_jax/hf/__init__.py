@@ -25,8 +25,9 @@ import json
 import math
 import os
 import re
-from typing import Any
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -40,6 +41,8 @@ from common.hf.lm import config_from_hf, lm_rule
 from common.hf.vision import internvit_rule
 from common.sharding import params_sharding
 from common.vision.intern_vit import InternViTConfig, internvit_300m_448px
+from vita_jax.hf.codec import load_original as load_codec, save_original as save_codec
+from vita_jax.hf.speech_decoder import load_original as load_speech_decoder
 from vita_jax.model import AUDIO_TOKEN_INDEX, IMAGE_TOKEN_INDEX, Vita, VitaConfig, abstract_params
 from vita_jax.speech_encoder import SpeechEncoderConfig
 
@@ -183,8 +186,6 @@ def speech_config_from_yaml(conf: dict, **overrides) -> SpeechEncoderConfig:
 
     A key the file leaves out takes the value the release's code gives it (RELEASE_YAML_DEFAULTS: e.g. dynamic chunks
     on, a ReLU adapter), with a warning naming every such key; a value we do not implement raises CheckpointError."""
-    import warnings
-
     missing: list[str] = []
     enc = conf.get("encoder_conf") or {}
     overview = _with_release_defaults("overview_conf", _norm_keys(enc.get("overview_conf")), missing)
@@ -438,10 +439,6 @@ def load_original(model_dir: str, *, audio_dir: str | None = None, vision_tower_
     return module, params
 
 
-
-# The speech-out checkpoints (imported last: they need nothing above, and the names stay in this one namespace).
-from vita_jax.hf.codec import load_original as load_codec, save_original as save_codec  # noqa: E402
-from vita_jax.hf.speech_decoder import load_original as load_speech_decoder  # noqa: E402
 
 __all__ = ["AUDIO_DIR_NAME", "AUDIO_PREFIX", "RELEASE_YAML_DEFAULTS", "VISION_PREFIX", "load_cmvn_json", "load_codec",
            "load_original", "load_speech_decoder", "original_config", "save_codec", "speech_config_from_shapes",
