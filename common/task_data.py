@@ -17,7 +17,8 @@ from typing import Any
 
 from common.data.packing import PackingSpec, packed_batch_spec
 from common.data.pipeline import Collate, DataIterator, collated_batch_spec, task_iterator
-from common.task_utils import get, plain
+from common.task_utils import plain
+from common.trainer import TrainerSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,19 +60,23 @@ class TaskData:
         return {name: float(spec.get("weight", 1.0)) for name, spec in self.datasets.items()}
 
     @property
+    def settings(self) -> TrainerSettings:
+        return TrainerSettings.from_config(self.config)
+
+    @property
     def eval_batches(self) -> int:
         """How many held-out batches the trainer's evaluation reads (config.eval_batches; 0 = none)."""
-        return int(get(self.config, "eval_batches", 0) or 0)
+        return self.settings.eval_batches
 
     def global_batch(self, spec: dict) -> int:
         """The dataset's global batch: its own `batch_size`, else the config's."""
-        return int(spec.get("batch_size") or self.config.batch_size)
+        return int(spec.get("batch_size") or self.settings.batch_size)
 
     def iterator(self, name: str, spec: dict, shard, split: str, shuffle: bool) -> DataIterator:
         """One dataset's resumable iterator over this host's rows of every global batch (`shard`: a DataShard)."""
         return task_iterator(name, self.make_source(spec, split), self.make_transform(spec),
                              batch_size=shard.local_batch(self.global_batch(spec)), shard=(shard.index, shard.count),
-                             seed=self.config.seed, data_config=plain(self.config.data),
+                             seed=self.settings.seed, data_config=plain(self.config.data),
                              collate=self.collate_for(spec), shuffle=shuffle, num_epochs=None,
                              packing=self.packing_for(spec))
 

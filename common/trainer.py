@@ -143,10 +143,67 @@ def batch_sharding(mesh, ndim: int, rules=LOGICAL_AXIS_RULES) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(("act_batch",) + (None,) * (ndim - 1), rules))
 
 
-def axis_rules_from(config) -> tuple[tuple[str, Any], ...]:
-    """`config.logical_axis_rules` (pairs of logical name -> mesh axis, a tuple of mesh axes or None; MaxText's
-    field of the same name) or, when absent or empty, the library's table (common.sharding.LOGICAL_AXIS_RULES)."""
-    rules = _config_get(config, "logical_axis_rules", None)
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """The trainer's fields of a training config, typed and checked: what `TrainProgram` and `Trainer` read, and the
+    one source of their defaults (`configs.trainer.trainer_config` builds every training config from them).
+    `from_config(config)` reads them from a ConfigDict / dict (absent or None fields take the defaults)."""
+
+    seed: int = 0
+    total_steps: int = 1000
+    batch_size: int = 16  # global, in sequences
+    grad_accum_steps: int = 1  # micro-batches summed inside one step
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+    eval_every: int = 0
+    eval_batches: int = 0
+    mesh: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})  # -1: the remaining devices
+    multi_dataset_mode: str = "accumulate"  # or 'round_robin' (one dataset per step)
+    max_nonfinite_in_a_row: int = 10
+    peak_flops: float = 0.0  # per device, for MFU; 0 = not reported
+    logical_axis_rules: tuple = LOGICAL_AXIS_RULES  # logical axis name -> mesh axis / axes / None
+
+    def __post_init__(self):
+        if self.multi_dataset_mode not in ("accumulate", "round_robin"):
+            raise ValueError(f"multi_dataset_mode must be 'accumulate' or 'round_robin', got "
+                             f"{self.multi_dataset_mode!r}")
+        for name in ("total_steps", "grad_accum_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        unknown = set(self.mesh) - set(MESH_AXES)
+        if unknown:
+            raise ValueError(f"mesh axes are {MESH_AXES}, got {sorted(unknown)}")
+
+    @classmethod
+    def from_config(cls, config) -> TrainerSettings:
+        defaults = cls()
+        values = {}
+        for field in dataclasses.fields(cls):
+            value = _config_get(config, field.name, None)
+            default = getattr(defaults, field.name)
+            if value is None:
+                values[field.name] = default
+            elif field.name == "mesh":
+                values[field.name] = {axis: int(size) for axis, size in dict(value).items()}
+            elif field.name == "logical_axis_rules":
+                values[field.name] = axis_rules_from(value)
+            else:
+                values[field.name] = type(default)(value)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (the mesh a dict, the rules a tuple of pairs)."""
+        return {f.name: dict(self.mesh) if f.name == "mesh" else getattr(self, f.name)
+                for f in dataclasses.fields(self)}
+
+
+def axis_rules_from(rules) -> tuple[tuple[str, Any], ...]:
+    """A `logical_axis_rules` table (pairs of logical name -> mesh axis, a tuple of mesh axes or None; MaxText's
+    field of the same name), checked, or, when None or empty, the library's table
+    (common.sharding.LOGICAL_AXIS_RULES)."""
     if not rules:
         return LOGICAL_AXIS_RULES
     out = []
@@ -412,15 +469,14 @@ class TrainProgram:
 
     def __init__(self, config, task: Task, mesh):
         self.config, self.task, self.mesh = config, task, mesh
-        self.rules = axis_rules_from(config)
-        self.total_steps = int(config.total_steps)
-        self.grad_accum_steps = int(_config_get(config, "grad_accum_steps", 1))
-        self.mode = _config_get(config, "multi_dataset_mode", "accumulate")
-        if self.mode not in ("accumulate", "round_robin"):
-            raise ValueError(f"multi_dataset_mode must be 'accumulate' or 'round_robin', got {self.mode!r}")
+        self.settings = settings = TrainerSettings.from_config(config)
+        self.rules = settings.logical_axis_rules
+        self.total_steps = settings.total_steps
+        self.grad_accum_steps = settings.grad_accum_steps
+        self.mode = settings.multi_dataset_mode
         jax.config.update("jax_threefry_partitionable", True)
         # Abstract (boxed) parameters -> optimizer -> abstract state -> shardings from the logical rules.
-        self.init_key = jax.random.key(int(config.seed))
+        self.init_key = jax.random.key(settings.seed)
         abstract_params = jax.eval_shape(task.init_params, self.init_key)
         self.opt = optimizer_lib.make_optimizer(config.optimizer, abstract_params, self.total_steps,
                                                 named_rows=task.named_rows)
@@ -435,7 +491,7 @@ class TrainProgram:
             raise AssertionError(f"optimizer state holds {opt_size:,} floats, expected 2 x {self.trainable_count:,} "
                                  "trainable parameters")
         self.batch_shards = math.prod(mesh.shape[a] for a in _batch_mesh_axes(self.rules))
-        batch_size = int(_config_get(config, "batch_size", 0) or 0)
+        batch_size = settings.batch_size
         if batch_size and (batch_size % self.grad_accum_steps or
                            (batch_size // self.grad_accum_steps) % self.batch_shards):
             raise ValueError(f"batch_size {batch_size} must split into grad_accum_steps={self.grad_accum_steps} "
@@ -453,7 +509,7 @@ class TrainProgram:
     def jit_step(self, batches: Mapping[str, Mapping[str, Any]], dataset_names: Iterable[str]) -> Callable:
         """The jitted train step for batches shaped like `batches` ({name: {field: array or ShapeDtypeStruct}}):
         state donated, state and batch shardings from the rules, metrics replicated."""
-        step = make_train_step(self.task, self.opt, int(self.config.seed), self.grad_accum_steps,
+        step = make_train_step(self.task, self.opt, self.settings.seed, self.grad_accum_steps,
                                self.dataset_weights(dataset_names), grad_sharding=self.state_sharding.params)
         in_batch_sharding = jax.tree.map(lambda x: batch_sharding(self.mesh, len(x.shape), self.rules), batches)
         return jax.jit(step, in_shardings=(self.state_sharding, in_batch_sharding),
@@ -472,14 +528,14 @@ class Trainer:
 
     def __init__(self, config, task: Task, workdir: str, devices=None):
         self.config, self.task, self.workdir = config, task, os.path.abspath(workdir)
-        self.mesh = mesh_from_config(config.mesh, devices)
+        self.settings = settings = TrainerSettings.from_config(config)
+        self.mesh = mesh_from_config(settings.mesh, devices)
         self.program = TrainProgram(config, task, self.mesh)
         self.is_main = jax.process_index() == 0
         os.makedirs(self.workdir, exist_ok=True)
         self.data_shard = host_data_shard(self.mesh, self.program.rules)
-        self.checkpointer = Checkpointer(os.path.join(self.workdir, CHECKPOINTS_DIR),
-                                         keep=int(_config_get(config, "keep_checkpoints", 3)),
-                                         async_save=bool(_config_get(config, "async_checkpoints", True)))
+        self.checkpointer = Checkpointer(os.path.join(self.workdir, CHECKPOINTS_DIR), keep=settings.keep_checkpoints,
+                                         async_save=settings.async_checkpoints)
         self._step_fns: dict[tuple[str, ...], Callable] = {}
         self._eval_fn = None
 
@@ -556,12 +612,12 @@ class Trainer:
 
     def run(self, stop_at_step: int | None = None) -> RunResult:
         """Trains to `total_steps` (or `stop_at_step`), resuming from the latest checkpoint in the workdir."""
-        cfg = self.config
-        log_every = max(int(cfg.log_every), 1)
-        checkpoint_every = int(cfg.checkpoint_every)
-        eval_every = int(_config_get(cfg, "eval_every", 0))
-        max_nonfinite = int(_config_get(cfg, "max_nonfinite_in_a_row", 10))
-        peak_flops = float(_config_get(cfg, "peak_flops", 0.0)) * self.mesh.size
+        settings = self.settings
+        log_every = max(settings.log_every, 1)
+        checkpoint_every = settings.checkpoint_every
+        eval_every = settings.eval_every
+        max_nonfinite = settings.max_nonfinite_in_a_row
+        peak_flops = settings.peak_flops * self.mesh.size
         multi_process = jax.process_count() > 1
 
         iterators = dict(self.task.make_train_data(self.data_shard))

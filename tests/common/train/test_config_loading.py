@@ -1,5 +1,6 @@
 """The one config loader (configs.load_config): names, file paths and stage arguments give the same config; dotted
-overrides from a dict or `--config.a.b=value` arguments; unknown fields and malformed overrides raise."""
+overrides from a dict or `--config.a.b=value` arguments; unknown fields and malformed overrides raise; the trainer's
+fields are read typed and checked (common.trainer.TrainerSettings)."""
 import os
 import pathlib
 
@@ -7,6 +8,7 @@ import pytest
 
 import configs
 from configs import apply_overrides, load_config, split_config_overrides
+from common.trainer import TrainerSettings
 from configs.trainer import TRAINER_DEFAULTS, trainer_config
 
 REPO = str(pathlib.Path(__file__).resolve().parents[3])  # tests/common/train/ -> the repository
@@ -44,6 +46,24 @@ def test_trainer_fields_come_from_one_base():
     for name in ("lm/tiny", "flamingo/tiny", "llava/tiny_stage2", "vita/tiny_stage2_2", "llava/stage2_7b"):
         assert set(TRAINER_DEFAULTS) <= set(load_config(name).keys()), name
     assert configs.load_config("lm/tiny").logical_axis_rules == TRAINER_DEFAULTS["logical_axis_rules"]
+
+
+def test_trainer_settings_are_typed_defaulted_and_checked():
+    settings = TrainerSettings.from_config(load_config("llava/tiny_stage2", ["total_steps=7", "peak_flops=2"]))
+    assert settings.total_steps == 7 and isinstance(settings.peak_flops, float) and settings.peak_flops == 2.0
+    assert settings == TrainerSettings.from_config(settings.to_dict())
+    partial = TrainerSettings.from_config({"total_steps": 5, "mesh": {"fsdp": 2}, "eval_every": None})
+    assert (partial.total_steps, partial.batch_size, partial.mesh, partial.eval_every) == (5, 16, {"fsdp": 2}, 0)
+    assert TrainerSettings.from_config({"logical_axis_rules": [["act_batch", ["data", "fsdp"]]]}).logical_axis_rules \
+        == (("act_batch", ("data", "fsdp")),)
+    with pytest.raises(ValueError, match="multi_dataset_mode must be 'accumulate' or 'round_robin'"):
+        trainer_config(multi_dataset_mode="mix")
+    with pytest.raises(ValueError, match="mesh axes are"):
+        TrainerSettings.from_config({"mesh": {"model": 2}})
+    with pytest.raises(ValueError, match="logical_axis_rules maps 'act_batch' to 'model'"):
+        TrainerSettings.from_config({"logical_axis_rules": [["act_batch", "model"]]})
+    with pytest.raises(ValueError, match="grad_accum_steps must be >= 1"):
+        TrainerSettings.from_config({"grad_accum_steps": 0})
 
 
 def test_reproduce_stages_take_command_line_overrides():
