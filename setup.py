@@ -39,6 +39,7 @@ setup(
         "psutil>=5.9",
         "webrtcvad-wheels>=2.0.14",  # voice activity for the duplex engine (WebRTC's VAD, no torch)
         "websockets>=13",  # vita_jax.serve: the voice-chat page and its WebSocket
+        "pyyaml>=6",  # the VITA-1.5 audio folder's train.yaml (read and written by vita_jax.hf)
     ],
     extras_require={
         # libtpu, matching the installed jax: TPU pods, and ahead-of-time compilation for TPU topologies on any host

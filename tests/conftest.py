@@ -26,6 +26,12 @@ os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "mmlm_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+import sys  # noqa: E402
+
+# The shared core's tests (tests/common) hold helpers and oracles the families' tests reuse (e.g. the vision parity
+# test's real images and InternViT renaming): importable from every test folder, as tests/ itself is.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "common"))
+
 import pytest  # noqa: E402
 
 

@@ -359,6 +359,15 @@ def save_tensors(directory: str, params: Any, rule: Rule, names: Sequence[str] |
     return files
 
 
+def check_read_back(config: Any, back: Any, what: str) -> None:
+    """Saving a config dataclass: `back` is what its written form reads back as; any differing field raises a
+    CheckpointError naming it (`what`: e.g. 'this CLIPVisionConfig has no HF counterpart')."""
+    if back != config:
+        diff = [f"{f.name}: {getattr(config, f.name)!r} would load as {getattr(back, f.name)!r}"
+                for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(back, f.name)]
+        raise CheckpointError(f"{what}: {'; '.join(diff)}")
+
+
 def config_get(config: Mapping[str, Any], *names: str, default: Any = dataclasses.MISSING) -> Any:
     """First present key among `names` (HF configs name the same field differently per family)."""
     for name in names:

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from common.hf import Architecture, register
-from common.hf.checkpoint import (CheckpointError, Gather, Path, Rule, Target, bias_to_heads, fill_params, identity,
-                                  iter_tensors, linear_from_heads, linear_to_heads, named, read_config, stacked,
-                                  transpose)
+from common.hf.checkpoint import (CheckpointError, Gather, Path, Rule, Target, bias_to_heads, check_read_back,
+                                  fill_params, identity, iter_tensors, linear_from_heads, linear_to_heads, named,
+                                  read_config, stacked, transpose)
 from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer
 from common.vision.intern_vit import InternViT, InternViTConfig
 from common.vision.nfnet import NFNet, NFNetConfig
@@ -125,11 +125,7 @@ def clip_config_to_hf(config: CLIPVisionConfig) -> dict:
     if config.projection_dim:
         hf["projection_dim"] = config.projection_dim
     keep = {k: getattr(config, k) for k in ("scan_layers", "remat_policy", "dtype", "param_dtype")}
-    back = CLIPVisionConfig.from_hf(hf, **keep)
-    if back != config:
-        diff = [f"{f.name}: {getattr(config, f.name)!r} would load as {getattr(back, f.name)!r}"
-                for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(back, f.name)]
-        raise CheckpointError(f"this CLIPVisionConfig has no HF counterpart: {'; '.join(diff)}")
+    check_read_back(config, CLIPVisionConfig.from_hf(hf, **keep), "this CLIPVisionConfig has no HF counterpart")
     return hf
 
 
@@ -207,6 +203,12 @@ def internvit_rule(config: InternViTConfig, naming: str = "hf", prefix: Path = (
     else:
         raise ValueError(f"unknown InternViT naming {naming!r}; use 'hf' or 'original'")
 
+    patch, channels = config.patch_size, config.num_channels
+    patch_kernel = Gather(conv_weight_to_patch_kernel, lambda s: (s[1], channels, patch, patch), "conv_to_patch_kernel")
+    class_embedding = Gather(lambda a: a.reshape(-1), lambda s: (1, 1) + tuple(s), "class_embedding")  # [1, 1, D]
+    position_embedding = Gather(lambda a: a.reshape(-1, a.shape[-1]), lambda s: (1,) + tuple(s),
+                                "position_embedding")  # [1, T, D] -> [T, D]
+
     def transform_for(inner: Path):
         if inner[-1] == "kernel" and inner[:2] in (("attn", "q"), ("attn", "k"), ("attn", "v")):
             return linear_to_heads(h, d)
@@ -215,14 +217,21 @@ def internvit_rule(config: InternViTConfig, naming: str = "hf", prefix: Path = (
         if inner == ("attn", "o", "kernel"):
             return linear_from_heads(h, d)
         if inner == ("embeddings", "patch_embedding", "kernel"):
-            return conv_weight_to_patch_kernel
+            return patch_kernel
         if inner[-1] == "kernel":
             return transpose
         if inner[-1] == "class_embedding":
-            return lambda a: a.reshape(-1)  # [1, 1, D] -> [D]
+            return class_embedding
         if inner[-1] == "position_embedding":
-            return lambda a: a.reshape(-1, a.shape[-1])  # [1, T, D] -> [T, D]
+            return position_embedding
         return identity
+
+    def qkv_part(kind: str, j: int) -> Gather:
+        """The fused qkv weight [3E, E] / bias [3E] of the original naming -> q, k or v (j = 0, 1, 2)."""
+        if kind == "weight":
+            return Gather(lambda a: np.ascontiguousarray(a[j * e:(j + 1) * e].T.reshape(e, h, d)),
+                          lambda s: (3 * e, e), f"qkv_weight_{j}")
+        return Gather(lambda a: a[j * e:(j + 1) * e].reshape(h, d), lambda s: (3 * e,), f"qkv_bias_{j}")
 
     def rule(name: str, tensor: np.ndarray) -> list[Target] | None:
         name = _strip(name, hf_prefix)
@@ -242,16 +251,32 @@ def internvit_rule(config: InternViTConfig, naming: str = "hf", prefix: Path = (
             return _layer_targets(prefix, config.scan_layers, i, inner, transform_for(inner))
         if naming == "original" and rest in ("attn.qkv.weight", "attn.qkv.bias"):  # [3E, E] / [3E]: q, k, v
             kind = rest.rsplit(".", 1)[1]
-            if kind == "weight":
-                part = lambda j: (lambda a: np.ascontiguousarray(a[j * e:(j + 1) * e].T.reshape(e, h, d)))  # noqa: E731
-            else:
-                part = lambda j: (lambda a: a[j * e:(j + 1) * e].reshape(h, d))  # noqa: E731
             leaf = "kernel" if kind == "weight" else "bias"
             return [t for j, proj in enumerate("qkv")
-                    for t in _layer_targets(prefix, config.scan_layers, i, ("attn", proj, leaf), part(j))]
+                    for t in _layer_targets(prefix, config.scan_layers, i, ("attn", proj, leaf), qkv_part(kind, j))]
         return None
 
-    return rule
+    per_layer = list(layer_map) + (["attn.qkv.weight", "attn.qkv.bias"] if naming == "original" else [])
+    layer_name = "encoder.layers.{}.{}" if naming == "original" else "encoder.layer.{}.{}"
+    names = list(tops) + [layer_name.format(i, rest) for i in range(config.num_layers) for rest in per_layer]
+    return named(rule, [hf_prefix + n for n in names])
+
+
+def internvit_config_to_original(config: InternViTConfig) -> dict:
+    """InternViTConfig -> the original InternViT remote-code config dict (model_type `intern_vit_6b`, as the
+    InternViT-300M-448px folder and VITA-1.5's `vision_config` hold it). Read back with `InternViTConfig.from_hf` it
+    gives the same tower (checked; a CheckpointError names what it cannot express)."""
+    hf = dict(model_type="intern_vit_6b", architectures=["InternVisionModel"], image_size=config.image_size,
+              patch_size=config.patch_size, num_channels=config.num_channels, hidden_size=config.hidden_size,
+              intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
+              num_attention_heads=config.num_heads, hidden_act=config.act, layer_norm_eps=config.layer_norm_eps,
+              norm_type=config.norm_type, qkv_bias=config.qkv_bias, qk_normalization=config.qk_norm,
+              initializer_factor=config.layer_scale_init, drop_path_rate=config.drop_path_rate)
+    keep = {k: getattr(config, k) for k in ("feature_layer", "downsample_ratio", "ps_version", "scan_layers",
+                                            "remat_policy", "dtype", "param_dtype")}
+    check_read_back(config, InternViTConfig.from_hf(hf, **keep),
+                    "this InternViTConfig has no original (intern_vit_6b) counterpart")
+    return hf
 
 
 def _build_internvit(hf: dict, dtype: Any) -> InternViT:

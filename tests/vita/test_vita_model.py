@@ -1,8 +1,9 @@
 """VITA-1.5 as a whole: a release-layout folder (sharded safetensors, the audio folder's train.yaml) written from a
 PyTorch reference composition (tests/vita/vita_reference.py: HF Qwen2ForCausalLM + HF InternVLVisionModel under the
 release's InternViT names + projector + the whale reference) loads through vita_jax.load_original, and its logits on
-mixed image + audio + text batches equal the reference's (<= 1e-4); the published sizes; (2, 2, 2) sharding equals
-one device; placeholder mismatches fail loudly."""
+mixed image + audio + text batches equal the reference's (<= 1e-4); `vita_jax.hf.save_original` writes that layout
+back (every release tensor equal, loaded back exactly); the published sizes; (2, 2, 2) sharding equals one device;
+placeholder mismatches fail loudly."""
 import chex
 import flax.linen as nn
 import jax
@@ -102,6 +103,48 @@ def test_release_folder_matches_reference(name, tmp_path):
                            None, feats[b:b + 1, :int(fmask[b].any(-1).sum())],
                            fmask[b:b + 1, :int(fmask[b].any(-1).sum())])
         chex.assert_trees_all_close(np.asarray(one[0]), np.asarray(got[b, :n]), atol=TOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_export_writes_the_release_layout_back(tmp_path):
+    """load_original -> save_original: every tensor of the release folder comes back under its own name with the same
+    values (fused qkv, conv kernels, CMVN buffers included), config.json / train.yaml / global_cmvn read back to the
+    same model and parameters; a setting the release's files cannot hold is refused, naming it."""
+    import dataclasses
+    import json
+    import os
+
+    import vita_reference
+
+    from common.hf.checkpoint import CheckpointError, iter_tensors
+    from vita_jax.hf import AUDIO_DIR_NAME, load_cmvn_json, save_original
+
+    spec = CONFIGS["gqa6_tied_visionjson_chunked"]
+    reference = vita_reference.Reference(spec["text"], spec["vision"], spec["audio"], seed=3)
+    folder = reference.save_release(str(tmp_path / "VITA-1.5"), vision_config_in_json=True)
+    module, params = load_original(folder)
+    out = save_original(str(tmp_path / "export"), module, params, max_shard_bytes=40_000)
+    assert os.path.isfile(os.path.join(out, "model.safetensors.index.json"))  # sharded past 40 kB
+    exported = dict(iter_tensors(out))
+    # buffers the loader recomputes, and the copy of the tied embedding torch's state_dict carries, are not written
+    recomputed = ("inv_freq", "position_ids") + (("lm_head.weight",) if module.config.text.tie_word_embeddings else ())
+    release = {n: t for n, t in iter_tensors(folder) if not n.endswith(recomputed)}
+    assert sorted(exported) == sorted(release)
+    for name, tensor in release.items():
+        np.testing.assert_array_equal(exported[name], tensor, err_msg=name)
+    with open(os.path.join(out, "config.json")) as f:
+        hf = json.load(f)
+    assert hf["model_type"] == "vita-Qwen2" and hf["vision_config"]["model_type"] == "intern_vit_6b"
+    again, params_again = load_original(out)
+    assert again.config == module.config
+    chex.assert_trees_all_close(params_again, params, atol=0, rtol=0)
+    mean, istd = load_cmvn_json(os.path.join(out, AUDIO_DIR_NAME, "global_cmvn"))  # what the release's code reads
+    chex.assert_trees_all_close((mean, istd), (params["audio_encoder"]["global_cmvn_mean"],
+                                               params["audio_encoder"]["global_cmvn_istd"]), rtol=1e-6)
+    odd = Vita(module.config.replace(audio=dataclasses.replace(module.config.audio, layer_norm_eps=1e-6)))
+    with pytest.raises(CheckpointError, match="no train.yaml counterpart: layer_norm_eps: 1e-06 would load as 1e-05"):
+        save_original(str(tmp_path / "refused"), odd, params)
+    assert not os.path.exists(tmp_path / "refused")
 
 
 def test_published_sizes():

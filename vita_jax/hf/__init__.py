@@ -34,11 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.hf.checkpoint import (CheckpointError, Gather, Rule, Target, bias_to_heads, fill_params, identity,
-                                  iter_tensors, linear_from_heads, linear_to_heads, read_config, stacked, transpose,
-                                  weight_files)
-from common.hf.lm import config_from_hf, lm_rule
-from common.hf.vision import internvit_rule
+from common.hf import save_tokenizer_files
+from common.hf.checkpoint import (CheckpointError, Gather, Rule, Target, bias_to_heads, check_read_back, fill_params,
+                                  identity, iter_tensors, linear_from_heads, linear_to_heads, named, read_config,
+                                  save_tensors, stacked, transpose, weight_files)
+from common.hf.lm import config_from_hf, config_to_hf, lm_rule
+from common.hf.vision import internvit_config_to_original, internvit_rule
 from common.sharding import params_sharding
 from common.vision.intern_vit import InternViTConfig, internvit_300m_448px
 from vita_jax.hf.codec import load_original as load_codec, save_original as save_codec
@@ -133,7 +134,8 @@ def speech_rule(config: SpeechEncoderConfig, prefix=("audio_encoder",), adapter_
             return [Target(path, index, transform(inner))]
         return None
 
-    return rule
+    layers = [f"encoder.enc.1.encoders.{i}.{rest}" for i in range(config.num_layers) for rest in _SPEECH_LAYER]
+    return named(rule, [hf_prefix + n for n in [*_SPEECH_TOPS, *layers, *_ADAPTER]])
 
 
 def load_cmvn_json(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -363,6 +365,115 @@ def _find_audio_dir(model_dir: str, hf: dict) -> str | None:
     return None
 
 
+def release_rule(config: VitaConfig) -> Rule:
+    """Tensor names of the release's safetensors -> our Vita tree: the Qwen2 LM (`model.*`, `lm_head`), the InternViT
+    tower (remote-code names under model.vision_tower.vision_tower.), the projector (model.mm_projector.{0,2}) and the
+    audio encoder + adapter (model.audio_encoder.encoder.* / adpter.*). Its `names` make it save too."""
+    lm = lm_rule(config.text, "qwen2", prefix=("lm",))
+    vision = internvit_rule(config.vision, "original", ("vision_tower",), VISION_PREFIX)
+    audio = speech_rule(config.audio, hf_prefix=AUDIO_PREFIX)
+    projector = {f"model.mm_projector.{i}.{leaf}": ("projector", f"linear_{j}",
+                                                    "kernel" if leaf == "weight" else "bias")
+                 for i, j in ((0, 1), (2, 2)) for leaf in ("weight", "bias")}
+
+    def rule(name: str, tensor: np.ndarray) -> list[Target] | None:
+        if name in projector:
+            path = projector[name]
+            return [Target(path, (), transpose if path[-1] == "kernel" else identity)]
+        if name.startswith(VISION_PREFIX):
+            return vision(name, tensor)
+        if name.startswith(AUDIO_PREFIX):
+            return audio(name, tensor)
+        return lm(name, tensor)
+
+    return named(rule, [*lm.names, *vision.names, *projector, *audio.names])
+
+
+def speech_config_to_yaml(config: SpeechEncoderConfig) -> dict:
+    """SpeechEncoderConfig -> the audio folder's train.yaml dict (the release's keys, every one written). Read back
+    with `speech_config_from_yaml` it gives the same encoder (checked; a CheckpointError names what the release's
+    format cannot hold, e.g. a LayerNorm eps other than its fixed 1e-5)."""
+    c = config
+    chunk = c.chunk_size if c.chunk_mode == "static" else -1
+    conf = {
+        "input_dim": c.input_dim,
+        "encoder_conf": {
+            "overview_conf": {"encoder-input-dim": c.input_dim, "encoder-output-dim": c.hidden_size,
+                              "encoder-layer-config": "subsampling-transformer"},
+            "para_conf": {
+                "subsampling": {"subsampling-rate": 4, "subsampling-input-dim": c.input_dim,
+                                "subsampling-output-dim": c.hidden_size, "subsampling-dropout-rate": c.dropout_rate},
+                "transformer": {
+                    "transformer-input-dim": c.hidden_size, "transformer-output-dim": c.hidden_size,
+                    "transformer-attention-dim": c.hidden_size, "transformer-attention-heads": c.num_heads,
+                    "transformer-linear-units": c.intermediate_size, "transformer-num-blocks": c.num_layers,
+                    "transformer-dropout-rate": c.dropout_rate,
+                    "transformer-attention-dropout-rate": c.attention_dropout_rate,
+                    "transformer-positional-dropout-rate": c.positional_dropout_rate,
+                    "transformer-input-layer": "linear", "transformer-pos-enc-class": "rel-enc",
+                    "transformer-normalize-before": True, "transformer-concat-after": False,
+                    "transformer-positionwise-layer-type": "linear", "transformer-chunk_size": chunk,
+                    "transformer-left_chunks": c.left_chunks if c.chunk_mode == "static" else -1,
+                    "transformer-dynamic-chunks": c.chunk_mode == "dynamic"}}},
+        "model_conf": {"enc_out_dim": c.hidden_size, "kernel_size": c.adapter_kernel_size,
+                       "adpter_type": "subsampling", "activation_func": c.adapter_act, "norm": "layer"},
+    }
+    keep = {k: getattr(c, k) for k in ("scan_layers", "remat_policy", "dtype", "param_dtype")}
+    check_read_back(config, speech_config_from_yaml(conf, **keep), "this audio encoder has no train.yaml counterpart")
+    return conf
+
+
+def save_original(out_dir: str, module: Vita, params, tokenizer=None, *, dtype: Any = None,
+                  max_shard_bytes: int = 5 * 2**30) -> str:
+    """(Vita, plain params) -> a folder in the released VITA-1.5 layout that `load_original` (and the release's own
+    code) reads: config.json (model_type vita-Qwen2: the Qwen2 fields, mm_* fields, the InternViT `vision_config`,
+    `mm_audio_encoder` naming the audio folder), safetensors under the release's tensor names (sharded past
+    `max_shard_bytes`; tensors in `dtype`, default the parameters'), the audio folder with train.yaml
+    (`speech_config_to_yaml`) and the encoder's CMVN as its global_cmvn JSON, and the tokenizer's files when given.
+    Written by inverting the loader's own rules: every parameter has a name, or a CheckpointError names it. LoRA
+    adapters must be merged first (`common.lora.merge_in_tree`). Returns out_dir."""
+    cfg = module.config
+    if (cfg.image_token_index, cfg.audio_token_index) != (IMAGE_TOKEN_INDEX, AUDIO_TOKEN_INDEX):
+        raise CheckpointError(f"the release's placeholders are image {IMAGE_TOKEN_INDEX} / audio {AUDIO_TOKEN_INDEX}; "
+                              f"this model uses {cfg.image_token_index} / {cfg.audio_token_index}")
+    if cfg.vision.feature_layer != -1:
+        raise CheckpointError(f"the release reads the tower's last layer; this model reads layer "
+                              f"{cfg.vision.feature_layer}")
+    yaml_conf = speech_config_to_yaml(cfg.audio)
+    vision_hf = internvit_config_to_original(cfg.vision)
+    text_hf = config_to_hf(cfg.text, "qwen2")
+    leaves = jax.tree.leaves(params)
+    stored = np.dtype(dtype) if dtype is not None else np.dtype(leaves[0].dtype)
+    hf = {**text_hf, "model_type": "vita-Qwen2", "architectures": ["VITAQwen2ForCausalLM"],
+          "torch_dtype": stored.name, "mm_projector_type": "mlp2x_gelu",
+          "mm_vision_tower": "OpenGVLab/InternViT-300M-448px",
+          "mm_hidden_size": int(cfg.vision.hidden_size / cfg.vision.downsample_ratio ** 2),
+          "downsample_ratio": cfg.vision.downsample_ratio, "vision_config": vision_hf,
+          "mm_audio_encoder": AUDIO_DIR_NAME, "image_aspect_ratio": "square"}
+    if tokenizer is not None:
+        hf.update({f"{k}_token_id": getattr(tokenizer, f"{k}_id") for k in ("bos", "eos", "pad")
+                   if getattr(tokenizer, f"{k}_id", None) is not None})
+    os.makedirs(out_dir, exist_ok=True)
+    save_tensors(out_dir, params, release_rule(cfg), dtype=dtype, max_shard_bytes=max_shard_bytes,
+                 source="VITA-1.5 model")
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2)
+    import yaml
+
+    audio_dir = os.path.join(out_dir, AUDIO_DIR_NAME)
+    os.makedirs(audio_dir, exist_ok=True)
+    with open(os.path.join(audio_dir, "train.yaml"), "w") as f:
+        yaml.safe_dump(yaml_conf, f, sort_keys=False)
+    encoder = params["audio_encoder"]
+    mean = np.asarray(encoder["global_cmvn_mean"], np.float64)
+    istd = np.asarray(encoder["global_cmvn_istd"], np.float64)
+    with open(os.path.join(audio_dir, "global_cmvn"), "w") as f:  # WeNet's JSON: sums over frame_num frames
+        json.dump({"mean_stat": mean.tolist(), "var_stat": (1.0 / istd ** 2 + mean ** 2).tolist(), "frame_num": 1}, f)
+    if tokenizer is not None:
+        save_tokenizer_files(tokenizer, out_dir)
+    return out_dir
+
+
 def load_original(model_dir: str, *, audio_dir: str | None = None, vision_tower_dir: str | None = None,
                   dtype: Any = None, mesh: jax.sharding.Mesh | None = None, **overrides) -> tuple[Vita, dict]:
     """The released VITA-1.5 folder -> (Vita, params). See the module docstring for the layout.
@@ -377,9 +488,6 @@ def load_original(model_dir: str, *, audio_dir: str | None = None, vision_tower_
     config = original_config(model_dir, audio_dir=audio_dir, vision_tower_dir=vision_tower_dir, dtype=dtype,
                              shapes=shapes, **overrides)
     module = Vita(config)
-    lm = lm_rule(config.text, "qwen2", prefix=("lm",))
-    vision = internvit_rule(config.vision, "original", ("vision_tower",), VISION_PREFIX)
-    audio = speech_rule(config.audio, hf_prefix=AUDIO_PREFIX)
     audio_plain = speech_rule(config.audio)
     has_audio = any(n.startswith(AUDIO_PREFIX + "encoder.enc.") for n in shapes)
     has_cmvn = AUDIO_PREFIX + "encoder.global_cmvn.mean" in shapes
@@ -391,19 +499,7 @@ def load_original(model_dir: str, *, audio_dir: str | None = None, vision_tower_
     if not has_audio and not (final_pt and os.path.isfile(final_pt)):
         raise CheckpointError(f"{model_dir} holds no audio encoder and no audio folder with final.pt was found")
     cmvn_json = os.path.join(audio_dir, "global_cmvn") if audio_dir else None
-    projector = {f"model.mm_projector.{i}.{leaf}": ("projector", f"linear_{j}",
-                                                    "kernel" if leaf == "weight" else "bias")
-                 for i, j in ((0, 1), (2, 2)) for leaf in ("weight", "bias")}
-
-    def from_model_dir(name, tensor):
-        if name in projector:
-            path = projector[name]
-            return [Target(path, (), transpose if path[-1] == "kernel" else identity)]
-        if name.startswith(VISION_PREFIX):
-            return vision(name, tensor)
-        if name.startswith(AUDIO_PREFIX):
-            return audio(name, tensor)
-        return lm(name, tensor)
+    from_model_dir = release_rule(config)
 
     def tensors():
         yield from ((f"model:{n}", t) for n, t in iter_tensors(model_dir))
@@ -441,5 +537,6 @@ def load_original(model_dir: str, *, audio_dir: str | None = None, vision_tower_
 
 
 __all__ = ["AUDIO_DIR_NAME", "AUDIO_PREFIX", "RELEASE_YAML_DEFAULTS", "VISION_PREFIX", "load_cmvn_json", "load_codec",
-           "load_original", "load_speech_decoder", "original_config", "save_codec", "speech_config_from_shapes",
-           "speech_config_from_yaml", "speech_rule", "vision_config_from_shapes"]
+           "load_original", "load_speech_decoder", "original_config", "release_rule", "save_codec", "save_original",
+           "speech_config_from_shapes", "speech_config_from_yaml", "speech_config_to_yaml", "speech_rule",
+           "vision_config_from_shapes"]
