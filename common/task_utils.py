@@ -98,6 +98,16 @@ def lm_loss_fn(model: nn.Module, lm_config: LMConfig, model_inputs, lora_config:
     return loss_fn
 
 
+def load_trained(workdir: str, make_task, step: int | None = None, config=None):
+    """A training workdir -> (model, params, tokenizer, config), the one way every family loads what it trained: the
+    family's task rebuilt by `make_task(config, workdir)` from the workdir's config.json (or `config`) and its saved
+    tokenizer, and the checkpoint's parameters (latest, or `step`; host numpy arrays) with any LoRA adapters merged."""
+    config = restore_config(workdir) if config is None else config
+    task = make_task(config, workdir)
+    params = lora_lib.merge_in_tree(restore_params(workdir, step), task.lora_config)
+    return task.model, params, task.tokenizer, config
+
+
 def _flat(tree) -> dict[str, object]:
     return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(tree).items()}
 

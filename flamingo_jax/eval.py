@@ -46,11 +46,12 @@ import numpy as np
 from common import metrics
 from common.data import formats, image_ops, shapes
 from common.generate import GenerationConfig, generate
+from common.task_utils import load_trained
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 from configs import load_config, split_config_overrides
 from flamingo_jax import data as data_lib
 from flamingo_jax.model import FlamingoForGeneration, count_media
-from flamingo_jax.task import flamingo_config_from, restore_params
+from flamingo_jax.task import flamingo_config_from, make_task
 
 log = logging.getLogger("flamingo_jax.eval")
 TASKS = ("names", "captions", "vqa")
@@ -370,7 +371,12 @@ def markdown_table(results: dict, title: str = "") -> str:
 # CLI
 # ----------------------------------------------------------------------------------------------------------------
 def load_runner(config, workdir: str | None, random_init: bool = False, **kwargs) -> FlamingoRunner:
-    tokenizer = data_lib.build_tokenizer(config.get("tokenizer"))
+    """The trained model of `workdir` (`common.task_utils.load_trained`: the workdir's tokenizer and latest
+    parameters) under `config`, or with random_init the config's model at its random initialisation."""
+    if not random_init:
+        model, params, tokenizer, _ = load_trained(workdir, make_task, config=config)
+        return FlamingoRunner(model.config, jax.tree.map(jnp.asarray, params), tokenizer, **kwargs)
+    tokenizer = data_lib.build_tokenizer(config.get("tokenizer"), workdir)
     cfg = flamingo_config_from(config.model, tokenizer)
     if random_init:
         from flamingo_jax.model import Flamingo
@@ -378,8 +384,6 @@ def load_runner(config, workdir: str | None, random_init: bool = False, **kwargs
 
         ids, kw = example_batch(cfg)
         params = jax.jit(lambda k: nn.unbox(Flamingo(cfg).init(k, ids, **kw)["params"]))(jax.random.key(0))
-    else:
-        params = jax.tree.map(jnp.asarray, restore_params(workdir))
     return FlamingoRunner(cfg, params, tokenizer, **kwargs)
 
 

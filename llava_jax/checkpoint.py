@@ -22,15 +22,14 @@ import flax
 import jax
 import numpy as np
 
-from common import lora as lora_lib
 from common.checkpoints import CHECKPOINTS_DIR
 from common.lm import LMConfig
-from common.task_utils import restore_config
+from common.task_utils import load_trained
 from common.tokenizers import save_tokenizer
 from common.vision.clip import CLIPVisionConfig
 from llava_jax import data as data_lib
 from llava_jax.model import Llava, LlavaConfig
-from llava_jax.task import llava_config_from, lora_config_from, restore_params
+from llava_jax.task import make_task
 
 EXPORT_CONFIG = "llava_config.json"
 EXPORT_PARAMS = "llava_params.msgpack"
@@ -43,14 +42,11 @@ def _read_json(path: str) -> dict:
 
 def load_workdir(workdir: str, step: int | None = None):
     """Training workdir -> (Llava, merged params (numpy), tokenizer, template, training config)."""
-    config = restore_config(workdir)
-    tokenizer = data_lib.build_tokenizer(config.get("tokenizer"), workdir)
-    cfg = llava_config_from(config.model, tokenizer)
-    params = lora_lib.merge_in_tree(restore_params(workdir, step), lora_config_from(config))
+    module, params, tokenizer, config = load_trained(workdir, make_task, step)
     template = config.data.get("template", "vicuna_v1")
     if template == "plain":  # a stage-1 model is queried with the stage-2 template
         template = "vicuna_v1"
-    return Llava(cfg), params, tokenizer, template, config
+    return module, params, tokenizer, template, config
 
 
 def export(workdir: str, out_dir: str, step: int | None = None, *, format: str = "hf", dtype=None,

@@ -21,16 +21,14 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from common import lora as lora_lib
 from common.data.audio import speech_fbank
-from common.task_utils import lora_config_from, restore_config, restore_params
+from common.task_utils import load_trained
 from common.tokenizers import load_tokenizer
 from vita_jax import conversation
 from vita_jax import ctc as ctc_lib
 from vita_jax import data as data_lib
 from vita_jax.inference import Request, generate_batch
-from vita_jax.model import Vita
-from vita_jax.task import vita_config_from
+from vita_jax.task import make_task
 
 
 def _normalize(text: str) -> str:
@@ -195,10 +193,8 @@ def load_model(workdir: str | None = None, model_dir: str | None = None):
         module, params = load_original(model_dir)
         return module, params, load_tokenizer(model_dir)
 
-    config = restore_config(workdir)
-    tokenizer = data_lib.build_tokenizer(config.get("tokenizer"), workdir)
-    params = lora_lib.merge_in_tree(restore_params(workdir), lora_config_from(config))
-    return Vita(vita_config_from(config.model, tokenizer)), params, tokenizer
+    module, params, tokenizer, _ = load_trained(workdir, make_task)
+    return module, params, tokenizer
 
 
 def main(argv=None) -> int:
