@@ -52,13 +52,12 @@ def test_a_preempted_training_stops_the_reproduction(monkeypatch, tmp_path):
     import ml_collections
     import pytest
 
-    import common.train
     from common.trainer import RunResult
     from flamingo_jax import reproduce
 
     config = ml_collections.ConfigDict({"total_steps": 3000})
-    monkeypatch.setattr(common.train, "train", lambda *a, **k: RunResult(final_step=504, preempted=True, metrics=[]))
+    monkeypatch.setattr(reproduce, "train", lambda *a, **k: RunResult(final_step=504, preempted=True, metrics=[]))
     with pytest.raises(reproduce.Preempted, match="preempted at step 504 of 3000"):
         reproduce._train(config, str(tmp_path))
-    monkeypatch.setattr(common.train, "train", lambda *a, **k: RunResult(final_step=3000, preempted=False, metrics=[]))
+    monkeypatch.setattr(reproduce, "train", lambda *a, **k: RunResult(final_step=3000, preempted=False, metrics=[]))
     assert reproduce._train(config, str(tmp_path)).final_step == 3000
