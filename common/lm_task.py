@@ -13,7 +13,7 @@ import numpy as np
 from common import bundled_text
 from common.lm import DecoderLM, LMConfig, head_kernel, matmul_flops_per_token
 from common.losses import next_token_loss
-from common.trainer import DataShard, Task
+from common.trainer import DataShard, Task, TrainerSettings
 
 
 def lm_config_from(model_config) -> LMConfig:
@@ -46,12 +46,16 @@ def make_task(config, workdir: str | None = None) -> Task:
     if lm_config.vocab_size < bundled_text.BYTE_VOCAB_SIZE:
         raise ValueError(f"byte-level data needs vocab_size >= 256, got {lm_config.vocab_size}")
     splits = token_splits_from(config.data)
+    fused = TrainerSettings.from_config(config).lm_loss == "fused"
 
     def init_params(rng):
         return model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
 
     def loss_fn(params, batch, rng):
         del rng  # no dropout in the LM core
+        if not fused:
+            logits = model.apply({"params": params}, batch["inputs"])  # [B, T, V]
+            return next_token_loss(logits, batch["targets"], batch["loss_mask"])
         hidden = model.apply({"params": params}, batch["inputs"], return_hidden=True)  # [B, T, E]
         return next_token_loss(hidden, batch["targets"], batch["loss_mask"], kernel=head_kernel(params, lm_config))
 

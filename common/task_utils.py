@@ -79,17 +79,21 @@ def init_params_fn(model: nn.Module, example_inputs: tuple, lora_config: lora_li
 
 
 def lm_loss_fn(model: nn.Module, lm_config: LMConfig, model_inputs, lora_config: lora_lib.LoraConfig | None = None,
-               dropout: bool = False, lm_path: str = "lm"):
+               dropout: bool = False, lm_path: str = "lm", fused: bool = True):
     """The trainer's `loss_fn` of a (multimodal) LM: `model.apply(params, batch['input_ids'], **model_inputs(batch))`
     to its final hidden states [B, T, E], then the mean next-token cross-entropy on the tokens of
     batch['loss_mask'] (the answers), fused with the LM head (`common.losses`: no [B, T, V] logits are formed).
     lm_path: where the DecoderLM's parameters sit in the tree ('' = the root); LoRA adapters are merged in first;
-    dropout: the model runs with deterministic=False and the step's rng."""
+    dropout: the model runs with deterministic=False and the step's rng. fused=False: the model's full float32 logits
+    [B, T, V], then the same cross-entropy (config `lm_loss: logits`)."""
 
     def loss_fn(params, batch, rng):
         params = lora_lib.merge_in_tree(params, lora_config)
         ids = batch["input_ids"]
         stochastic = dict(deterministic=False, rngs={"dropout": rng}) if dropout else {}
+        if not fused:
+            logits = model.apply({"params": params}, ids, **model_inputs(batch), **stochastic)  # [B, T, V]
+            return shifted_next_token_loss(logits, ids, batch["loss_mask"])
         hidden = model.apply({"params": params}, ids, **model_inputs(batch), **stochastic,
                              return_hidden=True)  # [B, T, E]
         kernel = head_kernel(params[lm_path] if lm_path else params, lm_config)  # [E, V]

@@ -165,8 +165,13 @@ class TrainerSettings:
     max_nonfinite_in_a_row: int = 10
     peak_flops: float = 0.0  # per device, for MFU; 0 = not reported
     logical_axis_rules: tuple = LOGICAL_AXIS_RULES  # logical axis name -> mesh axis / axes / None
+    # The tasks' next-token loss: "fused" with the LM head, chunked (no [B, T, V] logits; common.losses) or "logits"
+    # (the head's full logits, then the cross-entropy). docs/tpu.md: what each costs in the TPU plans.
+    lm_loss: str = "fused"
 
     def __post_init__(self):
+        if self.lm_loss not in ("fused", "logits"):
+            raise ValueError(f"lm_loss must be 'fused' or 'logits', got {self.lm_loss!r}")
         if self.multi_dataset_mode not in ("accumulate", "round_robin"):
             raise ValueError(f"multi_dataset_mode must be 'accumulate' or 'round_robin', got "
                              f"{self.multi_dataset_mode!r}")

@@ -53,7 +53,7 @@ from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_pe
 from common.task_data import MediaShapes, TaskData
 from common.task_utils import get, graft, keep_tokenizer, lm_loss_fn, plain, restore_params
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
-from common.trainer import Task
+from common.trainer import Task, TrainerSettings
 from common.vision.clip import CLIPVisionConfig
 from common.vision.nfnet import NFNetConfig
 from flamingo_jax import data as data_lib
@@ -273,7 +273,8 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         return contrastive_loss(image, text, scale, valid=batch["attention_mask"].any(axis=1))
 
     loss_fn = (contrastive_loss_fn if stage == "contrastive" else
-               lm_loss_fn(model, cfg.lm, model_inputs, lm_path="" if stage == "lm" else "lm"))
+               lm_loss_fn(model, cfg.lm, model_inputs, lm_path="" if stage == "lm" else "lm",
+                          fused=TrainerSettings.from_config(config).lm_loss == "fused"))
 
     def packing_for(spec):
         """`pack: true` (stages flamingo / lm): several samples per row; image slots per row default to twice a

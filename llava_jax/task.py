@@ -177,7 +177,7 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         load = lambda params: load_pretrained_weights(params, config, cfg)  # noqa: E731
 
     return Task(init_params=init_params_fn(model, example_inputs(cfg), lcfg),
-                loss_fn=lm_loss_fn(model, cfg.text, model_inputs, lcfg),
+                loss_fn=lm_loss_fn(model, cfg.text, model_inputs, lcfg, fused=data.settings.lm_loss == "fused"),
                 make_train_data=data.train_data, dataset_weights=data.weights,
                 flops_per_example={name: 3.0 * matmul_flops_per_token(cfg.text, int(spec["max_len"]))
                                    * int(spec["max_len"]) for name, spec in datasets.items()},

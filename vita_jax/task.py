@@ -166,7 +166,8 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
             raise ValueError("objective 'ctc' reads one clip per row: packing (pack: true) is not supported with it")
         loss_fn, ctc_head = _ctc_loss_fn(cfg, tokenizer, dropout)
     else:
-        loss_fn = lm_loss_fn(model, cfg.text, model_inputs, lcfg, dropout=dropout)
+        loss_fn = lm_loss_fn(model, cfg.text, model_inputs, lcfg, dropout=dropout,
+                             fused=data.settings.lm_loss == "fused")
     flops = {name: 3.0 * matmul_flops_per_token(cfg.text, int(spec["max_len"])) * int(spec["max_len"])
              for name, spec in datasets.items()} if objective == "lm" else 0.0  # the LM's; not counted for CTC
 

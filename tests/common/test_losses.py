@@ -101,3 +101,25 @@ def test_fused_loss_from_the_lm_hidden_states_equals_the_loss_of_its_logits():
         (got, got_aux), got_grads = jax.value_and_grad(fused, has_aux=True)(params)
         chex.assert_trees_all_close((got, got_aux), (want, want_aux), rtol=1e-5)
         chex.assert_trees_all_close(got_grads, want_grads, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_tasks_lm_loss_setting_fused_or_logits_gives_one_loss():
+    """`lm_loss: fused` (the default) and `lm_loss: logits` are the same loss and gradients through a task's loss_fn;
+    another value is refused when the config is built."""
+    import configs
+    from common.lm_task import make_task
+    from common.trainer import DataShard
+    from configs.trainer import trainer_config
+
+    results = []
+    for form in ("fused", "logits"):
+        config = configs.load_config("lm/tiny", [f"lm_loss={form}", "batch_size=2"])
+        task = make_task(config)
+        params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, task.init_params(jax.random.key(0)),
+                              is_leaf=lambda x: hasattr(x, "value"))
+        batch = jax.tree.map(jnp.asarray, next(task.make_train_data(DataShard(0, 1))["text"]))
+        results.append(jax.value_and_grad(task.loss_fn, has_aux=True)(params, batch, jax.random.key(1)))
+    chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="lm_loss must be 'fused' or 'logits'"):
+        trainer_config(lm_loss="chunked")
