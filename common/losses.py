@@ -2,11 +2,12 @@
 
 `next_token_loss` is the masked mean cross-entropy, either from float logits [B, T, V] or fused with the LM
 head from final hidden states [B, T, E] and the head kernel [E, V] (`common.lm.head_kernel`). The fused form
-never builds the [B, T, V] logits: it walks the positions in chunks of [B, C] tokens, forming each chunk's logits
-and keeping only their log-sum-exp [B, T]; its backward pass (a custom VJP) recomputes each chunk's logits and
-contracts softmax - onehot at once into the gradients of the hidden states and the kernel. Nothing of size
-[B, C, V] or [E, V] lives from the forward to the backward pass. Chunking along the positions keeps each chunk's
-batch axis, so a batch sharded over the data / fsdp mesh axes stays sharded chunk by chunk.
+never builds the [B, T, V] logits: it walks the positions in chunks of [B, C] tokens, and for each chunk forms
+the logits, their log-sum-exp and (in the same pass) the gradient softmax - onehot, contracting it at once into
+the gradients of the hidden states and the kernel (a custom VJP), so that the backward pass only scales them by
+the loss cotangent. (A variant that kept only the log-sum-exp and recomputed the logits in the backward pass
+compiled to the same TPU peak and was no faster on the CPU: docs/tpu.md.) Chunking along the positions keeps each
+chunk's batch axis, so a batch sharded over the data / fsdp mesh axes stays sharded chunk by chunk.
 
 Shapes: B batch, T positions, C positions per chunk, E width, V vocabulary.
 """
@@ -57,17 +58,13 @@ def shifted_next_token_loss(logits_or_hidden: jax.Array, input_ids: jax.Array, l
                            chunk_size=chunk_size)
 
 
-def _ce_sums(logits: jax.Array, lse: jax.Array, labels: jax.Array, weights: jax.Array):
-    """For float32 logits [..., V] and their log-sum-exp [...]: sum_i w_i * ce_i, sum_i w_i * [argmax_i == label_i]."""
+def _ce_grad(logits: jax.Array, labels: jax.Array, weights: jax.Array):
+    """For float32 logits [..., V]: sum_i w_i * ce_i, sum_i w_i * [argmax_i == label_i], and d(first)/d logits."""
+    lse = jax.nn.logsumexp(logits, axis=-1)  # [...]
     # [...]: a gather, not a pass over V (an out-of-range label of a masked target is clipped; its weight is 0)
     picked = jnp.take_along_axis(logits, labels[..., None], axis=-1, mode="clip")[..., 0]
-    return jnp.sum(weights * (lse - picked)), jnp.sum(weights * (jnp.argmax(logits, axis=-1) == labels))
-
-
-def _ce_grad(logits: jax.Array, labels: jax.Array, weights: jax.Array):
-    """For float32 logits [..., V]: the two sums of `_ce_sums` and d(first)/d logits."""
-    lse = jax.nn.logsumexp(logits, axis=-1)  # [...]
-    loss, accuracy = _ce_sums(logits, lse, labels, weights)
+    loss = jnp.sum(weights * (lse - picked))
+    accuracy = jnp.sum(weights * (jnp.argmax(logits, axis=-1) == labels))
     onehot = jnp.arange(logits.shape[-1]) == labels[..., None]  # [..., V]
     grad = (jnp.exp(logits - lse[..., None]) - onehot.astype(jnp.float32)) * weights[..., None]
     return loss, accuracy, grad
@@ -97,44 +94,30 @@ def _fused_head_ce(hidden, kernel, labels, weights, chunk_size):
     return _fused_head_ce_fwd(hidden, kernel, labels, weights, chunk_size)[0]
 
 
-def _chunks(length: int, chunk_size: int):
-    return [(start, min(start + chunk_size, length)) for start in range(0, length, chunk_size)]
-
-
 def _fused_head_ce_fwd(hidden, kernel, labels, weights, chunk_size):
-    """Loss and accuracy chunk by chunk; keeps only each token's log-sum-exp [B, T] (besides the inputs) for the
-    backward pass, which recomputes the chunk's logits: no [B, C, V] buffer and no gradient lives between the two
-    passes (a gradient formed here would be held through the whole backward of the layers below)."""
+    b, t, e = hidden.shape
     loss = accuracy = jnp.zeros((), jnp.float32)
-    lses = []
-    for start, end in _chunks(hidden.shape[1], chunk_size):  # static chunks: each a [B, C, E] x [E, V] product
-        logits = jnp.einsum("bce,ev->bcv", hidden[:, start:end], kernel,
-                            preferred_element_type=jnp.float32)  # [B, C, V]
-        lse = jax.nn.logsumexp(logits, axis=-1)  # [B, C]
-        chunk_loss, chunk_accuracy = _ce_sums(logits, lse, labels[:, start:end], weights[:, start:end])
+    d_kernel = jnp.zeros(kernel.shape, jnp.float32)
+    d_hidden = []
+    for start in range(0, t, chunk_size):  # static chunks of positions: each a [B, C, E] x [E, V] product
+        end = min(start + chunk_size, t)
+        h = hidden[:, start:end]  # [B, C, E]
+        logits = jnp.einsum("bce,ev->bcv", h, kernel, preferred_element_type=jnp.float32)  # [B, C, V]
+        chunk_loss, chunk_accuracy, grad = _ce_grad(logits, labels[:, start:end], weights[:, start:end])
         loss, accuracy = loss + chunk_loss, accuracy + chunk_accuracy
-        lses.append(lse)
-    lse = lses[0] if len(lses) == 1 else jnp.concatenate(lses, axis=1)  # [B, T]
-    return (loss, accuracy), (hidden, kernel, labels, weights, lse)
+        grad = grad.astype(kernel.dtype)
+        d_hidden.append(jnp.einsum("bcv,ev->bce", grad, kernel, preferred_element_type=jnp.float32))  # [B, C, E]
+        d_kernel = d_kernel + jnp.dot(row_major_transpose(h.reshape(-1, e)), grad.reshape(-1, grad.shape[-1]),
+                                      preferred_element_type=jnp.float32)  # [E, V]
+    d_hidden = d_hidden[0] if len(d_hidden) == 1 else jnp.concatenate(d_hidden, axis=1)  # [B, T, E]
+    return (loss, accuracy), (d_hidden.astype(hidden.dtype), d_kernel.astype(kernel.dtype), weights)
 
 
 def _fused_head_ce_bwd(chunk_size, res, g):
-    hidden, kernel, labels, weights, lse = res
+    d_hidden, d_kernel, weights = res
     g_loss, _ = g  # the accuracy is piecewise constant: no gradient
-    e, v = kernel.shape
-    d_kernel = jnp.zeros(kernel.shape, jnp.float32)
-    d_hidden = []
-    for start, end in _chunks(hidden.shape[1], chunk_size):
-        h = hidden[:, start:end]  # [B, C, E]
-        logits = jnp.einsum("bce,ev->bcv", h, kernel, preferred_element_type=jnp.float32)  # [B, C, V], recomputed
-        onehot = jnp.arange(v) == labels[:, start:end, None]
-        scale = (weights[:, start:end] * g_loss)[..., None]
-        grad = ((jnp.exp(logits - lse[:, start:end, None]) - onehot.astype(jnp.float32)) * scale).astype(kernel.dtype)
-        d_hidden.append(jnp.einsum("bcv,ev->bce", grad, kernel, preferred_element_type=jnp.float32))  # [B, C, E]
-        d_kernel = d_kernel + jnp.dot(row_major_transpose(h.reshape(-1, e)), grad.reshape(-1, v),
-                                      preferred_element_type=jnp.float32)  # [E, V]
-    d_hidden = d_hidden[0] if len(d_hidden) == 1 else jnp.concatenate(d_hidden, axis=1)  # [B, T, E]
-    return d_hidden.astype(hidden.dtype), d_kernel.astype(kernel.dtype), None, jnp.zeros_like(weights)
+    return (d_hidden * g_loss.astype(d_hidden.dtype), d_kernel * g_loss.astype(d_kernel.dtype), None,
+            jnp.zeros_like(weights))
 
 
 _fused_head_ce.defvjp(_fused_head_ce_fwd, _fused_head_ce_bwd)
