@@ -12,11 +12,13 @@ iterators, held-out batches) is the same for Flamingo, LLaVA and VITA, and lives
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from common.data.packing import PackingSpec, packed_batch_spec
 from common.data.pipeline import Collate, DataIterator, collated_batch_spec, task_iterator
+from common.lm import LMConfig, matmul_flops_per_token
 from common.task_utils import plain
 from common.trainer import TrainerSettings
 
@@ -59,9 +61,15 @@ class TaskData:
         """{name: mixture weight} (default 1)."""
         return {name: float(spec.get("weight", 1.0)) for name, spec in self.datasets.items()}
 
-    @property
+    @functools.cached_property
     def settings(self) -> TrainerSettings:
+        """The config's trainer fields (batch size, seed, eval batches, lm_loss), read once."""
         return TrainerSettings.from_config(self.config)
+
+    def lm_flops_per_example(self, lm_config: LMConfig) -> dict[str, float]:
+        """{name: training FLOPs of one max_len example through the LM `lm_config`} (3x the forward matmuls)."""
+        return {name: 3.0 * matmul_flops_per_token(lm_config, int(spec["max_len"])) * int(spec["max_len"])
+                for name, spec in self.datasets.items()}
 
     @property
     def eval_batches(self) -> int:

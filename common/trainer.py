@@ -533,18 +533,19 @@ class Trainer:
 
     def __init__(self, config, task: Task, workdir: str, devices=None):
         self.config, self.task, self.workdir = config, task, os.path.abspath(workdir)
-        self.settings = settings = TrainerSettings.from_config(config)
-        self.mesh = mesh_from_config(settings.mesh, devices)
+        self.mesh = mesh_from_config(TrainerSettings.from_config(config).mesh, devices)
         self.program = TrainProgram(config, task, self.mesh)
         self.is_main = jax.process_index() == 0
         os.makedirs(self.workdir, exist_ok=True)
         self.data_shard = host_data_shard(self.mesh, self.program.rules)
-        self.checkpointer = Checkpointer(os.path.join(self.workdir, CHECKPOINTS_DIR), keep=settings.keep_checkpoints,
-                                         async_save=settings.async_checkpoints)
+        self.checkpointer = Checkpointer(os.path.join(self.workdir, CHECKPOINTS_DIR),
+                                         keep=self.settings.keep_checkpoints,
+                                         async_save=self.settings.async_checkpoints)
         self._step_fns: dict[tuple[str, ...], Callable] = {}
         self._eval_fn = None
 
     # The step's definition lives in the program; these read it.
+    settings = property(lambda self: self.program.settings)
     total_steps = property(lambda self: self.program.total_steps)
     grad_accum_steps = property(lambda self: self.program.grad_accum_steps)
     mode = property(lambda self: self.program.mode)

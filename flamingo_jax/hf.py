@@ -8,8 +8,6 @@ Both torch layouts of the resampler and the gated block map here: OpenFlamingo /
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.hf import save_tokenizer_files
+from common.hf import write_checkpoint
 from common.hf.checkpoint import (CheckpointError, Gather, Path, Target, fill_params, identity, iter_tensors,
-                                  linear_from_heads, linear_to_heads, named, read_config, save_tensors, transpose)
+                                  linear_from_heads, linear_to_heads, named, read_config, transpose)
 from common.hf.lm import comparable, config_from_hf, lm_rule
 from common.hf.vision import clip_rule
 from common.vision.clip import CLIPVisionConfig
@@ -349,21 +347,8 @@ def save_hf(out_dir: str, module: Flamingo, params, tokenizer=None, *, dtype: An
     refuses a Flamingo IDEFICS cannot express), model.safetensors (sharded past `max_shard_bytes`; tensors in `dtype`,
     default the parameters'), and the tokenizer's files when given. Every parameter must have a tensor name, else a
     CheckpointError names the ones without. Returns out_dir."""
-    hf = idefics_config_to_hf(module.config)
-    leaves = jax.tree.leaves(params)
-    stored = np.dtype(dtype) if dtype is not None else np.dtype(leaves[0].dtype)
-    hf.update(torch_dtype=stored.name)
-    if tokenizer is not None:
-        hf.update({f"{k}_token_id": getattr(tokenizer, f"{k}_id") for k in ("bos", "eos", "pad")
-                   if getattr(tokenizer, f"{k}_id", None) is not None})
-    os.makedirs(out_dir, exist_ok=True)
-    save_tensors(out_dir, params, idefics_rule(module.config), dtype=dtype, max_shard_bytes=max_shard_bytes,
-                 source="IDEFICS model")
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2)
-    if tokenizer is not None:
-        save_tokenizer_files(tokenizer, out_dir)
-    return out_dir
+    return write_checkpoint(out_dir, params, idefics_rule(module.config), idefics_config_to_hf(module.config),
+                            dtype=dtype, max_shard_bytes=max_shard_bytes, tokenizer=tokenizer, source="IDEFICS model")
 
 
 def idefics_text_time(input_ids: Any, image_token_id: int, eos_token_id: int | None = None) -> Any:

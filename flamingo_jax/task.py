@@ -49,11 +49,11 @@ from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
 from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
 from common.hf.vision import load_timm_nfnet
-from common.lm import DecoderLM, LMConfig, layer_param_location, matmul_flops_per_token
+from common.lm import DecoderLM, LMConfig, layer_param_location
 from common.task_data import MediaShapes, TaskData
 from common.task_utils import get, graft, keep_tokenizer, lm_loss_fn, plain, restore_params
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
-from common.trainer import Task, TrainerSettings
+from common.trainer import Task
 from common.vision.clip import CLIPVisionConfig
 from common.vision.nfnet import NFNetConfig
 from flamingo_jax import data as data_lib
@@ -272,10 +272,6 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
                                          batch["attention_mask"])  # one image per pair: images [B, 1, H, W, C]
         return contrastive_loss(image, text, scale, valid=batch["attention_mask"].any(axis=1))
 
-    loss_fn = (contrastive_loss_fn if stage == "contrastive" else
-               lm_loss_fn(model, cfg.lm, model_inputs, lm_path="" if stage == "lm" else "lm",
-                          fused=TrainerSettings.from_config(config).lm_loss == "fused"))
-
     def packing_for(spec):
         """`pack: true` (stages flamingo / lm): several samples per row; image slots per row default to twice a
         sample's max_images."""
@@ -300,15 +296,16 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         media_shapes=lambda spec: MediaShapes(
             images=None if "text" in spec["source"] else (int(spec.get("max_images", 1)),) + image))
 
-    flops = {}
-    text_lm = model.config.text if stage == "contrastive" else cfg.lm
-    for name, spec in datasets.items():
-        length = int(spec["max_len"])
-        if stage == "flamingo" and cfg.vision is not None:  # frozen parts: forward (+ activation backward) only
-            media = 0 if "text" in spec["source"] else int(spec.get("max_images", 1))
-            flops[name] = train_flops_per_example(cfg, length, media)["total"]
-        else:  # the LM (stage lm), the text tower (contrastive; its vision side not counted)
-            flops[name] = 3.0 * matmul_flops_per_token(text_lm, length) * length
+    loss_fn = (contrastive_loss_fn if stage == "contrastive" else
+               lm_loss_fn(model, cfg.lm, model_inputs, lm_path="" if stage == "lm" else "lm",
+                          fused=data.settings.lm_loss == "fused"))
+
+    if stage == "flamingo" and cfg.vision is not None:  # frozen parts: forward (+ activation backward) only
+        flops = {name: train_flops_per_example(cfg, int(spec["max_len"]), 0 if "text" in spec["source"] else
+                                               int(spec.get("max_images", 1)))["total"]
+                 for name, spec in datasets.items()}
+    else:  # the LM (stage lm), the text tower (contrastive; its vision side not counted)
+        flops = data.lm_flops_per_example(model.config.text if stage == "contrastive" else cfg.lm)
 
     load = None
     init_lm = plain(get(config, "init_lm", {}) or {})

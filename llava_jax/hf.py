@@ -29,7 +29,7 @@ import numpy as np
 
 import common.hf
 from common.data.image_ops import LLAVA_NEXT_PINPOINTS
-from common.hf import Architecture, load_from_config, register, save_tokenizer_files
+from common.hf import Architecture, load_from_config, register
 from common.hf.checkpoint import (CheckpointError, Rule, Target, fill_params, identity, iter_tensors, named,
                                   read_config, transpose)
 from common.hf.lm import comparable, config_from_hf, config_to_hf, infer_model_type, lm_rule
@@ -245,17 +245,9 @@ def save_hf(out_dir: str, module: Llava, params, tokenizer=None, *, text_model_t
     special-token ids (when given) and, when given, the conversation `template` (an extra config.json field that
     `llava_jax.checkpoint.load_model` reads). Params must hold no LoRA adapters: merge them first
     (`common.lora.merge_in_tree`); anything without a tensor name raises. Returns out_dir."""
-    extra = {}
-    if template:
-        extra["conversation_template"] = template
-    if tokenizer is not None:
-        extra.update({f"{k}_token_id": getattr(tokenizer, f"{k}_id") for k in ("bos", "eos", "pad")
-                      if getattr(tokenizer, f"{k}_id", None) is not None})
-    common.hf.save(out_dir, module, params, dtype=dtype, max_shard_bytes=max_shard_bytes, extra_config=extra,
-                   text_model_type=text_model_type)
-    if tokenizer is not None:
-        save_tokenizer_files(tokenizer, out_dir)
-    return out_dir
+    extra = {"conversation_template": template} if template else {}
+    return common.hf.save(out_dir, module, params, dtype=dtype, max_shard_bytes=max_shard_bytes, extra_config=extra,
+                          tokenizer=tokenizer, text_model_type=text_model_type)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import logging
 from common import lora as lora_lib
 from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
-from common.lm import LMConfig, matmul_flops_per_token
+from common.lm import LMConfig
 from common.task_data import MediaShapes, TaskData
 from common.task_utils import get as _get
 from common.task_utils import graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from, restore_params
@@ -179,8 +179,7 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     return Task(init_params=init_params_fn(model, example_inputs(cfg), lcfg),
                 loss_fn=lm_loss_fn(model, cfg.text, model_inputs, lcfg, fused=data.settings.lm_loss == "fused"),
                 make_train_data=data.train_data, dataset_weights=data.weights,
-                flops_per_example={name: 3.0 * matmul_flops_per_token(cfg.text, int(spec["max_len"]))
-                                   * int(spec["max_len"]) for name, spec in datasets.items()},
+                flops_per_example=data.lm_flops_per_example(cfg.text),
                 load_pretrained=load, make_eval_data=data.eval_data if data.eval_batches else None,
                 evaluate=evaluate if int(eval_cfg.get("num_questions", 0) or 0) else None, batch_spec=data.batch_spec,
                 model=model, model_config=cfg, tokenizer=tokenizer, lora_config=lcfg)

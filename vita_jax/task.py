@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
-from common.lm import LMConfig, matmul_flops_per_token
+from common.lm import LMConfig
 from common.task_data import MediaShapes, TaskData
 from common.task_utils import (get, graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from, plain,
                                restore_params)
@@ -168,15 +168,14 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     else:
         loss_fn = lm_loss_fn(model, cfg.text, model_inputs, lcfg, dropout=dropout,
                              fused=data.settings.lm_loss == "fused")
-    flops = {name: 3.0 * matmul_flops_per_token(cfg.text, int(spec["max_len"])) * int(spec["max_len"])
-             for name, spec in datasets.items()} if objective == "lm" else 0.0  # the LM's; not counted for CTC
+    flops = data.lm_flops_per_example(cfg.text) if objective == "lm" else 0.0  # the LM's; not counted for CTC
 
     cmvn = int(dcfg.get("cmvn_utterances", 0) or 0) > 0
+    pretrained = bool(get(config, "init_from", "") or get(config, "init_checkpoint", ""))
     load = None
-    if cmvn or get(config, "init_from", "") or get(config, "init_checkpoint", ""):
+    if cmvn or pretrained:
         def load(params):
-            if get(config, "init_from", "") or get(config, "init_checkpoint", ""):
-                params = load_pretrained_weights(params, config)
+            params = load_pretrained_weights(params, config) if pretrained else params
             return cmvn_from_data(params, config, tokenizer, cfg) if cmvn else params
 
     return Task(init_params=init_params_fn(model, example_inputs(cfg), lcfg, extra_params=ctc_head),

@@ -114,26 +114,40 @@ def model_type_for(module: nn.Module) -> str:
 
 
 def save(path: str, module: nn.Module, params: Any, model_type: str | None = None, *, dtype: Any = None,
-         max_shard_bytes: int = 5 * 2**30, extra_config: dict | None = None, **config_options) -> str:
+         max_shard_bytes: int = 5 * 2**30, extra_config: dict | None = None, tokenizer=None, **config_options) -> str:
     """Writes (module, params) as a Hugging Face checkpoint directory: config.json + model.safetensors (sharded past
     `max_shard_bytes`). model_type: the HF family (default: inferred from the module, e.g. llama for a Llama-layout
     DecoderLM); dtype: tensor dtype on disk (None keeps the parameters'); config_options go to the architecture's
-    `to_hf_config`; extra_config entries are added to config.json. Returns path."""
+    `to_hf_config`; extra_config entries are added to config.json; a `tokenizer` adds its files and special-token ids
+    (`write_checkpoint`). Returns path."""
     _ensure_registered()
     model_type = model_type or model_type_for(module)
     architecture = ARCHITECTURES.get(model_type)
     if architecture is None or architecture.to_hf_config is None:
         raise CheckpointError(f"saving model_type {model_type!r} is not supported; supported: "
                               f"{sorted(k for k, a in ARCHITECTURES.items() if a.to_hf_config)}")
-    config = architecture.to_hf_config(module, model_type, **config_options)
+    config = {**architecture.to_hf_config(module, model_type, **config_options), **(extra_config or {})}
+    return write_checkpoint(path, params, architecture.rule(module), config, dtype=dtype,
+                            max_shard_bytes=max_shard_bytes, tokenizer=tokenizer, source=f"{model_type} model")
+
+
+def write_checkpoint(path: str, params: Any, rule: Rule, config: dict, *, dtype: Any = None,
+                     max_shard_bytes: int = 5 * 2**30, tokenizer=None, source: str = "model") -> str:
+    """What every exporter writes (`save`, and the families' `save_hf`): safetensors under `rule`'s names (sharded
+    past `max_shard_bytes`; tensors in `dtype`, default the parameters'), config.json = `config` + the stored dtype
+    (`dtype` / `torch_dtype`) + the tokenizer's bos / eos / pad ids, and the tokenizer's files when given."""
     leaves = jax.tree.leaves(params)
     stored = jnp.dtype(dtype) if dtype is not None else (jnp.dtype(leaves[0].dtype) if leaves else jnp.float32)
-    config = {**config, "dtype": stored.name, "torch_dtype": stored.name, **(extra_config or {})}
+    config = {**config, "dtype": stored.name, "torch_dtype": stored.name}
+    if tokenizer is not None:
+        config.update({f"{k}_token_id": getattr(tokenizer, f"{k}_id") for k in ("bos", "eos", "pad")
+                       if getattr(tokenizer, f"{k}_id", None) is not None})
     os.makedirs(path, exist_ok=True)
-    save_tensors(path, params, architecture.rule(module), dtype=dtype, max_shard_bytes=max_shard_bytes,
-                 source=f"{model_type} model")
+    save_tensors(path, params, rule, dtype=dtype, max_shard_bytes=max_shard_bytes, source=source)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
+    if tokenizer is not None:
+        save_tokenizer_files(tokenizer, path)
     return path
 
 
@@ -160,4 +174,4 @@ def save_tokenizer_files(tokenizer, out_dir: str) -> None:
 
 
 __all__ = ["Architecture", "ARCHITECTURES", "CheckpointError", "load", "load_from_config", "model_type_for",
-           "register", "save", "save_tokenizer_files", "jnp"]
+           "register", "save", "save_tokenizer_files", "write_checkpoint", "jnp"]

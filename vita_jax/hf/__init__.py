@@ -34,10 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.hf import save_tokenizer_files
+from common.hf import write_checkpoint
 from common.hf.checkpoint import (CheckpointError, Gather, Rule, Target, bias_to_heads, check_read_back, fill_params,
                                   identity, iter_tensors, linear_from_heads, linear_to_heads, named, read_config,
-                                  save_tensors, stacked, transpose, weight_files)
+                                  stacked, transpose, weight_files)
 from common.hf.lm import config_from_hf, config_to_hf, lm_rule
 from common.hf.vision import internvit_config_to_original, internvit_rule
 from common.sharding import params_sharding
@@ -442,22 +442,14 @@ def save_original(out_dir: str, module: Vita, params, tokenizer=None, *, dtype: 
     yaml_conf = speech_config_to_yaml(cfg.audio)
     vision_hf = internvit_config_to_original(cfg.vision)
     text_hf = config_to_hf(cfg.text, "qwen2")
-    leaves = jax.tree.leaves(params)
-    stored = np.dtype(dtype) if dtype is not None else np.dtype(leaves[0].dtype)
     hf = {**text_hf, "model_type": "vita-Qwen2", "architectures": ["VITAQwen2ForCausalLM"],
-          "torch_dtype": stored.name, "mm_projector_type": "mlp2x_gelu",
+          "mm_projector_type": "mlp2x_gelu",
           "mm_vision_tower": "OpenGVLab/InternViT-300M-448px",
           "mm_hidden_size": int(cfg.vision.hidden_size / cfg.vision.downsample_ratio ** 2),
           "downsample_ratio": cfg.vision.downsample_ratio, "vision_config": vision_hf,
           "mm_audio_encoder": AUDIO_DIR_NAME, "image_aspect_ratio": "square"}
-    if tokenizer is not None:
-        hf.update({f"{k}_token_id": getattr(tokenizer, f"{k}_id") for k in ("bos", "eos", "pad")
-                   if getattr(tokenizer, f"{k}_id", None) is not None})
-    os.makedirs(out_dir, exist_ok=True)
-    save_tensors(out_dir, params, release_rule(cfg), dtype=dtype, max_shard_bytes=max_shard_bytes,
-                 source="VITA-1.5 model")
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf, f, indent=2)
+    write_checkpoint(out_dir, params, release_rule(cfg), hf, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                     tokenizer=tokenizer, source="VITA-1.5 model")
     import yaml
 
     audio_dir = os.path.join(out_dir, AUDIO_DIR_NAME)
@@ -469,8 +461,6 @@ def save_original(out_dir: str, module: Vita, params, tokenizer=None, *, dtype: 
     istd = np.asarray(encoder["global_cmvn_istd"], np.float64)
     with open(os.path.join(audio_dir, "global_cmvn"), "w") as f:  # WeNet's JSON: sums over frame_num frames
         json.dump({"mean_stat": mean.tolist(), "var_stat": (1.0 / istd ** 2 + mean ** 2).tolist(), "frame_num": 1}, f)
-    if tokenizer is not None:
-        save_tokenizer_files(tokenizer, out_dir)
     return out_dir
 
 
