@@ -141,8 +141,7 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
         for i, text in enumerate(texts):
             audio = speaker.say(text, rng=jax.random.key(i)) if text.strip() else np.zeros(0, np.float32)
             seconds.append(len(audio) / rate)
-            wave = resample(audio, rate, data_lib.SAMPLE_RATE) if len(audio) else np.zeros(0, np.float32)
-            waves.append(np.pad(wave, (0, max(0, 1600 - len(wave)))))
+            waves.append(for_asr(audio, rate))
         return waves, seconds
 
     spoken, durations = say(answers)
@@ -188,6 +187,12 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     return out
 
 
+def for_asr(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Synthesised speech at `rate` -> the ASR's 16 kHz wave, zero-padded to at least 0.1 s (an empty answer too)."""
+    wave = resample(audio, rate, data_lib.SAMPLE_RATE) if len(audio) else np.zeros(0, np.float32)
+    return np.pad(wave, (0, max(0, data_lib.SAMPLE_RATE // 10 - len(wave))))
+
+
 def evaluate_duplex(workdir: str, num_queries: int = 24, num_noise: int = 8) -> dict:
     """End to end through `vita_jax.duplex`: held-out spoken questions about a held-out scene and held-out noise
     clips, written as 16 kHz WAV files, read back and fed as 80 ms frames (with 0.3 s of silence before and 1 s
@@ -226,8 +231,7 @@ def evaluate_duplex(workdir: str, num_queries: int = 24, num_noise: int = 8) -> 
                         "errors": [e.text for e in events if e.kind == "error"],
                         "speech": np.concatenate(audio) if audio else np.zeros(0, np.float32)})
     spoken = [r for r in results if r["kind"] == "spoken" and len(r["speech"])]
-    waves = [resample(r["speech"], rate, data_lib.SAMPLE_RATE) for r in spoken]
-    waves = [np.pad(w, (0, max(0, 1600 - len(w)))) for w in waves]  # at least 0.1 s
+    waves = [for_asr(r["speech"], rate) for r in spoken]
     transcripts = evaluate_asr(asr_model, asr_params, asr_tok, [{"audio": [w], "text": r["answer"] or "-"}
                                                                 for w, r in zip(waves, spoken)])["predictions"]
     same = lambda a, b: data_lib.spoken_form(a) == data_lib.spoken_form(b)  # noqa: E731
