@@ -52,6 +52,14 @@ def _answers(model, params, tokenizer, requests, batch_size, max_new_tokens):
     return out
 
 
+def english_wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Word error rate (%) after lower-casing and dropping punctuation; an empty hypothesis counts as all deletions."""
+    import jiwer
+
+    hyps = [_norm_en(h) for h in hyps]
+    return 100.0 * jiwer.wer([_norm_en(r) for r in refs], [h if h else "<empty>" for h in hyps])
+
+
 def evaluate_asr(model, params, tokenizer, records: Sequence[dict], *, language: str = "en", batch_size: int = 16,
                  max_new_tokens: int = 48, prompt: str = data_lib.ASR_QUERY) -> dict:
     """records {audio: [wave or path], text} -> {'wer' or 'cer' (%), 'count', 'predictions'}."""
@@ -65,16 +73,12 @@ def evaluate_asr(model, params, tokenizer, records: Sequence[dict], *, language:
         strip = lambda s: "".join(s.split())  # noqa: E731
         score = jiwer.cer([strip(r) for r in refs], [strip(h) or "-" for h in hyps])
         return {"cer": 100.0 * score, "count": len(refs), "predictions": hyps}
-    refs_n, hyps_n = [_norm_en(r) for r in refs], [_norm_en(h) for h in hyps]
-    score = jiwer.wer(refs_n, [h if h else "<empty>" for h in hyps_n])
-    return {"wer": 100.0 * score, "count": len(refs), "predictions": hyps}
+    return {"wer": english_wer(refs, hyps), "count": len(refs), "predictions": hyps}
 
 
 def evaluate_ctc_asr(model, params, tokenizer, records: Sequence[dict], *, batch_size: int = 16) -> dict:
     """Stage 2.0's own ASR (`vita_jax.ctc`: encoder + CTC head, greedy best path) on records {audio: [wave], text}
     -> {'wer' (%), 'count', 'predictions'}. `model` is the Vita of the stage-2.0 workdir; `params` include ctc_head."""
-    import jiwer
-
     if "ctc_head" not in params:
         raise ValueError("these parameters have no ctc_head: evaluate a stage-2.0 (objective 'ctc') workdir")
     ctc_model = ctc_lib.SpeechCTC(model.config)
@@ -89,9 +93,7 @@ def evaluate_ctc_asr(model, params, tokenizer, records: Sequence[dict], *, batch
         log_probs, lengths = ctc_model.apply({"params": sub}, jnp.asarray(batch),
                                              jnp.asarray([len(f) for f in feats], jnp.int32))
         hyps += [tokenizer.decode(ids) for ids in ctc_lib.greedy_decode(log_probs, lengths, ctc_model.blank_id)]
-    refs_n, hyps_n = [_norm_en(r["text"]) for r in records], [_norm_en(h) for h in hyps]
-    score = jiwer.wer(refs_n, [h if h else "<empty>" for h in hyps_n])
-    return {"wer": 100.0 * score, "count": len(records), "predictions": hyps}
+    return {"wer": english_wer([r["text"] for r in records], hyps), "count": len(records), "predictions": hyps}
 
 
 def state_decisions(states: Sequence[str | None], is_noise: Sequence[bool]) -> dict:

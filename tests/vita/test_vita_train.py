@@ -228,3 +228,10 @@ def test_lora_stage_trains_the_adapters_and_the_projector_only(tmp_path):
     assert not any(p.startswith(("lm/", "vision_tower/", "audio_encoder/")) for p in changed)
     model, params, _ = load_model(str(tmp_path))
     assert "lora" not in params and set(params) == {"vision_tower", "projector", "audio_encoder", "audio_adapter", "lm"}
+
+
+def test_english_wer_normalises_and_counts_an_empty_transcript_as_all_errors():
+    from vita_jax.eval import english_wer
+
+    assert english_wer(["A red circle."], ["a red, circle"]) == 0.0
+    assert english_wer(["a red circle", "two"], ["", "two"]) == pytest.approx(100 * 3 / 4)
