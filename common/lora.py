@@ -60,6 +60,23 @@ class LoraConfig:
                 for t in self.targets]
 
 
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    """A training config's `lora` section: rank 0 = no adapters; alpha 0 = 2 x rank (LLaVA-1.5's LoRA script: r 128,
+    alpha 256); targets: names of LM_TARGETS (empty = ALL_LINEAR)."""
+
+    rank: int = 0
+    alpha: float = 0.0
+    targets: tuple[str, ...] = ()
+
+    def lora_config(self, prefix: str) -> LoraConfig | None:
+        """The adapters of the LM under `prefix`, or None when the rank is 0."""
+        if not self.rank:
+            return None
+        return LoraConfig(rank=self.rank, alpha=self.alpha or 2.0 * self.rank, targets=self.targets or ALL_LINEAR,
+                          prefix=prefix)
+
+
 def _flat(params) -> dict[str, Any]:
     return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(params).items()}
 

@@ -19,7 +19,7 @@ from typing import Any
 from common.data.packing import PackingSpec, packed_batch_spec
 from common.data.pipeline import Collate, DataIterator, collated_batch_spec, task_iterator
 from common.lm import LMConfig, matmul_flops_per_token
-from common.task_utils import plain
+from common.config_sections import plain
 from common.trainer import TrainerSettings
 
 

@@ -1,4 +1,4 @@
-"""Helpers every family's training task shares: plain values from ml_collections configs, copying a pretrained
+"""Helpers every family's training task shares: copying a pretrained
 (or earlier-stage) parameter tree into a fresh one by path and shape (`graft`), reading a training workdir's
 latest parameters (`restore_params`) and its config (`restore_config`), the LoRA settings of a config, and the
 two functions a multimodal LM task gives the trainer: its parameter initialiser (`init_params_fn`, adapters
@@ -18,31 +18,13 @@ import numpy as np
 
 from common import lora as lora_lib
 from common.checkpoints import CHECKPOINTS_DIR, Checkpointer
+from common.config_sections import config_section
 from common.lm import LMConfig, head_kernel
 from common.losses import shifted_next_token_loss
 from common.tokenizers import SAVED_TOKENIZER_FILE, save_tokenizer
 from common.trainer import CONFIG_FILE
 
 log = logging.getLogger("common.task_utils")
-
-
-def plain(x):
-    """ConfigDict / FrozenConfigDict / tuples of them -> plain dicts / tuples."""
-    if hasattr(x, "to_dict"):
-        x = x.to_dict()
-    if isinstance(x, dict):
-        return {k: plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return tuple(plain(v) for v in x)
-    return x
-
-
-def get(config, name, default=None):
-    try:
-        value = config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
-    except (AttributeError, KeyError):
-        return default
-    return default if value is None else value
 
 
 def keep_tokenizer(tokenizer, workdir: str | None) -> None:
@@ -54,11 +36,7 @@ def keep_tokenizer(tokenizer, workdir: str | None) -> None:
 
 def lora_config_from(config, prefix: str = "lm/") -> lora_lib.LoraConfig | None:
     """config.lora {rank (0 = off), alpha, targets} -> LoraConfig for the LLM under `prefix`, or None."""
-    lcfg = plain(get(config, "lora", {}) or {})
-    if not int(lcfg.get("rank", 0) or 0):
-        return None
-    return lora_lib.LoraConfig(rank=int(lcfg["rank"]), alpha=float(lcfg.get("alpha", 2 * int(lcfg["rank"]))),
-                               targets=tuple(lcfg.get("targets") or lora_lib.ALL_LINEAR), prefix=prefix)
+    return config_section(config, "lora", lora_lib.LoraSettings).lora_config(prefix)
 
 
 def init_params_fn(model: nn.Module, example_inputs: tuple, lora_config: lora_lib.LoraConfig | None = None,

@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from common import optimizer as optimizer_lib
 from common.checkpoints import CHECKPOINTS_DIR, Checkpointer, PreemptionWatcher
+from common.config_sections import get, section_fields
 from common.sharding import LOGICAL_AXIS_RULES, MESH_AXES, activate, logical_sharding, logical_to_spec, make_mesh
 
 log = logging.getLogger("common.trainer")
@@ -184,20 +185,11 @@ class TrainerSettings:
 
     @classmethod
     def from_config(cls, config) -> TrainerSettings:
-        defaults = cls()
-        values = {}
-        for field in dataclasses.fields(cls):
-            value = _config_get(config, field.name, None)
-            default = getattr(defaults, field.name)
-            if value is None:
-                values[field.name] = default
-            elif field.name == "mesh":
-                values[field.name] = {axis: int(size) for axis, size in dict(value).items()}
-            elif field.name == "logical_axis_rules":
-                values[field.name] = axis_rules_from(value)
-            else:
-                values[field.name] = type(default)(value)
-        return cls(**values)
+        """The trainer's fields of `config` (its other, family-specific fields are not the trainer's to check)."""
+        values = {f.name: get(config, f.name) for f in dataclasses.fields(cls)}
+        return cls(**section_fields(values, cls, "the trainer's config", converters={
+            "mesh": lambda mesh: {axis: int(size) for axis, size in dict(mesh).items()},
+            "logical_axis_rules": axis_rules_from}))
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a plain dict (the mesh a dict, the rules a tuple of pairs)."""
@@ -253,10 +245,6 @@ def _split_micro_batches(x: jax.Array, num: int) -> jax.Array:
 
 def _weighted_aux_sum(aux: Mapping[str, jax.Array], tokens: jax.Array) -> dict[str, jax.Array]:
     return {k: (v if k == "tokens" else v * tokens).astype(jnp.float32) for k, v in aux.items()}
-
-
-def _config_get(config, name: str, default=None):
-    return config.get(name, default) if hasattr(config, "get") else getattr(config, name, default)
 
 
 # ------------------------------------------------------------------------------------------------ the step

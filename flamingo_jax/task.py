@@ -23,15 +23,16 @@ Config (ml_collections; configs/flamingo/*.py):
   data       {datasets: {name: {source, max_len, weight, max_images, ...}} (flamingo_jax.data.make_source), image_size,
              num_threads, max_skip_fraction, convert_image_modes (False: greyscale / RGBA / CMYK / 16-bit / palette
              images are skipped and counted; True: converted to RGB; a dataset spec may override it)}
-  init_lm    {workdir: a stage-'lm' training workdir | hf_dir: an HF LM checkpoint}: the frozen LM's weights;
+  init_lm    (InitLM) {workdir: a stage-'lm' training workdir | hf_dir: an HF LM checkpoint}: the frozen LM's weights;
              vocabulary rows it lacks start at the mean of its rows (`resize_vocab`), and so do those of the special
              tokens named in `mean_init_tokens` (e.g. ('image',): never seen by a text-only LM). In stage 'lm',
              init_lm.workdir (a stage-'lm' workdir of the same model) is where the text pretraining continues from,
              e.g. on another data mix
-  init_vision {workdir: a stage-'contrastive' training workdir | timm_nfnet: a timm dm_nfnet_f* checkpoint}: the
-             frozen vision encoder's weights
-  contrastive {text: LMConfig fields of the dual encoder's text tower (vocab_size None = the tokenizer's),
-             projection_dim}: stage 'contrastive' only
+  init_vision (InitVision) {workdir: a stage-'contrastive' training workdir | timm_nfnet: a timm dm_nfnet_f*
+             checkpoint}: the frozen vision encoder's weights
+  contrastive (ContrastiveSettings) {text: LMConfig fields of the dual encoder's text tower (vocab_size None = the
+             tokenizer's), projection_dim}: stage 'contrastive' only
+  Sections are read typed (common.config_sections): a field a section does not have is an error.
   optimizer  common.optimizer fields; param_groups from `flamingo_jax.model.param_groups` (see the configs); a
              group's `rows` may name '<image>' and '<|endofchunk|>' (the task's `named_rows`)
 """
@@ -51,7 +52,8 @@ from common.data.pipeline import Collate
 from common.hf.vision import load_timm_nfnet
 from common.lm import DecoderLM, LMConfig, layer_param_location
 from common.task_data import MediaShapes, TaskData
-from common.task_utils import get, graft, keep_tokenizer, lm_loss_fn, plain, restore_params
+from common.config_sections import config_section, get, plain
+from common.task_utils import graft, keep_tokenizer, lm_loss_fn, restore_params
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
 from common.trainer import Task
 from common.vision.clip import CLIPVisionConfig
@@ -62,6 +64,40 @@ from flamingo_jax.model import Flamingo, FlamingoConfig, train_flops_per_example
 from flamingo_jax.perceiver_resampler import ResamplerConfig
 
 log = logging.getLogger("flamingo_jax.task")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitLM:
+    """config.init_lm: where the frozen LM's weights come from (at most one of the two; empty = random)."""
+
+    workdir: str = ""  # a stage-'lm' training workdir
+    hf_dir: str = ""  # an HF LM checkpoint
+    mean_init_tokens: tuple[str, ...] = ()  # special tokens whose embedding rows restart at the mean
+
+    def __post_init__(self):
+        if self.workdir and self.hf_dir:
+            raise ValueError(f"init_lm: give workdir or hf_dir, not both ({self.workdir!r}, {self.hf_dir!r})")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitVision:
+    """config.init_vision: where the frozen vision encoder's weights come from (at most one; empty = random)."""
+
+    workdir: str = ""  # a stage-'contrastive' training workdir
+    timm_nfnet: str = ""  # a timm dm_nfnet_f* checkpoint (directory or weights file)
+
+    def __post_init__(self):
+        if self.workdir and self.timm_nfnet:
+            raise ValueError(f"init_vision: give workdir or timm_nfnet, not both ({self.workdir!r}, "
+                             f"{self.timm_nfnet!r})")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveSettings:
+    """config.contrastive (stage 'contrastive'): the dual encoder's text tower and its projection."""
+
+    text: dict = dataclasses.field(default_factory=dict)  # LMConfig fields (vocab_size None = the tokenizer's)
+    projection_dim: int = 128
 
 
 def flamingo_config_from(model_config, tokenizer=None) -> FlamingoConfig:
@@ -147,19 +183,19 @@ def resize_vocab(lm, vocab_size: int, mean_rows=()) -> dict:
 def load_lm(params, config, cfg: FlamingoConfig, mean_rows=()):
     """init_lm {workdir | hf_dir} -> the Flamingo params with the frozen LM's weights in place (vocabulary resized by
     `resize_vocab`; `mean_rows`: token ids whose rows restart at the mean)."""
-    init = plain(get(config, "init_lm", {}) or {})
-    if init.get("workdir"):
-        lm = restore_params(init["workdir"])
-    elif init.get("hf_dir"):
+    init = config_section(config, "init_lm", InitLM)
+    if init.workdir:
+        lm = restore_params(init.workdir)
+    elif init.hf_dir:
         import common.hf
 
-        _, lm = common.hf.load(init["hf_dir"], dtype=cfg.lm.param_dtype)
+        _, lm = common.hf.load(init.hf_dir, dtype=cfg.lm.param_dtype)
         lm = jax.tree.map(np.asarray, lm)
     else:
         return params
     lm = resize_vocab(lm, cfg.lm.vocab_size, mean_rows)
     return graft(params, lm_to_grouped(lm, cfg.lm, cfg.cross_attn_every), prefix="lm/", strict=True,
-                 what=f"init_lm {init}")
+                 what=f"init_lm {init.workdir or init.hf_dir}")
 
 
 def mismatched_tensors(params, source) -> list[str]:
@@ -184,35 +220,35 @@ def load_vision(params, config, cfg: FlamingoConfig):
     """init_vision {workdir: a stage-'contrastive' workdir | timm_nfnet: a timm dm_nfnet_f* checkpoint (directory or
     weights file)} -> the Flamingo params with the frozen vision encoder's weights in place (the dual encoder's
     projection / the ImageNet classifier are dropped)."""
-    init = plain(get(config, "init_vision", {}) or {})
-    if init.get("workdir"):
-        vision = restore_params(init["workdir"])["vision"]
+    init = config_section(config, "init_vision", InitVision)
+    if init.workdir:
+        vision = restore_params(init.workdir)["vision"]
         diff = mismatched_tensors(params["vision"], vision)
         if diff:  # a different tower: refuse rather than leave part of it at its random init
-            raise ValueError(f"init_vision.workdir {init['workdir']!r} holds a different vision tower than "
+            raise ValueError(f"init_vision.workdir {init.workdir!r} holds a different vision tower than "
                              f"model.vision: {len(diff)} mismatched tensors, e.g. {diff[:4]}")
-        return graft(params, vision, prefix="vision/", what=init["workdir"])
-    if not init.get("timm_nfnet"):
+        return graft(params, vision, prefix="vision/", what=init.workdir)
+    if not init.timm_nfnet:
         return params
 
     if not isinstance(cfg.vision, NFNetConfig):
         raise ValueError(f"init_vision.timm_nfnet needs an NFNet vision encoder, the model has {type(cfg.vision)}")
-    _, vision = load_timm_nfnet(init["timm_nfnet"], config=cfg.vision)
-    return graft(params, jax.tree.map(np.asarray, vision), prefix="vision/", what=init["timm_nfnet"])
+    _, vision = load_timm_nfnet(init.timm_nfnet, config=cfg.vision)
+    return graft(params, jax.tree.map(np.asarray, vision), prefix="vision/", what=init.timm_nfnet)
 
 
 def dual_encoder_config(config, cfg: FlamingoConfig, tokenizer) -> DualEncoderConfig:
     """config.contrastive + the Flamingo's vision encoder -> the dual encoder that pretrains it."""
-    c = plain(get(config, "contrastive", {}) or {})
+    c = config_section(config, "contrastive", ContrastiveSettings)
     if cfg.vision is None:
         raise ValueError("stage 'contrastive' needs model.vision (the encoder it pretrains)")
-    text = dict(c.get("text") or {})
+    text = dict(c.text)
     if not text:
         raise ValueError("stage 'contrastive' needs contrastive.text (the text tower's LMConfig fields)")
     if text.get("vocab_size") is None:
         text["vocab_size"] = padded_vocab_size(tokenizer)
     return DualEncoderConfig(vision=cfg.vision, text=LMConfig(**text),
-                             projection_dim=int(c.get("projection_dim", 128)))
+                             projection_dim=c.projection_dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,16 +344,17 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         flops = data.lm_flops_per_example(model.config.text if stage == "contrastive" else cfg.lm)
 
     load = None
-    init_lm = plain(get(config, "init_lm", {}) or {})
-    if stage == "flamingo" and (init_lm.get("workdir") or init_lm.get("hf_dir")):
+    init_lm = config_section(config, "init_lm", InitLM)
+    if stage == "flamingo" and (init_lm.workdir or init_lm.hf_dir):
         ids = data_lib.special_ids(tokenizer)
-        mean_rows = [ids[name] for name in init_lm.get("mean_init_tokens", ())]
+        mean_rows = [ids[name] for name in init_lm.mean_init_tokens]
         load = lambda params: load_lm(params, config, cfg, mean_rows)  # noqa: E731
-    if stage == "lm" and init_lm.get("workdir"):  # continue an LM's text pretraining (e.g. on another mix)
-        load = lambda params: continue_lm(params, init_lm["workdir"])  # noqa: E731
-    elif stage == "lm" and init_lm.get("hf_dir"):
+    if stage == "lm" and init_lm.workdir:  # continue an LM's text pretraining (e.g. on another mix)
+        load = lambda params: continue_lm(params, init_lm.workdir)  # noqa: E731
+    elif stage == "lm" and init_lm.hf_dir:
         raise ValueError("stage 'lm' continues from init_lm.workdir only; hf_dir initialises a Flamingo's frozen LM")
-    if stage == "flamingo" and any((plain(get(config, "init_vision", {}) or {})).values()):
+    init_vision = config_section(config, "init_vision", InitVision)
+    if stage == "flamingo" and (init_vision.workdir or init_vision.timm_nfnet):
         load_first = load or (lambda params: params)
         load = lambda params: load_vision(load_first(params), config, cfg)  # noqa: E731
 

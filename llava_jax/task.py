@@ -17,13 +17,17 @@ Config (ml_collections; see configs/llava/*.py):
               json + image_dir + max_len: your own LLaVA JSON data (replaces datasets)}
   init_from        a training workdir (e.g. the stage-1 run): its latest params are copied in (matching paths and
                    shapes; `init_exclude` regexes skip some) before training.
-  init_checkpoint  {lm: HF LM dir (Vicuna), vision: HF CLIP dir}: pretrained weights for paper-scale stage 1.
-  lora       {rank: 0 = off, alpha, targets}: adapters under params['lora'] (LLM only).
-  eval_vqa   {num_questions: 0 = off, split, max_new_tokens}: held-out short-answer VQA accuracy at eval_every.
+  init_checkpoint  (InitCheckpoint) {lm: HF LM dir (Vicuna), vision: HF CLIP dir}: pretrained weights for
+                   paper-scale stage 1.
+  lora       (common.lora.LoraSettings) {rank: 0 = off, alpha, targets}: adapters under params['lora'] (LLM only).
+  eval_vqa   (EvalVQA) {num_questions: 0 = off, split, image_size, template, max_new_tokens}: held-out
+             short-answer VQA accuracy at eval_every.
+Sections are read typed (common.config_sections): a field a section does not have is an error.
 Trainable parameters are chosen by optimizer.param_groups (regexes; the stage configs freeze the rest).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from common import lora as lora_lib
@@ -31,9 +35,10 @@ from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
 from common.lm import LMConfig
 from common.task_data import MediaShapes, TaskData
-from common.task_utils import get as _get
+from common.config_sections import config_section
+from common.config_sections import get as _get
+from common.config_sections import plain as _plain
 from common.task_utils import graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from, restore_params
-from common.task_utils import plain as _plain
 from common.tokenizers import IMAGE_TOKEN, padded_vocab_size
 from common.trainer import Task
 from common.vision.clip import CLIPVisionConfig
@@ -42,6 +47,25 @@ from llava_jax.eval import evaluate_shapes_vqa
 from llava_jax.model import Llava, LlavaConfig, example_inputs
 
 log = logging.getLogger("llava_jax.task")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitCheckpoint:
+    """config.init_checkpoint: pretrained HF checkpoints for paper-scale stage 1 (empty = not loaded)."""
+
+    lm: str = ""  # an HF LM folder (Vicuna)
+    vision: str = ""  # an HF CLIP folder
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalVQA:
+    """config.eval_vqa: held-out short-answer VQA accuracy on the shapes scenes at every eval_every."""
+
+    num_questions: int = 0  # 0 = off
+    split: str = "validation"
+    image_size: int = 0  # 0 = the vision tower's
+    template: str = ""  # "" = data.template (or vicuna_v1)
+    max_new_tokens: int = 8
 
 
 def llava_config_from(model_config, tokenizer=None) -> LlavaConfig:
@@ -89,17 +113,17 @@ def load_pretrained_weights(params, config, cfg: LlavaConfig):
     if init_from:
         params = graft(params, restore_params(init_from), exclude=tuple(_get(config, "init_exclude", ()) or ()),
                        what=f"workdir {init_from}")
-    ckpt = _plain(_get(config, "init_checkpoint", {}) or {})
-    if ckpt.get("lm"):
+    ckpt = config_section(config, "init_checkpoint", InitCheckpoint)
+    if ckpt.lm:
         import common.hf
 
-        _, lm_params = common.hf.load(ckpt["lm"], dtype=cfg.text.param_dtype)
-        params = graft(params, lm_params, prefix="lm/", what=f"LM checkpoint {ckpt['lm']}")
-    if ckpt.get("vision"):
+        _, lm_params = common.hf.load(ckpt.lm, dtype=cfg.text.param_dtype)
+        params = graft(params, lm_params, prefix="lm/", what=f"LM checkpoint {ckpt.lm}")
+    if ckpt.vision:
         import common.hf
 
-        _, vision_params = common.hf.load(ckpt["vision"], dtype=cfg.vision.param_dtype)
-        params = graft(params, vision_params, prefix="vision_tower/", what=f"vision checkpoint {ckpt['vision']}")
+        _, vision_params = common.hf.load(ckpt.vision, dtype=cfg.vision.param_dtype)
+        params = graft(params, vision_params, prefix="vision_tower/", what=f"vision checkpoint {ckpt.vision}")
     return params
 
 
@@ -161,19 +185,19 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         media_shapes=lambda spec: MediaShapes(
             images=None if text_only(spec) else (int(spec.get("max_images", 1)),) + image))
 
-    eval_cfg = _plain(_get(config, "eval_vqa", {}) or {})
+    eval_vqa = config_section(config, "eval_vqa", EvalVQA)
 
     def evaluate(params, step):
         params = lora_lib.merge_in_tree(params, lcfg)
-        res = evaluate_shapes_vqa(model, params, tokenizer, num_questions=int(eval_cfg["num_questions"]),
-                                  split=eval_cfg.get("split", "validation"),
-                                  image_size=int(eval_cfg.get("image_size", cfg.vision.image_size)),
-                                  template=eval_cfg.get("template", dcfg.get("template", "vicuna_v1")),
-                                  max_new_tokens=int(eval_cfg.get("max_new_tokens", 8)))
+        res = evaluate_shapes_vqa(model, params, tokenizer, num_questions=eval_vqa.num_questions,
+                                  split=eval_vqa.split, image_size=eval_vqa.image_size or cfg.vision.image_size,
+                                  template=eval_vqa.template or dcfg.get("template", "vicuna_v1"),
+                                  max_new_tokens=eval_vqa.max_new_tokens)
         return {"vqa_accuracy": res["accuracy"]}
 
     load = None
-    if _get(config, "init_from", "") or any((_plain(_get(config, "init_checkpoint", {}) or {})).values()):
+    ckpt = config_section(config, "init_checkpoint", InitCheckpoint)
+    if _get(config, "init_from", "") or ckpt.lm or ckpt.vision:
         load = lambda params: load_pretrained_weights(params, config, cfg)  # noqa: E731
 
     return Task(init_params=init_params_fn(model, example_inputs(cfg), lcfg),
@@ -181,5 +205,5 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
                 make_train_data=data.train_data, dataset_weights=data.weights,
                 flops_per_example=data.lm_flops_per_example(cfg.text),
                 load_pretrained=load, make_eval_data=data.eval_data if data.eval_batches else None,
-                evaluate=evaluate if int(eval_cfg.get("num_questions", 0) or 0) else None, batch_spec=data.batch_spec,
+                evaluate=evaluate if eval_vqa.num_questions else None, batch_spec=data.batch_spec,
                 model=model, model_config=cfg, tokenizer=tokenizer, lora_config=lcfg)

@@ -17,7 +17,7 @@ import sys
 
 from common import aot
 from common.provenance import provenance
-from common.task_utils import plain
+from common.config_sections import plain
 from common.tokenizers import FAMILY_SPECIAL_TOKENS, VocabularyStandIn
 from flamingo_jax.task import flamingo_config_from
 

@@ -20,16 +20,18 @@ shapes (kind asr | spoken_qa) | librispeech (root) | audio_dir (dir), ...}}}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.config_sections import config_section, get, has_section, plain, section_fields
 from common.data.audio import mel_banks
 from common.data.pipeline import task_iterator
 from common.data.records import BadRecord
-from common.task_utils import get, plain, restore_config, restore_params
+from common.task_utils import restore_config, restore_params
 from common.trainer import DataShard, Task
 from vita_jax.codec import LRELU_SLOPE, Codec, CodecConfig, pad_to_tokens
 from vita_jax.codec_discriminators import (Discriminators, discriminator_loss, feature_matching_loss,
@@ -82,14 +84,43 @@ def mel_distance(wav, recon, cfg: CodecConfig) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------
 # The task
 # ----------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DiscriminatorSettings:
+    """config.discriminator: the GAN's multi-period + multi-scale discriminators (`Discriminators`' fields)."""
+
+    periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    channel_scale: float = 1.0
+    num_scales: int = 3
+    grouped: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecLossWeights:
+    """config.loss: the codec's loss weights (HiFi-GAN / EnCodec's recipe; adversarial 0 = no GAN, no
+    discriminator) and the multi-resolution STFT loss's (fft, hop, window) triples."""
+
+    mel: float = 45.0
+    stft: float = 1.0
+    vq: float = 1.0
+    adversarial: float = 1.0
+    feature: float = 2.0
+    stft_resolutions: tuple[tuple[int, int, int], ...] = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeRestart:
+    """config.code_restart (given = on): dead-code restarts (`restart_dead_codes`)."""
+
+    decay: float = 0.9  # of the codes' usage EMA, per step
+    threshold: float = 0.1  # a code whose share falls below threshold / K restarts
+
+
 def codec_config_from(config) -> CodecConfig:
-    return CodecConfig.from_fields(plain(get(config, "codec", {}) or {}))
+    return CodecConfig.from_fields(section_fields(get(config, "codec", {}), CodecConfig, "config.codec"))
 
 
 def discriminators_from(config) -> Discriminators:
-    d = plain(get(config, "discriminator", {}) or {})
-    return Discriminators(tuple(d.get("periods", (2, 3, 5, 7, 11))), float(d.get("channel_scale", 1.0)),
-                          int(d.get("num_scales", 3)), bool(d.get("grouped", True)))
+    return Discriminators(**dataclasses.asdict(config_section(config, "discriminator", DiscriminatorSettings)))
 
 
 def segment_samples(config, cfg: CodecConfig) -> int:
@@ -97,12 +128,10 @@ def segment_samples(config, cfg: CodecConfig) -> int:
     return int(round(seconds * cfg.sampling_rate / cfg.hop_length)) * cfg.hop_length
 
 
-def make_losses(codec: Codec, disc: Discriminators, loss_cfg: dict):
+def make_losses(codec: Codec, disc: Discriminators, weights: CodecLossWeights):
     cfg = codec.config
-    w = {"mel": 45.0, "stft": 1.0, "vq": 1.0, "adversarial": 1.0, "feature": 2.0, **loss_cfg}
-    resolutions = tuple(tuple(r) for r in w.get("stft_resolutions", ((1024, 120, 600), (2048, 240, 1200),
-                                                                     (512, 50, 240))))
-    adversarial = float(w["adversarial"]) > 0
+    resolutions = tuple(tuple(int(x) for x in r) for r in weights.stft_resolutions)
+    adversarial = weights.adversarial > 0
 
     def loss_fn(params, batch, rng):
         del rng
@@ -110,8 +139,8 @@ def make_losses(codec: Codec, disc: Discriminators, loss_cfg: dict):
         wav = batch["wav"]  # [B, N]
         recon, vq, codes = codec.apply({"params": params["codec"]}, wav, True)
         mel = jnp.mean(jnp.abs(log_mel(wav, cfg) - log_mel(recon, cfg)))
-        stft = multi_resolution_stft_loss(wav, recon, resolutions) if float(w["stft"]) else jnp.zeros(())
-        total = float(w["mel"]) * mel + float(w["stft"]) * stft + float(w["vq"]) * vq
+        stft = multi_resolution_stft_loss(wav, recon, resolutions) if weights.stft else jnp.zeros(())
+        total = weights.mel * mel + weights.stft * stft + weights.vq * vq
         aux = {"tokens": jnp.asarray(wav.shape[0], jnp.float32), "mel_l1": mel, "stft": stft, "vq": vq,
                "codebook_usage": jnp.mean(jnp.zeros(cfg.n_codes).at[codes.reshape(-1)].set(1.0))}
         if "code_usage" in params:  # dead-code restarts on: perplexity of the codes' usage EMA / K (1 = uniform)
@@ -125,7 +154,7 @@ def make_losses(codec: Codec, disc: Discriminators, loss_cfg: dict):
             d_loss = discriminator_loss(real, fake_for_d)
             adv = generator_adversarial_loss(fake_for_g)
             fm = feature_matching_loss(real, fake_for_g)
-            total = total + float(w["adversarial"]) * adv + float(w["feature"]) * fm + d_loss
+            total = total + weights.adversarial * adv + weights.feature * fm + d_loss
             aux.update(adversarial=adv, feature=fm, discriminator=d_loss)
         return total, aux
 
@@ -153,14 +182,14 @@ def make_task(config, workdir: str | None = None) -> Task:
     cfg = codec_config_from(config)
     codec, disc = Codec(cfg), discriminators_from(config)
     segment = segment_samples(config, cfg)
-    loss_cfg = plain(get(config, "loss", {}) or {})
-    adversarial = float(loss_cfg.get("adversarial", 1.0)) > 0
+    weights = config_section(config, "loss", CodecLossWeights)
+    adversarial = weights.adversarial > 0
     datasets = plain(config.data.get("datasets") or {})
     if not datasets:
         raise ValueError("no training data: set config.data.datasets")
     dcfg = plain(config.data)
 
-    restart = plain(get(config, "code_restart", {}) or {})
+    restart = config_section(config, "code_restart", CodeRestart) if has_section(config, "code_restart") else None
     if restart:
         from common.optimizer import FROZEN, group_labels, parse_param_groups
 
@@ -180,8 +209,7 @@ def make_task(config, workdir: str | None = None) -> Task:
 
     def update_params(params, batches, rng):
         wav = jnp.concatenate([b["wav"] for _, b in sorted(batches.items())])
-        return restart_dead_codes(codec, params, wav, rng, float(restart.get("decay", 0.9)),
-                                  float(restart.get("threshold", 0.1)))
+        return restart_dead_codes(codec, params, wav, rng, restart.decay, restart.threshold)
 
     def iterator(name, spec, shard: DataShard, split: str, shuffle: bool):
         batch = shard.local_batch(int(spec.get("batch_size") or config.batch_size))
@@ -212,7 +240,7 @@ def make_task(config, workdir: str | None = None) -> Task:
                 break
         return {**params, "codec": init_codebooks_from_data(codec, params["codec"], np.stack(waves),
                                                             int(config.seed))}
-    task = Task(init_params=init_params, loss_fn=make_losses(codec, disc, loss_cfg), make_train_data=make_train_data,
+    task = Task(init_params=init_params, loss_fn=make_losses(codec, disc, weights), make_train_data=make_train_data,
                 dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()}, load_pretrained=load,
                 update_params=update_params if restart else None, model=codec, model_config=cfg,
                 extras={"segment": segment})

@@ -25,7 +25,8 @@ from common.data import shapes
 from common.data.pipeline import task_iterator
 from common.data.records import MALFORMED, TOO_LONG, BadRecord
 from common.data.speech import load_word_bank
-from common.task_utils import get, keep_tokenizer, plain, restore_config, restore_params
+from common.config_sections import config_section, get, plain
+from common.task_utils import keep_tokenizer, restore_config, restore_params
 from common.tokenizers import SAVED_TOKENIZER_FILE
 from common.trainer import DataShard, Task
 from vita_jax import data as data_lib
@@ -117,7 +118,7 @@ class SpeechPairTransform:
 
 
 def decoder_config_from(config) -> SpeechDecoderConfig:
-    return SpeechDecoderConfig(**plain(get(config, "decoder", {}) or {}))
+    return config_section(config, "decoder", SpeechDecoderConfig)
 
 
 def code_targets(codes, code_lengths, cfg: SpeechDecoderConfig):

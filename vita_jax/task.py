@@ -30,8 +30,8 @@ from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
 from common.lm import LMConfig
 from common.task_data import MediaShapes, TaskData
-from common.task_utils import (get, graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from, plain,
-                               restore_params)
+from common.config_sections import get, plain
+from common.task_utils import graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from, restore_params
 from common.tokenizers import padded_vocab_size
 from common.trainer import Task
 from common.vision.intern_vit import InternViTConfig
