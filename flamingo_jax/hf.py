@@ -22,10 +22,12 @@ from common.hf.checkpoint import (CheckpointError, Gather, Path, Target, fill_pa
                                   linear_from_heads, linear_to_heads, named, read_config, transpose)
 from common.hf.lm import comparable, config_from_hf, lm_rule
 from common.hf.vision import clip_rule
+from common.task_utils import load_trained
 from common.vision.clip import CLIPVisionConfig
 from flamingo_jax.gated_cross_attention import GatedXAttnConfig
 from flamingo_jax.model import Flamingo, FlamingoConfig, abstract_params, block_param_location
 from flamingo_jax.perceiver_resampler import ResamplerConfig
+from flamingo_jax.task import make_task
 
 Rule = Callable[[str, np.ndarray], "list[Target] | None"]
 
@@ -543,3 +545,13 @@ def open_clip_style_encoder(hf_clip_vision_model):
     encoder = torch.nn.Module()
     encoder.visual = Visual()
     return encoder
+
+
+def export(workdir: str, out_dir: str, step: int | None = None, *, dtype: Any = None) -> str:
+    """A training workdir's Flamingo (latest or `step`) -> an IDEFICS v1 folder (`save_hf`, with the workdir's
+    tokenizer); a Flamingo IDEFICS cannot express is refused, naming the settings. Returns out_dir."""
+    module, params, tokenizer, config = load_trained(workdir, make_task, step)
+    if not isinstance(module, Flamingo):
+        raise ValueError(f"{workdir} trained stage {config.get('stage')!r}, not a Flamingo: nothing to export as "
+                         "IDEFICS")
+    return save_hf(out_dir, module, params, tokenizer, dtype=dtype)

@@ -1,9 +1,10 @@
 """LLaVA / LLaVA-1.5 / LLaVA-NeXT (Liu et al. 2023, "Visual Instruction Tuning"; 2023b, "Improved Baselines with
 Visual Instruction Tuning"; 2024, LLaVA-NeXT) on the shared core: CLIP tower (common/vision), projector, any
-common.lm decoder. Modules: model (Llava, LlavaConfig), projector, anyres, hf (load_hf, load_original),
-conversation (templates + answer-only loss masks), presets (published model sizes), data + task + train (two-stage
-training, LoRA), inference (generate_batch), chat (CLI), eval (VQA / multiple choice), checkpoint (load / export to HF),
-reproduce (the miniature reproduction)."""
+common.lm decoder. Modules: model (Llava, LlavaConfig), projector, anyres, hf (load_hf / save_hf, load_original,
+export of a workdir, load_model from a workdir / HF / msgpack folder), conversation (templates + answer-only loss
+masks), presets (published model sizes), data + task + train (two-stage training, LoRA), inference (generate_batch),
+chat (CLI), eval (VQA / multiple choice), reproduce (the miniature reproduction)."""
+from llava_jax.hf import export
 from llava_jax.hf import load_hf as _load
 from llava_jax.hf import save_hf as _save
 from llava_jax.inference import generate_batch as _generate
@@ -32,5 +33,5 @@ def generate_batch(model, params, tokenizer, requests, **kwargs):
     return _generate(model, params, tokenizer, requests, **kwargs)
 
 
-__all__ = ["generate_batch", "Llava", "LlavaConfig", "abstract_params", "example_inputs", "frozen_patterns",
+__all__ = ["generate_batch", "Llava", "LlavaConfig", "abstract_params", "example_inputs", "export", "frozen_patterns",
            "init_params", "load_hf", "load_original", "param_counts", "save_hf", "trainable_patterns"]

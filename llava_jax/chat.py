@@ -7,7 +7,7 @@ the original's `llava/serve/cli.py`), with any number of images (the original to
 With `--prompt` it answers once and exits; otherwise it reads one user turn per line from stdin until EOF or
 `exit`, keeping the conversation history (the images go in front of the first turn, as the original).
 --checkpoint takes a training workdir of ours (the tiny configs; LoRA adapters merged), a dir written by
-`llava_jax.checkpoint.export`, or an HF LLaVA checkpoint (config.json + safetensors + tokenizer).
+`llava_jax.hf.export` (msgpack or HF), or an HF LLaVA checkpoint (config.json + safetensors + tokenizer).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from common.data.image_ops import decode_image
 from common.generate import GenerationConfig
 from common.tokenizers import IMAGE_TOKEN
 from llava_jax import conversation
-from llava_jax.checkpoint import load_model
+from llava_jax.hf import load_model
 from llava_jax.inference import generate_batch
 
 

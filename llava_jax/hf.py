@@ -14,14 +14,27 @@ They are renamed to the plain LM / CLIP names and handed to `common.hf.lm.lm_rul
 `common.hf.vision`) and model.safetensors in the hub layout above, from the same rules inverted
 (`common.hf.save`), plus the tokenizer files. transformers loads the directory, and so does `load_hf`, to the
 identical parameters.
+
+A LLaVA lives in one of three places, and `load_model(path)` -> (Llava, params, tokenizer, template) reads each:
+  * a training workdir of ours (config.json + checkpoints/ + tokenizer.json; `load_workdir`): LoRA adapters merged
+    (LLaVA-1.5's LoRA variant, Liu et al. 2023b Appendix: the original's separate "merge_lora_weights" step is this);
+  * an HF LLaVA / LLaVA-NeXT folder (`load_hf` + its tokenizer, `<image>` added; the template from config.json's
+    `conversation_template`);
+  * a msgpack folder (llava_config.json + llava_params.msgpack + tokenizer; `save_msgpack`), for what HF LLaVA cannot
+    express (LLaVA-1's linear projector, the original's placeholder id -200).
+`export(workdir, out_dir)` writes a workdir's merged parameters as an HF folder (`save_hf`; every family has this
+`export`, `python -m mmlm_jax.export` on the command line), or format="msgpack".
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from collections.abc import Iterator
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,9 +48,15 @@ from common.hf.checkpoint import (CheckpointError, Rule, Target, fill_params, id
 from common.hf.lm import comparable, config_from_hf, config_to_hf, infer_model_type, lm_rule
 from common.hf.vision import clip_config_to_hf, clip_rule
 from common.projector import parse_projector_type
+from common.checkpoints import CHECKPOINTS_DIR
+from common.lm import LMConfig
 from common.sharding import params_sharding
+from common.task_utils import load_trained
+from common.tokenizers import load_tokenizer, save_tokenizer
 from common.vision.clip import CLIPVisionConfig, clip_vit_l14_336
+from llava_jax.data import load_saved_tokenizer
 from llava_jax.model import Llava, LlavaConfig, abstract_params, example_inputs
+from llava_jax.task import make_task
 
 # transformers' defaults for the fields hub configs leave out of `text_config` (they store only non-defaults).
 TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -243,7 +262,7 @@ def save_hf(out_dir: str, module: Llava, params, tokenizer=None, *, text_model_t
     """(Llava, plain params) -> an HF LLaVA / LLaVA-NeXT checkpoint directory: config.json, model.safetensors
     (sharded past `max_shard_bytes`; tensors in `dtype`, default the parameters'), the tokenizer's files and
     special-token ids (when given) and, when given, the conversation `template` (an extra config.json field that
-    `llava_jax.checkpoint.load_model` reads). Params must hold no LoRA adapters: merge them first
+    `load_model` reads). Params must hold no LoRA adapters: merge them first
     (`common.lora.merge_in_tree`); anything without a tensor name raises. Returns out_dir."""
     extra = {"conversation_template": template} if template else {}
     return common.hf.save(out_dir, module, params, dtype=dtype, max_shard_bytes=max_shard_bytes, extra_config=extra,
@@ -348,3 +367,90 @@ def load_original(lm_dir: str, mm_projector_bin: str | None = None, vision_tower
     params = fill_params(tensors(), rule, nn.unbox(boxed), dtype=dtype, shardings=shardings,
                          source=f"original LLaVA ({lm_dir})")
     return module, params
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Where a trained LLaVA lives: a workdir, an HF folder, a msgpack folder
+# ----------------------------------------------------------------------------------------------------------------
+MSGPACK_CONFIG = "llava_config.json"
+MSGPACK_PARAMS = "llava_params.msgpack"
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_workdir(workdir: str, step: int | None = None):
+    """Training workdir -> (Llava, merged params (numpy), tokenizer, template, training config)."""
+    module, params, tokenizer, config = load_trained(workdir, make_task, step)
+    template = config.data.get("template", "vicuna_v1")
+    if template == "plain":  # a stage-1 model is queried with the stage-2 template
+        template = "vicuna_v1"
+    return module, params, tokenizer, template, config
+
+
+def export(workdir: str, out_dir: str, step: int | None = None, *, dtype: Any = None, format: str = "hf",
+           text_model_type: str | None = None) -> str:
+    """Workdir (LoRA merged) -> a plain checkpoint folder. format "hf": an HF LLaVA / LLaVA-NeXT folder (`save_hf`,
+    with the workdir's template; dtype: tensor dtype on disk; text_model_type: the LLM's HF family, default
+    inferred); "msgpack": `save_msgpack`. Returns out_dir."""
+    if format not in ("hf", "msgpack"):
+        raise ValueError(f"unknown export format {format!r}; use 'hf' or 'msgpack'")
+    module, params, tokenizer, template, _ = load_workdir(workdir, step)
+    if format == "msgpack":
+        return save_msgpack(out_dir, module, params, tokenizer, template)
+    return save_hf(out_dir, module, params, tokenizer, template=template, dtype=dtype,
+                   text_model_type=text_model_type)
+
+
+def save_msgpack(out_dir: str, module: Llava, params, tokenizer, template: str = "vicuna_v1") -> str:
+    """Our own folder format: llava_config.json (the LlavaConfig and the template) + llava_params.msgpack + the
+    tokenizer. Returns out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, MSGPACK_CONFIG), "w") as f:
+        json.dump({"llava_config": dataclasses.asdict(module.config), "template": template}, f, indent=1)
+    with open(os.path.join(out_dir, MSGPACK_PARAMS), "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
+    save_tokenizer(tokenizer, out_dir)
+    return out_dir
+
+
+def _llava_config_from_json(d: dict) -> LlavaConfig:
+    d = dict(d)
+    text = dict(d.pop("text"))
+    if text.get("rope_scaling") is not None:
+        text["rope_scaling"] = tuple(tuple(x) for x in text["rope_scaling"])
+    vision = CLIPVisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("vision").items()})
+    for k in ("vision_feature_layer", "image_grid_pinpoints"):
+        if isinstance(d.get(k), list):
+            d[k] = tuple(tuple(x) if isinstance(x, list) else x for x in d[k])
+    return LlavaConfig(text=LMConfig(**text), vision=vision, **d)
+
+
+def load_msgpack(out_dir: str):
+    """A `save_msgpack` folder -> (Llava, params, tokenizer, template)."""
+    meta = _read_json(os.path.join(out_dir, MSGPACK_CONFIG))
+    with open(os.path.join(out_dir, MSGPACK_PARAMS), "rb") as f:
+        params = flax.serialization.msgpack_restore(f.read())
+    return (Llava(_llava_config_from_json(meta["llava_config"])), params, load_saved_tokenizer(out_dir),
+            meta.get("template", "vicuna_v1"))
+
+
+def load_model(path: str, template: str | None = None):
+    """A training workdir, an HF LLaVA folder or a msgpack folder -> (Llava, params, tokenizer, template)."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint {path!r} is not a directory")
+    if os.path.isfile(os.path.join(path, MSGPACK_CONFIG)):
+        module, params, tokenizer, saved_template = load_msgpack(path)
+    elif os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)):
+        module, params, tokenizer, saved_template, _ = load_workdir(path)
+    elif os.path.isfile(os.path.join(path, "config.json")):
+        module, params = load_hf(path)
+        tokenizer = load_tokenizer(path)
+        tokenizer.add_family_tokens("llava")
+        saved_template = _read_json(os.path.join(path, "config.json")).get("conversation_template") or "vicuna_v1"
+    else:
+        raise FileNotFoundError(f"{path}: not a training workdir ({CHECKPOINTS_DIR}/), a msgpack folder "
+                                f"({MSGPACK_CONFIG}) or an HF LLaVA checkpoint (config.json)")
+    return module, params, tokenizer, template or saved_template

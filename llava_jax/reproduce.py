@@ -29,7 +29,7 @@ import jax
 
 from common.train import train
 from configs import apply_overrides, load_config, split_config_overrides
-from llava_jax.checkpoint import load_workdir
+from llava_jax.hf import load_workdir
 from llava_jax.eval import evaluate_vqa, shapes_vqa_items
 from llava_jax.task import make_task
 

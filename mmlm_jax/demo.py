@@ -17,7 +17,7 @@ import os
 import time
 
 from flamingo_jax import reproduce
-from llava_jax.checkpoint import load_workdir
+from llava_jax.hf import load_workdir
 from llava_jax.eval import shapes_vqa_items, vqa_prompt
 from llava_jax.inference import generate_batch
 

@@ -1,6 +1,6 @@
 """LLaVA-1.5-7B stage 2 with LoRA (the released finetune_lora.sh): adapters r=128, alpha=256 on every linear layer of
 Vicuna (q, k, v, o, gate, up, down), base LM and CLIP frozen (no gradient, no optimizer state), projector trained
-with lr 2e-5 and the adapters with 2e-4, batch 128, cosine with 3% warmup, weight decay 0. `llava_jax.checkpoint.
+with lr 2e-5 and the adapters with 2e-4, batch 128, cosine with 3% warmup, weight decay 0. `llava_jax.hf.
 export(workdir, out_dir)` merges the adapters into a plain checkpoint.
 
 python -m llava_jax.train --config configs/llava/stage2_lora_7b.py --workdir gs://.../llava7b_lora \

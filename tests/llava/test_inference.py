@@ -70,10 +70,10 @@ def test_greedy_equals_transformers_generate(save_hf, real_images):
 def test_chat_cli_one_shot_and_interactive(tiny, images, tmp_path, monkeypatch, capsys):
     from common.data.image_ops import encode_png
     from llava_jax import chat, generate_batch
-    from llava_jax.checkpoint import save
+    from llava_jax.hf import save_msgpack
 
     model, params, tok = tiny
-    save(str(tmp_path / "ckpt"), model, jax.tree.map(np.asarray, params), tok)
+    save_msgpack(str(tmp_path / "ckpt"), model, jax.tree.map(np.asarray, params), tok)
     paths = []
     for i in range(2):
         paths.append(str(tmp_path / f"{i}.png"))

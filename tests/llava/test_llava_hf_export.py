@@ -1,5 +1,5 @@
 """Export to a standard Hugging Face checkpoint: a LoRA training workdir (adapters randomised, so the merge matters)
-goes through `llava_jax.checkpoint.export` to config.json + model.safetensors + tokenizer files that transformers'
+goes through `llava_jax.hf.export` to config.json + model.safetensors + tokenizer files that transformers'
 LlavaForConditionalGeneration loads with our merged model's logits (f32, max abs diff <= 1e-4); `llava_jax.load_hf`
 reads it back to bit-identical parameters and the chat CLI answers from it. HF LLaVA / LLaVA-NeXT checkpoints
 (Llama, Qwen2 tied, Mistral text models) survive load -> save -> transformers bit for bit; what HF LLaVA cannot
@@ -55,7 +55,7 @@ def lora_workdir(tmp_path_factory):
 def test_lora_workdir_exports_an_hf_checkpoint(lora_workdir, tmp_path, real_images, capsys):
     from common.data.image_ops import encode_png
     from llava_jax import chat
-    from llava_jax.checkpoint import export, load_model
+    from llava_jax.hf import export, load_model
 
     workdir, task, merged, base = lora_workdir
     out = export(workdir, str(tmp_path / "hf"))

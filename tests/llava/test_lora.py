@@ -61,7 +61,8 @@ def test_merged_kernel_equals_the_adapter_path(lm, name, n_in):
 def test_lora_trains_adapters_only_and_exports_a_plain_checkpoint(tmp_path):
     from common import optimizer
     from common.trainer import TrainState, make_train_step
-    from llava_jax.checkpoint import load_model, save
+    from llava_jax.hf import load_model
+    from llava_jax.hf import save_msgpack
 
     config = micro(load_config("tiny_stage2_lora"))
     config.init_from = ""
@@ -90,7 +91,7 @@ def test_lora_trains_adapters_only_and_exports_a_plain_checkpoint(tmp_path):
 
     # export = merged plain checkpoint (no adapters) that reloads with the adapter model's logits
     merged = lora.merge_in_tree(trained, task.lora_config)
-    save(str(tmp_path / "export"), task.model, merged, task.tokenizer)
+    save_msgpack(str(tmp_path / "export"), task.model, merged, task.tokenizer)
     module2, plain, tok2, template = load_model(str(tmp_path / "export"))
     assert "lora" not in plain and module2.config == task.model.config and tok2.vocab_size == task.tokenizer.vocab_size
     ids = jnp.asarray([[1, 5, 9, 12, 40]])

@@ -40,6 +40,7 @@ from common.hf.checkpoint import (CheckpointError, Gather, Rule, Target, bias_to
                                   stacked, transpose, weight_files)
 from common.hf.lm import config_from_hf, config_to_hf, lm_rule
 from common.hf.vision import internvit_config_to_original, internvit_rule
+from common.task_utils import load_trained
 from common.sharding import params_sharding
 from common.vision.intern_vit import InternViTConfig, internvit_300m_448px
 from vita_jax.hf.codec import load_original as load_codec, save_original as save_codec
@@ -530,3 +531,12 @@ __all__ = ["AUDIO_DIR_NAME", "AUDIO_PREFIX", "RELEASE_YAML_DEFAULTS", "VISION_PR
            "load_original", "load_speech_decoder", "original_config", "release_rule", "save_codec", "save_original",
            "speech_config_from_shapes", "speech_config_from_yaml", "speech_config_to_yaml", "speech_rule",
            "vision_config_from_shapes"]
+
+
+def export(workdir: str, out_dir: str, step: int | None = None, *, dtype: Any = None) -> str:
+    """A training workdir's VITA (latest or `step`; LoRA merged) -> a folder in the released VITA-1.5 layout
+    (`save_original`, with the workdir's tokenizer). Returns out_dir."""
+    from vita_jax.task import make_task  # the task loads release folders through this module
+
+    module, params, tokenizer, _ = load_trained(workdir, make_task, step)
+    return save_original(out_dir, module, params, tokenizer, dtype=dtype)
