@@ -97,6 +97,7 @@ PLANS: dict[str, tuple] = {
         **LLAVA7B_S2_ACCUM4, "model.text.attention_impl": "splash"}),
     "vita_2.2@v6e": ("vita", "vita.stage_7b:2.2", "v6e", {"fsdp": -1}, VITA_S2_2),
     "flamingo3b@v6e": ("flamingo", "flamingo.flamingo_3b", "v6e", {"fsdp": -1}, {}),
+    "flamingo3b@v5e": ("flamingo", "flamingo.flamingo_3b", "v5e", {"fsdp": -1}, {}),
     # The smallest v5p slice of Flamingo-9B (v5p-16 fits at a third of its HBM).
     "flamingo9b@v5p-8": ("flamingo", "flamingo.flamingo_3b", "v5p-8", {"fsdp": -1}, FLAMINGO_9B),
 }

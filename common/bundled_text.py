@@ -76,7 +76,7 @@ class TokenWindowIterator:
     Global example g (= step * global_batch + row) is window `perm_epoch[g % W]` of epoch g // W, where W is
     the number of non-overlapping windows of seq_len + 1 tokens; so every host computes the same global batch
     and loads only its rows [index * local, (index + 1) * local). State: {'step': batches produced}.
-    Yields {'inputs', 'targets': int32 [local, seq_len], 'loss_mask': float32 [local, seq_len]}.
+    Yields {'input_ids', 'targets': int32 [local, seq_len], 'loss_mask': float32 [local, seq_len]}.
     """
 
     def __init__(self, tokens: np.ndarray, seq_len: int, global_batch: int, shard_index: int = 0,
@@ -113,7 +113,7 @@ class TokenWindowIterator:
             rows.append(self.tokens[start:start + self.seq_len + 1])
         windows = np.stack(rows)  # [local, T + 1]
         self.step += 1
-        return {"inputs": windows[:, :-1], "targets": windows[:, 1:],
+        return {"input_ids": windows[:, :-1], "targets": windows[:, 1:],
                 "loss_mask": np.ones(windows[:, 1:].shape, np.float32)}
 
     def get_state(self) -> dict:

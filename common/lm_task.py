@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import bundled_text
-from common.lm import DecoderLM, LMConfig, head_kernel, matmul_flops_per_token
-from common.losses import next_token_loss
+from common.lm import DecoderLM, LMConfig, matmul_flops_per_token
+from common.task_utils import lm_loss_fn
 from common.trainer import DataShard, Task, TrainerSettings
 
 
@@ -46,18 +46,10 @@ def make_task(config, workdir: str | None = None) -> Task:
     if lm_config.vocab_size < bundled_text.BYTE_VOCAB_SIZE:
         raise ValueError(f"byte-level data needs vocab_size >= 256, got {lm_config.vocab_size}")
     splits = token_splits_from(config.data)
-    fused = TrainerSettings.from_config(config).lm_loss == "fused"
+    loss_fn = lm_loss_fn(model, lm_config, lm_path="", fused=TrainerSettings.from_config(config).lm_loss == "fused")
 
     def init_params(rng):
         return model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
-
-    def loss_fn(params, batch, rng):
-        del rng  # no dropout in the LM core
-        if not fused:
-            logits = model.apply({"params": params}, batch["inputs"])  # [B, T, V]
-            return next_token_loss(logits, batch["targets"], batch["loss_mask"])
-        hidden = model.apply({"params": params}, batch["inputs"], return_hidden=True)  # [B, T, E]
-        return next_token_loss(hidden, batch["targets"], batch["loss_mask"], kernel=head_kernel(params, lm_config))
 
     def make_train_data(shard: DataShard):
         return {"text": bundled_text.TokenWindowIterator(splits["train"], seq_len, int(config.batch_size),
@@ -70,7 +62,7 @@ def make_task(config, workdir: str | None = None) -> Task:
 
     def batch_spec():
         rows = jax.ShapeDtypeStruct((int(config.batch_size), seq_len), jnp.int32)
-        return {"text": {"inputs": rows, "targets": rows,
+        return {"text": {"input_ids": rows, "targets": rows,
                          "loss_mask": jax.ShapeDtypeStruct(rows.shape, jnp.float32)}}
 
     return Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,

@@ -20,7 +20,7 @@ from common import lora as lora_lib
 from common.checkpoints import CHECKPOINTS_DIR, Checkpointer
 from common.config_sections import config_section
 from common.lm import LMConfig, head_kernel
-from common.losses import shifted_next_token_loss
+from common.losses import next_token_loss, shifted_next_token_loss
 from common.tokenizers import SAVED_TOKENIZER_FILE, save_tokenizer
 from common.trainer import CONFIG_FILE
 
@@ -56,11 +56,14 @@ def init_params_fn(model: nn.Module, example_inputs: tuple, lora_config: lora_li
     return init_params
 
 
-def lm_loss_fn(model: nn.Module, lm_config: LMConfig, model_inputs, lora_config: lora_lib.LoraConfig | None = None,
-               dropout: bool = False, lm_path: str = "lm", fused: bool = True):
+def lm_loss_fn(model: nn.Module, lm_config: LMConfig, model_inputs=None,
+               lora_config: lora_lib.LoraConfig | None = None, dropout: bool = False, lm_path: str = "lm",
+               fused: bool = True):
     """The trainer's `loss_fn` of a (multimodal) LM: `model.apply(params, batch['input_ids'], **model_inputs(batch))`
     to its final hidden states [B, T, E], then the mean next-token cross-entropy on the tokens of
-    batch['loss_mask'] (the answers), fused with the LM head (`common.losses`: no [B, T, V] logits are formed).
+    batch['loss_mask'], fused with the LM head (`common.losses`: no [B, T, V] logits are formed). Position t predicts
+    input_ids[t + 1] (loss_mask marks the ids that count: the answers), or batch['targets'][t] when the batch
+    carries its targets already shifted (the text LM task's token windows; loss_mask then marks the targets).
     lm_path: where the DecoderLM's parameters sit in the tree ('' = the root); LoRA adapters are merged in first;
     dropout: the model runs with deterministic=False and the step's rng. fused=False: the model's full float32 logits
     [B, T, V], then the same cross-entropy (config `lm_loss: logits`)."""
@@ -68,14 +71,14 @@ def lm_loss_fn(model: nn.Module, lm_config: LMConfig, model_inputs, lora_config:
     def loss_fn(params, batch, rng):
         params = lora_lib.merge_in_tree(params, lora_config)
         ids = batch["input_ids"]
+        inputs = model_inputs(batch) if model_inputs is not None else {}
         stochastic = dict(deterministic=False, rngs={"dropout": rng}) if dropout else {}
-        if not fused:
-            logits = model.apply({"params": params}, ids, **model_inputs(batch), **stochastic)  # [B, T, V]
-            return shifted_next_token_loss(logits, ids, batch["loss_mask"])
-        hidden = model.apply({"params": params}, ids, **model_inputs(batch), **stochastic,
-                             return_hidden=True)  # [B, T, E]
-        kernel = head_kernel(params[lm_path] if lm_path else params, lm_config)  # [E, V]
-        return shifted_next_token_loss(hidden, ids, batch["loss_mask"], kernel=kernel)
+        # [B, T, E] final hidden states (fused) or [B, T, V] logits
+        out = model.apply({"params": params}, ids, **inputs, **stochastic, return_hidden=fused)
+        kernel = head_kernel(params[lm_path] if lm_path else params, lm_config) if fused else None  # [E, V]
+        if "targets" in batch:
+            return next_token_loss(out, batch["targets"], batch["loss_mask"], kernel=kernel)
+        return shifted_next_token_loss(out, ids, batch["loss_mask"], kernel=kernel)
 
     return loss_fn
 

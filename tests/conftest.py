@@ -1,5 +1,6 @@
 """Shared test setup: deterministic, offline, float32 CPU; helpers to build tiny HF checkpoints."""
 import os
+import re
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,12 +12,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # libtpu locks /tmp/libtpu_lockfile against a second process using the TPU chips; compiling for a topology uses
 # none, and the xdist workers (and a planning run beside the tests) each load libtpu.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-# Set before jax initialises its backend: eight fake CPU devices for the sharding tests (single-device
-# tests simply run on the first one), and unoptimised XLA backend compilation — the test programs are
-# tiny and compiled again and again, so compile time dominates (3-4x faster this way).
+# Set before jax initialises its backend: unoptimised XLA backend compilation — the test programs are tiny and
+# compiled again and again, so compile time dominates (3-4x faster this way).
 _flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in _flags:
-    _flags += " --xla_force_host_platform_device_count=8"
 if "xla_backend_optimization_level" not in _flags:
     _flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = _flags.strip()
@@ -27,6 +25,13 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettemp
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import sys  # noqa: E402
+
+import chex  # noqa: E402
+
+# Eight fake CPU devices for the sharding tests (single-device tests simply run on the first one), through chex,
+# before any JAX operation; a device count already in XLA_FLAGS is kept.
+_count = re.search(r"xla_force_host_platform_device_count=(\d+)", _flags)
+chex.set_n_cpu_devices(int(_count.group(1)) if _count else 8)
 
 # The shared core's tests (tests/common) hold helpers and oracles the families' tests reuse (e.g. the vision parity
 # test's real images and InternViT renaming): importable from every test folder, as tests/ itself is.

@@ -1,5 +1,6 @@
 """Generation: cached decoding equals recomputing the full sequence; greedy and beam search equal
 transformers' `generate` on converted tiny models; sampling filters; bucketing; errors."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +47,7 @@ def test_greedy_equals_transformers_and_full_recompute(kind, save_hf):
     module, params = hf.load(save_hf(model))
     ours = generate(module, params, PROMPTS, MASK, config=GenerationConfig(max_new_tokens=8, bucket=16))
     ref = hf_generate(model, do_sample=False, max_new_tokens=8, eos_token_id=None)
-    np.testing.assert_array_equal(ours["tokens"], ref)
+    chex.assert_trees_all_equal(ours["tokens"], ref)
     assert list(ours["lengths"]) == [8, 8]
     # Recompute the whole sequence each step (no cache): same greedy tokens.
     seq, mask = PROMPTS.copy(), MASK.copy()
@@ -56,7 +57,7 @@ def test_greedy_equals_transformers_and_full_recompute(kind, save_hf):
                               position_ids=jnp.asarray(positions))
         nxt = np.asarray(jnp.argmax(logits[:, -1], -1))[:, None]
         seq, mask = np.concatenate([seq, nxt], 1), np.concatenate([mask, np.ones_like(nxt)], 1)
-    np.testing.assert_array_equal(seq[:, PROMPTS.shape[1]:], ours["tokens"])
+    chex.assert_trees_all_equal(seq[:, PROMPTS.shape[1]:], ours["tokens"])
 
 
 @pytest.mark.slow
@@ -89,7 +90,7 @@ def test_stop_tokens_and_padding(save_hf):
     assert out["lengths"][0] == first + 1
     assert (out["tokens"][0, first + 1:] == 0).all()
     ref = hf_generate(model, do_sample=False, max_new_tokens=8, eos_token_id=stop)
-    np.testing.assert_array_equal(out["tokens"][:, :ref.shape[1]], ref)
+    chex.assert_trees_all_equal(out["tokens"][:, :ref.shape[1]], ref)
 
 
 @pytest.mark.slow
@@ -101,7 +102,7 @@ def test_beam_search_equals_transformers(save_hf):
             max_new_tokens=6, num_beams=3, length_penalty=length_penalty, bucket=16))
         ref = hf_generate(model, do_sample=False, num_beams=3, max_new_tokens=6, length_penalty=length_penalty,
                           eos_token_id=None, early_stopping=False)
-        np.testing.assert_array_equal(ours["tokens"], ref)
+        chex.assert_trees_all_equal(ours["tokens"], ref)
 
 
 @pytest.mark.slow
@@ -112,7 +113,7 @@ def test_right_padding_is_moved_left_and_buckets_do_not_change_results(save_hf):
     right_ids = np.array([[5, 7, 9, 11, 0, 0, 0], PROMPTS[1]])
     right_mask = np.array([[1, 1, 1, 1, 0, 0, 0], MASK[1]])
     right = generate(module, params, right_ids, right_mask, config=GenerationConfig(max_new_tokens=5, bucket=32))
-    np.testing.assert_array_equal(left["tokens"], right["tokens"])
+    chex.assert_trees_all_equal(left["tokens"], right["tokens"])
 
 
 @pytest.mark.slow
@@ -120,13 +121,13 @@ def test_sampling_filters_and_determinism(save_hf):
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
     assert (np.asarray(filter_logits(logits, 1.0, 2, 1.0)) > -1e29).sum() == 2
     kept = np.asarray(filter_logits(logits, 1.0, 0, 0.7)) > -1e29
-    np.testing.assert_array_equal(kept, [[True, True, False, False]])
+    chex.assert_trees_all_equal(kept, np.asarray([[True, True, False, False]]))
     model = tiny("qwen2")
     module, params = hf.load(save_hf(model))
     cfg = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=0.8, top_k=10, top_p=0.9, bucket=16)
     a = generate(module, params, PROMPTS, MASK, config=cfg, rng=jax.random.key(1))
     b = generate(module, params, PROMPTS, MASK, config=cfg, rng=jax.random.key(1))
-    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    chex.assert_trees_all_equal(a["tokens"], b["tokens"])
 
 
 def test_bad_generation_arguments():
@@ -155,4 +156,4 @@ def test_generation_sharded_over_a_mesh_equals_single_device(save_hf):
     sharded = jax.device_put(params, params_sharding(abstract_params(module, jnp.zeros((1, 8), jnp.int32)), mesh))
     with activate(mesh):
         out = generate(module, sharded, ids, mask, config=config)
-    np.testing.assert_array_equal(out["tokens"], single["tokens"])
+    chex.assert_trees_all_equal(out["tokens"], single["tokens"])

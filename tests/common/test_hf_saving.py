@@ -7,6 +7,7 @@ checkpoint name are covered too."""
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +38,7 @@ def test_lm_round_trip_through_transformers(name, save_hf, tmp_path):
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
     ids = torch.tensor(np.random.RandomState(0).randint(0, model.config.vocab_size, (2, 9)))
     with torch.no_grad():  # the config too: rope scaling, window, partial rotary, clip_qkv ... act the same
-        np.testing.assert_array_equal(again(ids).logits.numpy(), model(ids).logits.numpy())
+        chex.assert_trees_all_equal(again(ids).logits.numpy(), model(ids).logits.numpy())
     module2, params2 = hf.load(out)
     assert module2.config == module.config and _same_params(params, params2)
 
@@ -76,5 +77,5 @@ def test_what_cannot_be_saved_raises(tmp_path):
     hf.save(str(tmp_path / "ok"), module, params, dtype=jnp.bfloat16)  # bf16 on disk
     module2, params2 = hf.load(str(tmp_path / "ok"))
     assert json.load(open(tmp_path / "ok" / "config.json"))["dtype"] == "bfloat16"
-    np.testing.assert_array_equal(np.asarray(params2["embed"]["embedding"]),
-                                  np.asarray(params["embed"]["embedding"].astype(jnp.bfloat16).astype(jnp.float32)))
+    chex.assert_trees_all_equal(np.asarray(params2["embed"]["embedding"]),
+                                np.asarray(params["embed"]["embedding"].astype(jnp.bfloat16).astype(jnp.float32)))

@@ -1,5 +1,6 @@
 """Logical-axis sharding of the LM core on 8 faked CPU devices: under mesh (data, fsdp, tensor) = (2, 2, 2)
 the forward pass and gradients equal single-device results, and the large parameters really are split."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,17 +60,17 @@ def test_sharded_forward_and_gradients_equal_single_device():
                        out_shardings=((NamedSharding(mesh, P()), None), shardings))
         (loss, logits), grads = step(sharded_params, jax.device_put(ids, batch_sharding),
                                      jax.device_put(mask, batch_sharding))
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
-    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads, ref_grads)
+    chex.assert_trees_all_close(loss, ref_loss, rtol=1e-5)
+    chex.assert_trees_all_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(grads, ref_grads, rtol=1e-5, atol=1e-6)
 
     # The large parameters really are split: kernels over fsdp x tensor, embedding over vocab x embed.
     up = sharded_params["decoder"]["layers"]["mlp"]["up"]["kernel"]  # [L, E, F]
     assert up.sharding.spec == P(None, "fsdp", "tensor")
-    assert up.addressable_shards[0].data.shape == (CFG.num_layers, CFG.hidden_size // 2, CFG.intermediate_size // 2)
+    chex.assert_shape(up.addressable_shards[0].data, (CFG.num_layers, CFG.hidden_size // 2, CFG.intermediate_size // 2))
     q = sharded_params["decoder"]["layers"]["attn"]["q"]["kernel"]  # [L, E, H, D]
-    assert q.addressable_shards[0].data.shape == (CFG.num_layers, CFG.hidden_size // 2, CFG.num_heads // 2,
-                                                 CFG.dim_per_head)
+    chex.assert_shape(q.addressable_shards[0].data, (CFG.num_layers, CFG.hidden_size // 2, CFG.num_heads // 2,
+                                                    CFG.dim_per_head))
     embedding = sharded_params["embed"]["embedding"]  # [V, E]
-    assert embedding.addressable_shards[0].data.shape == (CFG.vocab_size // 2, CFG.hidden_size // 2)
+    chex.assert_shape(embedding.addressable_shards[0].data, (CFG.vocab_size // 2, CFG.hidden_size // 2))
     assert grads["decoder"]["layers"]["mlp"]["down"]["kernel"].sharding.spec == P(None, "tensor", "fsdp")

@@ -35,15 +35,15 @@ def test_fused_head_loss_and_gradients_equal_log_softmax_autodiff(chunk_size):
     ref = lambda h, k: reference_loss(h, k, targets, mask)  # noqa: E731
     (loss, grads), (ref_loss, ref_grads) = jax.value_and_grad(fused, (0, 1))(hidden, kernel), \
         jax.value_and_grad(ref, (0, 1))(hidden, kernel)
-    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    chex.assert_trees_all_close(loss, ref_loss, rtol=1e-5)
     for g, r in zip(grads, ref_grads):
-        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-6)
+        chex.assert_trees_all_close(g, r, rtol=1e-4, atol=1e-6)
     # The logits form: same value and gradient with respect to the logits.
     logits = jnp.einsum("bte,ev->btv", hidden, kernel, precision="highest")
     loss_logits, g_logits = jax.value_and_grad(lambda x: next_token_loss(x, targets, mask)[0])(logits)
     ref_g = jax.grad(lambda x: reference_loss(x, jnp.eye(v), targets, mask))(logits)
-    np.testing.assert_allclose(loss_logits, ref_loss, rtol=1e-5)
-    np.testing.assert_allclose(g_logits, ref_g, rtol=1e-4, atol=1e-7)
+    chex.assert_trees_all_close(loss_logits, ref_loss, rtol=1e-5)
+    chex.assert_trees_all_close(g_logits, ref_g, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.slow
@@ -56,7 +56,7 @@ def test_masked_targets_do_not_count_even_out_of_vocabulary_ids():
     mask = jnp.ones((2, 6), bool).at[1, 3:].set(False)
     padded = targets.at[1, 3:].set(-100)
     base = next_token_loss(hidden, targets, mask, kernel=kernel, chunk_size=5)[0]
-    np.testing.assert_allclose(next_token_loss(hidden, padded, mask, kernel=kernel, chunk_size=5)[0], base, rtol=1e-6)
+    chex.assert_trees_all_close(next_token_loss(hidden, padded, mask, kernel=kernel, chunk_size=5)[0], base, rtol=1e-6)
     grad = jax.grad(lambda h: next_token_loss(h, padded, mask, kernel=kernel, chunk_size=5)[0])(hidden)
     chex.assert_tree_all_finite(grad)
     assert np.all(grad[1, 3:] == 0)  # positions 3.. predict the masked targets

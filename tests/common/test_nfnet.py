@@ -177,9 +177,10 @@ def test_f0_matches_timm():
     ref = torch_forward(model, pixels)
     diffs = max_diffs(out, ref)
     print("NFNet-F0 vs timm max abs diff:", diffs)  # measured <= 1.1e-5 (features of magnitude ~5)
-    assert out.feature_map.shape == (2, 2, 3, 3072) and out.last_stage.shape == (2, 2, 3, 1536)
+    chex.assert_shape(out.feature_map, (2, 2, 3, 3072))
+    chex.assert_shape(out.last_stage, (2, 2, 3, 1536))
     chex.assert_trees_all_close({k: np.asarray(getattr(out, k)) for k in ref}, ref, atol=1e-4, rtol=0)
-    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(out.feature_map).reshape(2, 6, 3072))
+    chex.assert_trees_all_equal(np.asarray(out.tokens), np.asarray(out.feature_map).reshape(2, 6, 3072))
 
 
 @pytest.mark.slow
@@ -203,9 +204,9 @@ def test_unrolled_blocks_and_loaders_match_timm(tmp_path, tiny_timm):
 
     _, scanned = load_timm_nfnet(str(tmp_path / "weights.pth"), config=TINY)
     kernel = scanned["stages_2"]["blocks"]["conv2"]["kernel"]  # [depth-1, kh, kw, in/groups, out]
-    assert kernel.shape == (2, 3, 3, 16, 48)
-    np.testing.assert_array_equal(kernel[1], params["stages_2"]["block_2"]["conv2"]["kernel"])
-    np.testing.assert_array_equal(kernel[1], state["stages.2.2.conv2.weight"].numpy().transpose(2, 3, 1, 0))
+    chex.assert_shape(kernel, (2, 3, 3, 16, 48))
+    chex.assert_trees_all_equal(kernel[1], params["stages_2"]["block_2"]["conv2"]["kernel"])
+    chex.assert_trees_all_equal(kernel[1], state["stages.2.2.conv2.weight"].numpy().transpose(2, 3, 1, 0))
     _, headless = load_timm_nfnet(str(tmp_path / "weights.pth"), config=TINY, num_classes=0, features="last_stage")
     assert set(scanned) - set(headless) == {"head"}
 
@@ -242,11 +243,13 @@ def test_layers_and_input_checks():
                                 (w - mean) * gain / np.sqrt(n * (var + 1e-5)), atol=1e-6, rtol=1e-5)
     # Ceil-mode 2x2 pooling averages only the pixels inside the image.
     x = jnp.arange(15.0).reshape(1, 3, 5, 1)
-    np.testing.assert_allclose(avg_pool_2x2(x)[0, :, :, 0], [[3.0, 5.0, 6.5], [10.5, 12.5, 14.0]])
+    chex.assert_trees_all_close(np.asarray(avg_pool_2x2(x)[0, :, :, 0]),
+                                np.asarray([[3.0, 5.0, 6.5], [10.5, 12.5, 14.0]]), rtol=1e-7)
     # Betas: 1 / sqrt(expected variance), reset after each stage's first block.
     betas, _ = nfnet_f(0).betas_and_rates()
-    np.testing.assert_allclose(betas[1], [1.0 / np.sqrt(1.04), 1.0 / np.sqrt(1.04)])
-    np.testing.assert_allclose(betas[2][:3], [1.0 / np.sqrt(1.08), 1.0 / np.sqrt(1.04), 1.0 / np.sqrt(1.08)])
+    chex.assert_trees_all_close(np.asarray(betas[1]), np.asarray([1.0 / np.sqrt(1.04), 1.0 / np.sqrt(1.04)]), rtol=1e-7)
+    chex.assert_trees_all_close(np.asarray(betas[2][:3]),
+                                np.asarray([1.0 / np.sqrt(1.08), 1.0 / np.sqrt(1.04), 1.0 / np.sqrt(1.08)]), rtol=1e-7)
 
     params = jax.eval_shape(lambda: NFNet(TINY).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))["params"]
     specs = nn.get_partition_spec(params)
@@ -260,7 +263,8 @@ def test_layers_and_input_checks():
     train = dataclasses.replace(TINY, drop_path_rate=0.1, drop_rate=0.2)
     out = jax.eval_shape(lambda p: NFNet(train).apply({"params": p}, jnp.zeros((2, 64, 64, 3)), deterministic=False,
                                                       rngs={"dropout": jax.random.key(1)}), nn.unbox(params))
-    assert out.logits.shape == (2, 7) and out.tokens.shape == (2, 4, 192)
+    chex.assert_shape(out.logits, (2, 7))
+    chex.assert_shape(out.tokens, (2, 4, 192))
     with pytest.raises(ValueError, match="NHWC"):
         jax.eval_shape(lambda: NFNet(TINY).init(jax.random.key(0), jnp.zeros((1, 3, 64, 64))))
     with pytest.raises(ValueError, match="0 .. 6"):
@@ -316,7 +320,7 @@ def test_flamingo_with_nfnet_encoder(tmp_path):
         return feats, jax.grad(media)(p)
 
     feats, grads = features_and_grads(params)
-    assert feats.shape == (2, 1, 1, 4, 32)  # S = 2 x 2 grid, D = the last stage's width
+    chex.assert_shape(feats, (2, 1, 1, 4, 32))  # S = 2 x 2 grid, D = the last stage's width
     ref = torch_forward(micro_timm, np.asarray(pixels[:, 0]))["last_stage"]  # [B, 2, 2, 32]
     chex.assert_trees_all_close(np.asarray(feats[:, 0, 0]), ref.reshape(2, 4, 32), atol=1e-5, rtol=1e-7)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["vision"]))  # frozen

@@ -118,7 +118,7 @@ def test_clip_matches_hf(name, save_hf):
         tower, projection = model, None
     ref = hf_forward(tower, pixels)
     n_layers = kwargs["num_hidden_layers"]
-    assert out.hidden_states.shape == (n_layers + 1, 3, module.config.num_patches + 1, kwargs["hidden_size"])
+    chex.assert_shape(out.hidden_states, (n_layers + 1, 3, module.config.num_patches + 1, kwargs["hidden_size"]))
     assert len(ref.hidden_states) == n_layers + 1
     pairs = {i: (out.hidden_states[i], ref.hidden_states[i]) for i in range(n_layers + 1)}
     pairs["last"] = (out.last_hidden_state, ref.last_hidden_state)
@@ -137,7 +137,7 @@ def test_clip_matches_hf(name, save_hf):
 
     # LLaVA's selection: penultimate layer, CLS dropped ('default') or kept ('full').
     feats = select_features(out, -2, "default")
-    assert feats.shape == (3, module.config.num_patches, kwargs["hidden_size"])
+    chex.assert_shape(feats, (3, module.config.num_patches, kwargs["hidden_size"]))
     chex.assert_trees_all_close(f32(feats), f32(ref.hidden_states[-2][:, 1:]), atol=TOL, rtol=0)
     chex.assert_trees_all_close(f32(select_features(out, -2, "full")), f32(ref.hidden_states[-2]), atol=TOL, rtol=0)
     both = select_features(out, [-2, -1], "default")
@@ -161,8 +161,8 @@ def test_clip_scan_unrolled_remat_equal(save_hf):
     chex.assert_trees_all_close(f32(out.hidden_states), f32(ref.hidden_states), atol=1e-5, rtol=0)
     chex.assert_trees_all_close(f32(out.pooled), f32(ref.pooled), atol=1e-5, rtol=0)
     # The unrolled leaves are the slices of the scanned ones.
-    np.testing.assert_array_equal(unrolled_params["encoder"]["layers_1"]["mlp"]["up"]["kernel"],
-                                  params["encoder"]["layers"]["mlp"]["up"]["kernel"][1])
+    chex.assert_trees_all_equal(unrolled_params["encoder"]["layers_1"]["mlp"]["up"]["kernel"],
+                                params["encoder"]["layers"]["mlp"]["up"]["kernel"][1])
 
     # Remat (and output_hidden_states=False) gives the same values, and gradients flow through scan + remat.
     remat = CLIPVisionTransformer(CLIPVisionConfig.from_hf(hf.checkpoint.read_config(path),
@@ -237,7 +237,7 @@ def compare_internvit(module, params, model, kwargs, pixels, name):
     out = run(module, params, pixels)
     ref = hf_forward(model, pixels)
     n_layers = kwargs["num_hidden_layers"]
-    assert out.hidden_states.shape == (n_layers + 1, 3, module.config.num_patches + 1, kwargs["hidden_size"])
+    chex.assert_shape(out.hidden_states, (n_layers + 1, 3, module.config.num_patches + 1, kwargs["hidden_size"]))
     assert len(ref.hidden_states) == n_layers + 1
     pairs = {i: (out.hidden_states[i], ref.hidden_states[i]) for i in range(n_layers + 1)}
     pairs["last"] = (out.last_hidden_state, ref.last_hidden_state)
@@ -268,7 +268,7 @@ def test_internvit_matches_hf(name, save_hf):
         ref_ps = transformers.InternVLModel.pixel_shuffle(None, ref_grid, scale_factor=0.5)
         ref_ps = ref_ps.reshape(3, -1, 4 * kwargs["hidden_size"])
         feats = image_features(out, module.config, feature_layer=layer)
-        assert feats.shape == (3, module.config.num_patches // 4, 4 * kwargs["hidden_size"])
+        chex.assert_shape(feats, (3, module.config.num_patches // 4, 4 * kwargs["hidden_size"]))
         chex.assert_trees_all_close(f32(feats), f32(ref_ps), atol=TOL, rtol=0)
 
 
@@ -361,10 +361,10 @@ def test_pixel_shuffle_matches_hf(shape):
     x = np.random.RandomState(0).randn(*shape).astype(np.float32)
     ref = transformers.InternVLModel.pixel_shuffle(None, torch.tensor(x), scale_factor=0.5).numpy()
     out = np.asarray(pixel_shuffle(jnp.asarray(x), 0.5))
-    assert out.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3] * 4)
-    np.testing.assert_array_equal(out, ref)
+    chex.assert_shape(out, (shape[0], shape[1] // 2, shape[2] // 2, shape[3] * 4))
+    chex.assert_trees_all_equal(out, ref)
     # v1 (InternVL 1.0) omits the final transpose.
-    np.testing.assert_array_equal(np.asarray(pixel_shuffle(jnp.asarray(x), 0.5, "v1")), ref.transpose(0, 2, 1, 3))
+    chex.assert_trees_all_equal(np.asarray(pixel_shuffle(jnp.asarray(x), 0.5, "v1")), ref.transpose(0, 2, 1, 3))
     # A 2x2 neighbourhood lands in one token: out[0, 0, 0] holds x[0, 0:2, 0:2] (channel blocks of C).
     c = shape[3]
     block = {tuple(out[0, 0, 0, k * c:(k + 1) * c]) for k in range(4)}
@@ -377,7 +377,7 @@ def test_bad_inputs_raise():
     # Shapes only: real `init` compiles every random initializer, which is slow on CPU.
     params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract_params(clip, jnp.zeros((1, 28, 28, 3))))
     params = hf.nn.unbox(params)
-    assert run(clip, params, jnp.zeros((2, 28, 28, 3))).last_hidden_state.shape == (2, 5, 32)
+    chex.assert_shape(run(clip, params, jnp.zeros((2, 28, 28, 3))).last_hidden_state, (2, 5, 32))
     for bad, match in [(jnp.zeros((28, 28, 3)), "rank 4"), (jnp.zeros((1, 28, 28, 1)), "3 channels"),
                        (jnp.zeros((1, 3, 28, 28)), "NCHW"), (jnp.zeros((1, 32, 32, 3)), "28x28"),
                        (jnp.zeros((1, 28, 28, 3), jnp.uint8), "floating")]:

@@ -1,6 +1,7 @@
 """Contrastive pretraining of the vision encoder (common.contrastive; Flamingo App. B.1.3): CLIP's loss against a
 direct numpy implementation, the dual encoder's pooling and padding invariance, the training stage through
 common.trainer, and `init_vision.workdir` grafting the trained tower into a Flamingo, frozen."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +29,7 @@ def test_contrastive_loss_equals_clip_pseudocode():
     rng = np.random.default_rng(0)
     img, txt = _unit(rng.normal(size=(6, 8))), _unit(rng.normal(size=(6, 8)))
     loss, aux = contrastive_loss(jnp.asarray(img), jnp.asarray(txt), jnp.float32(14.3))
-    np.testing.assert_allclose(float(loss), _numpy_clip_loss(img, txt, 14.3), rtol=1e-5)
+    chex.assert_trees_all_close(float(loss), _numpy_clip_loss(img, txt, 14.3), rtol=1e-5)
     assert float(aux["tokens"]) == 6
     # Matching pairs identical -> accuracy 1 and a loss far below log(B).
     loss, aux = contrastive_loss(jnp.asarray(img), jnp.asarray(img), jnp.float32(100.0))
@@ -40,7 +41,7 @@ def test_contrastive_loss_padding_rows_drop_out():
     img, txt = _unit(rng.normal(size=(5, 8))), _unit(rng.normal(size=(5, 8)))
     valid = np.array([True, True, True, False, False])
     loss, aux = contrastive_loss(jnp.asarray(img), jnp.asarray(txt), jnp.float32(10.0), valid=jnp.asarray(valid))
-    np.testing.assert_allclose(float(loss), _numpy_clip_loss(img[:3], txt[:3], 10.0), rtol=1e-5)
+    chex.assert_trees_all_close(float(loss), _numpy_clip_loss(img[:3], txt[:3], 10.0), rtol=1e-5)
     assert float(aux["tokens"]) == 3
 
 
@@ -61,12 +62,12 @@ def test_dual_encoder_unit_embeddings_and_eos_pooling():
     params = model.init(jax.random.key(1), pixels, ids, mask)["params"]
     assert set(params) == {"vision", "text", "image_projection", "text_projection", "logit_scale"}
     img, txt, scale = model.apply({"params": params}, pixels, ids, mask)
-    assert img.shape == txt.shape == (2, 12)
-    np.testing.assert_allclose(np.linalg.norm(np.asarray(img), axis=-1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(float(scale), 1 / 0.07, rtol=1e-5)
+    chex.assert_shape([img, txt], (2, 12))
+    chex.assert_trees_all_close(np.linalg.norm(np.asarray(img), axis=-1), np.asarray(1.0), rtol=1e-5)
+    chex.assert_trees_all_close(float(scale), 1 / 0.07, rtol=1e-5)
     # The second text read at its eos (slot 2), whatever padding follows: equal to the unpadded text alone.
     alone = model.apply({"params": params}, ids[1:, :3], method=DualEncoder.encode_text)
-    np.testing.assert_allclose(np.asarray(txt[1]), np.asarray(alone[0]), atol=1e-6)
+    chex.assert_trees_all_close(np.asarray(txt[1]), np.asarray(alone[0]), atol=1e-6, rtol=1e-7)
     # A different last token changes the embedding (it is read there, not at slot 0).
     other = model.apply({"params": params}, jnp.array([[1, 9, 3]]), method=DualEncoder.encode_text)
     assert not np.allclose(np.asarray(other[0]), np.asarray(alone[0]), atol=1e-4)
@@ -111,7 +112,7 @@ def test_contrastive_stage_trains_and_grafts_into_flamingo(tmp_path):
     trainer.run()
     trainer.close()
     final = jax.device_get(trainer.state.params)["vision"]  # grafted, then frozen through both steps
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), final, trained)
+    chex.assert_trees_all_equal(final, trained)
 
     # A Flamingo whose tower differs from the pretrained one is refused, not half-grafted.
     small.model.vision.update(hidden_size=32, intermediate_size=64)

@@ -64,7 +64,7 @@ def test_idefics_logits_match(name, save_hf):
         ref = model(input_ids=torch.tensor(ids), pixel_values=torch.tensor(px).permute(0, 1, 4, 2, 3),
                     image_attention_mask=image_attention_mask).logits.numpy()
     out = np.asarray(jit_apply(ours)(params, ids, px, text_time=text_time))
-    assert out.shape == ref.shape == (2, 9, V + 2)
+    chex.assert_shape([out, ref], (2, 9, V + 2))
     diff = np.abs(out - ref).max()
     print(f"{name}: max |diff| {diff:.2e} (logits up to {np.abs(ref).max():.2f})")
     chex.assert_trees_all_close(out, ref, atol=1e-4, rtol=0)
@@ -127,4 +127,4 @@ def test_idefics_text_time_matches_the_processor():
 
     ids = np.array([[1, 7, IMG, 9, 2, 10, IMG, 12, 2, 14, 15], [IMG, 3, 4, 5, IMG, 2, 6, 7, 8, IMG, 9]])
     ref, _ = image_attention_mask_for_packed_input_ids_pt(torch.tensor(ids), Tok())
-    np.testing.assert_array_equal(np.asarray(idefics_text_time(ids, IMG, 2)), ref.numpy() + 1)
+    chex.assert_trees_all_equal(np.asarray(idefics_text_time(ids, IMG, 2)), ref.numpy() + 1)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from flamingo_testlib import IMAGE, build, jit_apply, pixels, tiny_config, with_gates
 
 from common.lm import DecoderLM, KVCache
@@ -36,27 +37,32 @@ class Identity(nn.Module):
         return x
 
 
-# OpenFlamingo; one block mid-stack; every 3rd of 4 layers (a plain tail layer, as Flamingo-80B's 80 / 7)
 @pytest.mark.slow
-@pytest.mark.parametrize("every,position", [(2, None), (4, 2), (3, 0)])
-def test_zero_gates_equal_the_bare_lm(every, position):
-    """With both alphas at 0 every block adds exactly 0 * (finite) = 0: the logits equal the bare LM run with the
-    same grouped layout (identity blocks) bit for bit."""
-    cfg = tiny_config(every=every, position=position)
-    model, params = build(cfg, num_media=2)
-    apply = jit_apply(model)
-    ours = apply(params, IDS, pixels(2, 2))
-    bare = DecoderLM(cfg.lm, block=Identity, block_every=every, block_position=cfg.position)
-    lm_params = {**params["lm"], "decoder": {k: {j: v for j, v in g.items() if j != "block"}
-                                             for k, g in params["lm"]["decoder"].items()}}
-    ref = jax.jit(lambda p, ids: bare.apply({"params": p}, ids))(lm_params, IDS)
-    np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
-    # and the gates really matter once open
-    gated = apply(with_gates(params), IDS, pixels(2, 2))
-    assert np.abs(np.asarray(gated) - np.asarray(ref)).max() > 1e-3
+class ZeroGatesVariantsTest(chex.TestCase):
+    """The whole Flamingo forward (vision tower, resampler, gated LM), with and without jit."""
+
+    # OpenFlamingo; one block mid-stack; every 3rd of 4 layers (a plain tail layer, as Flamingo-80B's 80 / 7)
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(("every2", 2, None), ("every4_at2", 4, 2), ("every3_at0", 3, 0))
+    def test_zero_gates_equal_the_bare_lm(self, every, position):
+        """With both alphas at 0 every block adds exactly 0 * (finite) = 0: the logits equal the bare LM run with
+        the same grouped layout (identity blocks) bit for bit."""
+        cfg = tiny_config(every=every, position=position)
+        model, params = build(cfg, num_media=2)
+        apply = self.variant(lambda p, ids, px: model.apply({"params": p}, ids, px))
+        ours = apply(params, IDS, pixels(2, 2))
+        bare = DecoderLM(cfg.lm, block=Identity, block_every=every, block_position=cfg.position)
+        lm_params = {**params["lm"], "decoder": {k: {j: v for j, v in g.items() if j != "block"}
+                                                 for k, g in params["lm"]["decoder"].items()}}
+        ref = self.variant(lambda p, ids: bare.apply({"params": p}, ids))(lm_params, IDS)
+        chex.assert_trees_all_equal(np.asarray(ours), np.asarray(ref))
+        # and the gates really matter once open
+        gated = apply(with_gates(params), IDS, pixels(2, 2))
+        assert np.abs(np.asarray(gated) - np.asarray(ref)).max() > 1e-3
 
 
-def _block(**kw):
+def _block(variant=lambda fn: fn, **kw):
+    """(x, media, run): run(media) applies a tiny gated block (dense branch closed) through `variant`."""
     cfg = GatedXAttnConfig(num_heads=2, head_dim=8, **kw)
     block = GatedCrossAttentionBlock(cfg)
     x = jnp.asarray(np.random.RandomState(0).randn(2, 10, 32).astype(np.float32))
@@ -64,33 +70,61 @@ def _block(**kw):
     inputs = MediaInputs(media, text_time_from_ids(IDS, IMAGE))
     params = nn.unbox(block.init(jax.random.key(0), x, inputs)["params"])
     params = {**params, "alpha_xattn": jnp.ones_like(params["alpha_xattn"])}  # dense branch stays closed
-    run = lambda m: block.apply({"params": params}, x, MediaInputs(m, inputs.text_time))  # noqa: E731
-    return x, media, run
+    apply = variant(lambda p, x, m, tt: block.apply({"params": p}, x, MediaInputs(m, tt)))
+    return x, media, lambda m: apply(params, x, m, inputs.text_time)
 
 
 def test_text_time_and_media_mask():
     tt = text_time_from_ids(IDS, IMAGE)
-    np.testing.assert_array_equal(tt[0], [0, 0, 1, 1, 1, 2, 2, 2, 2, 2])
-    np.testing.assert_array_equal(text_time_from_ids(IDS[:, -2:], IMAGE, media_seen=count_media(IDS[:, :-2], IMAGE)),
-                                  [[2, 2], [2, 2]])
+    chex.assert_trees_all_equal(tt[0], np.asarray([0, 0, 1, 1, 1, 2, 2, 2, 2, 2]))
+    chex.assert_trees_all_equal(text_time_from_ids(IDS[:, -2:], IMAGE, media_seen=count_media(IDS[:, :-2], IMAGE)),
+                                np.asarray([[2, 2], [2, 2]]))
     immediate, previous = media_mask(tt, 2, True), media_mask(tt, 2, False)
-    np.testing.assert_array_equal(immediate[0, :, 0], tt[0] == 1)
-    np.testing.assert_array_equal(previous[0, :, 0], tt[0] >= 1)
+    chex.assert_trees_all_equal(immediate[0, :, 0], tt[0] == 1)
+    chex.assert_trees_all_equal(previous[0, :, 0], tt[0] >= 1)
 
 
-@pytest.mark.parametrize("immediate", [True, False])
-def test_masking_semantics(immediate):
-    x, media, run = _block(only_attend_immediate_media=immediate)
-    base = np.asarray(run(media))
-    tt = np.asarray(text_time_from_ids(IDS, IMAGE))
-    # tokens before any image: zero cross-attention output, the block is the identity for them
-    np.testing.assert_array_equal(base[tt == 0], np.asarray(x)[tt == 0])
-    # change the first medium only: which tokens move?
-    moved = np.abs(np.asarray(run(media.at[:, 0].add(1.0))) - base).max(-1) > 1e-6
-    expected = (tt == 1) if immediate else (tt >= 1)
-    np.testing.assert_array_equal(moved, expected)
-    # the <image> token itself attends to its own image
-    assert moved[0, 2] and moved[1, 1]
+class GatedBlockVariantsTest(chex.TestCase):
+    """The gated cross-attention block's per-image masking, run with and without jit."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters(("immediate", True), ("all_previous", False))
+    def test_masking_semantics(self, immediate):
+        x, media, run = _block(self.variant, only_attend_immediate_media=immediate)
+        base = np.asarray(run(media))
+        tt = np.asarray(text_time_from_ids(IDS, IMAGE))
+        # tokens before any image: zero cross-attention output, the block is the identity for them
+        chex.assert_trees_all_equal(base[tt == 0], np.asarray(x)[tt == 0])
+        # change the first medium only: which tokens move?
+        moved = np.abs(np.asarray(run(media.at[:, 0].add(1.0))) - base).max(-1) > 1e-6
+        expected = (tt == 1) if immediate else (tt >= 1)
+        chex.assert_trees_all_equal(moved, expected)
+        # the <image> token itself attends to its own image
+        assert moved[0, 2] and moved[1, 1]
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_openflamingo_zeroing_quirk(self):
+        """OpenFlamingo with only_attend_immediate_media=False does not zero tokens before the first image: they
+        average all media (they see later images). Reproducible on request, off by default."""
+        x, media, run = _block(self.variant, only_attend_immediate_media=False, openflamingo_zeroing=True)
+        tt = np.asarray(text_time_from_ids(IDS, IMAGE))
+        moved = np.abs(np.asarray(run(media.at[:, 1].add(1.0))) - np.asarray(run(media))).max(-1) > 1e-6
+        assert moved[tt == 0].all()
+
+
+class ResamplerVariantsTest(chex.TestCase):
+    """The Perceiver Resampler, with and without jit: R latents per medium; without time embeddings the frames of a
+    video are one set of tokens, their order does not matter."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_resampler_output_and_frame_order(self):
+        feats = jnp.asarray(np.random.RandomState(2).randn(2, 2, 3, 4, 24).astype(np.float32))  # [B, N, T, S, Dv]
+        plain = PerceiverResampler(ResamplerConfig(width=24, depth=1, num_heads=2, head_dim=8, num_latents=4))
+        p = jax.jit(plain.init)(jax.random.key(0), feats)
+        run = self.variant(plain.apply)
+        media = run(p, feats)
+        chex.assert_shape(media, (2, 2, 4, 24))  # [B, N, R, Dv]
+        chex.assert_trees_all_close(run(p, feats[:, :, ::-1]), media, atol=1e-5, rtol=1e-7)
 
 
 def test_idefics_image_attention_mask_is_accepted(tiny):
@@ -109,15 +143,6 @@ def test_idefics_image_attention_mask_is_accepted(tiny):
         model.apply({"params": params}, IDS, px, image_attention_mask=mask[:, :, :1])
 
 
-def test_openflamingo_zeroing_quirk():
-    """OpenFlamingo with only_attend_immediate_media=False does not zero tokens before the first image: they
-    average all media (they see later images). Reproducible on request, off by default."""
-    x, media, run = _block(only_attend_immediate_media=False, openflamingo_zeroing=True)
-    tt = np.asarray(text_time_from_ids(IDS, IMAGE))
-    moved = np.abs(np.asarray(run(media.at[:, 1].add(1.0))) - np.asarray(run(media))).max(-1) > 1e-6
-    assert moved[tt == 0].all()
-
-
 @pytest.mark.slow
 def test_cached_generation_continues_media_time(tiny):
     """Prefill + one-token steps (no <image> in the new tokens, media_seen from the prefix) equal the full pass."""
@@ -125,7 +150,7 @@ def test_cached_generation_continues_media_time(tiny):
     px = pixels(2, 2)
     full = jit_apply(model)(params, IDS, px)
     media = jit_apply(model, method="encode_media")(params, px)  # [B, N, R, D], cached across steps
-    assert media.shape == (2, 2, 4, 24)
+    chex.assert_shape(media, (2, 2, 4, 24))
     cache = KVCache.create(cfg.lm, 2, 16)
     apply = jit_apply(model)
     first, cache = apply(params, IDS[:, :8], media=media, cache=cache)
@@ -135,7 +160,7 @@ def test_cached_generation_continues_media_time(tiny):
         step, cache = apply(params, IDS[:, t:t + 1], media=media, cache=cache, media_seen=seen)
         outs.append(step)
         seen = seen + count_media(IDS[:, t:t + 1], IMAGE)
-    np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=2e-5)
+    chex.assert_trees_all_close(np.concatenate(outs, 1), full, atol=2e-5, rtol=1e-7)
 
 
 @pytest.mark.slow
@@ -145,18 +170,15 @@ def test_video_path_and_time_embeddings():
     params = with_gates(params)
     video = pixels(2, 2, frames=3)
     logits = jit_apply(model)(params, IDS, video)
-    assert logits.shape == (2, 10, 48) and logits.dtype == jnp.float32
+    chex.assert_shape(logits, (2, 10, 48))
+    assert logits.dtype == jnp.float32
     feats = jit_apply(model, method="encode_vision")(params, video)
-    assert feats.shape == (2, 2, 3, 4, 24)  # [B, N, T, S, Dv]: 2x2 patches of 8px, CLS dropped
+    chex.assert_shape(feats, (2, 2, 3, 4, 24))  # [B, N, T, S, Dv]: 2x2 patches of 8px, CLS dropped
     resample = jit_apply(model, method="resample")
     media = resample(params, feats)
-    assert media.shape == (2, 2, 4, 24)  # [B, N, R, Dv]
-    # time embeddings: reordering frames changes the media; without them it does not
+    chex.assert_shape(media, (2, 2, 4, 24))  # [B, N, R, Dv]
+    # time embeddings: reordering frames changes the media (without them it does not: ResamplerVariantsTest)
     assert np.abs(np.asarray(resample(params, feats[:, :, ::-1])) - np.asarray(media)).max() > 1e-4
-    plain = PerceiverResampler(ResamplerConfig(width=24, depth=1, num_heads=2, head_dim=8, num_latents=4))
-    p = jax.jit(plain.init)(jax.random.key(0), feats)
-    run = jax.jit(plain.apply)
-    np.testing.assert_allclose(run(p, feats[:, :, ::-1]), run(p, feats), atol=1e-5)
     with pytest.raises(ValueError, match="max_frames"):
         jax.eval_shape(lambda p, v: model.apply({"params": p}, IDS, v), params, pixels(2, 2, frames=4))
 
@@ -196,7 +218,7 @@ def test_bad_inputs(tiny):
     with pytest.raises(ValueError, match="media must be"):
         apply(IDS, media=jnp.zeros((2, 2, 4, 25)))
     # text only works: nobody sees an image
-    assert jit_apply(model)(params, np.full((2, 3), 7, np.int32)).shape == (2, 3, 48)
+    chex.assert_shape(jit_apply(model)(params, np.full((2, 3), 7, np.int32)), (2, 3, 48))
 
 
 def test_param_groups_follow_open_flamingo_weight_decay():
@@ -235,7 +257,7 @@ def test_resampler_and_blocks_start_from_torch_linear_init():
     for shape, n_in, n_out, fan_in in [((96, 64), 1, 1, 96), ((96, 4, 24), 1, 2, 96), ((4, 24, 64), 2, 1, 96)]:
         w = np.asarray(kernel_initializer("torch_linear", n_in, n_out)(jax.random.key(0), shape))
         assert np.abs(w).max() <= 1 / np.sqrt(fan_in) + 1e-7
-        np.testing.assert_allclose(w.std(), ref.std(), rtol=0.05)  # both 1/sqrt(3 fan_in)
+        chex.assert_trees_all_close(w.std(), ref.std(), rtol=0.05)  # both 1/sqrt(3 fan_in)
     with pytest.raises(ValueError, match="unknown kernel init 'xavier'"):
         kernel_initializer("xavier")
 

@@ -46,7 +46,7 @@ def test_open_flamingo_resampler_with_frame_and_media_embeddings():
     x = torch.randn(2, 3, 2, 5, 24)  # [B, T_img, F, v, D]
     cfg = ResamplerConfig(width=24, depth=2, num_heads=2, head_dim=8, num_latents=4, max_frames=2, max_media=3)
     out, ref = _resampler(ref_module, cfg, x, jnp.asarray(_np(x)))
-    assert out.shape == (2, 3, 4, 24)
+    chex.assert_shape(out, (2, 3, 4, 24))
     chex.assert_trees_all_close(out, ref, atol=TOL, rtol=0)
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import flax.linen
 import jax
 import jax.numpy as jnp
@@ -124,7 +125,7 @@ def test_stage_lm_continues_from_another_mix_and_refuses_another_model(tmp_path)
     train(second, str(tmp_path / "mix"), make_task)
     for a, b in zip(jax.tree.leaves(restore_params(str(tmp_path / "names"))),
                     jax.tree.leaves(restore_params(str(tmp_path / "mix")))):
-        np.testing.assert_array_equal(a, b)
+        chex.assert_trees_all_equal(a, b)
     other = stage0(names, 1, hidden_size=48)
     other.init_lm = dict(workdir=str(tmp_path / "names"))
     with pytest.raises(ValueError, match="holds another LM than model.lm"):
@@ -148,7 +149,7 @@ def test_lm_to_grouped_layout(every):
     assert ("tail" in new["lm"]["decoder"]) == (every == 3)
     ids = jnp.asarray(np.random.RandomState(0).randint(6, 48, (2, 9)))
     ours = model.apply({"params": new}, ids)  # gates are 0: exactly the bare LM
-    np.testing.assert_allclose(ours, bare.apply({"params": lm}, ids), atol=1e-5)
+    chex.assert_trees_all_close(ours, bare.apply({"params": lm}, ids), atol=1e-5, rtol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------------- prompts
@@ -220,13 +221,13 @@ def test_generation_with_cached_media_equals_full_recompute():
     for step in range(4):  # no cache: the whole sequence and the pixels every step
         logits = full(params, seq, seq_mask, px)
         nxt = np.asarray(jnp.argmax(logits[:, -1], -1), np.int32)
-        np.testing.assert_array_equal(out["tokens"][:, step], nxt)
+        chex.assert_trees_all_equal(out["tokens"][:, step], nxt)
         seq = np.concatenate([seq, nxt[:, None]], 1)
         seq_mask = np.concatenate([seq_mask, np.ones((2, 1), np.int32)], 1)
     beams = generate(model, params, ids, mask, config=GenerationConfig(max_new_tokens=3, num_beams=3, bucket=8,
                                                                        length_penalty=0.0),
                      decode_inputs={"media": media}, step_inputs={"media_seen": count_media(jnp.asarray(ids), IMAGE)})
-    assert beams["tokens"].shape == (2, 3)
+    chex.assert_shape(beams["tokens"], (2, 3))
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -404,7 +405,7 @@ def test_lm_key_interpolation_at_full_key_is_the_binding_check():
     rows = names_diagnostics._key_binding_rows(tok, 12, 5)
     nll = [-float(jax.nn.log_softmax(lm.apply({"params": params}, jnp.asarray([t]))[0, pos - 1])[t[pos]])
            for t, pos, _ in rows]
-    np.testing.assert_allclose(out[1.0]["nll"], np.mean(nll), rtol=1e-5)
+    chex.assert_trees_all_close(out[1.0]["nll"], np.mean(nll), rtol=1e-5)
     assert out[0.0]["nll"] != out[1.0]["nll"]
     key_ids = {tok.encode(s, add_bos=False)[0] for s in shapes.SHAPES}
     assert all(sum(i in key_ids for i in t) >= 3 for t, _, _ in rows)  # 2+ pairs' keys and the query's
@@ -420,14 +421,15 @@ def test_resize_vocab_starts_new_and_untrained_rows_at_the_mean():
     lm = {"embed": {"embedding": embed}, "lm_head": {"kernel": head}, "final_norm": {"scale": np.ones(3)}}
     out = resize_vocab(lm, 8, mean_rows=[4])
     new_embed, new_head = out["embed"]["embedding"], out["lm_head"]["kernel"]
-    assert new_embed.shape == (8, 3) and new_head.shape == (3, 8)
-    np.testing.assert_array_equal(new_embed[:4], embed[:4])
-    np.testing.assert_array_equal(new_head[:, :4], head[:, :4])
+    chex.assert_shape(new_embed, (8, 3))
+    chex.assert_shape(new_head, (3, 8))
+    chex.assert_trees_all_equal(new_embed[:4], embed[:4])
+    chex.assert_trees_all_equal(new_head[:, :4], head[:, :4])
     for row in (4, 5, 7):
-        np.testing.assert_allclose(new_embed[row], embed[:4].mean(0), rtol=1e-6)
-        np.testing.assert_allclose(new_head[:, row], head[:, :4].mean(1), rtol=1e-6)
+        chex.assert_trees_all_close(new_embed[row], embed[:4].mean(0), rtol=1e-6)
+        chex.assert_trees_all_close(new_head[:, row], head[:, :4].mean(1), rtol=1e-6)
     assert out["final_norm"] is lm["final_norm"]
-    np.testing.assert_array_equal(resize_vocab(lm, 5)["embed"]["embedding"], embed)  # same size: untouched
+    chex.assert_trees_all_equal(resize_vocab(lm, 5)["embed"]["embedding"], embed)  # same size: untouched
     with pytest.raises(ValueError, match="has 5 tokens, more than the model's vocab_size 4"):
         resize_vocab(lm, 4)
 
@@ -439,7 +441,7 @@ def test_strict_graft_refuses_tensors_without_a_place():
 
     params = {"lm": {"a": jnp.zeros(2), "b": jnp.zeros((2, 2))}}
     out = graft(params, {"a": np.ones(2), "b": np.ones((3, 2))}, prefix="lm/")  # lenient: copies what fits
-    np.testing.assert_array_equal(out["lm"]["a"], np.ones(2))
+    chex.assert_trees_all_equal(out["lm"]["a"], np.ones(2))
     with pytest.raises(ValueError, match=r"1 tensors of the LM have no place of their shape in the model, e.g. "
                                          r"\['lm/b \(3, 2\) != \(2, 2\)'\]"):
         graft(params, {"a": np.ones(2), "b": np.ones((3, 2))}, prefix="lm/", strict=True, what="the LM")

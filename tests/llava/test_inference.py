@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def test_greedy_equals_transformers_generate(save_hf, real_images):
         ref = hf.generate(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
                           pixel_values=torch.tensor(np.moveaxis(pixels, -1, -3)), max_new_tokens=new,
                           min_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
-    np.testing.assert_array_equal(np.asarray(out["tokens"]), ref[:, ids.shape[1]:].numpy())
+    chex.assert_trees_all_equal(np.asarray(out["tokens"]), ref[:, ids.shape[1]:].numpy())
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ each sample run alone; the original's out-of-vocabulary placeholder id (-200) wo
 LLaVA-1.5 / 1.6 parameter counts from `jax.eval_shape`."""
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,19 +41,39 @@ def _batch(rng):
     return ids, mask, pixels, image_mask
 
 
-def test_mixed_image_counts_equal_per_sample_results(model):
-    module, _, params = model
-    ids, mask, pixels, image_mask = _batch(np.random.RandomState(0))
-    batch = jit_apply(module, params, ids, pixels, mask, image_mask)
-    assert batch.shape == (3, 24, 64) and np.isfinite(batch).all()
-    for b in range(3):
-        real = pixels[b][image_mask[b]]  # this sample's images, compacted into the first slots
-        alone_pixels = np.zeros_like(pixels[:1])
-        alone_pixels[0, :len(real)] = real
-        # per-sample image counts [B] instead of a mask: the first `count` slots are real
-        alone = jit_apply(module, params, ids[b:b + 1], alone_pixels, mask[b:b + 1], np.array([len(real)]))
-        valid = mask[b].astype(bool)
-        np.testing.assert_allclose(alone[0][valid], batch[b][valid], atol=1e-5)
+class LlavaForwardVariantsTest(chex.TestCase):
+    """The Llava forward pass under jit (fast tier) and eagerly (chex variants). The eager variant is in the slow
+    tier: eagerly, flax's layer scans are compiled again on every call (~25 s on 2 CPU cores)."""
+
+    @pytest.fixture(autouse=True)
+    def _module_and_params(self, model):
+        self.module, _, self.params = model
+
+    @chex.variants(with_jit=True)
+    def test_mixed_image_counts_equal_per_sample_results(self):
+        self._check_mixed_image_counts_equal_per_sample_results()
+
+    @chex.variants(without_jit=True)
+    @pytest.mark.slow
+    def test_mixed_image_counts_equal_per_sample_results_slow(self):
+        self._check_mixed_image_counts_equal_per_sample_results()
+
+    def _check_mixed_image_counts_equal_per_sample_results(self):
+        module, params = self.module, self.params
+        forward = self.variant(lambda p, *a: module.apply({"params": p}, *a))
+        apply = lambda *a: np.asarray(forward(params, *(jnp.asarray(x) for x in a)))  # noqa: E731
+        ids, mask, pixels, image_mask = _batch(np.random.RandomState(0))
+        batch = apply(ids, pixels, mask, image_mask)
+        chex.assert_shape(batch, (3, 24, 64))
+        chex.assert_tree_all_finite(batch)
+        for b in range(3):
+            real = pixels[b][image_mask[b]]  # this sample's images, compacted into the first slots
+            alone_pixels = np.zeros_like(pixels[:1])
+            alone_pixels[0, :len(real)] = real
+            # per-sample image counts [B] instead of a mask: the first `count` slots are real
+            alone = apply(ids[b:b + 1], alone_pixels, mask[b:b + 1], np.array([len(real)]))
+            valid = mask[b].astype(bool)
+            chex.assert_trees_all_close(alone[0][valid], batch[b][valid], atol=1e-5, rtol=1e-7)
 
 
 @pytest.mark.slow
@@ -73,7 +94,7 @@ def test_sharded_on_2x2x2_mesh_equals_single_device(model):
         out = jax.jit(lambda p, *a: module.apply({"params": p}, *a))(sharded_params, *inputs)
     assert len(out.sharding.device_set) == 8
     valid = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(out)[valid], single[valid], atol=1e-5)
+    chex.assert_trees_all_close(np.asarray(out)[valid], single[valid], atol=1e-5, rtol=1e-7)
 
 
 def test_bad_inputs_raise_clear_errors(model):

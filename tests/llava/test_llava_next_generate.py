@@ -2,6 +2,7 @@
 sizes (different crop grids, so different placeholder counts per image) gives the same tokens as one request at a
 time, and its greedy output equals transformers' `LlavaNextForConditionalGeneration.generate` on the converted tiny
 model."""
+import chex
 import numpy as np
 import pytest
 
@@ -51,11 +52,11 @@ def test_next_batched_equals_one_by_one_and_transformers(next_model, real_images
     counts = module.config.tokens_per_image(batch["image_sizes"][batch["image_mask"]])
     assert batch["pixel_values"].shape[1:3] == (2, module.config.max_crops) and len(set(counts.tolist())) == 3
     pixels, sizes = next_inputs([img for images, _ in requests for img in images], PINPOINTS, 42)
-    np.testing.assert_array_equal(sizes, batch["image_sizes"][batch["image_mask"]])
+    chex.assert_trees_all_equal(sizes, batch["image_sizes"][batch["image_mask"]])
     with torch.no_grad():
         ref = hf.generate(input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
                           attention_mask=torch.tensor(batch["attention_mask"]),
                           pixel_values=torch.tensor(np.moveaxis(pixels, -1, -3)), image_sizes=torch.tensor(sizes),
                           max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0,
                           suppress_tokens=[IMAGE_TOKEN])  # ours never generates the placeholder id either
-    np.testing.assert_array_equal(np.asarray(batched), ref[:, batch["input_ids"].shape[1]:].numpy())
+    chex.assert_trees_all_equal(np.asarray(batched), ref[:, batch["input_ids"].shape[1]:].numpy())

@@ -2,6 +2,7 @@
 of every LM kernel (scanned q/k/v [L, E, H, D], o [L, H, D, E], mlp [L, in, out]), only adapters (+ projector)
 train — the base gets no update and no optimizer state — and a trained LoRA run exports to a plain checkpoint whose
 logits equal the adapter model's."""
+import chex
 import flax
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ def test_zero_b_equals_the_base(lm):
                                              ("attn/q", "attn/k", "attn/v", "attn/o", "mlp/gate", "mlp/up", "mlp/down")}
     merged = lora.merge(params, adapters, cfg)
     apply = jax.jit(lambda p: model.apply({"params": p}, ids))
-    np.testing.assert_array_equal(np.asarray(apply(merged)), np.asarray(apply(params)))
+    chex.assert_trees_all_equal(np.asarray(apply(merged)), np.asarray(apply(params)))
 
 
 @pytest.mark.parametrize("name,n_in", [("attn/q", 1), ("attn/o", 2), ("mlp/down", 1)])
@@ -54,7 +55,7 @@ def test_merged_kernel_equals_the_adapter_path(lm, name, n_in):
         x = rng.randn(*in_shape)
         base = np.tensordot(x, w[layer], axes=n_in)
         adapter = (x.reshape(-1) @ a[layer] @ b[layer]).reshape(base.shape) * cfg.scale
-        np.testing.assert_allclose(np.tensordot(x, wm[layer], axes=n_in), base + adapter, rtol=1e-4, atol=1e-5)
+        chex.assert_trees_all_close(np.tensordot(x, wm[layer], axes=n_in), base + adapter, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -85,9 +86,9 @@ def test_lora_trains_adapters_only_and_exports_a_plain_checkpoint(tmp_path):
     assert bool(metrics["finite"])
     assert np.abs(trained["lora"]["lm"]["decoder"]["layers"]["attn"]["q"]["kernel"]["b"]).max() > 0
     for path, value in flax.traverse_util.flatten_dict(init["lm"]).items():
-        np.testing.assert_array_equal(flax.traverse_util.flatten_dict(trained["lm"])[path], np.asarray(value))
+        chex.assert_trees_all_equal(flax.traverse_util.flatten_dict(trained["lm"])[path], np.asarray(value))
     for path, value in flax.traverse_util.flatten_dict(init["vision_tower"]).items():
-        np.testing.assert_array_equal(flax.traverse_util.flatten_dict(trained["vision_tower"])[path], np.asarray(value))
+        chex.assert_trees_all_equal(flax.traverse_util.flatten_dict(trained["vision_tower"])[path], np.asarray(value))
 
     # export = merged plain checkpoint (no adapters) that reloads with the adapter model's logits
     merged = lora.merge_in_tree(trained, task.lora_config)
@@ -97,5 +98,5 @@ def test_lora_trains_adapters_only_and_exports_a_plain_checkpoint(tmp_path):
     ids = jnp.asarray([[1, 5, 9, 12, 40]])
     apply = jax.jit(lambda p, x: task.model.apply({"params": p}, x))
     with_adapters = apply(lora.merge_in_tree(trained, task.lora_config), ids)
-    np.testing.assert_allclose(np.asarray(apply(plain, ids)), np.asarray(with_adapters), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(np.asarray(apply(plain, ids)), np.asarray(with_adapters), rtol=1e-5, atol=1e-5)
     assert not np.allclose(np.asarray(with_adapters), np.asarray(apply(lora.split(trained)[0], ids)))

@@ -53,7 +53,8 @@ def test_llava_matches_transformers(case, save_hf, real_images):
     ref = hf_logits(model, ids, mask, hf_pixels)
     out = jit_apply(module, params, ids, pixels, mask, image_mask)
     valid = mask.astype(bool)
-    assert out.shape == ref.shape and out.dtype == np.float32
+    chex.assert_equal_shape([out, ref])
+    assert out.dtype == np.float32
     diff = np.abs(out - ref)[valid].max()
     print(f"{case}: max |logits - HF| = {diff:.2e}")
     chex.assert_trees_all_close(np.asarray(out)[valid], ref[valid], atol=TOL, rtol=0)
@@ -91,7 +92,7 @@ def test_llava_next_matches_transformers(save_hf, real_images):
     chex.assert_trees_all_close(np.asarray(out)[mask.astype(bool)], ref[mask.astype(bool)], atol=TOL, rtol=0)
     # host image_sizes (numpy, static under jit) give the same layout
     again = jit_apply(module, params, ids, ours, mask, image_mask, static=dict(image_sizes=our_sizes))
-    np.testing.assert_array_equal(again, out)
+    chex.assert_trees_all_equal(again, out)
 
 
 @pytest.mark.slow
@@ -131,7 +132,7 @@ def test_original_release_layout_gives_the_same_params(save_hf, tmp_path, real_i
     pixels = clip_pixels([real_images["chelsea"]], 42)[None]
     ref = jit_apply(hf_module, hf_params, ids, pixels, mask)
     out = jit_apply(module, params, np.where(ids == IMAGE_TOKEN, -200, ids), pixels, mask)
-    np.testing.assert_array_equal(out, ref)
+    chex.assert_trees_all_equal(out, ref)
     # a stage-2 dir holding the projector itself loads without the .bin
     save_file({**{k: v.contiguous() for k, v in lm_state.items()}, **projector}, str(lm_dir / "model.safetensors"))
     _, params2 = llava_jax.load_original(str(lm_dir), vision_tower_dir=str(vision_dir))
@@ -144,4 +145,4 @@ def test_original_release_layout_gives_the_same_params(save_hf, tmp_path, real_i
     module, params3 = llava_jax.load_original(str(lm_dir), str(tmp_path / "linear.bin"), str(vision_dir),
                                               projector_type="linear")
     assert set(params3["projector"]) == {"linear_1"} and os.path.isdir(vision_dir)
-    np.testing.assert_array_equal(params3["projector"]["linear_1"]["kernel"], weight.numpy().T)
+    chex.assert_trees_all_equal(params3["projector"]["linear_1"]["kernel"], weight.numpy().T)

@@ -4,6 +4,7 @@ checkpoint, users' own LLaVA JSON data trains with one command's config."""
 import json
 import os
 
+import chex
 import numpy as np
 import pytest
 
@@ -41,7 +42,8 @@ def test_transform_masks_answers_only_and_expands_images():
     assert (ids == image_id).sum() == 4 and not mask[ids == image_id].any()
     answers = [t["value"] for t in record["conversations"][1::2]]
     assert tok.decode(ids[mask]) == "".join(f" {a}</s>" for a in answers)
-    assert ex["images"].shape == (1, 32, 32, 3) and ex["images"].dtype == np.float32
+    chex.assert_shape(ex["images"], (1, 32, 32, 3))
+    assert ex["images"].dtype == np.float32
     # stage 1 (plain): only the caption and its newline are targets
     cap = data.ShapesLlavaSource("captions", "train", size=2, image_size=32)[1]
     ex = data.LlavaSampleTransform(tok, "plain", image_token_id=image_id, tokens_per_image=4, image_size=32)(cap)
@@ -91,11 +93,11 @@ def test_stage2_starts_from_the_stage1_checkpoint(stage1_run):
     loaded = task.load_pretrained(fresh)
     flat = flax.traverse_util.flatten_dict
     for path, value in flat(s1_params).items():
-        np.testing.assert_array_equal(np.asarray(flat(loaded)[path]), value)
+        chex.assert_trees_all_equal(np.asarray(flat(loaded)[path]), value)
     # stage 1 trained the projector and nothing else
     assert not np.allclose(s1_params["projector"]["linear_1"]["kernel"], s0_params["projector"]["linear_1"]["kernel"])
     for path, value in flat(s0_params["lm"]).items():
-        np.testing.assert_array_equal(flat(s1_params["lm"])[path], value)
+        chex.assert_trees_all_equal(flat(s1_params["lm"])[path], value)
     assert os.path.isfile(root / "s2" / "tokenizer.json")
 
 
@@ -121,5 +123,6 @@ def test_own_llava_json_data_feeds_the_trainer(tmp_path):
     config.data.max_len = 96
     task = make_task(config)
     batch = next(task.make_train_data(DataShard(0, 1))["own"])
-    assert batch["input_ids"].shape == (4, 96) and batch["images"].shape == (4, 1, 32, 32, 3)
+    chex.assert_shape(batch["input_ids"], (4, 96))
+    chex.assert_shape(batch["images"], (4, 1, 32, 32, 3))
     assert batch["loss_mask"].any(axis=1).all()

@@ -68,7 +68,7 @@ def test_release_size_generator_matches_reference():
         want = gen(quant.embed(torch.from_numpy(codes)), quant.embed_gst(torch.from_numpy(tokens)))[:, 0].numpy()
     got = jax.jit(lambda p, c: codec_lib.Codec(cfg).apply({"params": p}, c,
                                                           method="decode"))(params, jnp.asarray(codes))
-    assert got.shape == (1, 5 * 600)
+    chex.assert_shape(got, (1, 5 * 600))
     chex.assert_trees_all_close(np.asarray(got), want, atol=1e-4, rtol=1e-7)
     assert float(np.std(want)) > 1e-2  # a real signal, not a saturated or silent one
 
@@ -87,8 +87,8 @@ def test_encoder_codes_and_decoder_match_reference():
     chex.assert_trees_all_close(np.asarray(latent_j).transpose(0, 2, 1), latent.numpy(), atol=1e-4, rtol=1e-7)
     chex.assert_trees_all_close(np.asarray(style_j), g.numpy(), atol=1e-4, rtol=1e-7)
     codes_j, tokens_j = jax.jit(lambda p, w: codec.apply({"params": p}, w, method="encode"))(params, jnp.asarray(wav))
-    np.testing.assert_array_equal(np.asarray(codes_j), codes.numpy())
-    np.testing.assert_array_equal(np.asarray(tokens_j), tokens.numpy())
+    chex.assert_trees_all_equal(np.asarray(codes_j), codes.numpy())
+    chex.assert_trees_all_equal(np.asarray(tokens_j), tokens.numpy())
     got = jax.jit(lambda p, c, t: codec.apply({"params": p}, c, t, method="decode"))(params, codes_j, tokens_j)
     chex.assert_trees_all_close(np.asarray(got), want_wav, atol=1e-4, rtol=1e-7)
 
@@ -119,7 +119,7 @@ def test_save_and_load_the_release_layout(tmp_path):
     assert json.load(open(tmp_path / "codec" / "model.json"))["n_codes"] == 64
     model, loaded = codec_hf.load_original(str(tmp_path))
     assert model.config == TINY
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, loaded)
+    chex.assert_trees_all_equal(params, loaded)
 
 
 @pytest.mark.slow

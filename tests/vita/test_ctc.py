@@ -49,9 +49,10 @@ def test_transcript_labels_keep_the_answer_tokens_in_order_without_state_and_end
     mask = jnp.array([[0, 0, 1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 0, 0, 0, 0]])
     labels, paddings = ctc_lib.transcript_labels(ids, mask, excluded_ids=(90, 91, 2))
     chex.assert_shape(labels, (2, 8))
-    np.testing.assert_array_equal(np.asarray(labels)[0, :3], [11, 12, 13])
-    np.testing.assert_array_equal(np.asarray(labels)[1, :1], [21])
-    np.testing.assert_array_equal(np.asarray(paddings), [[0, 0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1, 1]])
+    chex.assert_trees_all_equal(np.asarray(labels)[0, :3], np.asarray([11, 12, 13]))
+    chex.assert_trees_all_equal(np.asarray(labels)[1, :1], np.asarray([21]))
+    chex.assert_trees_all_equal(np.asarray(paddings),
+                                np.asarray([[0, 0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1, 1]]))
 
 
 def test_greedy_decode_merges_repeats_drops_blanks_and_stops_at_the_length():

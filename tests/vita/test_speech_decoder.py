@@ -37,7 +37,7 @@ def test_teacher_forced_logits_match_reference_on_a_padded_batch(c):
     codes = rng.integers(0, c["odim"], (2, 5))
     got = jax.jit(model.apply)({"params": params}, jnp.asarray(text), jnp.asarray(lens), jnp.asarray(codes),
                                jnp.asarray(code_lens))
-    assert got.shape == (2, 6, c["odim"] + 4)
+    chex.assert_shape(got, (2, 6, c["odim"] + 4))
     for i in range(2):  # the reference row by row, unpadded
         with torch.no_grad():
             want = ref.forward_logits(torch.from_numpy(text[i:i + 1, :lens[i]]), torch.tensor([lens[i]]),
@@ -76,4 +76,4 @@ def test_checkpoint_sizes_and_errors():
         decoder_hf.config_from_state(shapes, model_json)
     with pytest.raises(ValueError, match="multiple of the speech decoder's idim"):
         sd.text_pieces(jnp.zeros((1, 2, 50)), 32)
-    assert sd.text_pieces(jnp.zeros((1, 2, 64)), 32).shape == (1, 4, 32)
+    chex.assert_shape(sd.text_pieces(jnp.zeros((1, 2, 64)), 32), (1, 4, 32))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from absl.testing import parameterized
 
 from common.data.audio import speech_fbank
 from common.data.speech import load_word_bank
@@ -60,28 +61,33 @@ def convert(model: ref.AudioEncoder, config: SpeechEncoderConfig, llm_dim: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_speech_encoder_and_adapter_match_reference(name):
-    spec = CONFIGS[name]
-    r = spec["ref"]
-    model = ref.randomize(ref.AudioEncoder(**r), seed=len(name))
-    config = SpeechEncoderConfig(hidden_size=r["dim"], num_heads=r["heads"], intermediate_size=r["ffn"],
-                                 num_layers=r["layers"], **spec["jax"])
-    module, params = convert(model, config, r["llm_dim"])
-    feats, lengths = speech_batch()
-    with torch.no_grad():
-        want, want_mask = model(torch.tensor(feats), torch.tensor(lengths))
-    got, got_lengths = module.apply({"params": params}, jnp.asarray(feats), jnp.asarray(lengths))
-    np.testing.assert_array_equal(np.asarray(got_lengths), want_mask.sum(1).numpy())
-    np.testing.assert_array_equal(np.asarray(got_lengths), audio_token_lengths(lengths))
-    assert got.shape == tuple(want.shape)
-    for b, n in enumerate(np.asarray(got_lengths)):  # valid tokens only (what the LLM receives)
-        chex.assert_trees_all_close(np.asarray(got[b, :n]), want[b, :n].numpy(), atol=TOL, rtol=0,
-                                    custom_message=f"{name}, sample {b}")
-    # a sample's tokens do not depend on the padding of the batch: alone it gives the same values
-    alone, _ = module.apply({"params": params}, jnp.asarray(feats[1:, :lengths[1]]), jnp.asarray(lengths[1:]))
-    n = int(got_lengths[1])
-    chex.assert_trees_all_close(alone[0, :n], got[1, :n], atol=TOL, rtol=0)
+class SpeechEncoderReferenceTest(chex.TestCase):
+    """SpeechEncoder + AudioAdapter against the PyTorch reference, with and without jit."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.named_parameters((name, name) for name in sorted(CONFIGS))
+    def test_speech_encoder_and_adapter_match_reference(self, name):
+        spec = CONFIGS[name]
+        r = spec["ref"]
+        model = ref.randomize(ref.AudioEncoder(**r), seed=len(name))
+        config = SpeechEncoderConfig(hidden_size=r["dim"], num_heads=r["heads"], intermediate_size=r["ffn"],
+                                     num_layers=r["layers"], **spec["jax"])
+        module, params = convert(model, config, r["llm_dim"])
+        apply = self.variant(lambda p, feats, lengths: module.apply({"params": p}, feats, lengths))
+        feats, lengths = speech_batch()
+        with torch.no_grad():
+            want, want_mask = model(torch.tensor(feats), torch.tensor(lengths))
+        got, got_lengths = apply(params, jnp.asarray(feats), jnp.asarray(lengths))
+        chex.assert_trees_all_equal(np.asarray(got_lengths), want_mask.sum(1).numpy())
+        chex.assert_trees_all_equal(np.asarray(got_lengths), audio_token_lengths(lengths))
+        chex.assert_shape(got, tuple(want.shape))
+        for b, n in enumerate(np.asarray(got_lengths)):  # valid tokens only (what the LLM receives)
+            chex.assert_trees_all_close(np.asarray(got[b, :n]), want[b, :n].numpy(), atol=TOL, rtol=0,
+                                        custom_message=f"{name}, sample {b}")
+        # a sample's tokens do not depend on the padding of the batch: alone it gives the same values
+        alone, _ = apply(params, jnp.asarray(feats[1:, :lengths[1]]), jnp.asarray(lengths[1:]))
+        n = int(got_lengths[1])
+        chex.assert_trees_all_close(alone[0, :n], got[1, :n], atol=TOL, rtol=0)
 
 
 def test_token_lengths_are_the_release_formula():
@@ -94,7 +100,7 @@ def test_token_lengths_are_the_release_formula():
 def test_chunk_mask_is_wenet_subsequent_chunk_mask():
     for size, chunk, left in ((10, 3, 1), (9, 4, -1), (7, 2, 0), (5, 5, 2)):
         want = ref.subsequent_chunk_mask(size, chunk, left).numpy()
-        np.testing.assert_array_equal(np.asarray(chunk_attention_mask(size, chunk, left)), want)
+        chex.assert_trees_all_equal(np.asarray(chunk_attention_mask(size, chunk, left)), want)
 
 
 @pytest.mark.slow
@@ -171,27 +177,33 @@ def test_yaml_with_every_key_reads_without_warning():
     assert (config.chunk_mode, config.adapter_act, config.hidden_size, config.input_dim) == ("full", "gelu", 32, 80)
 
 
-def test_missing_yaml_keys_take_the_release_defaults():
-    """A train.yaml without transformer-dynamic-chunks and activation_func: the release's code builds a dynamic-chunk
-    encoder (transformer.py's argparse default True) and a ReLU adapter (init_model.py's default); so do we, with a
-    warning. The encoder + adapter then equal the PyTorch port built as the release would build it (ReLU)."""
-    from vita_jax.hf import speech_config_from_yaml
+class ReleaseDefaultsTest(chex.TestCase):
+    """A train.yaml missing keys takes the release's defaults; its encoder + adapter forward with and without jit."""
 
-    with pytest.warns(UserWarning, match=r"transformer_dynamic_chunks=True.*activation_func='relu'"):
-        config = speech_config_from_yaml(release_yaml(drop=("transformer-dynamic-chunks", "activation_func")))
-    assert (config.chunk_mode, config.adapter_act) == ("dynamic", "relu")
-    model = ref.randomize(ref.AudioEncoder(dim=32, heads=2, ffn=64, layers=2, llm_dim=24, activation_func="relu"),
-                          seed=3)
-    module, params = convert(model, config, 24)
-    feats, lengths = speech_batch()
-    with torch.no_grad():
-        want, want_mask = model(torch.tensor(feats), torch.tensor(lengths))
-    got, got_lengths = module.apply({"params": params}, jnp.asarray(feats), jnp.asarray(lengths))
-    for b, n in enumerate(np.asarray(got_lengths)):  # evaluation: full attention (docs/vita_release.md)
-        chex.assert_trees_all_close(np.asarray(got[b, :n]), want[b, :n].numpy(), atol=TOL, rtol=0)
-    gelu = ref.randomize(ref.AudioEncoder(dim=32, heads=2, ffn=64, layers=2, llm_dim=24), seed=3)
-    with torch.no_grad():  # the old default (GELU) would not have matched
-        assert float((gelu(torch.tensor(feats), torch.tensor(lengths))[0] - want).abs().max()) > 1e-2
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_missing_yaml_keys_take_the_release_defaults(self):
+        """A train.yaml without transformer-dynamic-chunks and activation_func: the release's code builds a
+        dynamic-chunk encoder (transformer.py's argparse default True) and a ReLU adapter (init_model.py's default); so
+        do we, with a warning. The encoder + adapter then equal the PyTorch port built as the release would build it
+        (ReLU)."""
+        from vita_jax.hf import speech_config_from_yaml
+
+        with pytest.warns(UserWarning, match=r"transformer_dynamic_chunks=True.*activation_func='relu'"):
+            config = speech_config_from_yaml(release_yaml(drop=("transformer-dynamic-chunks", "activation_func")))
+        assert (config.chunk_mode, config.adapter_act) == ("dynamic", "relu")
+        model = ref.randomize(ref.AudioEncoder(dim=32, heads=2, ffn=64, layers=2, llm_dim=24, activation_func="relu"),
+                              seed=3)
+        module, params = convert(model, config, 24)
+        feats, lengths = speech_batch()
+        with torch.no_grad():
+            want, want_mask = model(torch.tensor(feats), torch.tensor(lengths))
+        apply = self.variant(lambda p, feats, lengths: module.apply({"params": p}, feats, lengths))
+        got, got_lengths = apply(params, jnp.asarray(feats), jnp.asarray(lengths))
+        for b, n in enumerate(np.asarray(got_lengths)):  # evaluation: full attention (docs/vita_release.md)
+            chex.assert_trees_all_close(np.asarray(got[b, :n]), want[b, :n].numpy(), atol=TOL, rtol=0)
+        gelu = ref.randomize(ref.AudioEncoder(dim=32, heads=2, ffn=64, layers=2, llm_dim=24), seed=3)
+        with torch.no_grad():  # the old default (GELU) would not have matched
+            assert float((gelu(torch.tensor(feats), torch.tensor(lengths))[0] - want).abs().max()) > 1e-2
 
 
 def test_missing_yaml_keys_whose_release_default_we_lack_raise():

@@ -97,7 +97,7 @@ def test_speaker_streams_and_stops(tiny_codec):
 
     speaker = tts.Speaker.from_params(table, decoder, params, codec, codec_params, Bytes(), max_tokens=35,
                                       max_text_pieces=64)
-    assert speaker.pieces("☞ab").shape == (4, 16)
+    chex.assert_shape(speaker.pieces("☞ab"), (4, 16))
     out = list(speaker.speak_stream(["☞Yes, a red", " circle."]))
     assert [s for s, _ in out][0] == "☞Yes,"
     assert all(a.dtype == np.float32 and np.all(np.abs(a) <= 1) for _, a in out)

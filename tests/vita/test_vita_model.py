@@ -131,7 +131,7 @@ def test_export_writes_the_release_layout_back(tmp_path):
     release = {n: t for n, t in iter_tensors(folder) if not n.endswith(recomputed)}
     assert sorted(exported) == sorted(release)
     for name, tensor in release.items():
-        np.testing.assert_array_equal(exported[name], tensor, err_msg=name)
+        chex.assert_trees_all_equal(exported[name], tensor, custom_message=name)
     with open(os.path.join(out, "config.json")) as f:
         hf = json.load(f)
     assert hf["model_type"] == "vita-Qwen2" and hf["vision_config"]["model_type"] == "intern_vit_6b"

@@ -3,6 +3,7 @@ frozen LM of stage 2.1 meets a task it was taught), the ASR data says the answer
 is read from the reports with None where a figure was not measured; synthesised answers reach the ASR at 16 kHz."""
 import json
 
+import chex
 import numpy as np
 
 from common.data import scene_text
@@ -38,7 +39,7 @@ def test_figures_read_both_reports(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps(main))
     figures = reproduce.figures(str(tmp_path))
     assert figures["asr_wer_after_2_1"] == 18.0 and figures["minutes_stages_0_to_2_2"] == 10.0
-    np.testing.assert_allclose(figures["spoken_over_typed"], 0.95)
+    chex.assert_trees_all_close(figures["spoken_over_typed"], 0.95, rtol=1e-7)
     assert figures["decoder_answers_recognised"] is None and figures["duplex_transcript_correct"] is None
 
     speech = {"total_seconds": 120.0, "spoken_answer_transcript_wer": 30.0,
@@ -55,7 +56,8 @@ def test_figures_read_both_reports(tmp_path):
 
 def test_synthesised_speech_reaches_the_asr_at_16_khz_and_at_least_a_tenth_of_a_second():
     for_asr = reproduce.for_asr
-    assert for_asr(np.zeros(0, np.float32), 24000).shape == (1600,)  # an empty answer: 0.1 s of silence
-    assert for_asr(np.zeros(1200, np.float32), 24000).shape == (1600,)  # 50 ms -> padded
+    chex.assert_shape(for_asr(np.zeros(0, np.float32), 24000), (1600,))  # an empty answer: 0.1 s of silence
+    chex.assert_shape(for_asr(np.zeros(1200, np.float32), 24000), (1600,))  # 50 ms -> padded
     wave = for_asr(np.sin(np.arange(48000) / 10).astype(np.float32), 24000)
-    assert wave.shape == (32000,) and np.abs(wave).max() > 0.5  # 2 s resampled, not padded
+    chex.assert_shape(wave, (32000,))  # 2 s resampled, not padded
+    assert np.abs(wave).max() > 0.5

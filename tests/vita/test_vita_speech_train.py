@@ -1,5 +1,6 @@
 """Stages 3.1 (codec GAN) and 3.2 (speech decoders) through the shared trainer, end to end on the bundled speech:
 train -> calibrate / export the codec in the release layout -> train the decoder on it -> speak."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,9 +50,8 @@ def test_one_gradient_is_each_players_update():
     grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, batch, None)[0]))(params)
     want_codec = jax.jit(jax.grad(generator_only))(params["codec"])
     want_disc = jax.jit(jax.grad(discriminator_only))(params["discriminator"])
-    close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)  # noqa: E731
-    jax.tree.map(close, grads["codec"], want_codec)
-    jax.tree.map(close, grads["discriminator"], want_disc)
+    chex.assert_trees_all_close(grads["codec"], want_codec, rtol=1e-4, atol=1e-6)
+    chex.assert_trees_all_close(grads["discriminator"], want_disc, rtol=1e-4, atol=1e-6)
 
 
 def test_dead_codes_restart_onto_batch_latents():
@@ -71,9 +71,9 @@ def test_dead_codes_restart_onto_batch_latents():
     new = jax.jit(lambda p, w, r: codec_train.restart_dead_codes(task.model, p, w, r))(params, wav, jax.random.key(1))
     book, rows = np.asarray(new["codec"]["codebook"]), np.asarray(latent).reshape(-1, latent.shape[-1])
     dead = np.setdiff1d(np.arange(k), used)
-    np.testing.assert_array_equal(book[used], np.asarray(far)[used])
+    chex.assert_trees_all_equal(book[used], np.asarray(far)[used])
     assert all(np.min(np.abs(rows - book[c]).max(-1)) < 1e-6 for c in dead)  # each is one of the batch's latents
-    np.testing.assert_allclose(np.asarray(new["code_usage"])[dead], 1.0 / k)
+    chex.assert_trees_all_close(np.asarray(new["code_usage"])[dead], np.asarray(1.0 / k), rtol=1e-7)
     assert np.all(np.asarray(new["code_usage"])[used] > 0.1 / k)
     config.optimizer.param_groups = ((r".*", dict()),)  # the usage statistics must not be trained
     with pytest.raises(ValueError, match="freeze 'code_usage'"):
@@ -83,13 +83,14 @@ def test_dead_codes_restart_onto_batch_latents():
 def test_codec_then_decoder_stages_end_to_end(tmp_path):
     c31 = codec_config()
     run31 = Trainer(c31, make_task_for(c31), str(tmp_path / "s3_1")).run()
-    assert np.isfinite(run31.metrics[-1]["loss"]) and run31.metrics[-1]["codebook_usage"] > 1 / 64
+    chex.assert_tree_all_finite(run31.metrics[-1]["loss"])
+    assert run31.metrics[-1]["codebook_usage"] > 1 / 64
     cfg, params = codec_train.export(str(tmp_path / "s3_1"), str(tmp_path / "codec"), num_clips=4)
     assert float(np.abs(np.asarray(params["encoder"]["global_encoder"]["fn_2"]["running_mean"])).sum()) > 0
     codec, loaded = load_codec(str(tmp_path / "codec"))
     assert codec.config.global_tokens == cfg.global_tokens
     codes, _ = codec.apply({"params": loaded}, jnp.zeros((1, 1200)), method="encode")
-    assert codes.shape == (1, 2)
+    chex.assert_shape(codes, (1, 2))
 
     c32 = tiny_stage3_2.get_config()
     c32.codec_from, c32.text_from, c32.text_width = str(tmp_path / "codec"), "", 64
@@ -97,9 +98,12 @@ def test_codec_then_decoder_stages_end_to_end(tmp_path):
     c32.data.max_speech_seconds, c32.batch_size, c32.total_steps, c32.log_every = 2.0, 8, 2, 1
     wd = str(tmp_path / "s3_2")
     run32 = Trainer(c32, make_task_for(c32, wd), wd).run()
-    assert np.isfinite(run32.metrics[-1]["loss"]) and run32.metrics[-1]["tokens"] > 0
+    chex.assert_tree_all_finite(run32.metrics[-1]["loss"])
+    assert run32.metrics[-1]["tokens"] > 0
     use = speech_train.text_use(wd, num_pairs=4)  # teacher-forced loss with each pair's own vs another's text
-    assert use["pairs"] == 4 and np.isfinite(use["gain"]) and use["own"]["loss"] > 0
+    assert use["pairs"] == 4
+    chex.assert_tree_all_finite(use["gain"])
+    assert use["own"]["loss"] > 0
     speaker = speech_train.load_speaker(wd, max_tokens=12)
     audio = speaker.say("a red circle.")
     assert audio.dtype == np.float32 and 0 < len(audio) <= 12 * 600 and np.all(np.abs(audio) <= 1)

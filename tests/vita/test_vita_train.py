@@ -3,6 +3,7 @@ exactly its parameter groups (the rest bit-identical, the CMVN statistics never)
 workdir, and the data transform expands placeholders, masks answers only and skips bad audio per reason."""
 import os
 
+import chex
 import flax
 import flax.linen as nn
 import jax
@@ -74,7 +75,7 @@ def stages(tmp_path_factory):
                                            ("2_2", ("audio_adapter", "projector", "lm"))])
 def test_each_stage_trains_its_groups_only(stages, stage, trained):
     start, end, result = stages[stage]
-    assert all(np.isfinite(row["loss"]) for row in result.metrics if "loss" in row)
+    chex.assert_tree_all_finite([row["loss"] for row in result.metrics if "loss" in row])
     for path in start:
         changed = not np.array_equal(start[path], end[path])
         expect = path.split("/")[0] in trained and "global_cmvn" not in path
@@ -143,7 +144,8 @@ def test_transform_expands_masks_and_states():
         ex = transform(record)
         kinds.add(record["kind"])
         ids, mask = ex["input_ids"], ex["loss_mask"]
-        assert (ids == cfg.image_token_index).sum() == cfg.tokens_per_tile and ex["images"].shape == (1, 56, 56, 3)
+        assert (ids == cfg.image_token_index).sum() == cfg.tokens_per_tile
+        chex.assert_shape(ex["images"], (1, 56, 56, 3))
         answer = tok.decode([int(t) for t in ids[mask]])
         if record["kind"] == "noise":
             assert answer == "☟<|im_end|>" and (ids == cfg.audio_token_index).sum() > 0
@@ -169,7 +171,7 @@ def test_bad_audio_is_skipped_per_reason(tmp_path):
         with pytest.raises(BadRecord) as e:
             data.checked_waveform(audio, max_seconds=10.0)
         assert e.value.reason == reason
-    assert data.checked_waveform(wave, 10.0).shape == (16000,)
+    chex.assert_shape(data.checked_waveform(wave, 10.0), (16000,))
 
 
 def test_librispeech_layout_through_the_pipeline(tmp_path):

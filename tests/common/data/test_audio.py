@@ -2,6 +2,7 @@
 import importlib.util
 import os
 
+import chex
 import numpy as np
 import pytest
 import torch
@@ -58,13 +59,13 @@ def test_fbank_matches_torchaudio(speech, kwargs):
     ref = kaldi.fbank(torch.from_numpy(wave)[None], sample_frequency=16000, dither=0.0, **kwargs).numpy()
     ours = A.fbank(wave, 16000, **kwargs)
     assert ours.shape == ref.shape and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, ref, atol=1e-3, rtol=0)
+    chex.assert_trees_all_close(ours, ref, atol=1e-3, rtol=0)
 
 
 def test_speech_fbank_shape(speech):
     f = A.speech_fbank(speech)
-    assert f.shape == (A.num_fbank_frames(len(speech)), 80)
-    assert np.isfinite(f).all()
+    chex.assert_shape(f, (A.num_fbank_frames(len(speech)), 80))
+    chex.assert_tree_all_finite(f)
 
 
 def test_load_audio_and_bad_audio(tmp_path, speech):

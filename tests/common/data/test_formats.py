@@ -2,6 +2,7 @@
 import json
 import os
 
+import chex
 import numpy as np
 import pytest
 from PIL import Image
@@ -191,6 +192,6 @@ def test_vqav2_okvqa_layout(image_dir, tmp_path):
     assert recs[0]["answers"] == ["coffee"] * 10
     from common.data.image_ops import decode_image
 
-    assert decode_image(recs[0]["image"]).shape == (400, 600, 3)
+    chex.assert_shape(decode_image(recs[0]["image"]), (400, 600, 3))
     test_recs = formats.vqav2(str(tmp_path / "q.json"), None, str(tmp_path))
     assert test_recs[0]["answers"] == []

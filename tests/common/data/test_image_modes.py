@@ -4,6 +4,7 @@ converted to RGB (and counted as conversions under the same reason) with `conver
 import io
 import types
 
+import chex
 import numpy as np
 import pytest
 from PIL import Image
@@ -53,7 +54,7 @@ def test_decode_image_skips_by_default_and_converts_on_request(mode_images):
     # Plain 8-bit RGB is untouched and never noted.
     counter = SkipCounter()
     rgb = mode_images["rgb48"][1]
-    np.testing.assert_array_equal(image_ops.decode_image(_png(Image.fromarray(rgb)), counter=counter), rgb)
+    chex.assert_trees_all_equal(image_ops.decode_image(_png(Image.fromarray(rgb)), counter=counter), rgb)
     assert not counter.notes
 
 
@@ -67,9 +68,9 @@ def test_decode_image_arrays(real_images):
             image_ops.decode_image(a)
         out = image_ops.decode_image(a, convert_image_modes=True)
         assert out.shape == (32, 48, 3) and out.dtype == np.uint8
-    np.testing.assert_array_equal(image_ops.decode_image(cases["16bit_image"], convert_image_modes=True), rgb)
-    np.testing.assert_array_equal(image_ops.decode_image(cases["rgba_image"], convert_image_modes=True), rgb)
-    np.testing.assert_array_equal(image_ops.decode_image(rgb.astype(np.float32) / 255.0), rgb)  # floats: no skip
+    chex.assert_trees_all_equal(image_ops.decode_image(cases["16bit_image"], convert_image_modes=True), rgb)
+    chex.assert_trees_all_equal(image_ops.decode_image(cases["rgba_image"], convert_image_modes=True), rgb)
+    chex.assert_trees_all_equal(image_ops.decode_image(rgb.astype(np.float32) / 255.0), rgb)  # floats: no skip
     with pytest.raises(BadRecord, match="corrupt_image"):
         image_ops.decode_image(np.zeros((4, 4, 2), np.uint8))
 
@@ -109,7 +110,7 @@ def test_family_transforms_thread_the_flag(mode_images, llama_dir):
     with pytest.raises(BadRecord, match="greyscale_image"):
         fdata.make_transform(spec, ftok, 32)({"image": grey, "caption": "a man"})
     ex = fdata.make_transform({**spec, "convert_image_modes": True}, ftok, 32)({"image": grey, "caption": "a man"})
-    assert ex["images"].shape == (1, 32, 32, 3)
+    chex.assert_shape(ex["images"], (1, 32, 32, 3))
 
     ltok = load_tokenizer(llama_dir)
     ltok.add_family_tokens("llava")
@@ -123,8 +124,8 @@ def test_family_transforms_thread_the_flag(mode_images, llama_dir):
         make_transform(config, ltok, cfg, spec)(record)
     with config.unlocked():
         config.data.convert_image_modes = True
-    assert make_transform(config, ltok, cfg, spec)(record)["images"].shape == (1, 32, 32, 3)
+    chex.assert_shape(make_transform(config, ltok, cfg, spec)(record)["images"], (1, 32, 32, 3))
     # Inference helpers convert (a photo given to chat / generate_batch is never "skipped").
     from llava_jax.data import preprocess_image
 
-    assert preprocess_image(grey, 32).shape == (32, 32, 3)
+    chex.assert_shape(preprocess_image(grey, 32), (32, 32, 3))

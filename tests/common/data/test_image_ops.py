@@ -1,4 +1,5 @@
 """Image preprocessing vs HF's image processors and the public reference algorithms, on real photographs."""
+import chex
 import numpy as np
 from PIL import Image
 
@@ -24,7 +25,7 @@ def test_llava_next_anyres_matches_hf(real_images):
         img = real_images[name]
         ref = hf(images=img, return_tensors="np")["pixel_values"][0].transpose(0, 2, 3, 1)
         ours = ops.anyres_preprocess(img, crop=336)
-        assert ours.shape == ref.shape, name
+        chex.assert_equal_shape([ours, ref], custom_message=name)
         np.testing.assert_allclose(ours, ref, atol=1e-5, err_msg=name)
 
 
@@ -121,7 +122,7 @@ def test_internvl_tiling_matches_reference(real_images):
             ours = ops.internvl_tiles(img, 1, max_num, 112, use_thumbnail=True)
             assert len(ours) == len(ref), (name, max_num)
             for a, b in zip(ours, ref):
-                np.testing.assert_array_equal(a, np.asarray(b))
+                chex.assert_trees_all_equal(a, np.asarray(b))
     # grid choice on many aspect ratios and sizes, including the tie rule
     for w, h in [(448, 448), (896, 448), (1000, 300), (300, 1000), (1344, 896), (4000, 100), (50, 60), (900, 900)]:
         ref = _ref_dynamic_preprocess(Image.new("RGB", (w, h)), 1, 12, 448)
@@ -136,27 +137,27 @@ def test_expand_to_square_matches_llava(real_images):
     for name in ("coffee", "chelsea"):
         img = real_images[name]
         ref = np.asarray(_ref_expand2square(Image.fromarray(img), mean_colour))
-        np.testing.assert_array_equal(ops.expand_to_square(img, "mean"), ref)
+        chex.assert_trees_all_equal(ops.expand_to_square(img, "mean"), ref)
         tall = np.ascontiguousarray(img.transpose(1, 0, 2))
         ref_tall = np.asarray(_ref_expand2square(Image.fromarray(tall), mean_colour))
-        np.testing.assert_array_equal(ops.expand_to_square(tall, "mean"), ref_tall)
+        chex.assert_trees_all_equal(ops.expand_to_square(tall, "mean"), ref_tall)
     sq = ops.expand_to_square(real_images["coffee"], "image_mean")
-    assert sq.shape == (600, 600, 3)
+    chex.assert_shape(sq, (600, 600, 3))
 
 
 def test_normalisation_constants_and_values():
     assert ops.NORMALIZATION["internvit"] == (ops.IMAGENET_MEAN, ops.IMAGENET_STD)
     x = np.full((2, 2, 3), 255, np.uint8)
-    np.testing.assert_allclose(ops.normalize(x, "imagenet")[0, 0],
-                               (1 - np.array(ops.IMAGENET_MEAN)) / np.array(ops.IMAGENET_STD), rtol=1e-6)
+    chex.assert_trees_all_close(ops.normalize(x, "imagenet")[0, 0],
+                                (1 - np.array(ops.IMAGENET_MEAN)) / np.array(ops.IMAGENET_STD), rtol=1e-6)
 
 
 def test_video_frame_sampling():
-    np.testing.assert_array_equal(ops.sample_frame_indices(100, 4, 16), np.round(np.linspace(0, 99, 16)).astype(int))
-    np.testing.assert_array_equal(ops.sample_frame_indices(8, 4, 16), np.arange(8))
+    chex.assert_trees_all_equal(ops.sample_frame_indices(100, 4, 16), np.round(np.linspace(0, 99, 16)).astype(int))
+    chex.assert_trees_all_equal(ops.sample_frame_indices(8, 4, 16), np.arange(8))
     assert len(ops.sample_frame_indices(2, 4, 16)) == 4  # short clips repeat frames up to min_frames
     rng = np.random.default_rng(0)
     idx = ops.sample_frame_indices(100, 4, 16, rng=rng)
     assert len(idx) == 16 and np.all(np.diff(idx) > 0) and idx.max() < 100
     frames = np.arange(30)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
-    assert ops.sample_video(frames, 4, 8).shape == (8, 4, 4, 3)
+    chex.assert_shape(ops.sample_video(frames, 4, 8), (8, 4, 4, 3))

@@ -68,12 +68,12 @@ def test_every_sample_is_whole_in_one_row_with_its_images():
         for r, index, where, slots in segments(batch):
             n = int(source.lengths[index])
             assert len(where) == n and np.all(np.diff(where) == 1), "a sample was split or cut"
-            np.testing.assert_array_equal(batch["input_ids"][r, where],
-                                          (np.arange(n) + 1000 * index) % 10**6 + 1)
-            np.testing.assert_array_equal(batch["positions"][r, where], np.arange(n))
+            chex.assert_trees_all_equal(batch["input_ids"][r, where],
+                                        (np.arange(n) + 1000 * index) % 10**6 + 1)
+            chex.assert_trees_all_equal(batch["positions"][r, where], np.arange(n))
             expected_mask = np.arange(n) % 2 == 1
             expected_mask[0] = False  # never predicted from the previous sample
-            np.testing.assert_array_equal(batch["loss_mask"][r, where], expected_mask)
+            chex.assert_trees_all_equal(batch["loss_mask"][r, where], expected_mask)
             assert len(slots) == source.images[index]
             assert np.all(batch["images"][r, slots] == index) and batch["image_mask"][r, slots].all()
             seen.append(index)

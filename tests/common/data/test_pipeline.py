@@ -1,4 +1,5 @@
 """grain pipelines: per-host sharding, checkpointable iterator, padding / packing with loss masks, family transforms."""
+import chex
 import numpy as np
 import pytest
 
@@ -82,7 +83,7 @@ def test_family_pipelines_on_shapes(flamingo_tok, tmp_path):
     ds, c = P.build_dataset(src, FD.FlamingoInterleavedTransform(flamingo_tok, 128, 32, max_images=6), batch_size=4,
                             collate=P.Collate(128, flamingo_tok.pad_id, max_images=6))
     b = next(iter(ds))
-    assert b["images"].shape == (4, 6, 32, 32, 3)
+    chex.assert_shape(b["images"], (4, 6, 32, 32, 3))
     img_id = flamingo_tok.token_to_id("<image>")
     assert np.array_equal((b["input_ids"] == img_id).sum(1), b["image_mask"].sum(1))
     assert not b["loss_mask"][b["input_ids"] == img_id].any()

@@ -3,6 +3,7 @@ exactly like one process x 4 devices: same per-step losses."""
 import socket
 import subprocess
 
+import chex
 import numpy as np
 from train_testlib import read_metrics, run_command, step_losses, subprocess_env, tiny_flags, train_command
 import pytest
@@ -43,8 +44,8 @@ def test_two_processes_match_one_process(tmp_path):
     single_losses = step_losses(read_metrics(tmp_path / "single"))
     multi_losses = step_losses(read_metrics(tmp_path / "multi"))  # written by process 0 only
     assert sorted(multi_losses) == [1, 2, 3, 4]
-    np.testing.assert_allclose([multi_losses[s] for s in range(1, 5)], [single_losses[s] for s in range(1, 5)],
-                               rtol=1e-5)
+    chex.assert_trees_all_close(np.asarray([multi_losses[s] for s in range(1, 5)]),
+                                np.asarray([single_losses[s] for s in range(1, 5)]), rtol=1e-5)
     # each host wrote its own data-iterator state next to the shared train state
     data_dir = tmp_path / "multi" / "checkpoints" / "4" / "data"
     assert sorted(p.name for p in data_dir.glob("data_state.*")) == [

@@ -1,4 +1,5 @@
 """common.optimizer: schedules, parameter groups (lr multiplier, weight-decay mask, frozen) and state size."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,15 +17,15 @@ def _params():
 @pytest.mark.parametrize("name", ["cosine", "linear", "constant"])
 def test_schedule_warmup_then_decay(name):
     schedule = optimizer_lib.make_schedule(1.0, total_steps=110, schedule=name, warmup_steps=10, end_lr_ratio=0.1)
-    np.testing.assert_allclose(schedule(0), 0.0)
-    np.testing.assert_allclose(schedule(5), 0.5, rtol=1e-6)
-    np.testing.assert_allclose(schedule(10), 1.0, rtol=1e-6)
+    chex.assert_trees_all_close(schedule(0), 0.0, rtol=1e-7)
+    chex.assert_trees_all_close(schedule(5), 0.5, rtol=1e-6)
+    chex.assert_trees_all_close(schedule(10), 1.0, rtol=1e-6)
     end = {"cosine": 0.1, "linear": 0.1, "constant": 1.0}[name]
-    np.testing.assert_allclose(schedule(110), end, rtol=1e-5)
+    chex.assert_trees_all_close(schedule(110), end, rtol=1e-5)
     if name == "cosine":
-        np.testing.assert_allclose(schedule(60), 0.1 + 0.9 * 0.5, rtol=1e-5)
+        chex.assert_trees_all_close(schedule(60), 0.1 + 0.9 * 0.5, rtol=1e-5)
     if name == "linear":
-        np.testing.assert_allclose(schedule(60), 0.55, rtol=1e-5)
+        chex.assert_trees_all_close(schedule(60), 0.55, rtol=1e-5)
 
 
 def test_unknown_schedule_and_group_setting_raise():
@@ -68,14 +69,14 @@ def test_lr_multiplier_and_weight_decay_mask():
     # Zero gradients: the update is the weight decay alone, -lr * lr_mult * wd * wd_mult * p.
     zero = jax.tree.map(jnp.zeros_like, params)
     updates, _ = opt.tx.update(zero, opt.tx.init(params), params)
-    np.testing.assert_allclose(updates["lm"]["layer"]["kernel"], -0.1 * 0.5)
-    np.testing.assert_allclose(updates["lm"]["layer"]["norm"]["scale"], 0.0)
-    np.testing.assert_allclose(updates["vision"]["proj"]["kernel"], -0.1 * 0.1 * 0.5, rtol=1e-6)
+    chex.assert_trees_all_close(updates["lm"]["layer"]["kernel"], -0.1 * 0.5, rtol=1e-7)
+    chex.assert_trees_all_close(updates["lm"]["layer"]["norm"]["scale"], 0.0, rtol=1e-7)
+    chex.assert_trees_all_close(updates["vision"]["proj"]["kernel"], -0.1 * 0.1 * 0.5, rtol=1e-6)
     # Unit gradients, no decay: Adam with b1 = b2 = 0 steps by lr * lr_mult.
     opt = optimizer_lib.make_optimizer(config | {"weight_decay": 0.0}, params, total_steps=10)
     updates, _ = opt.tx.update(jax.tree.map(jnp.ones_like, params), opt.tx.init(params), params)
-    np.testing.assert_allclose(updates["lm"]["embed"], -0.1, rtol=1e-6)
-    np.testing.assert_allclose(updates["vision"]["proj"]["kernel"], -0.01, rtol=1e-6)
+    chex.assert_trees_all_close(updates["lm"]["embed"], -0.1, rtol=1e-6)
+    chex.assert_trees_all_close(updates["vision"]["proj"]["kernel"], -0.01, rtol=1e-6)
 
 
 def test_global_norm_clipping():
@@ -83,7 +84,7 @@ def test_global_norm_clipping():
     opt = optimizer_lib.make_optimizer({"lr": 1.0, "schedule": "constant", "clip_norm": 1.0}, params, 10)
     clip_state = opt.tx.init(params)[0]
     clipped, _ = optax.clip_by_global_norm(1.0).update({"w": jnp.full((4,), 10.0)}, clip_state)
-    np.testing.assert_allclose(optax.tree.norm(clipped), 1.0, rtol=1e-6)
+    chex.assert_trees_all_close(optax.tree.norm(clipped), 1.0, rtol=1e-6)
     assert isinstance(opt.tx.init(params)[0], optax.EmptyState)  # the clip is the first link of the chain
 
 
@@ -101,22 +102,22 @@ def test_rows_group_trains_only_its_rows():
     # Gradient 10 on the untrained rows, 1e-3 on the trained ones and w: the clip sees only the trained rows.
     grads = {"embed": jnp.full((5, 4), 10.0).at[jnp.array([1, 3])].set(1e-3), "w": jnp.full((3,), 1e-3)}
     trained = opt.trained_grads(grads)  # what the trainer logs as grad_norm and checks for finiteness
-    np.testing.assert_array_equal(np.asarray(trained["embed"])[[0, 2, 4]], 0.0)
-    np.testing.assert_allclose(np.asarray(trained["embed"])[[1, 3]], 1e-3, rtol=1e-6)
+    chex.assert_trees_all_equal(np.asarray(trained["embed"])[[0, 2, 4]], 0.0)
+    chex.assert_trees_all_close(np.asarray(trained["embed"])[[1, 3]], 1e-3, rtol=1e-6)
     assert any("rows=[3, 1]: 8 of 20 params" in line for line in optimizer_lib.describe_groups(opt, params))
     updates, state = opt.tx.update(grads, state, params)
     untrained = np.asarray(updates["embed"])[[0, 2, 4]]
     assert np.all(untrained == 0)
     # Adam with b1 = b2 = 0 steps by lr * sign(g), plus the decay lr * wd * p: -0.1 - 0.05.
-    np.testing.assert_allclose(np.asarray(updates["embed"])[[1, 3]], -0.15, rtol=1e-5)
-    np.testing.assert_allclose(updates["w"], -0.15, rtol=1e-5)
+    chex.assert_trees_all_close(np.asarray(updates["embed"])[[1, 3]], -0.15, rtol=1e-5)
+    chex.assert_trees_all_close(updates["w"], -0.15, rtol=1e-5)
     new = optax.apply_updates(params, updates)
-    np.testing.assert_array_equal(np.asarray(new["embed"])[[0, 2, 4]], 1.0)
+    chex.assert_trees_all_equal(np.asarray(new["embed"])[[0, 2, 4]], 1.0)
     # eps = 1 makes Adam's step scale with the gradient: unclipped, -lr * g / (g + 1); had the clip seen the
     # untrained rows (global norm ~35), the step would be ~35x smaller.
     opt = optimizer_lib.make_optimizer(config | {"weight_decay": 0.0, "eps": 1.0}, params, 10, named_rows={"<new>": 3})
     updates, _ = opt.tx.update(grads, opt.tx.init(params), params)
-    np.testing.assert_allclose(np.asarray(updates["embed"])[[1, 3]], -0.1 * 1e-3 / (1e-3 + 1.0), rtol=1e-4)
+    chex.assert_trees_all_close(np.asarray(updates["embed"])[[1, 3]], -0.1 * 1e-3 / (1e-3 + 1.0), rtol=1e-4)
 
 
 def test_rows_group_bad_settings_raise():

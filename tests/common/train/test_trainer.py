@@ -3,6 +3,7 @@ frozen parameters, optimizer-state size, non-finite step skipping, multi-dataset
 import json
 import os
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,8 @@ def reference(tmp_path_factory):
 
 def _assert_losses_close(losses, reference_losses, steps, rtol=1e-5):
     assert sorted(losses) == sorted(steps), losses
-    np.testing.assert_allclose([losses[s] for s in steps], [reference_losses[s] for s in steps], rtol=rtol)
+    chex.assert_trees_all_close(np.asarray([losses[s] for s in steps]),
+                                np.asarray([reference_losses[s] for s in steps]), rtol=rtol)
 
 
 @pytest.mark.slow
@@ -60,7 +62,7 @@ def test_interrupted_and_resumed_run_is_exact(reference, tmp_path):
     losses = step_losses(read_metrics(tmp_path))  # step 3 logged twice: the redone value is kept
     assert [losses[s] for s in range(1, 7)] == [reference_losses[s] for s in range(1, 7)]
     for got, want in zip(jax.tree.leaves(to_numpy(trainer.state)), jax.tree.leaves(reference_state)):
-        np.testing.assert_array_equal(got, want)
+        chex.assert_trees_all_equal(got, want)
     assert Checkpointer(os.path.join(tmp_path, "checkpoints")).all_steps() == [2, 4, 6]
 
 
@@ -121,8 +123,8 @@ def test_update_params_runs_after_each_update_with_the_batches(tmp_path):
 
     _, trainer = run_trainer(config, tmp_path / "run", task=dataclasses.replace(task, update_params=bump))
     final = to_numpy(trainer.state.params)
-    np.testing.assert_allclose(final["embed"]["embedding"], initial["embed"]["embedding"] + 3.0, atol=1e-6)
-    assert seen and all("inputs" in keys for batch in seen for keys in batch.values())
+    chex.assert_trees_all_close(final["embed"]["embedding"], initial["embed"]["embedding"] + 3.0, atol=1e-6, rtol=1e-7)
+    assert seen and all("input_ids" in keys for batch in seen for keys in batch.values())
 
 
 # ------------------------------------------------------------------------------------------------ non-finite
@@ -137,7 +139,7 @@ class _PoisonIterator:
     def __next__(self):
         batch = next(self.inner)
         poison = float(self.inner.step in self.poisoned)  # inner.step: batches produced so far
-        return {**batch, "poison": np.full((len(batch["inputs"]),), poison, np.float32)}
+        return {**batch, "poison": np.full((len(batch["input_ids"]),), poison, np.float32)}
 
     def get_state(self):
         return self.inner.get_state()
@@ -181,7 +183,7 @@ def test_nonfinite_steps_are_skipped_counted_and_logged(tmp_path):
         assert before.tobytes() == after.tobytes()
     assert int(after_step_3.step) == 3 and int(after_step_3.nonfinite_total) == 2
     # ... and the schedule did not advance over them: step 4 uses the learning rate step 2 would have had.
-    np.testing.assert_allclose(rows[4]["lr"], trainer.opt.schedule(1), rtol=1e-6)
+    chex.assert_trees_all_close(rows[4]["lr"], trainer.opt.schedule(1), rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -228,12 +230,12 @@ def test_multi_dataset_accumulation_and_round_robin(tmp_path, mode):
     rows = result.metrics
     if mode == "accumulate":
         for row in rows:  # one step = weighted sum over one batch of each dataset
-            np.testing.assert_allclose(row["loss"], row["loss/captions"] + 0.5 * row["loss/interleaved"], rtol=1e-6)
+            chex.assert_trees_all_close(row["loss"], row["loss/captions"] + 0.5 * row["loss/interleaved"], rtol=1e-6)
         assert all(row["tokens"] == 2 * 8 * 32 for row in rows)
     else:  # one dataset per step, in turn
         assert ["loss/captions" in row for row in rows] == [True, False, True, False]
         assert ["loss/interleaved" in row for row in rows] == [False, True, False, True]
-        np.testing.assert_allclose(rows[1]["loss"], 0.5 * rows[1]["loss/interleaved"], rtol=1e-6)
+        chex.assert_trees_all_close(rows[1]["loss"], 0.5 * rows[1]["loss/interleaved"], rtol=1e-6)
     data_file = os.path.join(tmp_path, "checkpoints", "4", "data", "data_state.process_0_of_1.json")
     with open(data_file) as f:
         iterators = json.load(f)["iterators"]
