@@ -14,7 +14,7 @@ def test_clip_preprocess_matches_hf(real_images):
         ref = hf(images=img, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
         ours = ops.clip_preprocess(img, 224)
         assert ours.shape == (224, 224, 3) and ours.dtype == np.float32
-        np.testing.assert_allclose(ours, ref, atol=1e-5, err_msg=name)
+        chex.assert_trees_all_close(ours, ref, atol=1e-5, rtol=1e-7, custom_message=name)
 
 
 def test_llava_next_anyres_matches_hf(real_images):
@@ -26,7 +26,7 @@ def test_llava_next_anyres_matches_hf(real_images):
         ref = hf(images=img, return_tensors="np")["pixel_values"][0].transpose(0, 2, 3, 1)
         ours = ops.anyres_preprocess(img, crop=336)
         chex.assert_equal_shape([ours, ref], custom_message=name)
-        np.testing.assert_allclose(ours, ref, atol=1e-5, err_msg=name)
+        chex.assert_trees_all_close(ours, ref, atol=1e-5, rtol=1e-7, custom_message=name)
 
 
 def test_anyres_grid_helpers_match_hf():
