@@ -14,6 +14,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from common import lora as lora_lib
@@ -132,8 +133,6 @@ def graft(params, source, prefix: str = "", exclude=(), what: str = "checkpoint"
 
 def restore_config(workdir: str):
     """The training config a workdir was run with (its config.json, written by the trainer) as a ConfigDict."""
-    import ml_collections
-
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{workdir} has no {CONFIG_FILE} (not a training workdir?)")

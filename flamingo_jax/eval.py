@@ -50,8 +50,8 @@ from common.task_utils import load_trained
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 from configs import load_config, split_config_overrides
 from flamingo_jax import data as data_lib
-from flamingo_jax.model import FlamingoForGeneration, count_media
-from flamingo_jax.task import flamingo_config_from, make_task
+from flamingo_jax.model import Flamingo, FlamingoForGeneration, count_media
+from flamingo_jax.task import example_batch, flamingo_config_from, make_task
 
 log = logging.getLogger("flamingo_jax.eval")
 TASKS = ("names", "captions", "vqa")
@@ -379,9 +379,6 @@ def load_runner(config, workdir: str | None, random_init: bool = False, **kwargs
     tokenizer = data_lib.build_tokenizer(config.get("tokenizer"), workdir)
     cfg = flamingo_config_from(config.model, tokenizer)
     if random_init:
-        from flamingo_jax.model import Flamingo
-        from flamingo_jax.task import example_batch
-
         ids, kw = example_batch(cfg)
         params = jax.jit(lambda k: nn.unbox(Flamingo(cfg).init(k, ids, **kw)["params"]))(jax.random.key(0))
     return FlamingoRunner(cfg, params, tokenizer, **kwargs)

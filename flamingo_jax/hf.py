@@ -22,6 +22,7 @@ from common.hf.checkpoint import (CheckpointError, Gather, Path, Target, fill_pa
                                   linear_from_heads, linear_to_heads, named, read_config, transpose)
 from common.hf.lm import comparable, config_from_hf, lm_rule
 from common.hf.vision import clip_rule
+from common.sharding import params_sharding
 from common.task_utils import load_trained
 from common.vision.clip import CLIPVisionConfig
 from flamingo_jax.gated_cross_attention import GatedXAttnConfig
@@ -335,7 +336,6 @@ def load_hf(path: str, dtype: Any = None, mesh: jax.sharding.Mesh | None = None,
     boxed = abstract_params(model.config)
     shardings = None
     if mesh is not None:
-        from common.sharding import params_sharding
         shardings = params_sharding(boxed, mesh)
     params = fill_params(_merge_decoupled(iter_tensors(path)), idefics_rule(config), nn.unbox(boxed), dtype=dtype,
                          shardings=shardings, source=path)
@@ -521,7 +521,6 @@ def load_open_flamingo(checkpoint_pt: str, lm_dir: str, clip_dir: str, *, cross_
     boxed = abstract_params(model.config)
     shardings = None
     if mesh is not None:
-        from common.sharding import params_sharding
         shardings = params_sharding(boxed, mesh)
     params = fill_params(stream(), rule, nn.unbox(boxed), dtype=dtype, shardings=shardings, source=checkpoint_pt)
     return model, params

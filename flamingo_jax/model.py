@@ -29,6 +29,7 @@ from common.sharding import constrain
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN
 from common.vision import build_vision_tower
 from common.vision.clip import CLIPVisionConfig, matmul_flops_per_image
+from common.vision.nfnet import NFNetConfig
 from flamingo_jax.gated_cross_attention import (GatedCrossAttentionBlock, GatedXAttnConfig, MediaInputs,
                                                 media_segments_from_ids, text_time_from_ids)
 from flamingo_jax.perceiver_resampler import PerceiverResampler, ResamplerConfig
@@ -57,7 +58,6 @@ class FlamingoConfig:
         if self.vision_features not in VISION_FEATURES:
             raise ValueError(f"vision_features must be one of {VISION_FEATURES}, got {self.vision_features!r}")
         if self.vision is not None:
-            from common.vision.nfnet import NFNetConfig
             if isinstance(self.vision, NFNetConfig) != (self.vision_features == "feature_map"):
                 raise ValueError(f"vision_features {self.vision_features!r} does not fit a "
                                  f"{type(self.vision).__name__}: 'feature_map' is the NFNet's (flattened final grid), "

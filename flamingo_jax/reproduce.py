@@ -35,6 +35,7 @@ from common.train import train
 from common.trainer import DataShard
 from configs import load_config
 from flamingo_jax import eval as fl_eval
+from flamingo_jax.eval import markdown_table
 from flamingo_jax import names_diagnostics
 from flamingo_jax.gated_cross_attention import text_time_from_ids
 from flamingo_jax.task import make_task, restore_params
@@ -251,8 +252,6 @@ def markdown(report: dict, shots) -> str:
                   f"{kb['true_key']:.1f}% with its key, {kb['wrong_key']:.1f}% with another of the episode's keys"]
     main = report["variants"].get(report["main_variant"])
     if main is not None:
-        from flamingo_jax.eval import markdown_table
-
         lines += ["", markdown_table(main["results"], f"main config ({report['main_variant']}), all few-shot results")]
     w = report["wall_seconds"]
     lines += ["", "wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in w.items())]

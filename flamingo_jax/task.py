@@ -46,13 +46,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common.hf
 from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
 from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
 from common.hf.vision import load_timm_nfnet
 from common.lm import DecoderLM, LMConfig, layer_param_location
-from common.task_data import MediaShapes, TaskData
 from common.config_sections import config_section, get, plain
+from common.task_data import MediaShapes, TaskData
 from common.task_utils import graft, keep_tokenizer, lm_loss_fn, restore_params
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
 from common.trainer import Task
@@ -62,6 +63,7 @@ from flamingo_jax import data as data_lib
 from flamingo_jax.gated_cross_attention import GatedXAttnConfig
 from flamingo_jax.model import Flamingo, FlamingoConfig, train_flops_per_example
 from flamingo_jax.perceiver_resampler import ResamplerConfig
+from flamingo_jax.presets import CONFIGS as PRESETS
 
 log = logging.getLogger("flamingo_jax.task")
 
@@ -104,9 +106,7 @@ def flamingo_config_from(model_config, tokenizer=None) -> FlamingoConfig:
     """config.model -> FlamingoConfig (vocabulary and <image> id from the tokenizer where not given)."""
     m = plain(model_config)
     if m.get("preset"):
-        from flamingo_jax.presets import CONFIGS
-
-        cfg = CONFIGS[m["preset"]]()
+        cfg = PRESETS[m["preset"]]()
         if m.get("lm"):
             cfg = cfg.replace(lm=cfg.lm.replace(**m["lm"]))
         for part in ("vision", "resampler", "xattn"):  # e.g. {"dtype": "bfloat16"}: the frozen tower, the resampler
@@ -187,8 +187,6 @@ def load_lm(params, config, cfg: FlamingoConfig, mean_rows=()):
     if init.workdir:
         lm = restore_params(init.workdir)
     elif init.hf_dir:
-        import common.hf
-
         _, lm = common.hf.load(init.hf_dir, dtype=cfg.lm.param_dtype)
         lm = jax.tree.map(np.asarray, lm)
     else:

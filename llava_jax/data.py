@@ -29,6 +29,7 @@ import numpy as np
 
 from common.data import image_ops, shapes
 from common.data.batching import fit_length
+from common.data.formats import llava_json
 from common.data.scene_text import CELL_WORDS, VQA_SHORT_ANSWER_PROMPT, ShapesSceneTextSource
 from common.data.shapes import COLOURS, NUMBER_WORDS, SHAPES, ShapesSource
 from common.tokenizers import IMAGE_TOKEN, HFJsonTokenizer, train_byte_level_bpe
@@ -134,8 +135,6 @@ def make_source(spec, split: str = "train"):
                                      spec.get("size"), int(spec.get("seed", 0)),
                                      scene_format=spec.get("scene_format", "cells"))
     if source == "llava_json":
-        from common.data.formats import llava_json
-
         return llava_json(spec["json"], spec["image_dir"])
     raise ValueError(f"unknown data source {source!r}; use 'shapes' or 'llava_json'")
 

@@ -30,19 +30,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import common.hf
 from common import lora as lora_lib
 from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
 from common.lm import LMConfig
-from common.task_data import MediaShapes, TaskData
 from common.config_sections import config_section
 from common.config_sections import get as _get
 from common.config_sections import plain as _plain
+from common.task_data import MediaShapes, TaskData
 from common.task_utils import graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from, restore_params
 from common.tokenizers import IMAGE_TOKEN, padded_vocab_size
 from common.trainer import Task
 from common.vision.clip import CLIPVisionConfig
 from llava_jax import data as data_lib
+from llava_jax import presets
 from llava_jax.eval import evaluate_shapes_vqa
 from llava_jax.model import Llava, LlavaConfig, example_inputs
 
@@ -82,8 +84,6 @@ def llava_config_from(model_config, tokenizer=None) -> LlavaConfig:
         fields["vision_feature_layer"] = tuple(fields["vision_feature_layer"])
     image_token_index = m.get("image_token_index")
     if preset:
-        from llava_jax import presets as presets
-
         base = getattr(presets, preset)()
         text_cfg = base.text.replace(**text)
         vision_cfg = CLIPVisionConfig(**{**vars(base.vision), **vision}) if vision else base.vision
@@ -115,13 +115,9 @@ def load_pretrained_weights(params, config, cfg: LlavaConfig):
                        what=f"workdir {init_from}")
     ckpt = config_section(config, "init_checkpoint", InitCheckpoint)
     if ckpt.lm:
-        import common.hf
-
         _, lm_params = common.hf.load(ckpt.lm, dtype=cfg.text.param_dtype)
         params = graft(params, lm_params, prefix="lm/", what=f"LM checkpoint {ckpt.lm}")
     if ckpt.vision:
-        import common.hf
-
         _, vision_params = common.hf.load(ckpt.vision, dtype=cfg.vision.param_dtype)
         params = graft(params, vision_params, prefix="vision_tower/", what=f"vision checkpoint {ckpt.vision}")
     return params

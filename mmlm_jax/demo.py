@@ -16,10 +16,12 @@ import logging
 import os
 import time
 
-from flamingo_jax import reproduce
+from flamingo_jax import reproduce as flamingo_reproduce
+from llava_jax import reproduce as llava_reproduce
 from llava_jax.hf import load_workdir
 from llava_jax.eval import shapes_vqa_items, vqa_prompt
 from llava_jax.inference import generate_batch
+from vita_jax import reproduce as vita_reproduce
 
 
 def _metrics(workdir: str) -> list[dict]:
@@ -85,17 +87,15 @@ def run_flamingo(workdir: str, scale: float) -> tuple[dict, str]:
     argv = ["--workdir", workdir, "--recipe", "keyed", "--variants", MAIN_FLAMINGO, "--main_extra_eval", "1"]
     if scale != 1.0:
         argv += ["--scale", str(scale), "--num_queries", str(max(8, int(128 * scale)))]
-    report = reproduce.main(argv)
-    return report, reproduce.markdown(report, [0, 4, 8])
+    report = flamingo_reproduce.main(argv)
+    return report, flamingo_reproduce.markdown(report, [0, 4, 8])
 
 
 def run_llava(workdir: str, scale: float, num_questions: int) -> dict:
-    from llava_jax import reproduce
-
-    reproduce.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
+    llava_reproduce.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
     stages = ("stage0", "stage1", "stage2")
-    train_seconds = {stage: reproduce.train_stage(stage, workdir, scale) for stage in stages}
-    results = {stage: reproduce.evaluate_stage(stage, workdir, num_questions) for stage in ("stage1", "stage2")}
+    train_seconds = {stage: llava_reproduce.train_stage(stage, workdir, scale) for stage in stages}
+    results = {stage: llava_reproduce.evaluate_stage(stage, workdir, num_questions) for stage in ("stage1", "stage2")}
     # Sample chat answers of the instruction-tuned model on held-out images.
     module, params, tokenizer, _, _ = load_workdir(os.path.join(workdir, "stage2"))
     items = shapes_vqa_items(6, "test", module.config.vision.image_size, seed=123)
@@ -112,11 +112,9 @@ def run_llava(workdir: str, scale: float, num_questions: int) -> dict:
 
 
 def run_vita(workdir: str, scale: float) -> dict:
-    from vita_jax import reproduce
-
     num_eval = max(4, int(96 * min(1.0, scale * 4)))
-    times = reproduce.run_stages(workdir, scale)
-    return {"stage_seconds": times, **reproduce.evaluate(workdir, num_eval), "num_eval": num_eval}
+    times = vita_reproduce.run_stages(workdir, scale)
+    return {"stage_seconds": times, **vita_reproduce.evaluate(workdir, num_eval), "num_eval": num_eval}
 
 
 def what_works(flamingo: dict | None, llava: dict | None, vita: dict | None) -> list[str]:

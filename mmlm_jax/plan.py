@@ -11,15 +11,20 @@ the vocabulary (the model and batch shapes are all the plan needs). Needs libtpu
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
 
-from common import aot
-from common.provenance import provenance
+from common import aot, lm_task
 from common.config_sections import plain
+from common.provenance import provenance
 from common.tokenizers import FAMILY_SPECIAL_TOKENS, VocabularyStandIn
+from flamingo_jax import task as flamingo_task
 from flamingo_jax.task import flamingo_config_from
+from llava_jax import task as llava_task
+from vita_jax import task as vita_task
+from vita_jax import train as vita_train
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # planning compiles for a TPU topology; it never runs on one
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # and holds no TPU chip: other libtpu users may run beside
@@ -67,11 +72,9 @@ def parse_mesh(text: str) -> dict[str, int]:
 def model_vocab(family: str, config) -> int:
     """The vocabulary of the config's model preset (no tokenizer needed)."""
     if family == "llava":
-        from llava_jax.task import llava_config_from
-        return llava_config_from(config.model).text.vocab_size
+        return llava_task.llava_config_from(config.model).text.vocab_size
     if family == "vita":
-        from vita_jax.task import vita_config_from
-        return vita_config_from(config.model).text.vocab_size
+        return vita_task.vita_config_from(config.model).text.vocab_size
     return flamingo_config_from(config.model).lm.vocab_size
 
 
@@ -89,14 +92,9 @@ def stand_in_tokenizer(family: str, config):
 def make_task(family: str, config):
     tokenizer = stand_in_tokenizer(family, config)
     if family == "lm":
-        from common.lm_task import make_task as make
-        return make(config), None
-    if family == "flamingo":
-        from flamingo_jax.task import make_task as make
-    elif family == "llava":
-        from llava_jax.task import make_task as make
-    else:
-        from vita_jax.train import make_task_for as make
+        return lm_task.make_task(config), None
+    make = {"flamingo": flamingo_task.make_task, "llava": llava_task.make_task,
+            "vita": vita_train.make_task_for}[family]
     return make(config, workdir=None, tokenizer=tokenizer), tokenizer
 
 
@@ -180,8 +178,6 @@ def main(argv):
     config_path = config_flags.get_config_filename(FLAGS["config"])
     family = FLAGS.family or family_of(config_path)
     if FLAGS.smallest:
-        import copy
-
         base = FLAGS.config
         plans = smallest_slice(lambda: copy.deepcopy(base), family, FLAGS.topology.split("-")[0].split(":")[0],
                                parse_mesh(FLAGS.mesh), config_path, FLAGS.out)

@@ -31,7 +31,8 @@ from common.config_sections import config_section, get, has_section, plain, sect
 from common.data.audio import mel_banks
 from common.data.pipeline import task_iterator
 from common.data.records import BadRecord
-from common.task_utils import restore_config, restore_params
+from common.optimizer import FROZEN, group_labels, parse_param_groups
+from common.task_utils import graft, restore_config, restore_params
 from common.trainer import DataShard, Task
 from vita_jax.codec import LRELU_SLOPE, Codec, CodecConfig, pad_to_tokens
 from vita_jax.codec_discriminators import (Discriminators, discriminator_loss, feature_matching_loss,
@@ -191,8 +192,6 @@ def make_task(config, workdir: str | None = None) -> Task:
 
     restart = config_section(config, "code_restart", CodeRestart) if has_section(config, "code_restart") else None
     if restart:
-        from common.optimizer import FROZEN, group_labels, parse_param_groups
-
         groups = parse_param_groups(get(config.optimizer, "param_groups", None))
         if group_labels({"code_usage": 0}, groups)["code_usage"] != FROZEN:
             raise ValueError("config.code_restart needs the optimizer to freeze 'code_usage' (the restarts' usage "
@@ -222,8 +221,6 @@ def make_task(config, workdir: str | None = None) -> Task:
 
     def load(params):
         if get(config, "init_from", ""):
-            from common.task_utils import graft, restore_params
-
             return graft(params, restore_params(config.init_from), what=config.init_from)
         clips = int(get(config, "codebook_init_clips", 0) or 0)
         if not clips:

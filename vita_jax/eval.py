@@ -27,6 +27,7 @@ from common.tokenizers import load_tokenizer
 from vita_jax import conversation
 from vita_jax import ctc as ctc_lib
 from vita_jax import data as data_lib
+from vita_jax.hf import load_original
 from vita_jax.inference import Request, generate_batch
 from vita_jax.task import make_task
 
@@ -190,8 +191,6 @@ class TemplateRecogniser:
 def load_model(workdir: str | None = None, model_dir: str | None = None):
     """-> (Vita, params, tokenizer) from a training workdir of ours or a released VITA-1.5 folder."""
     if model_dir:
-        from vita_jax import load_original
-
         module, params = load_original(model_dir)
         return module, params, load_tokenizer(model_dir)
 

@@ -17,6 +17,11 @@ from common.vision.intern_vit import InternViTConfig, internvit_300m_448px
 from vita_jax.model import VitaConfig
 from vita_jax.speech_encoder import SpeechEncoderConfig
 
+# The miniature's speech codec (stage 3.1, configs/vita/tiny_stage3_1.py): a 128-wide HiFi-GAN V1 generator and its
+# mirrored encoder, one codebook of 512, 8 style codebooks; the other CodecConfig fields are the release's.
+TINY_CODEC_FIELDS = dict(upsample_initial_channel=128, encoder_channels=8, n_codes=512, global_code_num=8,
+                         global_feature_conv=(32, 16, 32, 3, 1), global_tokens=(0,) * 8)
+
 PUBLISHED_PARAMS = {  # model cards: Qwen2.5-7B "7.61B", InternViT-300M-448px "304M"; the paper: audio encoder ~350M
     "lm": 7.61e9,
     "vision_tower": 304e6,

@@ -21,17 +21,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.config_sections import config_section, get, plain
 from common.data import shapes
 from common.data.pipeline import task_iterator
 from common.data.records import MALFORMED, TOO_LONG, BadRecord
 from common.data.speech import load_word_bank
-from common.config_sections import config_section, get, plain
 from common.task_utils import keep_tokenizer, restore_config, restore_params
 from common.tokenizers import SAVED_TOKENIZER_FILE
 from common.trainer import DataShard, Task
 from vita_jax import data as data_lib
-from vita_jax.codec import Codec
+from vita_jax.codec import Codec, CodecConfig
+from vita_jax.codec import init_params as init_codec
 from vita_jax.hf import load_codec
+from vita_jax.presets import TINY_CODEC_FIELDS
 from vita_jax.speech_decoder import SpeechDecoder, SpeechDecoderConfig
 from vita_jax.speech_decoder import init_params as init_decoder
 from vita_jax.speech_sources import record_waveform
@@ -158,11 +160,7 @@ def make_task(config, workdir: str | None = None) -> Task:
     if codec_from:
         codec, codec_params = load_codec(codec_from)
     else:  # a random codec: for tests of the plumbing only
-        from configs.vita.tiny_stage3_1 import codec as tiny_codec
-        from vita_jax.codec import CodecConfig
-        from vita_jax.codec import init_params as init_codec
-
-        codec = Codec(CodecConfig(**tiny_codec()))
+        codec = Codec(CodecConfig(**TINY_CODEC_FIELDS))
         codec_params = init_codec(codec.config, jax.random.key(1))
     codec_params = jax.tree.map(np.asarray, codec_params)
     if cfg.num_codes != codec.config.n_codes:

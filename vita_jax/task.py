@@ -29,8 +29,8 @@ import jax.numpy as jnp
 from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
 from common.lm import LMConfig
-from common.task_data import MediaShapes, TaskData
 from common.config_sections import get, plain
+from common.task_data import MediaShapes, TaskData
 from common.task_utils import graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from, restore_params
 from common.tokenizers import padded_vocab_size
 from common.trainer import Task
@@ -38,6 +38,8 @@ from common.vision.intern_vit import InternViTConfig
 from vita_jax import ctc as ctc_lib
 from vita_jax import conversation
 from vita_jax import data as data_lib
+from vita_jax import presets
+from vita_jax.hf import load_original
 from vita_jax.model import Vita, VitaConfig, example_inputs
 from vita_jax.speech_encoder import SpeechEncoderConfig
 
@@ -48,8 +50,6 @@ def vita_config_from(model_config, tokenizer=None) -> VitaConfig:
     m = plain(model_config)
     text, vision, audio = (dict(m.get(k) or {}) for k in ("text", "vision", "audio"))
     if m.get("preset"):
-        from vita_jax import presets as presets
-
         base = getattr(presets, m["preset"])()
         return base.replace(text=base.text.replace(**text),
                             vision=InternViTConfig(**{**vars(base.vision), **vision}),
@@ -115,8 +115,6 @@ def load_pretrained_weights(params, config):
                        what=f"workdir {init_from}")
     release = get(config, "init_checkpoint", "")
     if release:
-        from vita_jax.hf import load_original
-
         _, released = load_original(release)
         params = graft(params, released, what=f"VITA-1.5 folder {release}")
     return params

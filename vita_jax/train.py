@@ -7,20 +7,17 @@ anything else the VITA model (vita_jax.task).
 from __future__ import annotations
 
 from common.train import run
+from vita_jax import codec_train, speech_train, task
 
 
 def make_task_for(config, workdir=None, tokenizer=None):
     """The task of the config's stage; `tokenizer` (VITA model stages only) replaces the config's (planning)."""
     stage = str(config.get("stage", "") or "")
     if stage == "3.1":
-        from vita_jax.codec_train import make_task
-    elif stage == "3.2":
-        from vita_jax.speech_train import make_task
-    else:
-        from vita_jax.task import make_task
-
-        return make_task(config, workdir=workdir, tokenizer=tokenizer)
-    return make_task(config, workdir=workdir)
+        return codec_train.make_task(config, workdir=workdir)
+    if stage == "3.2":
+        return speech_train.make_task(config, workdir=workdir)
+    return task.make_task(config, workdir=workdir, tokenizer=tokenizer)
 
 
 def _make_task(config, workdir):

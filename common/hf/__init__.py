@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from common.hf.checkpoint import (CheckpointError, Rule, fill_params, iter_tensors, read_config, save_tensors,
                                   weight_files)
 from common.params import abstract_params
+from common.sharding import params_sharding
 from common.tokenizers import HFJsonTokenizer, SentencePieceTokenizer
 
 
@@ -87,7 +88,6 @@ def load_from_config(path: str, config: dict, dtype: Any = None, mesh: jax.shard
     boxed = abstract_params(module, *architecture.example_inputs(module))
     shardings = None
     if mesh is not None:
-        from common.sharding import params_sharding
         shardings = params_sharding(boxed, mesh)
     params = fill_params(iter_tensors(path), architecture.rule(module), nn.unbox(boxed),
                          dtype=dtype, shardings=shardings, source=path)

@@ -25,6 +25,7 @@ from common.hf import Architecture, register
 from common.hf.checkpoint import (CheckpointError, Gather, Path, Rule, Target, bias_to_heads, check_read_back,
                                   fill_params, identity, iter_tensors, linear_from_heads, linear_to_heads, named,
                                   read_config, stacked, transpose)
+from common.sharding import params_sharding
 from common.vision.clip import CLIPVisionConfig, CLIPVisionTransformer
 from common.vision.intern_vit import InternViT, InternViTConfig
 from common.vision.nfnet import NFNet, NFNetConfig
@@ -414,7 +415,6 @@ def convert_timm_nfnet(tensors, config: NFNetConfig, dtype: Any = None, mesh=Non
                                                                                     config.num_channels))))["params"]
     shardings = None
     if mesh is not None:
-        from common.sharding import params_sharding
         shardings = params_sharding(abstract, mesh)
     return fill_params(tensors, nfnet_rule(config, prefix), nn.unbox(abstract), dtype=dtype, shardings=shardings,
                        source="timm NFNet")

@@ -3,11 +3,11 @@ mirrored encoder at 24 kHz / 40 Hz tokens, one codebook of 512, 8 style codebook
 width (the multi-scale one at its first scale, dense convs: fast on a CPU); trained on the bundled espeak speech (the
 shapes ASR utterances, resampled 16 -> 24 kHz)."""
 from configs.vita.tiny_base import trainer_config
+from vita_jax.presets import TINY_CODEC_FIELDS
 
 
 def codec() -> dict:
-    return dict(upsample_initial_channel=128, encoder_channels=8, n_codes=512, global_code_num=8,
-                global_feature_conv=(32, 16, 32, 3, 1), global_tokens=(0,) * 8)
+    return dict(TINY_CODEC_FIELDS)
 
 
 def get_config():
