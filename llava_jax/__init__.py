@@ -6,6 +6,7 @@ masks), presets (published model sizes), data + task + train (two-stage training
 chat (CLI), eval (VQA / multiple choice), reproduce (the miniature reproduction)."""
 from llava_jax.hf import export
 from llava_jax.hf import load_hf as _load
+from llava_jax.hf import load_original as _load_original
 from llava_jax.hf import save_hf as _save
 from llava_jax.inference import generate_batch as _generate
 from llava_jax.model import (Llava, LlavaConfig, abstract_params, example_inputs, frozen_patterns, init_params,
@@ -24,8 +25,7 @@ def save_hf(out_dir, module, params, tokenizer=None, **kwargs):
 
 def load_original(lm_dir, mm_projector_bin=None, vision_tower_dir=None, **kwargs):
     """Original haotian-liu/LLaVA release layout -> (Llava, params). See llava_jax.hf.load_original."""
-    from llava_jax.hf import load_original as _load
-    return _load(lm_dir, mm_projector_bin, vision_tower_dir, **kwargs)
+    return _load_original(lm_dir, mm_projector_bin, vision_tower_dir, **kwargs)
 
 
 def generate_batch(model, params, tokenizer, requests, **kwargs):
