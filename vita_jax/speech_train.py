@@ -10,7 +10,10 @@ everything `vita_jax.tts.Speaker` needs. Config (configs/vita/tiny_stage3_2.py):
 fields}, codec_from (a codec folder in the release layout: `python -m vita_jax.codec_train --out`), text_from (a VITA
 workdir: its LLM embedding table and tokenizer), text_norm (none | unit_std: `normalise_text_table`), data
 {max_text_tokens, max_speech_seconds, datasets: {name: {source: shapes (sentences and short answers with their espeak
-speech; answer_fraction) | librispeech (root: transcripts + flac) | tts_json (json: [{"text", "audio"}], audio_dir)}}}.
+speech; answer_fraction) | librispeech (root: transcripts + flac) | tts_json (json: [{"text", "audio"}], audio_dir)}}},
+scheduled_sampling (probability of feeding the decoder its own prediction instead of a true code in training; 0 = pure
+teacher forcing, the release's: `own_predictions_mixed_in`; a loss called without an rng, as in evaluation, is
+teacher-forced).
 """
 from __future__ import annotations
 
@@ -133,6 +136,18 @@ def code_targets(codes, code_lengths, cfg: SpeechDecoderConfig):
     return targets, slots <= code_lengths[:, None]
 
 
+def own_predictions_mixed_in(decoder: SpeechDecoder, params, text, text_lengths, codes, code_lengths,
+                             probability: float, rng: jax.Array) -> jax.Array:
+    """Parallel scheduled sampling (Bengio et al. 2015; Duckworth et al. 2019, one extra pass): a teacher-forced
+    pass without gradient gives the decoder's own greedy code at every position, and each input code is replaced by
+    it with `probability` (special tokens it predicts are not fed). Training on its own mistakes counters the
+    free-running drift of a decoder only ever fed true codes. codes [B, T] -> input codes [B, T]."""
+    logits = jax.lax.stop_gradient(decoder.apply({"params": params}, text, text_lengths, codes, code_lengths))
+    own = jnp.argmax(logits[:, :-1], -1).astype(codes.dtype)  # [B, T]: position t's prediction of codes[:, t]
+    swap = jax.random.bernoulli(rng, probability, codes.shape) & (own < decoder.config.num_codes)
+    return jnp.where(swap, own, codes)
+
+
 def normalise_text_table(table: np.ndarray, text_norm: str) -> np.ndarray:
     """The frozen LLM embedding table [V, D] the decoder reads: as it is ("none", the release, whose Qwen2 table has
     std ~0.015) or scaled to unit standard deviation ("unit_std"; a tiny LLM's table at its init scale of 0.02 is
@@ -174,6 +189,9 @@ def make_task(config, workdir: str | None = None) -> Task:
     if table.shape[1] % cfg.idim:
         raise ValueError(f"the LLM's embedding width {table.shape[1]} is not a multiple of decoder.idim {cfg.idim}")
     pieces_per_token = table.shape[1] // cfg.idim
+    scheduled_sampling = float(get(config, "scheduled_sampling", 0.0) or 0.0)
+    if not 0.0 <= scheduled_sampling < 1.0:
+        raise ValueError(f"scheduled_sampling is a probability in [0, 1), got {scheduled_sampling}")
     dcfg = plain(config.data)
     max_text = int(dcfg.get("max_text_tokens", 32))
     datasets = plain(dcfg.get("datasets") or {})
@@ -185,7 +203,6 @@ def make_task(config, workdir: str | None = None) -> Task:
                 "codec": jax.tree.map(jnp.asarray, codec_params)}
 
     def loss_fn(params, batch, rng):
-        del rng
         sg = jax.lax.stop_gradient
         emb = sg(params["text_embed"])[batch["text_ids"]]  # [B, n, D]
         b, n, d = emb.shape
@@ -193,8 +210,12 @@ def make_task(config, workdir: str | None = None) -> Task:
         text_len = batch["text_len"] * pieces_per_token
         codes, _ = codec.apply({"params": sg(params["codec"])}, batch["wav"], method="encode")  # [B, T]
         code_len = -(-batch["wav_len"] // codec.config.hop_length)
-        logits = decoder.apply({"params": params["decoder"]}, text, text_len, codes, code_len)  # [B, T + 1, V]
         targets, mask = code_targets(codes, code_len, cfg)
+        inputs = codes
+        if scheduled_sampling > 0 and rng is not None:  # some of its own predictions in place of the true codes
+            inputs = own_predictions_mixed_in(decoder, params["decoder"], text, text_len, codes, code_len,
+                                              scheduled_sampling, rng)
+        logits = decoder.apply({"params": params["decoder"]}, text, text_len, inputs, code_len)  # [B, T + 1, V]
         logp = jax.nn.log_softmax(logits)
         nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
         tokens = jnp.maximum(mask.sum(), 1)

@@ -19,6 +19,7 @@ def get_config():
     # the tiny LLM's table is at init scale (std 0.02): read as unit-std (the release: none)
     config.text_norm = "unit_std"
     config.text_width = 64  # the LLM width when text_from is empty (a random table: plumbing tests)
+    config.scheduled_sampling = 0.0  # > 0: train on some of the decoder's own predicted codes (against the drift)
     config.data = dict(max_text_tokens=24, max_speech_seconds=2.0, num_threads=0, max_skip_fraction=0.05,
                        datasets=dict(sentences=dict(source="shapes", size=3000, answer_fraction=1.0)))
     config.optimizer = dict(lr=2e-3, schedule="cosine", warmup_steps=20, end_lr_ratio=0.1, b1=0.9, b2=0.98,

@@ -12,9 +12,11 @@ from common.trainer import Trainer
 from configs.vita import tiny_stage3_1, tiny_stage3_2
 from vita_jax import codec_discriminators, codec_train, speech_train
 from vita_jax.hf import load_codec
+from vita_jax.speech_decoder import SpeechDecoder, SpeechDecoderConfig
+from vita_jax.speech_decoder import init_params as init_decoder
 from vita_jax.train import make_task_for
 
-pytestmark = pytest.mark.slow  # trainings
+pytestmark = pytest.mark.slow  # trainings (and torch, for the release layout)
 
 FAST_CODEC = dict(upsample_initial_channel=32, encoder_channels=2, n_codes=64, global_code_num=4,
                   global_feature_conv=(8, 4, 8, 3, 1), global_tokens=(0, 0, 0, 0), resblock_kernel_sizes=(3,),
@@ -135,3 +137,24 @@ def test_text_table_normalisation():
     assert abs(float(unit.std()) - 1.0) < 1e-5 and np.allclose(unit * table.std(), table, atol=1e-6)
     with pytest.raises(ValueError, match="text_norm"):
         speech_train.normalise_text_table(table, "layer")
+
+
+def test_scheduled_sampling_feeds_the_decoders_own_codes():
+    """own_predictions_mixed_in: each input code is replaced by the decoder's own teacher-forced greedy prediction of
+    it with the given probability, never by a special token; probability 0 changes nothing."""
+    cfg = SpeechDecoderConfig(idim=16, num_codes=16, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2)
+    decoder, params = SpeechDecoder(cfg), init_decoder(cfg, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    text, text_len = jnp.asarray(rng.normal(size=(4, 5, 16)), jnp.float32), jnp.asarray([5, 3, 4, 5])
+    codes, code_len = jnp.asarray(rng.integers(0, 16, (4, 200)), jnp.int32), jnp.asarray([200, 150, 100, 200])
+    logits = decoder.apply({"params": params}, text, text_len, codes, code_len)
+    own = np.asarray(jnp.argmax(logits[:, :-1], -1))
+    mixed = np.asarray(speech_train.own_predictions_mixed_in(decoder, params, text, text_len, codes, code_len, 0.5,
+                                                             jax.random.key(1)))
+    swapped = mixed != np.asarray(codes)
+    assert np.all(mixed[swapped] == own[swapped]) and np.all(mixed < cfg.num_codes)
+    differs = own != np.asarray(codes)
+    assert 0.35 < swapped.sum() / differs.sum() < 0.65  # half of the positions where its prediction differs
+    same = speech_train.own_predictions_mixed_in(decoder, params, text, text_len, codes, code_len, 0.0,
+                                                 jax.random.key(1))
+    chex.assert_trees_all_equal(same, codes)
