@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import time
 
 import jax
@@ -146,16 +147,16 @@ def main(argv=None) -> dict:
     report: dict = {"wall_seconds": {}, "variants": {}, "recipe": args.recipe, "main_variant": variants[0],
                     "seed": args.seed, "stage0_key_binding": {}, "stage0_final_loss": {},
                     "command": "python -m flamingo_jax.reproduce " +
-                    " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+                    " ".join(argv if argv is not None else sys.argv[1:])}
     start_all = time.time()
 
-    def load_config(name: str, steps: int | None = None):
+    def stage_config(name: str, steps: int | None = None):
         config = flamingo_config(name)
         config.seed = args.seed
         config.total_steps = steps if steps is not None else max(2, round(config.total_steps * args.scale))
         return config
 
-    vision = load_config("tiny_vision", args.vision_steps)
+    vision = stage_config("tiny_vision", args.vision_steps)
     t = time.time()
     if vision.total_steps:
         _train(vision, os.path.join(root, "vision"))
@@ -164,7 +165,7 @@ def main(argv=None) -> dict:
 
     stage0_dir = ""
     for part in recipe["stage0"]:  # each part continues from the one before
-        s0 = load_config(part, args.stage0_steps)
+        s0 = stage_config(part, args.stage0_steps)
         s0.init_lm.workdir = stage0_dir
         stage0_dir = os.path.join(root, part.removeprefix("tiny_"))
         t = time.time()
@@ -177,7 +178,7 @@ def main(argv=None) -> dict:
         logging.info("%s key binding: %s", part, report["stage0_key_binding"][part])
 
     for variant in variants:
-        config = load_config(variant, args.steps)
+        config = stage_config(variant, args.steps)
         config.init_lm.workdir = stage0_dir
         config.init_vision.workdir = os.path.join(root, "vision") if vision.total_steps else ""
         wd = os.path.join(root, variant)
