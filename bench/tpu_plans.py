@@ -98,6 +98,8 @@ PLANS: dict[str, tuple] = {
     "vita_2.2@v6e": ("vita", "vita.stage_7b:2.2", "v6e", {"fsdp": -1}, VITA_S2_2),
     "flamingo3b@v6e": ("flamingo", "flamingo.flamingo_3b", "v6e", {"fsdp": -1}, {}),
     "flamingo3b@v5e": ("flamingo", "flamingo.flamingo_3b", "v5e", {"fsdp": -1}, {}),
+    # Flamingo-80B on half the v5p-64 it fits with 67 GB to spare.
+    "flamingo80b@v5p-32": ("flamingo", "flamingo.flamingo_3b", "v5p-32", {"fsdp": -1}, FLAMINGO_80B),
     # The smallest v5p slice of Flamingo-9B (v5p-16 fits at a third of its HBM).
     "flamingo9b@v5p-8": ("flamingo", "flamingo.flamingo_3b", "v5p-8", {"fsdp": -1}, FLAMINGO_9B),
 }
