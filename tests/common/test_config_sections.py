@@ -91,7 +91,7 @@ def test_family_sections_read_the_shipped_configs():
     assert (disc.periods, disc.num_scales, disc.grouped) == ((2, 3, 5, 7, 11), 1, False)
     assert config_section(codec, "discriminator", DiscriminatorSettings).channel_scale == 1 / 16
     decoder = config_section(load_config("vita.tiny_stage3_2"), "decoder", SpeechDecoderConfig)
-    assert decoder.hidden_size == 32
+    assert decoder.hidden_size == decoder.idim == 64
 
 
 def test_init_lm_refuses_two_sources():
