@@ -47,12 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import common.hf
+from common.config_sections import config_section, get, plain
 from common.contrastive import DualEncoder, DualEncoderConfig, contrastive_loss
 from common.data.packing import packed_model_inputs, packing_from_config
 from common.data.pipeline import Collate
 from common.hf.vision import load_timm_nfnet
 from common.lm import DecoderLM, LMConfig, layer_param_location
-from common.config_sections import config_section, get, plain
 from common.task_data import MediaShapes, TaskData
 from common.task_utils import graft, keep_tokenizer, lm_loss_fn, restore_params
 from common.tokenizers import END_OF_CHUNK_TOKEN, IMAGE_TOKEN, padded_vocab_size
@@ -180,10 +180,9 @@ def resize_vocab(lm, vocab_size: int, mean_rows=()) -> dict:
     return lm
 
 
-def load_lm(params, config, cfg: FlamingoConfig, mean_rows=()):
-    """init_lm {workdir | hf_dir} -> the Flamingo params with the frozen LM's weights in place (vocabulary resized by
-    `resize_vocab`; `mean_rows`: token ids whose rows restart at the mean)."""
-    init = config_section(config, "init_lm", InitLM)
+def load_lm(params, init: InitLM, cfg: FlamingoConfig, mean_rows=()):
+    """config.init_lm {workdir | hf_dir} -> the Flamingo params with the frozen LM's weights in place (vocabulary
+    resized by `resize_vocab`; `mean_rows`: token ids whose rows restart at the mean)."""
     if init.workdir:
         lm = restore_params(init.workdir)
     elif init.hf_dir:
@@ -214,11 +213,10 @@ def continue_lm(params, workdir: str):
     return graft(params, source, strict=True, what=workdir)
 
 
-def load_vision(params, config, cfg: FlamingoConfig):
-    """init_vision {workdir: a stage-'contrastive' workdir | timm_nfnet: a timm dm_nfnet_f* checkpoint (directory or
-    weights file)} -> the Flamingo params with the frozen vision encoder's weights in place (the dual encoder's
-    projection / the ImageNet classifier are dropped)."""
-    init = config_section(config, "init_vision", InitVision)
+def load_vision(params, init: InitVision, cfg: FlamingoConfig):
+    """config.init_vision {workdir: a stage-'contrastive' workdir | timm_nfnet: a timm dm_nfnet_f* checkpoint
+    (directory or weights file)} -> the Flamingo params with the frozen vision encoder's weights in place (the dual
+    encoder's projection / the ImageNet classifier are dropped)."""
     if init.workdir:
         vision = restore_params(init.workdir)["vision"]
         diff = mismatched_tensors(params["vision"], vision)
@@ -346,7 +344,7 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     if stage == "flamingo" and (init_lm.workdir or init_lm.hf_dir):
         ids = data_lib.special_ids(tokenizer)
         mean_rows = [ids[name] for name in init_lm.mean_init_tokens]
-        load = lambda params: load_lm(params, config, cfg, mean_rows)  # noqa: E731
+        load = lambda params: load_lm(params, init_lm, cfg, mean_rows)  # noqa: E731
     if stage == "lm" and init_lm.workdir:  # continue an LM's text pretraining (e.g. on another mix)
         load = lambda params: continue_lm(params, init_lm.workdir)  # noqa: E731
     elif stage == "lm" and init_lm.hf_dir:
@@ -354,7 +352,7 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     init_vision = config_section(config, "init_vision", InitVision)
     if stage == "flamingo" and (init_vision.workdir or init_vision.timm_nfnet):
         load_first = load or (lambda params: params)
-        load = lambda params: load_vision(load_first(params), config, cfg)  # noqa: E731
+        load = lambda params: load_vision(load_first(params), init_vision, cfg)  # noqa: E731
 
     return Task(init_params=init_params, loss_fn=loss_fn, make_train_data=data.train_data,
                 dataset_weights=data.weights, flops_per_example=flops, load_pretrained=load,

@@ -376,11 +376,6 @@ MSGPACK_CONFIG = "llava_config.json"
 MSGPACK_PARAMS = "llava_params.msgpack"
 
 
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
 def load_workdir(workdir: str, step: int | None = None):
     """Training workdir -> (Llava, merged params (numpy), tokenizer, template, training config)."""
     module, params, tokenizer, config = load_trained(workdir, make_task, step)
@@ -430,7 +425,8 @@ def _llava_config_from_json(d: dict) -> LlavaConfig:
 
 def load_msgpack(out_dir: str):
     """A `save_msgpack` folder -> (Llava, params, tokenizer, template)."""
-    meta = _read_json(os.path.join(out_dir, MSGPACK_CONFIG))
+    with open(os.path.join(out_dir, MSGPACK_CONFIG)) as f:
+        meta = json.load(f)
     with open(os.path.join(out_dir, MSGPACK_PARAMS), "rb") as f:
         params = flax.serialization.msgpack_restore(f.read())
     return (Llava(_llava_config_from_json(meta["llava_config"])), params, load_saved_tokenizer(out_dir),
@@ -449,7 +445,7 @@ def load_model(path: str, template: str | None = None):
         module, params = load_hf(path)
         tokenizer = load_tokenizer(path)
         tokenizer.add_family_tokens("llava")
-        saved_template = _read_json(os.path.join(path, "config.json")).get("conversation_template") or "vicuna_v1"
+        saved_template = read_config(path).get("conversation_template") or "vicuna_v1"
     else:
         raise FileNotFoundError(f"{path}: not a training workdir ({CHECKPOINTS_DIR}/), a msgpack folder "
                                 f"({MSGPACK_CONFIG}) or an HF LLaVA checkpoint (config.json)")

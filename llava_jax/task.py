@@ -32,12 +32,12 @@ import logging
 
 import common.hf
 from common import lora as lora_lib
-from common.data.packing import packed_model_inputs, packing_from_config
-from common.data.pipeline import Collate
-from common.lm import LMConfig
 from common.config_sections import config_section
 from common.config_sections import get as _get
 from common.config_sections import plain as _plain
+from common.data.packing import packed_model_inputs, packing_from_config
+from common.data.pipeline import Collate
+from common.lm import LMConfig
 from common.task_data import MediaShapes, TaskData
 from common.task_utils import graft, init_params_fn, keep_tokenizer, lm_loss_fn, lora_config_from, restore_params
 from common.tokenizers import IMAGE_TOKEN, padded_vocab_size
@@ -107,13 +107,12 @@ def llava_config_from(model_config, tokenizer=None) -> LlavaConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # Pretrained weights
 # ----------------------------------------------------------------------------------------------------------------
-def load_pretrained_weights(params, config, cfg: LlavaConfig):
-    """init_from (a workdir) and init_checkpoint {lm, vision} (HF dirs), applied in that order."""
+def load_pretrained_weights(params, config, cfg: LlavaConfig, ckpt: InitCheckpoint):
+    """init_from (a workdir) and config.init_checkpoint {lm, vision} (HF dirs, `ckpt`), applied in that order."""
     init_from = _get(config, "init_from", "")
     if init_from:
         params = graft(params, restore_params(init_from), exclude=tuple(_get(config, "init_exclude", ()) or ()),
                        what=f"workdir {init_from}")
-    ckpt = config_section(config, "init_checkpoint", InitCheckpoint)
     if ckpt.lm:
         _, lm_params = common.hf.load(ckpt.lm, dtype=cfg.text.param_dtype)
         params = graft(params, lm_params, prefix="lm/", what=f"LM checkpoint {ckpt.lm}")
@@ -194,7 +193,7 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
     load = None
     ckpt = config_section(config, "init_checkpoint", InitCheckpoint)
     if _get(config, "init_from", "") or ckpt.lm or ckpt.vision:
-        load = lambda params: load_pretrained_weights(params, config, cfg)  # noqa: E731
+        load = lambda params: load_pretrained_weights(params, config, cfg, ckpt)  # noqa: E731
 
     return Task(init_params=init_params_fn(model, example_inputs(cfg), lcfg),
                 loss_fn=lm_loss_fn(model, cfg.text, model_inputs, lcfg, fused=data.settings.lm_loss == "fused"),

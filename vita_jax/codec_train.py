@@ -86,16 +86,6 @@ def mel_distance(wav, recon, cfg: CodecConfig) -> jax.Array:
 # The task
 # ----------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class DiscriminatorSettings:
-    """config.discriminator: the GAN's multi-period + multi-scale discriminators (`Discriminators`' fields)."""
-
-    periods: tuple[int, ...] = (2, 3, 5, 7, 11)
-    channel_scale: float = 1.0
-    num_scales: int = 3
-    grouped: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
 class CodecLossWeights:
     """config.loss: the codec's loss weights (HiFi-GAN / EnCodec's recipe; adversarial 0 = no GAN, no
     discriminator) and the multi-resolution STFT loss's (fft, hop, window) triples."""
@@ -121,7 +111,8 @@ def codec_config_from(config) -> CodecConfig:
 
 
 def discriminators_from(config) -> Discriminators:
-    return Discriminators(**dataclasses.asdict(config_section(config, "discriminator", DiscriminatorSettings)))
+    """config.discriminator: the fields of `Discriminators` (periods, channel_scale, num_scales, grouped)."""
+    return Discriminators(**section_fields(get(config, "discriminator", {}), Discriminators, "config.discriminator"))
 
 
 def segment_samples(config, cfg: CodecConfig) -> int:

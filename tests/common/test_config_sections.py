@@ -12,7 +12,7 @@ from common.trainer import TrainerSettings
 from configs import load_config
 from flamingo_jax.task import ContrastiveSettings, InitLM, InitVision
 from llava_jax.task import EvalVQA, InitCheckpoint
-from vita_jax.codec_train import CodecLossWeights, CodeRestart, DiscriminatorSettings, discriminators_from
+from vita_jax.codec_train import CodecLossWeights, CodeRestart, discriminators_from
 from vita_jax.speech_decoder import SpeechDecoderConfig
 
 
@@ -88,8 +88,9 @@ def test_family_sections_read_the_shipped_configs():
     assert config_section(codec, "code_restart", CodeRestart) == CodeRestart(decay=0.9, threshold=0.1)
     assert config_section(codec, "loss", CodecLossWeights).mel == 45.0
     disc = discriminators_from(codec)
-    assert (disc.periods, disc.num_scales, disc.grouped) == ((2, 3, 5, 7, 11), 1, False)
-    assert config_section(codec, "discriminator", DiscriminatorSettings).channel_scale == 1 / 16
+    assert (disc.periods, disc.num_scales, disc.grouped, disc.channel_scale) == ((2, 3, 5, 7, 11), 1, False, 1 / 16)
+    with pytest.raises(ValueError, match="config.discriminator has no field 'period'"):
+        discriminators_from({"discriminator": {"period": (2,)}})
     decoder = config_section(load_config("vita.tiny_stage3_2"), "decoder", SpeechDecoderConfig)
     assert decoder.hidden_size == decoder.idim == 64
 

@@ -280,11 +280,12 @@ def test_flamingo_with_nfnet_encoder(tmp_path):
     encoder, while the resampler gets one)."""
     import ml_collections
 
+    from common.config_sections import config_section
     from common.lm import LMConfig
     from flamingo_jax.gated_cross_attention import GatedXAttnConfig
     from flamingo_jax.model import Flamingo, FlamingoConfig
     from flamingo_jax.perceiver_resampler import ResamplerConfig
-    from flamingo_jax.task import load_vision
+    from flamingo_jax.task import InitVision, load_vision
 
     vision = MICRO
     micro_timm = timm_model("dm_nfnet_f0", num_classes=3, **MICRO_TIMM)
@@ -309,7 +310,7 @@ def test_flamingo_with_nfnet_encoder(tmp_path):
     # The encoder's weights from a timm checkpoint (the classifier dropped), through the training task's hook.
     torch.save(micro_timm.state_dict(), tmp_path / "micro.pth")
     config = ml_collections.ConfigDict({"init_vision": {"timm_nfnet": str(tmp_path / "micro.pth")}})
-    params = load_vision(params, config, cfg)
+    params = load_vision(params, config_section(config, "init_vision", InitVision), cfg)
     assert float(params["vision"]["stages_2"]["block_0"]["skip_gain"]) == micro_timm.stages[2][0].skipinit_gain.item()
     assert "head" not in params["vision"]
 

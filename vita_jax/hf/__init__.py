@@ -40,8 +40,8 @@ from common.hf.checkpoint import (CheckpointError, Gather, Rule, Target, bias_to
                                   stacked, transpose, weight_files)
 from common.hf.lm import config_from_hf, config_to_hf, lm_rule
 from common.hf.vision import internvit_config_to_original, internvit_rule
-from common.task_utils import load_trained
 from common.sharding import params_sharding
+from common.task_utils import load_trained
 from common.vision.intern_vit import InternViTConfig, internvit_300m_448px
 from vita_jax.hf.codec import load_original as load_codec, save_original as save_codec
 from vita_jax.hf.speech_decoder import load_original as load_speech_decoder
@@ -527,8 +527,9 @@ def load_original(model_dir: str, *, audio_dir: str | None = None, vision_tower_
 
 
 
-__all__ = ["AUDIO_DIR_NAME", "AUDIO_PREFIX", "RELEASE_YAML_DEFAULTS", "VISION_PREFIX", "load_cmvn_json", "load_codec",
-           "load_original", "load_speech_decoder", "original_config", "release_rule", "save_codec", "save_original",
+__all__ = ["AUDIO_DIR_NAME", "AUDIO_PREFIX", "RELEASE_YAML_DEFAULTS", "VISION_PREFIX", "export", "load_cmvn_json",
+           "load_codec", "load_original", "load_speech_decoder", "original_config", "release_rule", "save_codec",
+           "save_original",
            "speech_config_from_shapes", "speech_config_from_yaml", "speech_config_to_yaml", "speech_rule",
            "vision_config_from_shapes"]
 
