@@ -40,6 +40,10 @@ FLAMINGO_9B = {"model.preset": "flamingo-9b"}
 FLAMINGO_80B = {"model.preset": "flamingo-80b"}
 LLAVA7B_S2_ACCUM4 = {**LLAVA_S2, "grad_accum_steps": 4}
 VITA_S2_2 = {**VITA_DATA, "grad_accum_steps": 4, "model.text.remat_policy": "full"}
+LLAVA7B_S2_ACCUM4_SPLASH = {**LLAVA7B_S2_ACCUM4, "model.text.attention_impl": "splash"}
+LLAVA13B_S2_ACCUM2_SPLASH = {**LLAVA_S2, "grad_accum_steps": 2, "model.preset": "llava_v1_5_13b",
+                             "model.text.attention_impl": "splash"}
+VITA_S2_2_SPLASH = {**VITA_S2_2, "model.text.attention_impl": "splash"}
 
 # name -> (family, config module[:argument], topology, mesh, overrides[, num_slices]). A topology that names only a
 # chip ("v6e") plans that chip's standard slices in increasing size and stops at the first that fits (--smallest).
@@ -102,6 +106,23 @@ PLANS: dict[str, tuple] = {
     "flamingo80b@v5p-32": ("flamingo", "flamingo.flamingo_3b", "v5p-32", {"fsdp": -1}, FLAMINGO_80B),
     # The smallest v5p slice of Flamingo-9B (v5p-16 fits at a third of its HBM).
     "flamingo9b@v5p-8": ("flamingo", "flamingo.flamingo_3b", "v5p-8", {"fsdp": -1}, FLAMINGO_9B),
+    # The smallest v6e / v5e slices of the other LLaVA, VITA and LM configs, with splash attention (the TPU path);
+    # otherwise the overrides of their v5p plans.
+    "lm7b@v6e": ("lm", "lm.llama2_7b", "v6e", {"fsdp": -1}, {"model.attention_impl": "splash"}),
+    "lm7b@v5e": ("lm", "lm.llama2_7b", "v5e", {"fsdp": -1}, {"model.attention_impl": "splash"}),
+    "llava7b_s1@v6e": ("llava", "llava.stage1_7b", "v6e", {"fsdp": -1}, LLAVA7B_S2_ACCUM4_SPLASH),
+    "llava7b_s1@v5e": ("llava", "llava.stage1_7b", "v5e", {"fsdp": -1}, LLAVA7B_S2_ACCUM4_SPLASH),
+    "llava7b_lora@v6e": ("llava", "llava.stage2_lora_7b", "v6e", {"fsdp": -1}, LLAVA7B_S2_ACCUM4_SPLASH),
+    "llava7b_lora@v5e": ("llava", "llava.stage2_lora_7b", "v5e", {"fsdp": -1}, LLAVA7B_S2_ACCUM4_SPLASH),
+    "vita_1.2@v6e": ("vita", "vita.stage_7b:1.2", "v6e", {"fsdp": -1}, VITA_S2_2_SPLASH),
+    "vita_1.2@v5e": ("vita", "vita.stage_7b:1.2", "v5e", {"fsdp": -1}, VITA_S2_2_SPLASH),
+    "vita_2.2@v5e": ("vita", "vita.stage_7b:2.2", "v5e", {"fsdp": -1}, VITA_S2_2_SPLASH),
+    "llava13b_s2@v6e": ("llava", "llava.stage2_7b", "v6e", {"fsdp": -1}, LLAVA13B_S2_ACCUM2_SPLASH),
+    "llava13b_s2@v5e": ("llava", "llava.stage2_7b", "v5e", {"fsdp": -1}, LLAVA13B_S2_ACCUM2_SPLASH),
+    # VITA-1.5 stage 3.2: the speech decoders (~0.2B trained) on the frozen Qwen2.5-7B table and the release codec.
+    "vita_3.2@v5p-8": ("vita", "vita.stage3_2_7b", "v5p-8", {"fsdp": -1}, {}),
+    "vita_3.2@v6e": ("vita", "vita.stage3_2_7b", "v6e", {"fsdp": -1}, {}),
+    "vita_3.2@v5e": ("vita", "vita.stage3_2_7b", "v5e", {"fsdp": -1}, {}),
 }
 
 
@@ -116,11 +137,11 @@ def run_one(name: str, out: str | None) -> list[dict]:
 
     config_file = "configs/" + module_arg.split(":")[0].replace(".", "/") + ".py"
     if "-" not in topology and ":" not in topology:  # a chip: its smallest slice that fits
-        plans = smallest_slice(config_with_overrides, family, topology, mesh=mesh, config_name=config_file)
-        for result in plans:  # each try under its own slice's name
+        def annotate(result):  # each try under its own slice's name
             result.update(plan_name=name.split("@")[0] + "@" + result["topology"], overrides=overrides)
-            report(result, out)
-        return plans
+
+        return smallest_slice(config_with_overrides, family, topology, mesh=mesh, config_name=config_file, out=out,
+                              annotate=annotate)
     result = plan(config_with_overrides(), family, topology, num_slices=num_slices, mesh=mesh,
                   config_name=config_file)
     result.update(plan_name=name, overrides=overrides)

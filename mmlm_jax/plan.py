@@ -73,6 +73,8 @@ def model_vocab(family: str, config) -> int:
     """The vocabulary of the config's model preset (no tokenizer needed)."""
     if family == "llava":
         return llava_task.llava_config_from(config.model).text.vocab_size
+    if family == "vita" and str(config.get("stage", "")) == "3.2":  # the speech decoders read the LLM's table
+        return int(config.text_vocab_size)
     if family == "vita":
         return vita_task.vita_config_from(config.model).text.vocab_size
     return flamingo_config_from(config.model).lm.vocab_size
@@ -149,9 +151,10 @@ def plan(config, family: str, topology_name: str, num_slices: int = 1, mesh: dic
 
 
 def smallest_slice(config_factory, family: str, chip: str, mesh: dict | None = None, config_name: str = "",
-                   out: str = "") -> list[dict]:
+                   out: str = "", annotate=None) -> list[dict]:
     """Plans on the standard slices of `chip` in increasing size until one fits; returns every plan made.
-    `config_factory()` gives a fresh config per try (a plan may rewrite config.mesh)."""
+    `config_factory()` gives a fresh config per try (a plan may rewrite config.mesh); `annotate(result)` may add
+    fields to each try before it is reported (each try is written as soon as it is made)."""
     grids = aot.standard_grids(chip)
     cores = aot.CHIPS[chip].cores_per_chip
     plans = []
@@ -163,6 +166,8 @@ def smallest_slice(config_factory, family: str, chip: str, mesh: dict | None = N
         if chips < 4 and chip in ("v4", "v5p") or any((b // accum) % chips for b in batches):
             continue  # Cloud TPU's v4 / v5p slices start at 4 chips; every chip needs whole micro-batch rows
         result = plan(config, family, f"{chip}-{chips * cores}", mesh=mesh, config_name=config_name)
+        if annotate is not None:
+            annotate(result)
         plans.append(result)
         report(result, out)
         if result["fits"]:

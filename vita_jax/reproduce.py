@@ -291,23 +291,25 @@ def figures(workdir: str) -> dict:
     typed, spoken = qa.get("typed_accuracy"), qa.get("spoken_accuracy")
     recognised = recogniser.get("decoder_true_answers_vs_codec_templates")
     minutes = lambda report: report["total_seconds"] / 60 if "total_seconds" in report else None  # noqa: E731
-    return {
+    parts = [minutes(main_report), minutes(speech)]
+    return {  # the keys first, then the diagnostics behind them
+        "asr_wer_2_1": main_report.get("asr_wer_after_2.1"),
+        "typed_acc": typed, "spoken_acc": spoken,
+        "noise_recall": qa.get("noise_recall"), "noise_precision": qa.get("noise_precision"),
+        "speech_out_recognised": 100.0 * recognised if recognised is not None else None,
+        "asr_wer_decoder": speech.get("spoken_answer_transcript_wer"),
+        "asr_wer_espeak": speech.get("spoken_answer_transcript_wer_espeak_control"),
+        "duplex_correct": duplex.get("transcript_correct"),
+        "minutes": sum(parts) if None not in parts else None,  # stages 0-3.2 with their evaluations
         "asr_wer_after_2_0_ctc": main_report.get("asr_wer_after_2.0_ctc"),
-        "asr_wer_after_2_1": main_report.get("asr_wer_after_2.1"),
         "asr_wer_after_2_2": main_report.get("asr_wer_after_2.2"),
         "image_qa_after_1_3": main_report.get("image_qa_after_1.3"),
-        "typed_accuracy": typed, "spoken_accuracy": spoken,
         "spoken_over_typed": spoken / typed if typed and spoken is not None else None,
         "state_correct_spoken": qa.get("spoken_state_ok"), "state_correct_typed": qa.get("typed_state_ok"),
-        "noise_recall": qa.get("noise_recall"), "noise_precision": qa.get("noise_precision"),
-        "decoder_answers_recognised": 100.0 * recognised if recognised is not None else None,
         "recogniser_chance": 100.0 * recogniser["chance"] if "chance" in recogniser else None,
-        "asr_wer_decoder_answers": speech.get("spoken_answer_transcript_wer"),
-        "asr_wer_espeak_answers": speech.get("spoken_answer_transcript_wer_espeak_control"),
         "duplex_answered_in_speech": duplex.get("answered_in_speech"),
-        "duplex_transcript_correct": duplex.get("transcript_correct"),
         "duplex_noise_silent": duplex.get("noise_silent"),
-        "minutes_stages_0_to_2_2": minutes(main_report), "minutes_stages_3_1_to_3_2": minutes(speech),
+        "minutes_stages_0_to_2_2": parts[0], "minutes_stages_3_1_to_3_2": parts[1],
         "seed": main_report.get("seed"), "scale": main_report.get("scale"),
     }
 

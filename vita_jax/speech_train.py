@@ -6,9 +6,11 @@ the loss (`LLM2TTSCodecAR.forward`: CE over codes + eos, pad ignored) but no tra
   speech (24 kHz) --frozen codec encoder--> codes [B, T]         --decoder (teacher forcing)--> CE(codes + eos)
 
 The parameter tree holds the decoder (trained) and, frozen, the LLM's embedding table and the codec, so a workdir is
-everything `vita_jax.tts.Speaker` needs. Config (configs/vita/tiny_stage3_2.py): decoder {SpeechDecoderConfig
-fields}, codec_from (a codec folder in the release layout: `python -m vita_jax.codec_train --out`), text_from (a VITA
-workdir: its LLM embedding table and tokenizer), text_norm (none | unit_std: `normalise_text_table`), data
+everything `vita_jax.tts.Speaker` needs. Config (configs/vita/tiny_stage3_2.py; release scale: stage3_2_7b.py):
+decoder {SpeechDecoderConfig fields}, codec_from (a codec folder in the release layout: `python -m
+vita_jax.codec_train --out`; without it a random codec of config.codec's CodecConfig fields, the tiny one by default:
+plumbing tests and ahead-of-time plans), text_from (a VITA workdir: its LLM embedding table and tokenizer; without it
+a random N(0, 1) table [vocab, text_width]), text_norm (none | unit_std: `normalise_text_table`), data
 {max_text_tokens, max_speech_seconds, datasets: {name: {source: shapes (sentences and short answers with their espeak
 speech; answer_fraction) | librispeech (root: transcripts + flac) | tts_json (json: [{"text", "audio"}], audio_dir)}}},
 scheduled_sampling (probability of feeding the decoder its own prediction instead of a true code in training; 0 = pure
@@ -29,6 +31,7 @@ from common.data import shapes
 from common.data.pipeline import task_iterator
 from common.data.records import MALFORMED, TOO_LONG, BadRecord
 from common.data.speech import load_word_bank
+from common.flops import matmul_flops
 from common.task_utils import keep_tokenizer, restore_config, restore_params
 from common.tokenizers import SAVED_TOKENIZER_FILE
 from common.trainer import DataShard, Task
@@ -163,8 +166,10 @@ def normalise_text_table(table: np.ndarray, text_norm: str) -> np.ndarray:
     raise ValueError(f"unknown text_norm {text_norm!r}; use none or unit_std")
 
 
-def make_task(config, workdir: str | None = None) -> Task:
-    tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None), workdir)
+def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
+    """`tokenizer` replaces the config's (the planner's stand-in for a tokenizer folder that is not on the host)."""
+    if tokenizer is None:
+        tokenizer = data_lib.build_tokenizer(get(config, "tokenizer", None), workdir)
     text_from = get(config, "text_from", "")
     if text_from and os.path.isfile(os.path.join(text_from, SAVED_TOKENIZER_FILE)):
         tokenizer = data_lib.build_tokenizer(None, text_from)  # the LLM's own vocabulary
@@ -172,23 +177,23 @@ def make_task(config, workdir: str | None = None) -> Task:
     cfg = decoder_config_from(config)
     decoder = SpeechDecoder(cfg)
     codec_from = get(config, "codec_from", "")
+    codec_params = None  # without codec_from: a random codec, made in init_params (abstract when planning)
     if codec_from:
         codec, codec_params = load_codec(codec_from)
-    else:  # a random codec: for tests of the plumbing only
-        codec = Codec(CodecConfig(**TINY_CODEC_FIELDS))
-        codec_params = init_codec(codec.config, jax.random.key(1))
-    codec_params = jax.tree.map(np.asarray, codec_params)
+        codec_params = jax.tree.map(np.asarray, codec_params)
+    else:  # plumbing tests (the tiny codec) and ahead-of-time plans (config.codec: the release's fields)
+        codec = Codec(CodecConfig.from_fields(plain(get(config, "codec", None) or TINY_CODEC_FIELDS)))
     if cfg.num_codes != codec.config.n_codes:
         raise ValueError(f"decoder.num_codes={cfg.num_codes} but the codec has {codec.config.n_codes} codes")
-    width = int(get(config, "text_width", 0) or 0)
+    table = None  # without text_from: a random N(0, 1) table [vocab, text_width], made in init_params
     if text_from:
         table = np.asarray(restore_params(text_from)["lm"]["embed"]["embedding"], np.float32)
-    else:
-        table = np.random.default_rng(0).standard_normal((tokenizer.vocab_size, width or cfg.idim)).astype(np.float32)
-    table = normalise_text_table(table, get(config, "text_norm", "none"))
-    if table.shape[1] % cfg.idim:
-        raise ValueError(f"the LLM's embedding width {table.shape[1]} is not a multiple of decoder.idim {cfg.idim}")
-    pieces_per_token = table.shape[1] // cfg.idim
+        table = normalise_text_table(table, get(config, "text_norm", "none"))
+    table_shape = table.shape if table is not None else (tokenizer.vocab_size,
+                                                         int(get(config, "text_width", 0) or 0) or cfg.idim)
+    if table_shape[1] % cfg.idim:
+        raise ValueError(f"the LLM's embedding width {table_shape[1]} is not a multiple of decoder.idim {cfg.idim}")
+    pieces_per_token = table_shape[1] // cfg.idim
     scheduled_sampling = float(get(config, "scheduled_sampling", 0.0) or 0.0)
     if not 0.0 <= scheduled_sampling < 1.0:
         raise ValueError(f"scheduled_sampling is a probability in [0, 1), got {scheduled_sampling}")
@@ -199,8 +204,12 @@ def make_task(config, workdir: str | None = None) -> Task:
         raise ValueError("no training data: set config.data.datasets")
 
     def init_params(rng):
-        return {"decoder": init_decoder(cfg, rng), "text_embed": jnp.asarray(table),
-                "codec": jax.tree.map(jnp.asarray, codec_params)}
+        decoder_rng, table_rng, codec_rng = jax.random.split(rng, 3)
+        text_embed = (jnp.asarray(table) if table is not None
+                      else jax.random.normal(table_rng, table_shape, jnp.float32))  # unit std already
+        frozen_codec = (jax.tree.map(jnp.asarray, codec_params) if codec_params is not None
+                        else init_codec(codec.config, codec_rng))
+        return {"decoder": init_decoder(cfg, decoder_rng), "text_embed": text_embed, "codec": frozen_codec}
 
     def loss_fn(params, batch, rng):
         sg = jax.lax.stop_gradient
@@ -238,9 +247,30 @@ def make_task(config, workdir: str | None = None) -> Task:
     def make_train_data(shard: DataShard):
         return {name: iterator(name, spec, shard, "train", True) for name, spec in datasets.items()}
 
+    def pairs_spec(batch: int) -> dict:  # a batch as SpeechPairTransform collates it, full length
+        return {"text_ids": jax.ShapeDtypeStruct((batch, transform.max_text), jnp.int32),
+                "text_len": jax.ShapeDtypeStruct((batch,), jnp.int32),
+                "wav": jax.ShapeDtypeStruct((batch, transform.max_samples), jnp.float32),
+                "wav_len": jax.ShapeDtypeStruct((batch,), jnp.int32)}
+
+    def batch_spec():  # each dataset's global batch (ahead-of-time plans)
+        return {name: pairs_spec(int(spec.get("batch_size") or config.batch_size)) for name, spec in datasets.items()}
+
+    def flops_per_example() -> float:  # the decoder's forward and backward (3x), the frozen codec encoder's forward
+        one = pairs_spec(1)
+        params = jax.eval_shape(init_params, jax.random.key(0))
+        codes = jax.ShapeDtypeStruct((1, transform.max_samples // codec.config.hop_length), jnp.int32)
+        text = jax.ShapeDtypeStruct((1, max_text * pieces_per_token, cfg.idim), jnp.float32)
+        lengths = jax.ShapeDtypeStruct((1,), jnp.int32)
+        decode = matmul_flops(lambda p, t, tl, c, cl: decoder.apply({"params": p}, t, tl, c, cl),
+                              params["decoder"], text, lengths, codes, lengths)
+        encode = matmul_flops(lambda p, w: codec.apply({"params": p}, w, method="encode"), params["codec"], one["wav"])
+        return 3 * decode + encode
+
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
                 dataset_weights={n: float(s.get("weight", 1.0)) for n, s in datasets.items()},
-                model=decoder, tokenizer=tokenizer, extras={"codec": codec, "transform": transform})
+                model=decoder, tokenizer=tokenizer, extras={"codec": codec, "transform": transform},
+                flops_per_example=flops_per_example(), batch_spec=batch_spec)
     return task
 
 

@@ -11,12 +11,12 @@ from vita_jax import codec_train, speech_train, task
 
 
 def make_task_for(config, workdir=None, tokenizer=None):
-    """The task of the config's stage; `tokenizer` (VITA model stages only) replaces the config's (planning)."""
+    """The task of the config's stage; `tokenizer` (the model stages and 3.2) replaces the config's (planning)."""
     stage = str(config.get("stage", "") or "")
     if stage == "3.1":
         return codec_train.make_task(config, workdir=workdir)
     if stage == "3.2":
-        return speech_train.make_task(config, workdir=workdir)
+        return speech_train.make_task(config, workdir=workdir, tokenizer=tokenizer)
     return task.make_task(config, workdir=workdir, tokenizer=tokenizer)
 
 

@@ -170,3 +170,20 @@ def test_smallest_slice_stops_at_the_first_that_fits():
     split: none here before the first)."""
     plans = plan_cli.smallest_slice(lambda: load("lm.tiny"), "lm", "v5e", mesh={"fsdp": -1})
     assert len(plans) == 1 and plans[0]["fits"] and plans[0]["chips"] == 1
+
+
+@pytest.mark.slow
+def test_vita_speech_decoder_stage_compiles_for_a_tpu_slice():
+    """Stage 3.2 (the speech decoders on a frozen codec and LLM table, random stand-ins for both) plans like the
+    model stages: it fits, fsdp gathers the decoder's weights, and its FLOPs give a step bound."""
+    config = load("vita.tiny_stage3_2")
+    config.codec_from, config.text_from = "", ""
+    config.codec = dict(upsample_initial_channel=32, encoder_channels=2, n_codes=64, global_code_num=4,
+                        global_feature_conv=(8, 4, 8, 3, 1), global_tokens=(0, 0, 0, 0), resblock_kernel_sizes=(3,),
+                        resblock_dilation_sizes=((1,),))  # a small codec (only its encoder runs in 3.2)
+    config.decoder = dict(idim=16, num_codes=64, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2)
+    config.data.max_speech_seconds = 0.5
+    plan = plan_cli.plan(config, "vita", "v5e-4", mesh={"fsdp": -1}, config_name="vita.tiny_stage3_2")
+    assert plan["fits"] and plan["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert plan["collectives"].get("all-gather", {}).get("count", 0) > 0, plan["collectives"]
+    assert plan["model_tflops_per_step"] > 0 and 0 < plan["mfu_ceiling"] <= 1

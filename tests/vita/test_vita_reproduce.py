@@ -38,9 +38,10 @@ def test_figures_read_both_reports(tmp_path):
                                     "noise_precision": 90.0, "spoken_state_ok": 100.0, "typed_state_ok": 100.0}}
     (tmp_path / "report.json").write_text(json.dumps(main))
     figures = reproduce.figures(str(tmp_path))
-    assert figures["asr_wer_after_2_1"] == 18.0 and figures["minutes_stages_0_to_2_2"] == 10.0
+    assert figures["asr_wer_2_1"] == 18.0 and figures["minutes_stages_0_to_2_2"] == 10.0
+    assert figures["typed_acc"] == 60.0 and figures["spoken_acc"] == 57.0 and figures["minutes"] is None
     chex.assert_trees_all_close(figures["spoken_over_typed"], 0.95, rtol=1e-7)
-    assert figures["decoder_answers_recognised"] is None and figures["duplex_transcript_correct"] is None
+    assert figures["speech_out_recognised"] is None and figures["duplex_correct"] is None
 
     speech = {"total_seconds": 120.0, "spoken_answer_transcript_wer": 30.0,
               "spoken_answer_transcript_wer_espeak_control": 20.0,
@@ -49,9 +50,10 @@ def test_figures_read_both_reports(tmp_path):
     (tmp_path / "report_speech.json").write_text(json.dumps(speech))
     reproduce.write_figures(str(tmp_path))
     figures = json.loads((tmp_path / "vita_mini.json").read_text())
-    assert figures["decoder_answers_recognised"] == 50.0 and figures["recogniser_chance"] == 4.0
-    assert figures["duplex_transcript_correct"] == 40.0 and figures["minutes_stages_3_1_to_3_2"] == 2.0
-    assert figures["asr_wer_decoder_answers"] == 30.0 and figures["asr_wer_espeak_answers"] == 20.0
+    assert figures["speech_out_recognised"] == 50.0 and figures["recogniser_chance"] == 4.0
+    assert figures["duplex_correct"] == 40.0 and figures["minutes_stages_3_1_to_3_2"] == 2.0
+    assert figures["minutes"] == 12.0
+    assert figures["asr_wer_decoder"] == 30.0 and figures["asr_wer_espeak"] == 20.0
 
 
 def test_synthesised_speech_reaches_the_asr_at_16_khz_and_at_least_a_tenth_of_a_second():

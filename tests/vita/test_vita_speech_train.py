@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")  # the release layout's final.pt
 
-from common.trainer import Trainer
+from common.trainer import DataShard, Trainer
 from configs.vita import tiny_stage3_1, tiny_stage3_2
 from vita_jax import codec_discriminators, codec_train, speech_train
 from vita_jax.hf import load_codec
@@ -158,3 +158,20 @@ def test_scheduled_sampling_feeds_the_decoders_own_codes():
     same = speech_train.own_predictions_mixed_in(decoder, params, text, text_len, codes, code_len, 0.0,
                                                  jax.random.key(1))
     chex.assert_trees_all_equal(same, codes)
+
+
+def test_batch_spec_is_what_the_pipeline_yields_and_flops_count_the_decoder():
+    """The stage-3.2 task plans ahead of time: its batch_spec is the collated batch's shapes and dtypes, its
+    FLOPs per example at least the decoder's output layer over every code position, forward and backward."""
+    config = tiny_stage3_2.get_config()
+    config.codec_from, config.text_from, config.codec = "", "", FAST_CODEC  # stand-ins, made in init_params
+    config.decoder = dict(idim=16, num_codes=64, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2)
+    config.batch_size = 4
+    task = make_task_for(config)
+    batch = next(task.make_train_data(DataShard(0, 1))["sentences"])
+    spec = task.batch_spec()["sentences"]
+    assert {k: (v.shape, v.dtype) for k, v in spec.items()} == {k: (v.shape, v.dtype) for k, v in batch.items()}
+    params = jax.eval_shape(task.init_params, jax.random.key(0))
+    chex.assert_shape(params["text_embed"], (task.tokenizer.vocab_size, 64))  # the stand-in table: text_width
+    code_positions = spec["wav"].shape[1] // task.extras["codec"].config.hop_length + 1
+    assert task.flops_per_example >= 3 * 2 * 16 * (64 + 4) * code_positions
