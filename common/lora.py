@@ -24,6 +24,7 @@ from typing import Any
 from collections.abc import Sequence
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,18 +109,25 @@ def _split_shape(shape, n_batch: int, n_in: int):
 
 def init(params, config: LoraConfig, rng: jax.Array | int = 0) -> dict:
     """Adapters {path...: {"a": [*batch, in, r], "b": [*batch, r, out] zeros}} for the targeted kernels of `params`
-    (concrete or abstract). A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform(a=sqrt(5))), B = 0."""
+    (concrete or abstract). A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform(a=sqrt(5))), B = 0. Kernels
+    boxed with logical axis names (`nn.LogicallyPartitioned`) give their adapters names too: the batch axes', the
+    first input axis's on A, the first output axis's on B, `lora_rank` (replicated) between, so that A, B and the
+    product A B are sharded as the kernel is (fsdp over its `embed` side, tensor over its wide side)."""
     rng = jax.random.key(rng) if isinstance(rng, int) else rng
     flat = _flat(params)
     out = {}
-    for i, (path, (n_batch, n_in)) in enumerate(sorted(targets(params, config).items())):
-        leaf = flat[path]
+    for i, (path, (n_batch, n_in)) in enumerate(sorted(targets(nn.unbox(params), config).items())):
+        leaf = nn.unbox(flat[path])
         batch, fan_in, fan_out = _split_shape(leaf.shape, n_batch, n_in)
         bound = 1.0 / math.sqrt(fan_in)
         dtype = leaf.dtype
         a = jax.random.uniform(jax.random.fold_in(rng, i), batch + (fan_in, config.rank), dtype, -bound, bound)
-        out[path + "/a"] = a
-        out[path + "/b"] = jnp.zeros(batch + (config.rank, fan_out), dtype)
+        b = jnp.zeros(batch + (config.rank, fan_out), dtype)
+        names = getattr(flat[path], "names", None)
+        if names is not None:  # [*batch, in..., out...] -> A [*batch, in[0], rank], B [*batch, rank, out[0]]
+            a = nn.LogicallyPartitioned(a, tuple(names[:n_batch]) + (names[n_batch], "lora_rank"))
+            b = nn.LogicallyPartitioned(b, tuple(names[:n_batch]) + ("lora_rank", names[n_batch + n_in]))
+        out[path + "/a"], out[path + "/b"] = a, b
     return _unflat(out)
 
 

@@ -42,6 +42,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_width", None),
     ("conv_out", None),
     ("classes", None),
+    ("lora_rank", None),  # LoRA adapters (common.lora): A [.., in, rank], B [.., rank, out] follow their kernel
     # activation axes
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),

@@ -51,7 +51,7 @@ def init_params_fn(model: nn.Module, example_inputs: tuple, lora_config: lora_li
         if extra_params is not None:
             params.update(extra_params(jax.random.fold_in(rng, 2)))
         if lora_config is not None:
-            params["lora"] = lora_lib.init(nn.unbox(params), lora_config, jax.random.fold_in(rng, 1))
+            params["lora"] = lora_lib.init(params, lora_config, jax.random.fold_in(rng, 1))
         return params
 
     return init_params

@@ -182,7 +182,8 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
         codec, codec_params = load_codec(codec_from)
         codec_params = jax.tree.map(np.asarray, codec_params)
     else:  # plumbing tests (the tiny codec) and ahead-of-time plans (config.codec: the release's fields)
-        codec = Codec(CodecConfig.from_fields(plain(get(config, "codec", None) or TINY_CODEC_FIELDS)))
+        codec_fields = get(config, "codec", None)  # {}: the release's CodecConfig defaults; absent: the tiny codec
+        codec = Codec(CodecConfig.from_fields(TINY_CODEC_FIELDS if codec_fields is None else plain(codec_fields)))
     if cfg.num_codes != codec.config.n_codes:
         raise ValueError(f"decoder.num_codes={cfg.num_codes} but the codec has {codec.config.n_codes} codes")
     table = None  # without text_from: a random N(0, 1) table [vocab, text_width], made in init_params

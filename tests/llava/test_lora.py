@@ -100,3 +100,25 @@ def test_lora_trains_adapters_only_and_exports_a_plain_checkpoint(tmp_path):
     with_adapters = apply(lora.merge_in_tree(trained, task.lora_config), ids)
     chex.assert_trees_all_close(np.asarray(apply(plain, ids)), np.asarray(with_adapters), rtol=1e-5, atol=1e-5)
     assert not np.allclose(np.asarray(with_adapters), np.asarray(apply(lora.split(trained)[0], ids)))
+
+
+def test_adapters_of_named_kernels_shard_as_the_kernel():
+    """Adapters of kernels boxed with logical names carry names (A: the kernel's input side, B: its output side,
+    the rank replicated), so fsdp / tensor split them as they split the kernel instead of replicating them."""
+    from common.lm import DecoderLM, LMConfig
+    from common.sharding import logical_to_spec
+    from flax import linen as nn
+
+    model = DecoderLM(LMConfig(vocab_size=64, hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2,
+                               intermediate_size=24, max_position_embeddings=32))
+    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    adapters = lora.init(boxed, lora.LoraConfig(rank=4), 0)
+    specs = flax.traverse_util.flatten_dict(nn.get_partition_spec(adapters), sep="/")
+    spec = {k: logical_to_spec(v) for k, v in specs.items()}
+    layers = next(k for k in spec if k.endswith("attn/q/kernel/a")).rsplit("attn/", 1)[0]
+    # q [L, E, H, D]: A [L, E, r] over fsdp, B [L, r, H D] over tensor; o [L, H, D, E] the other way round
+    assert tuple(spec[layers + "attn/q/kernel/a"]) == (None, "fsdp", None)
+    assert tuple(spec[layers + "attn/q/kernel/b"]) == (None, None, "tensor")
+    assert tuple(spec[layers + "attn/o/kernel/a"]) == (None, "tensor", None)
+    assert tuple(spec[layers + "attn/o/kernel/b"]) == (None, None, "fsdp")
+    chex.assert_trees_all_equal_shapes(nn.unbox(adapters), lora.init(nn.unbox(boxed), lora.LoraConfig(rank=4), 0))
