@@ -45,7 +45,7 @@ from vita_jax.train import make_task_for
 from vita_jax.tts import resample
 
 STAGES = (("0", 600), ("1_1", 100), ("1_2", 300), ("1_3", 100), ("2_0", 600), ("2_1", 300), ("2_2", 100))
-SPEECH_STAGES = (("3_1", 250), ("3_2", 800))  # the codec, then the speech decoders on the stage-2.2 LLM
+SPEECH_STAGES = (("3_1", 250), ("3_2", 1600))  # the codec, then the speech decoders on the stage-2.2 LLM
 
 
 def stage_config(name: str, steps: int, scale: float, seed: int, overrides: Sequence[str] = ()):
