@@ -124,6 +124,7 @@ PLANS: dict[str, tuple] = {
     "vita_3.2@v6e": ("vita", "vita.stage3_2_7b", "v6e", {"fsdp": -1}, {}),
     "vita_3.2@v5e": ("vita", "vita.stage3_2_7b", "v5e", {"fsdp": -1}, {}),
     "vita_2.2@v5p": ("vita", "vita.stage_7b:2.2", "v5p", {"fsdp": -1}, VITA_S2_2_SPLASH),
+    "llava13b_s2@v5p": ("llava", "llava.stage2_7b", "v5p", {"fsdp": -1}, LLAVA13B_S2_ACCUM2_SPLASH),
 }
 
 
