@@ -20,20 +20,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from common.provenance import provenance
 from common.train import train
-from vita_jax import codec as codec_lib
-from vita_jax import conversation
 from vita_jax import data as data_lib
 from vita_jax.eval import TemplateRecogniser, evaluate_asr, load_model
 from vita_jax.hf import load_codec
-from vita_jax.reproduce import for_asr, stage_config
+from vita_jax.reproduce import answer_phrases, codec_round_trip, for_asr, spoken_queries, stage_config, true_answer
 from vita_jax.speech_train import load_speaker, text_use
 from vita_jax.train import make_task_for
-from vita_jax.tts import resample
 
 
 def asr_wer(workdir: str, num_eval: int = 96) -> dict:
@@ -46,22 +41,11 @@ def asr_wer(workdir: str, num_eval: int = 96) -> dict:
 
 def decoder_recognised(workdir: str, codec_dir: str, num_answers: int = 48, image_size: int = 84) -> dict:
     codec, cparams = load_codec(codec_dir)
-    rate, hop = codec.config.sampling_rate, codec.config.hop_length
-    round_trip = jax.jit(lambda p, w: codec.apply({"params": p}, codec.apply({"params": p}, w, method="encode")[0],
-                                                   method="decode"))
-
-    def through_codec(wave16k):
-        wav = jnp.asarray(codec_lib.pad_to_tokens(resample(wave16k, data_lib.SAMPLE_RATE, rate)[None], hop))
-        return resample(np.asarray(round_trip(cparams, wav)[0]), rate, data_lib.SAMPLE_RATE)[:len(wave16k)]
-
-    vocabulary = data_lib.ShapesVitaSource("spoken_qa", "train", 400, image_size=image_size, typed_fraction=0.0)
-    phrases = [conversation.strip_states(vocabulary[i]["conversations"][-1]["value"]) for i in range(len(vocabulary))]
-    recogniser = TemplateRecogniser(phrases, channel=through_codec)
-    qa = data_lib.ShapesVitaSource("spoken_qa", "validation", 8 * num_answers, image_size=image_size,
-                                   typed_fraction=0.0)
-    queries = [r for r in (qa[i] for i in range(len(qa))) if r.get("kind") == "spoken"][:num_answers]
-    truths = [conversation.strip_states(r["conversations"][-1]["value"]) for r in queries]
+    round_trip = codec_round_trip(codec, cparams)
+    recogniser = TemplateRecogniser(answer_phrases(image_size), channel=lambda wave: round_trip(wave)[2])
+    truths = [true_answer(r) for r in spoken_queries(image_size, num_answers, pool=8 * num_answers)]
     speaker = load_speaker(workdir, max_tokens=160)
+    rate = codec.config.sampling_rate
     waves = [for_asr(speaker.say(t, rng=jax.random.key(i)), rate) for i, t in enumerate(truths)]
     res = recogniser.accuracy(waves, truths)
     return {"recognised": res["accuracy"], "answers": len(truths), "chance": res["chance"],

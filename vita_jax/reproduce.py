@@ -96,26 +96,51 @@ def run_speech_stages(workdir: str, scale: float = 1.0, seed: int = 0, overrides
     return times
 
 
+def codec_round_trip(codec, cparams):
+    """-> round_trip(16 kHz wave [n]) = (the codec's input [1, N] at its rate, its reconstruction [1, N], that back at
+    16 kHz [n]): encode + decode, jitted once."""
+    rate, hop = codec.config.sampling_rate, codec.config.hop_length
+    encode_decode = jax.jit(lambda p, w: codec.apply({"params": p}, codec.apply({"params": p}, w, method="encode")[0],
+                                                      method="decode"))
+
+    def round_trip(wave16k):
+        wav = jnp.asarray(codec_lib.pad_to_tokens(resample(wave16k, data_lib.SAMPLE_RATE, rate)[None], hop))
+        rec = encode_decode(cparams, wav)
+        return wav, rec, resample(np.asarray(rec[0]), rate, data_lib.SAMPLE_RATE)[:len(wave16k)]
+
+    return round_trip
+
+
+def answer_phrases(image_size: int) -> list[str]:
+    """The answers the spoken-QA data asks for (the template recogniser's closed set)."""
+    vocabulary = data_lib.ShapesVitaSource("spoken_qa", "train", 400, image_size=image_size, typed_fraction=0.0)
+    return [true_answer(vocabulary[i]) for i in range(len(vocabulary))]
+
+
+def spoken_queries(image_size: int, count: int, pool: int) -> list[dict]:
+    """The first `count` spoken questions among `pool` held-out spoken-QA records."""
+    qa = data_lib.ShapesVitaSource("spoken_qa", "validation", pool, image_size=image_size, typed_fraction=0.0)
+    return [r for r in (qa[i] for i in range(pool)) if r.get("kind") == "spoken"][:count]
+
+
+def true_answer(record: dict) -> str:
+    return conversation.strip_states(record["conversations"][-1]["value"])
+
+
 def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
     """Codec: mel distance of resynthesised held-out speech, and our stage-2.1 ASR's WER on it vs on the original.
     Speech out: spoken questions answered by stage 2.2, spoken by stage 3.2, transcribed by the same ASR: WER of the
     transcript against the text answer."""
     out = {}
     codec, cparams = load_codec(os.path.join(workdir, "stage3_1", "codec"))
-    rate, hop = codec.config.sampling_rate, codec.config.hop_length
+    rate = codec.config.sampling_rate
     model, params, tok = load_model(os.path.join(workdir, "stage2_2"))
     asr_model, asr_params, asr_tok = load_model(os.path.join(workdir, "stage2_1"))  # the judge: stage 2.1's ASR
     size = model.config.vision.image_size
     asr = data_lib.ShapesVitaSource("asr", "validation", num_eval, image_size=size)
     records = [asr[i] for i in range(num_eval)]
 
-    encode_decode = jax.jit(lambda p, w: codec.apply({"params": p}, codec.apply({"params": p}, w, method="encode")[0],
-                                                      method="decode"))
-
-    def round_trip(wave16k):  # -> (codec input [1, N] at 24 kHz, its reconstruction [1, N], that at 16 kHz [n])
-        wav = jnp.asarray(codec_lib.pad_to_tokens(resample(wave16k, data_lib.SAMPLE_RATE, rate)[None], hop))
-        rec = encode_decode(cparams, wav)
-        return wav, rec, resample(np.asarray(rec[0]), rate, data_lib.SAMPLE_RATE)[:len(wave16k)]
+    round_trip = codec_round_trip(codec, cparams)
 
     def through_codec(wave16k):
         return round_trip(wave16k)[2]
@@ -131,8 +156,7 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
 
     out["decoder_text_use"] = text_use(os.path.join(workdir, "stage3_2"))  # teacher-forced: own vs another's text
     speaker = load_speaker(os.path.join(workdir, "stage3_2"), max_tokens=160)  # 4 s: answers are 1-3 words
-    qa = data_lib.ShapesVitaSource("spoken_qa", "validation", 4 * num_eval, image_size=size, typed_fraction=0.0)
-    queries = [r for r in (qa[i] for i in range(4 * num_eval)) if r.get("kind") == "spoken"][:num_eval // 2]
+    queries = spoken_queries(size, num_eval // 2, pool=4 * num_eval)
     answers = [conversation.strip_states(a) for a in generate_batch(
         model, params, tok, [Request(images=[r["image"]], audio=r["audio"][:1]) for r in queries], max_new_tokens=16)]
 
@@ -162,11 +186,10 @@ def evaluate_speech(workdir: str, num_eval: int = 48) -> dict:
 
     # Intelligibility without the part-1 ASR: a closed-set template recogniser over the answer vocabulary, on the
     # true answers said by espeak (original, through the codec) and by the speech decoder, and on the model's answers
-    vocabulary = data_lib.ShapesVitaSource("spoken_qa", "train", 400, image_size=size, typed_fraction=0.0)
-    phrases = [conversation.strip_states(vocabulary[i]["conversations"][-1]["value"]) for i in range(len(vocabulary))]
+    phrases = answer_phrases(size)
     by_espeak = TemplateRecogniser(phrases)
     by_codec = TemplateRecogniser(phrases, channel=through_codec)
-    truths = [conversation.strip_states(r["conversations"][-1]["value"]) for r in queries]
+    truths = [true_answer(r) for r in queries]
     rng = np.random.default_rng(1)
     said = [bank.say(data_lib.spoken_form(t), rng) for t in truths]
     resaid = [through_codec(w) for w in said]

@@ -259,13 +259,14 @@ def make_task(config, workdir: str | None = None, tokenizer=None) -> Task:
 
     def flops_per_example() -> float:  # the decoder's forward and backward (3x), the frozen codec encoder's forward
         one = pairs_spec(1)
-        params = jax.eval_shape(init_params, jax.random.key(0))
+        decoder_shapes = jax.eval_shape(lambda: init_decoder(cfg, jax.random.key(0)))  # shapes only: no table made
+        codec_shapes = (codec_params if codec_params is not None
+                        else jax.eval_shape(lambda: init_codec(codec.config, jax.random.key(0))))
         codes = jax.ShapeDtypeStruct((1, transform.max_samples // codec.config.hop_length), jnp.int32)
         text = jax.ShapeDtypeStruct((1, max_text * pieces_per_token, cfg.idim), jnp.float32)
-        lengths = jax.ShapeDtypeStruct((1,), jnp.int32)
         decode = matmul_flops(lambda p, t, tl, c, cl: decoder.apply({"params": p}, t, tl, c, cl),
-                              params["decoder"], text, lengths, codes, lengths)
-        encode = matmul_flops(lambda p, w: codec.apply({"params": p}, w, method="encode"), params["codec"], one["wav"])
+                              decoder_shapes, text, one["text_len"], codes, one["wav_len"])
+        encode = matmul_flops(lambda p, w: codec.apply({"params": p}, w, method="encode"), codec_shapes, one["wav"])
         return 3 * decode + encode
 
     task = Task(init_params=init_params, loss_fn=loss_fn, make_train_data=make_train_data,
