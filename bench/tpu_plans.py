@@ -125,6 +125,9 @@ PLANS: dict[str, tuple] = {
     "vita_3.2@v5e": ("vita", "vita.stage3_2_7b", "v5e", {"fsdp": -1}, {}),
     "vita_2.2@v5p": ("vita", "vita.stage_7b:2.2", "v5p", {"fsdp": -1}, VITA_S2_2_SPLASH),
     "llava13b_s2@v5p": ("llava", "llava.stage2_7b", "v5p", {"fsdp": -1}, LLAVA13B_S2_ACCUM2_SPLASH),
+    "vita_1.2@v5p": ("vita", "vita.stage_7b:1.2", "v5p", {"fsdp": -1}, VITA_S2_2_SPLASH),
+    # Flamingo-80B on the next smaller v5p slice than the v5p-32 it fits (56.3 GB).
+    "flamingo80b@v5p-16": ("flamingo", "flamingo.flamingo_3b", "v5p-16", {"fsdp": -1}, FLAMINGO_80B),
 }
 
 
