@@ -1,10 +1,12 @@
 """The main job on the embedded default data: trains the tiny Flamingo, LLaVA and VITA on the bundled shapes data
 (images and real espeak speech) on CPU, evaluates them (Flamingo's few-shot table and image-reliance diagnostics;
 LLaVA's held-out question accuracy and sample chat answers on held-out images; VITA's image QA, ASR WER, spoken vs
-typed question accuracy and noise rejection) and writes a report folder (markdown + PNG plots) whose path it prints.
-The report opens with what works.
+typed question accuracy and noise rejection, then its speech out: the codec and speech decoders trained and judged by
+a recogniser and our ASR, and the duplex engine answering held-out spoken questions in speech) and writes a report
+folder (markdown + PNG plots) whose path it prints. The report opens with what works and ends with the command that
+opens the voice chat on the job's own VITA workdirs.
 
-    python -m mmlm_jax.demo [--workdir workdirs/demo] [--scale 1.0] [--skip flamingo,llava,vita]
+    python -m mmlm_jax.demo [--workdir workdirs/demo] [--scale 1.0] [--skip flamingo,llava,vita,vita_speech]
 
 Re-running with the same workdir resumes: finished trainings are reused from their checkpoints.
 """
@@ -16,6 +18,9 @@ import logging
 import os
 import time
 
+import numpy as np
+
+from common.task_utils import restore_config
 from flamingo_jax import reproduce as flamingo_reproduce
 from llava_jax import reproduce as llava_reproduce
 from llava_jax.hf import load_workdir
@@ -117,7 +122,27 @@ def run_vita(workdir: str, scale: float) -> dict:
     return {"stage_seconds": times, **vita_reproduce.evaluate(workdir, num_eval), "num_eval": num_eval}
 
 
-def what_works(flamingo: dict | None, llava: dict | None, vita: dict | None) -> list[str]:
+def run_vita_speech(workdir: str, scale: float, report_dir: str) -> dict:
+    """VITA's speech out on the trained stage 2.2: stages 3.1 (codec) and 3.2 (speech decoders), measured, and the
+    duplex engine end to end on held-out spoken questions; writes a held-out scene for the voice chat's --image."""
+    from PIL import Image
+
+    report = vita_reproduce.speech_report(workdir, scale, num_eval=max(4, int(48 * min(1.0, scale * 4))))
+    image_size = int(restore_config(os.path.join(workdir, "stage2_2")).model.vision.image_size)
+    scene = vita_reproduce.spoken_queries(image_size, 1, pool=8)[0]["image"]
+    Image.fromarray(np.asarray(scene)).save(os.path.join(report_dir, "vita_scene.png"))
+    return report
+
+
+def voice_chat_command(workdir_arg: str) -> str:
+    """The command that opens the voice chat on the main job's own VITA workdirs (relative to where it was run)."""
+    vita = os.path.join(workdir_arg, "vita")
+    return (f"python -m vita_jax.serve --vita_workdir {vita}/stage2_2 --speech_workdir {vita}/stage3_2 "
+            f"--image {os.path.join(workdir_arg, 'report', 'vita_scene.png')}")
+
+
+def what_works(flamingo: dict | None, llava: dict | None, vita: dict | None,
+               vita_speech: dict | None = None) -> list[str]:
     """The report's opening lines, computed from the measurements (whichever way they fall)."""
     lines = ["## What works", ""]
     if llava:
@@ -142,6 +167,13 @@ def what_works(flamingo: dict | None, llava: dict | None, vita: dict | None) -> 
                      f"{vita['asr_wer_after_2.1']:.1f}% after 2.1 and {vita['asr_wer_after_2.2']:.1f}% after 2.2; "
                      f"spoken vs typed questions {qa['spoken_accuracy']:.1f}% vs {qa['typed_accuracy']:.1f}%; "
                      f"noise rejected {qa['noise_recall']:.1f}% of the time (docs/reproductions/vita.md).")
+    if vita_speech:
+        recogniser, duplex = vita_speech["template_recogniser"], vita_speech["duplex"]
+        recognised, chance = (100 * recogniser[k] for k in ("decoder_true_answers_vs_codec_templates", "chance"))
+        lines.append(f"- **VITA speech out**: the true answers said by the speech decoder are recognised "
+                     f"{recognised:.1f}% of the time by a closed-set recogniser (chance {chance:.1f}%); through the "
+                     f"duplex engine, {duplex['transcript_correct']:.1f}% of held-out spoken questions get a spoken "
+                     "answer that our ASR transcribes as the right one.")
     return lines + [""]
 
 
@@ -161,6 +193,14 @@ def names_verdict(accuracy_by_shots: dict[int, float], margin: float = 10.0) -> 
                 "(docs/reproductions/flamingo.md).")
     return (f"{head}: the image-to-name link did not form in this run ({gain:+.1f} points at best over 0 shots; it "
             "forms on some seeds, docs/reproductions/flamingo.md).")
+
+
+def vita_speech_markdown(speech: dict, workdir_arg: str) -> list[str]:
+    return (["## VITA-1.5 speech out: stages 3.1 (codec) -> 3.2 (speech decoders), duplex engine", "",
+             "| measure | value |", "| --- | --- |"] +
+            [f"| {measure} | {value} |" for measure, value in vita_reproduce.speech_rows(speech)] +
+            ["", "Talk to it (then open the printed address; a microphone needs localhost or HTTPS):", "",
+             f"    {voice_chat_command(workdir_arg)}", ""])
 
 
 def vita_markdown(vita: dict) -> list[str]:
@@ -188,7 +228,8 @@ def main(argv=None) -> str:
     parser.add_argument("--workdir", default="workdirs/demo")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every training's steps (0.05: smoke test)")
     parser.add_argument("--num_questions", type=int, default=200)
-    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: flamingo, llava, vita")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: flamingo, llava, vita, "
+                                                   "vita_speech (VITA's speech out, stages 3.1-3.2 and the duplex run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     root = os.path.abspath(args.workdir)
@@ -197,10 +238,10 @@ def main(argv=None) -> str:
     start = time.time()
 
     skip = {p.strip() for p in args.skip.split(",") if p.strip()}
-    if skip - {"flamingo", "llava", "vita"}:
-        parser.error(f"--skip takes flamingo, llava, vita; got {sorted(skip)}")
+    if skip - {"flamingo", "llava", "vita", "vita_speech"}:
+        parser.error(f"--skip takes flamingo, llava, vita, vita_speech; got {sorted(skip)}")
     flamingo_dir, llava_dir, vita_dir = (os.path.join(root, p) for p in ("flamingo", "llava", "vita"))
-    flamingo = llava = vita = None
+    flamingo = llava = vita = vita_speech = None
     flamingo_table = ""
     part_seconds: dict[str, float] = {}
     if "flamingo" not in skip:
@@ -220,6 +261,12 @@ def main(argv=None) -> str:
         t = time.time()
         vita = run_vita(vita_dir, args.scale)
         part_seconds["VITA"] = time.time() - t
+        if "vita_speech" not in skip:
+            print("== VITA speech out: 3.1 (codec) -> 3.2 (speech decoders), then the duplex engine on held-out spoken "
+                  "questions ==", flush=True)
+            t = time.time()
+            vita_speech = run_vita_speech(vita_dir, args.scale, report_dir)
+            part_seconds["VITA speech out"] = time.time() - t
 
     # Plots.
     plot_loss_curves({"Flamingo": {"vision (contrastive)": os.path.join(flamingo_dir, "vision"),
@@ -230,7 +277,7 @@ def main(argv=None) -> str:
                                 "stage 1": os.path.join(llava_dir, "stage1"),
                                 "stage 2": os.path.join(llava_dir, "stage2")},
                       "VITA": {f"stage {st.replace('_', '.')}": os.path.join(vita_dir, f"stage{st}")
-                               for st in ("0", "1_1", "1_2", "1_3", "2_0", "2_1", "2_2")}},
+                               for st in ("0", "1_1", "1_2", "1_3", "2_0", "2_1", "2_2", "3_1", "3_2")}},
                      os.path.join(report_dir, "loss_curves.png"))
     shot_rows = {}
     names = flamingo["variants"][MAIN_FLAMINGO]["results"].get("names", {}) if flamingo else {}
@@ -248,7 +295,7 @@ def main(argv=None) -> str:
              (f" --scale {args.scale}" if args.scale != 1.0 else "") + (f" --skip {args.skip}" if skip else "") +
              f"`; wall time {(time.time() - start) / 60:.1f} min on {os.cpu_count()} CPUs (" +
              ", ".join(f"{part} {seconds / 60:.1f} min" for part, seconds in part_seconds.items()) + ").", ""]
-    lines += what_works(flamingo, llava, vita)
+    lines += what_works(flamingo, llava, vita, vita_speech)
     lines += ["## Training losses", "", "![loss curves](loss_curves.png)", ""]
     if llava:
         lines += ["## LLaVA: held-out short-answer questions", "",
@@ -266,13 +313,14 @@ def main(argv=None) -> str:
             lines += ["![accuracy vs shots](accuracy_vs_shots.png)", ""]
     if vita:
         lines += vita_markdown(vita)
+    if vita_speech:
+        lines += vita_speech_markdown(vita_speech, args.workdir)
     report_md = os.path.join(report_dir, "report.md")
     with open(report_md, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(report_dir, "report.json"), "w") as f:
-        json.dump({"flamingo": flamingo, "llava": llava, "vita": vita, "wall_seconds": time.time() - start,
-                   "part_seconds": part_seconds}, f,
-                  indent=1, default=str)
+        json.dump({"flamingo": flamingo, "llava": llava, "vita": vita, "vita_speech": vita_speech,
+                   "wall_seconds": time.time() - start, "part_seconds": part_seconds}, f, indent=1, default=str)
     print(f"report written to {report_md}", flush=True)
     return report_md
 

@@ -117,10 +117,11 @@ def answer_phrases(image_size: int) -> list[str]:
     return [true_answer(vocabulary[i]) for i in range(len(vocabulary))]
 
 
-def spoken_queries(image_size: int, count: int, pool: int) -> list[dict]:
-    """The first `count` spoken questions among `pool` held-out spoken-QA records."""
+def spoken_queries(image_size: int, count: int, pool: int, kind: str = "spoken") -> list[dict]:
+    """The first `count` records of `kind` ("spoken" questions, or "noise" clips) among `pool` held-out spoken-QA
+    records."""
     qa = data_lib.ShapesVitaSource("spoken_qa", "validation", pool, image_size=image_size, typed_fraction=0.0)
-    return [r for r in (qa[i] for i in range(pool)) if r.get("kind") == "spoken"][:count]
+    return [r for r in (qa[i] for i in range(pool)) if r.get("kind") == kind][:count]
 
 
 def true_answer(record: dict) -> str:
@@ -229,11 +230,8 @@ def evaluate_duplex(workdir: str, num_queries: int = 24, num_noise: int = 8) -> 
     asr_model, asr_params, asr_tok = load_model(os.path.join(workdir, "stage2_1"))
     speaker = load_speaker(os.path.join(workdir, "stage3_2"), max_tokens=160)
     size = model.config.vision.image_size
-    source = data_lib.ShapesVitaSource("spoken_qa", "validation", 8 * (num_queries + num_noise), image_size=size,
-                                       typed_fraction=0.0)
-    records = [source[i] for i in range(len(source))]
-    queries = [r for r in records if r["kind"] == "spoken"][:num_queries]
-    noise = [r for r in records if r["kind"] == "noise"][:num_noise]
+    pool = 8 * (num_queries + num_noise)
+    queries, noise = (spoken_queries(size, num_queries, pool), spoken_queries(size, num_noise, pool, kind="noise"))
     folder = os.path.join(workdir, "duplex_eval")
     os.makedirs(folder, exist_ok=True)
     engine = DuplexEngine(model, params, tok, speaker)
@@ -297,6 +295,42 @@ def evaluate(workdir: str, num_eval: int = 96) -> dict:
     return out
 
 
+def speech_report(workdir: str, scale: float = 1.0, seed: int = 0, num_eval: int = 48,
+                  overrides: Sequence[str] = ()) -> dict:
+    """Stages 3.1-3.2 on WORKDIR's stage 2.2, then their measures (`evaluate_speech` on up to 48 held-out samples,
+    `evaluate_duplex` on up to 24 spoken questions and 8 noise clips) -> WORKDIR/report_speech.json's content."""
+    start = time.time()
+    times = run_speech_stages(workdir, scale, seed, overrides)
+    report = {"stage_seconds": times, **evaluate_speech(workdir, min(num_eval, 48)),
+              "duplex": evaluate_duplex(workdir, min(num_eval, 24), min(num_eval, 8)),
+              "total_seconds": time.time() - start, "scale": scale, "seed": seed}
+    with open(os.path.join(workdir, "report_speech.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return report
+
+
+def speech_rows(report: dict) -> list[tuple[str, str]]:
+    """(measure, value) rows of a `speech_report`, as the command line and the main job's report print them."""
+    recogniser, duplex = report["template_recogniser"], report["duplex"]
+    return [("codec mel distance (mean |log-mel diff|)", f"{report['codec_mel_distance']:.3f}"),
+            ("ASR WER original / resynthesised (%)",
+             f"{report['asr_wer_original']:.1f} / {report['asr_wer_resynthesised']:.1f}"),
+            ("spoken answer: transcript WER vs text answer, espeak control (%)",
+             f"{report['spoken_answer_transcript_wer']:.1f}, {report['spoken_answer_transcript_wer_espeak_control']}"),
+            ("distinct answers / transcripts", f"{report['spoken_answer_distinct_answers']} / "
+                                               f"{report['spoken_answer_distinct_transcripts']}"),
+            ("decoder text use: loss gain of own over another's text", f"{report['decoder_text_use']['gain']:.3f}"),
+            ("decoder's true answers recognised (template, %; chance)",
+             f"{100 * recogniser['decoder_true_answers_vs_codec_templates']:.1f}; {100 * recogniser['chance']:.1f}"),
+            ("spoken answer length (s)", f"{report['spoken_answer_seconds']:.2f}"),
+            ("duplex: queries answered in speech / transcript correct / noise met with silence (%)",
+             f"{duplex['answered_in_speech']:.1f} / {duplex['transcript_correct']:.1f} / "
+             + ("-" if duplex["noise_silent"] is None else f"{duplex['noise_silent']:.1f}")),
+            ("train seconds per stage", ", ".join(f"{k.replace('_', '.')}: {v:.0f}"
+                                                   for k, v in report["stage_seconds"].items())),
+            ("total time (min)", f"{report['total_seconds'] / 60:.1f}")]
+
+
 def figures(workdir: str) -> dict:
     """The miniature's headline figures (issue targets) from WORKDIR/report.json and, once `--speech` ran,
     report_speech.json; None where a figure was not measured. Small: docs/reproductions/results/vita_mini.json
@@ -355,32 +389,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.time()
     if args.speech:
-        times = run_speech_stages(args.workdir, args.scale, args.seed, overrides)
-        report = {"stage_seconds": times, **evaluate_speech(args.workdir, min(args.num_eval, 48)),
-                  "duplex": evaluate_duplex(args.workdir, min(args.num_eval, 24), min(args.num_eval, 8)),
-                  "total_seconds": time.time() - start, "scale": args.scale, "seed": args.seed}
-        with open(os.path.join(args.workdir, "report_speech.json"), "w") as f:
-            json.dump(report, f, indent=1)
-        rows = [("codec mel distance (mean |log-mel diff|)", f"{report['codec_mel_distance']:.3f}"),
-                ("ASR WER original / resynthesised (%)",
-                 f"{report['asr_wer_original']:.1f} / {report['asr_wer_resynthesised']:.1f}"),
-                ("spoken answer: transcript WER vs text answer, espeak control (%)",
-                 f"{report['spoken_answer_transcript_wer']:.1f}, "
-                 f"{report['spoken_answer_transcript_wer_espeak_control']}"),
-                ("distinct answers / transcripts", f"{report['spoken_answer_distinct_answers']} / "
-                                                   f"{report['spoken_answer_distinct_transcripts']}"),
-                ("decoder text use: loss gain of own over another's text",
-                 f"{report['decoder_text_use']['gain']:.3f}"),
-                ("decoder's true answers recognised (template, %; chance)",
-                 f"{100 * report['template_recogniser']['decoder_true_answers_vs_codec_templates']:.1f}; "
-                 f"{100 * report['template_recogniser']['chance']:.1f}"),
-                ("spoken answer length (s)", f"{report['spoken_answer_seconds']:.2f}"),
-                ("duplex: queries answered in speech / transcript correct / noise met with silence (%)",
-                 f"{report['duplex']['answered_in_speech']:.1f} / {report['duplex']['transcript_correct']:.1f} / "
-                 f"{report['duplex']['noise_silent']:.1f}"),
-                ("total time (min)", f"{report['total_seconds'] / 60:.1f}")]
+        report = speech_report(args.workdir, args.scale, args.seed, args.num_eval, overrides)
         print("| measure | value |\n|---|---|")
-        for k, v in rows:
+        for k, v in speech_rows(report):
             print(f"| {k} | {v} |")
         write_figures(args.workdir)
         return 0

@@ -130,7 +130,7 @@ def build_engine_factory(vita_workdir: str = "", model_dir: str = "", speech_wor
     return lambda: DuplexEngine(model, params, tok, speaker, DuplexConfig(), image=picture)
 
 
-def main(argv=None) -> None:
+def argument_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="VITA-1.5 real-time voice chat: a WebSocket server and its web page.")
     p.add_argument("--vita_workdir", default="", help="a VITA training workdir (stage 2.2)")
     p.add_argument("--model_dir", default="", help="or a released VITA-1.5 folder")
@@ -138,7 +138,11 @@ def main(argv=None) -> None:
     p.add_argument("--image", default="", help="a picture the questions are about")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = argument_parser().parse_args(argv)
     if not (args.vita_workdir or args.model_dir):
         raise SystemExit("pass --vita_workdir or --model_dir")
     factory = build_engine_factory(args.vita_workdir, args.model_dir, args.speech_workdir, args.image)
