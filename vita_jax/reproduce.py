@@ -312,7 +312,7 @@ def speech_report(workdir: str, scale: float = 1.0, seed: int = 0, num_eval: int
 def speech_rows(report: dict) -> list[tuple[str, str]]:
     """(measure, value) rows of a `speech_report`, as the command line and the main job's report print them."""
     recogniser, duplex = report["template_recogniser"], report["duplex"]
-    return [("codec mel distance (mean |log-mel diff|)", f"{report['codec_mel_distance']:.3f}"),
+    return [("codec mel distance (mean absolute log-mel difference)", f"{report['codec_mel_distance']:.3f}"),
             ("ASR WER original / resynthesised (%)",
              f"{report['asr_wer_original']:.1f} / {report['asr_wer_resynthesised']:.1f}"),
             ("spoken answer: transcript WER vs text answer, espeak control (%)",

@@ -48,7 +48,7 @@ def test_speech_out_part_reports_its_figures_and_the_voice_chat_command():
     assert any("recognised 35.4% of the time" in line and "chance 3.2%" in line and "12.5%" in line
                for line in lines)
     text = "\n".join(vita_speech_markdown(SPEECH_REPORT, "workdirs/demo"))
-    assert "| codec mel distance (mean |log-mel diff|) | 0.410 |" in text
+    assert "| codec mel distance (mean absolute log-mel difference) | 0.410 |" in text
     assert "noise met with silence (%) | 100.0 / 12.5 / - |" in text
     assert "3.1: 60, 3.2: 300" in text and "| total time (min) | 9.0 |" in text
     command = voice_chat_command("workdirs/demo").split()
