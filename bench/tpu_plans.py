@@ -128,6 +128,8 @@ PLANS: dict[str, tuple] = {
     "vita_1.2@v5p": ("vita", "vita.stage_7b:1.2", "v5p", {"fsdp": -1}, VITA_S2_2_SPLASH),
     # Flamingo-80B on the next smaller v5p slice than the v5p-32 it fits (56.3 GB).
     "flamingo80b@v5p-16": ("flamingo", "flamingo.flamingo_3b", "v5p-16", {"fsdp": -1}, FLAMINGO_80B),
+    # Flamingo-3B on 16 v5e chips: the 8-chip program of flamingo3b@v6e needs more than a v5e chip's 16 GB.
+    "flamingo3b@v5e-16": ("flamingo", "flamingo.flamingo_3b", "v5e-16", {"fsdp": -1}, {}),
 }
 
 
