@@ -130,6 +130,9 @@ PLANS: dict[str, tuple] = {
     "flamingo80b@v5p-16": ("flamingo", "flamingo.flamingo_3b", "v5p-16", {"fsdp": -1}, FLAMINGO_80B),
     # Flamingo-3B on 16 v5e chips: the 8-chip program of flamingo3b@v6e needs more than a v5e chip's 16 GB.
     "flamingo3b@v5e-16": ("flamingo", "flamingo.flamingo_3b", "v5e-16", {"fsdp": -1}, {}),
+    # Flamingo-9B on 8 v6e chips (its 4-chip program needs 49.0 GB on a v5p-8) and on 16 v5e chips.
+    "flamingo9b@v6e-8": ("flamingo", "flamingo.flamingo_3b", "v6e-8", {"fsdp": -1}, FLAMINGO_9B),
+    "flamingo9b@v5e-16": ("flamingo", "flamingo.flamingo_3b", "v5e-16", {"fsdp": -1}, FLAMINGO_9B),
 }
 
 
