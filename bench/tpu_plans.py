@@ -136,6 +136,9 @@ PLANS: dict[str, tuple] = {
     # Flamingo-80B on a v5p-16 with its frozen LM stored in bfloat16 (float32 it needs 105 GB a chip there).
     "flamingo80b_bf16lm@v5p-16": ("flamingo", "flamingo.flamingo_3b", "v5p-16", {"fsdp": -1}, {
         **FLAMINGO_80B, "model.lm.param_dtype": "bfloat16", "model.xattn": {"param_dtype": "float32"}}),
+    # Flamingo-9B on a v5e-16 with its frozen LM stored in bfloat16 (float32 it needs 17.2 of 16 GB a chip there).
+    "flamingo9b_bf16lm@v5e-16": ("flamingo", "flamingo.flamingo_3b", "v5e-16", {"fsdp": -1}, {
+        **FLAMINGO_9B, "model.lm.param_dtype": "bfloat16", "model.xattn": {"param_dtype": "float32"}}),
     "of9b@v6e-8": ("flamingo", "flamingo.open_flamingo_9b", "v6e-8", {"fsdp": -1}, {}),
     "of9b@v6e-16": ("flamingo", "flamingo.open_flamingo_9b", "v6e-16", {"fsdp": -1}, {}),
 }
