@@ -121,7 +121,13 @@ def spoken_queries(image_size: int, count: int, pool: int, kind: str = "spoken")
     """The first `count` records of `kind` ("spoken" questions, or "noise" clips) among `pool` held-out spoken-QA
     records."""
     qa = data_lib.ShapesVitaSource("spoken_qa", "validation", pool, image_size=image_size, typed_fraction=0.0)
-    return [r for r in (qa[i] for i in range(pool)) if r.get("kind") == kind][:count]
+    found = []
+    for i in range(pool):  # records are made on access (scene, speech): stop at the count
+        if len(found) == count:
+            break
+        if (record := qa[i]).get("kind") == kind:
+            found.append(record)
+    return found
 
 
 def true_answer(record: dict) -> str:
