@@ -72,10 +72,17 @@ def model_inputs(batch) -> dict:
     return kwargs
 
 
+TEXT_ONLY_SOURCES = ("shapes_scene_text",)
+
+
 def has_audio(spec) -> bool:
-    """Whether a dataset's records carry speech (its batches then hold a fixed number of audio frames)."""
+    """Whether a dataset's records carry speech (its batches then hold a fixed number of audio frames; the others
+    hold 0 and the speech encoder costs nothing on them)."""
     spec = plain(spec)
-    return spec.get("source", "shapes") != "shapes" or spec.get("kind") in ("asr", "spoken_qa")
+    source = spec.get("source", "shapes")
+    if source in TEXT_ONLY_SOURCES:
+        return False
+    return source != "shapes" or spec.get("kind") in ("asr", "spoken_qa")
 
 
 def make_transform(config, tokenizer, cfg: VitaConfig, spec) -> data_lib.VitaSampleTransform:
