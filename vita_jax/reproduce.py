@@ -301,6 +301,20 @@ def evaluate(workdir: str, num_eval: int = 96) -> dict:
     return out
 
 
+def stages_report(workdir: str, scale: float = 1.0, seed: int = 0, num_eval: int = 96,
+                  overrides: Sequence[str] = ()) -> dict:
+    """Stages 0-2.2 on WORKDIR, then `evaluate` on NUM_EVAL held-out samples of each kind -> WORKDIR/report.json's
+    content; also (re)writes WORKDIR/vita_mini.json (`figures`)."""
+    start = time.time()
+    times = run_stages(workdir, scale, seed, overrides=overrides)
+    report = {"stage_seconds": times, **evaluate(workdir, num_eval), "total_seconds": time.time() - start,
+              "scale": scale, "seed": seed, "num_eval": num_eval}
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    write_figures(workdir)
+    return report
+
+
 def speech_report(workdir: str, scale: float = 1.0, seed: int = 0, num_eval: int = 48,
                   overrides: Sequence[str] = ()) -> dict:
     """Stages 3.1-3.2 on WORKDIR's stage 2.2, then their measures (`evaluate_speech` on up to 48 held-out samples,
@@ -312,6 +326,7 @@ def speech_report(workdir: str, scale: float = 1.0, seed: int = 0, num_eval: int
               "total_seconds": time.time() - start, "scale": scale, "seed": seed}
     with open(os.path.join(workdir, "report_speech.json"), "w") as f:
         json.dump(report, f, indent=1)
+    write_figures(workdir)
     return report
 
 
@@ -393,20 +408,13 @@ def main(argv=None) -> int:
                         help="run stages 3.1-3.2 (speech output) on WORKDIR's trained stage 2.2 and measure them")
     argv, overrides = split_config_overrides(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    start = time.time()
     if args.speech:
         report = speech_report(args.workdir, args.scale, args.seed, args.num_eval, overrides)
         print("| measure | value |\n|---|---|")
         for k, v in speech_rows(report):
             print(f"| {k} | {v} |")
-        write_figures(args.workdir)
         return 0
-    times = run_stages(args.workdir, args.scale, args.seed, overrides=overrides)
-    report = {"stage_seconds": times, **evaluate(args.workdir, args.num_eval), "total_seconds": time.time() - start,
-              "scale": args.scale, "seed": args.seed}
-    with open(os.path.join(args.workdir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    write_figures(args.workdir)
+    report = stages_report(args.workdir, args.scale, args.seed, args.num_eval, overrides)
     qa = report["spoken_qa_after_2.2"]
     rows = [("image QA accuracy after 1.3 / 2.2 (%)",
              f"{report['image_qa_after_1.3']:.1f} / {report['image_qa_after_2.2']:.1f}"),
