@@ -141,6 +141,9 @@ PLANS: dict[str, tuple] = {
         **FLAMINGO_9B, "model.lm.param_dtype": "bfloat16", "model.xattn": {"param_dtype": "float32"}}),
     "of9b@v6e-8": ("flamingo", "flamingo.open_flamingo_9b", "v6e-8", {"fsdp": -1}, {}),
     "of9b@v6e-16": ("flamingo", "flamingo.open_flamingo_9b", "v6e-16", {"fsdp": -1}, {}),
+    # Flamingo-9B and OpenFlamingo-9B on 32 v5e chips (on 16 they need 17.2 and ~19 GB of a chip's 16).
+    "flamingo9b@v5e-32": ("flamingo", "flamingo.flamingo_3b", "v5e-32", {"fsdp": -1}, FLAMINGO_9B),
+    "of9b@v5e-32": ("flamingo", "flamingo.open_flamingo_9b", "v5e-32", {"fsdp": -1}, {}),
 }
 
 
