@@ -27,12 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.data.audio import speech_fbank
 from common.layers import activation
 from common.provenance import provenance
 from common.train import train
 from vita_jax import data as data_lib
-from vita_jax.eval import TemplateRecogniser, evaluate_asr, load_model
+from vita_jax.eval import TemplateRecogniser, evaluate_asr, fbank_batch, load_model
 from vita_jax.model import Vita
 from vita_jax.hf import load_codec
 from vita_jax.reproduce import answer_phrases, codec_round_trip, for_asr, spoken_queries, stage_config, true_answer
@@ -63,16 +62,9 @@ def ctc_projected_adapter(params, stage2_0: str, num_utterances: int = 512, batc
     act = activation(cfg.audio.adapter_act)
     inputs, targets = [], []
     for start in range(0, num_utterances, batch_size):
-        feats = [speech_fbank(data_lib.checked_waveform(source[i]["audio"][0], 1e9))
-                 for i in range(start, min(start + batch_size, num_utterances))]
-        frames = max(len(f) for f in feats)
-        batch = np.zeros((len(feats), frames, feats[0].shape[1]), np.float32)
-        for i, f in enumerate(feats):
-            batch[i, :len(f)] = f
-        lengths = jnp.asarray([len(f) for f in feats], jnp.int32)
-        (_, token_lengths), state = model.apply({"params": params}, jnp.asarray(batch), lengths,
-                                                method=Vita.audio_features, capture_intermediates=True,
-                                                mutable=["intermediates"])
+        chunk = [source[i] for i in range(start, min(start + batch_size, num_utterances))]
+        (_, token_lengths), state = model.apply({"params": params}, *fbank_batch(chunk), method=Vita.audio_features,
+                                                capture_intermediates=True, mutable=["intermediates"])
         inter = state["intermediates"]
         hidden, enc_lengths = inter["audio_encoder"]["__call__"][0]  # [B, T', D]
         normed = np.asarray(act(inter["audio_adapter"]["norm"]["__call__"][0]), np.float64)  # [B, N, 2D]
@@ -84,8 +76,8 @@ def ctc_projected_adapter(params, stage2_0: str, num_utterances: int = 512, batc
         pad = 2 * count - said.shape[1]
         said = np.pad(said, ((0, 0), (0, max(pad, 0)), (0, 0)))[:, :2 * count]
         mass = np.pad(mass, ((0, 0), (0, max(pad, 0))))[:, :2 * count]
-        target = said.reshape(len(feats), count, 2, -1).sum(2) / np.maximum(
-            mass.reshape(len(feats), count, 2).sum(2), 1.0)[..., None]  # [B, N, E]
+        target = said.reshape(len(chunk), count, 2, -1).sum(2) / np.maximum(
+            mass.reshape(len(chunk), count, 2).sum(2), 1.0)[..., None]  # [B, N, E]
         for row, n in enumerate(np.asarray(token_lengths)):
             inputs.append(normed[row, :n])
             targets.append(target[row, :n])

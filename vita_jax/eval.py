@@ -18,6 +18,7 @@ import re
 import sys
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -43,6 +44,16 @@ def _norm_en(text: str) -> str:
 def _batched(items, size):
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def fbank_batch(records: Sequence[dict]) -> tuple[jax.Array, jax.Array]:
+    """Records {audio: [wave, ...]} -> their first clips' fbank frames, zero-padded to the longest ([B, T, 80]
+    float32), and the real frame counts ([B] int32)."""
+    feats = [speech_fbank(data_lib.checked_waveform(r["audio"][0], 1e9)) for r in records]
+    batch = np.zeros((len(feats), max(len(f) for f in feats), feats[0].shape[1]), np.float32)
+    for i, f in enumerate(feats):
+        batch[i, :len(f)] = f
+    return jnp.asarray(batch), jnp.asarray([len(f) for f in feats], jnp.int32)
 
 
 def _answers(model, params, tokenizer, requests, batch_size, max_new_tokens):
@@ -86,13 +97,7 @@ def evaluate_ctc_asr(model, params, tokenizer, records: Sequence[dict], *, batch
     sub = {"audio_encoder": params["audio_encoder"], "ctc_head": params["ctc_head"]}
     hyps = []
     for chunk in _batched(list(records), batch_size):
-        feats = [speech_fbank(data_lib.checked_waveform(r["audio"][0], 1e9)) for r in chunk]
-        frames = max(len(f) for f in feats)
-        batch = np.zeros((len(feats), frames, feats[0].shape[1]), np.float32)
-        for i, f in enumerate(feats):
-            batch[i, :len(f)] = f
-        log_probs, lengths = ctc_model.apply({"params": sub}, jnp.asarray(batch),
-                                             jnp.asarray([len(f) for f in feats], jnp.int32))
+        log_probs, lengths = ctc_model.apply({"params": sub}, *fbank_batch(chunk))
         hyps += [tokenizer.decode(ids) for ids in ctc_lib.greedy_decode(log_probs, lengths, ctc_model.blank_id)]
     return {"wer": english_wer([r["text"] for r in records], hyps), "count": len(records), "predictions": hyps}
 
