@@ -80,9 +80,9 @@ def has_audio(spec) -> bool:
     hold 0 and the speech encoder costs nothing on them)."""
     spec = plain(spec)
     source = spec.get("source", "shapes")
-    if source in TEXT_ONLY_SOURCES:
-        return False
-    return source != "shapes" or spec.get("kind") in ("asr", "spoken_qa")
+    if source == "shapes":
+        return spec.get("kind") in ("asr", "spoken_qa")
+    return source not in TEXT_ONLY_SOURCES
 
 
 def make_transform(config, tokenizer, cfg: VitaConfig, spec) -> data_lib.VitaSampleTransform:
